@@ -1,0 +1,1 @@
+"""The coordinator role: job planning, secure-sum rounds, selection, estimation and sampling."""

@@ -1,0 +1,104 @@
+"""The coordinator's side of the wire: numbered steps, validated replies, secure-sum rounds."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedsynth.protocols import fedsynth_pb2 as pb
+from fedsynth.protocols.messages import PartyRefused, ProtocolError, pack, unpack
+from fedsynth.protocols.secure_sum import CoordinatorRound
+from fedsynth.protocols.transport import Transport
+from fedsynth.synthesis.encoding import Grouping
+
+log = logging.getLogger("fedsynth.coordinator")
+
+
+class JobRefused(RuntimeError):
+    """One or more parties refused the job; lists each party's reasons."""
+
+    def __init__(self, refusals: Mapping[int, PartyRefused]) -> None:
+        self.refusals = dict(refusals)
+        lines = [str(r) for _, r in sorted(self.refusals.items())]
+        super().__init__("the job was refused:\n  " + "\n  ".join(lines))
+
+
+@dataclass
+class Exchange:
+    transport: Transport
+    job_id: str
+    timeout: float = 600.0
+    step: int = 0
+    bytes_sent: dict[int, int] = field(default_factory=dict)  # party -> bytes it sent us
+
+    def call(self, bodies: Mapping[int, tuple[str, object]], expect: str) -> dict[int, pb.Envelope]:
+        """Send one request per party; return the valid replies (missing = dropped)."""
+        self.step += 1
+        requests = {}
+        for p, (fname, msg) in bodies.items():
+            env = pb.Envelope(job_id=self.job_id, step=self.step, party=p)
+            getattr(env, fname).CopyFrom(msg)
+            requests[p] = pack(env)
+        raw = self.transport.exchange(requests, timeout=self.timeout)
+        replies: dict[int, pb.Envelope] = {}
+        refused: dict[int, PartyRefused] = {}
+        for p, data in raw.items():
+            if p not in requests:
+                log.warning("ignored an unsolicited reply from party %d", p)
+                continue
+            self.bytes_sent[p] = self.bytes_sent.get(p, 0) + len(data)
+            try:
+                env = unpack(data, sender=f"party {p}", expect=expect, job_id=self.job_id,
+                             after_step=self.step - 1)
+                if env.step != self.step or env.party != p:
+                    raise ProtocolError(f"party {p}: reply is for step {env.step} / party "
+                                        f"{env.party}, expected step {self.step} / party {p}")
+            except PartyRefused as r:
+                refused[p] = r
+                continue
+            except ProtocolError as exc:
+                log.warning("%s; the party is treated as dropped for this step", exc)
+                continue
+            replies[p] = env
+        if refused:
+            raise JobRefused(refused)
+        return replies
+
+
+def secure_sum(ex: Exchange, *, round_id: int, label: str, channel: str, threshold: int,
+               participants: Sequence[int], publics: Mapping[int, bytes],
+               groupings: Sequence[Grouping], cliques: Sequence[tuple[int, ...]],
+               length: int, noise_variance: float) -> RoundResult:
+    """One measurement round over the secure channel: the noisy sum and who is still here."""
+    req = pb.MeasureRequest(round=round_id, label=label, noise_variance=noise_variance,
+                            participants=list(participants))
+    for g in groupings:
+        req.groupings.add().index.extend(int(i) for i in g.index)
+    for c in cliques:
+        req.cliques.add().columns.extend(c)
+    if channel != "plain":
+        for p in participants:
+            req.public_keys[p] = publics[p]
+    rnd = CoordinatorRound(round_id=round_id, channel=channel, participants=list(participants),
+                           length=length, threshold=threshold)
+    replies = ex.call({p: ("measure_request", req) for p in participants}, "measure_reply")
+    survivors = rnd.collect({p: e.measure_reply for p, e in replies.items()})
+    if rnd.dropped:
+        log.warning("round %d (%s): parties %s dropped out; %d survivors continue", round_id,
+                    label, rnd.dropped, len(survivors))
+    if channel == "plain":
+        return RoundResult(rnd.plain_sum(), survivors, survivors)
+    unmask = ex.call({p: ("unmask_request", r) for p, r in rnd.unmask_requests().items()},
+                     "unmask_reply")
+    total = rnd.finish({p: e.unmask_reply for p, e in unmask.items()})
+    return RoundResult(total, survivors, sorted(unmask))
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    total: np.ndarray  # the exact sum of the contributors' noised counts
+    contributors: list[int]  # whose vectors (and noise shares) are in the sum
+    responsive: list[int]  # who finished the round and is asked in the next one

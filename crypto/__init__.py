@@ -1,0 +1,1 @@
+"""Role-free cryptographic and privacy primitives: secure aggregation, Shamir, noise, accounting."""

@@ -1,0 +1,147 @@
+"""Privacy accounting for summed Skellam noise in Rényi DP, reported as (ε, δ) and zCDP ρ.
+
+Unit of privacy: one row of one party; neighbours differ by adding or removing a row. A row
+falls in exactly one cell of each marginal, so each marginal query has L1 = L2 sensitivity 1,
+and a round that measures k marginals composes k such mechanisms (the same as L2 sensitivity
+sqrt(k) with equal noise). The noise on each released sum is symmetric Skellam of variance at
+least v (the t - c honest survivors' shares, see `noise`). For variance v = 2μ the Skellam
+mechanism is (α, ε(α))-RDP with (Agarwal, Kairouz, Liu 2021, Thm. 3.5; we use 2α in place of
+2α - 1, a slightly looser and so safe bound):
+
+    ε(α) = α Δ2² / (4μ) + min( (2α Δ2² + 6 Δ1) / (16 μ²), 3 Δ1 / (4μ) )
+
+The first term is the Gaussian mechanism's (ρ = Δ2² / (2v) zCDP); the second is the price of
+discreteness and vanishes as v grows. RDP composes by addition per order, and dp-accounting's
+optimal RDP-to-(ε, δ) conversion gives the reported ε. `calibrate` scales a budget split so that
+the composed guarantee is never above the (ε, δ) asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from dp_accounting.rdp import rdp_privacy_accountant
+
+ORDERS: tuple[float, ...] = tuple(
+    [1.0 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [64.0, 128.0, 256.0, 512.0,
+                                                                       1024.0])
+
+
+def check_epsilon_delta(epsilon: float, delta: float) -> None:
+    """Raise a ValueError a user can act on if (ε, δ) is not a usable target."""
+    problems = []
+    if not np.isfinite(epsilon) or epsilon <= 0:
+        problems.append(f"epsilon must be a positive number, got {epsilon} (e.g. --epsilon 1)")
+    if not 0 < delta < 1:
+        problems.append(f"delta must lie strictly between 0 and 1, got {delta} "
+                        "(e.g. --delta 1e-6, below 1/rows)")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def skellam_rdp(variance: float, *, l1: float = 1.0, l2: float = 1.0,
+                orders: Sequence[float] = ORDERS) -> np.ndarray:
+    """RDP curve of one Skellam release with total variance `variance` (= 2μ)."""
+    if variance <= 0:
+        raise ValueError("Skellam variance must be positive")
+    mu = variance / 2.0
+    a = np.asarray(orders, dtype=float)
+    gauss = a * l2**2 / (4.0 * mu)
+    extra = np.minimum((2.0 * a * l2**2 + 6.0 * l1) / (16.0 * mu**2), 3.0 * l1 / (4.0 * mu))
+    return np.asarray(gauss + extra)
+
+
+def rdp_to_epsilon(rdp: np.ndarray, delta: float) -> float:
+    eps, _ = rdp_privacy_accountant.compute_epsilon(ORDERS, list(rdp), delta)
+    return float(eps)
+
+
+def zcdp_rho_for(epsilon: float, delta: float) -> float:
+    """The largest ρ whose ρ-zCDP guarantee converts to at most (ε, δ)."""
+    check_epsilon_delta(epsilon, delta)
+    lo, hi = 0.0, max(epsilon, 1.0) * 4
+    orders = np.asarray(ORDERS)
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if rdp_to_epsilon(orders * mid, delta) <= epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass
+class Release:
+    """One released noisy sum: `count` marginals each with Skellam variance `variance`."""
+
+    step: str
+    count: int
+    variance: float
+
+
+@dataclass
+class Accountant:
+    """Composes releases in RDP and reports (ε, δ) and the Gaussian-equivalent ρ."""
+
+    releases: list[Release] = field(default_factory=list)
+
+    def add(self, *, step: str, count: int, variance: float) -> None:
+        self.releases.append(Release(step=step, count=count, variance=variance))
+
+    def rdp(self) -> np.ndarray:
+        total = np.zeros(len(ORDERS))
+        for r in self.releases:
+            total = total + r.count * skellam_rdp(r.variance)
+        return total
+
+    def epsilon(self, delta: float) -> float:
+        return rdp_to_epsilon(self.rdp(), delta) if self.releases else 0.0
+
+    def rho(self) -> float:
+        """zCDP ρ of the Gaussian part (the Skellam extra is in `epsilon`, not here)."""
+        return float(sum(r.count / (2.0 * r.variance) for r in self.releases))
+
+
+@dataclass(frozen=True)
+class StepBudget:
+    """A planned step: `count` marginals sharing `share` of the total budget."""
+
+    step: str
+    count: int
+    share: float
+
+
+def calibrate(steps: Sequence[StepBudget], *, epsilon: float, delta: float) -> dict[str, float]:
+    """Per-marginal Skellam variance for each step, the largest budget that stays within (ε, δ).
+
+    Step i gets ρ_i = share_i * ρ split evenly over its marginals (variance 1 / (2 ρ_i / k_i)).
+    ρ is bisected so that the composed Skellam RDP converts to at most ε at δ.
+    """
+    check_epsilon_delta(epsilon, delta)
+    if not steps or any(s.count < 1 or s.share <= 0 for s in steps):
+        raise ValueError("each planned step needs at least one marginal and a positive share")
+    total_share = sum(s.share for s in steps)
+
+    def variances(rho: float) -> dict[str, float]:
+        return {s.step: s.count / (2.0 * rho * s.share / total_share) for s in steps}
+
+    def eps_of(rho: float) -> float:
+        acc = Accountant()
+        for s in steps:
+            acc.add(step=s.step, count=s.count, variance=variances(rho)[s.step])
+        return acc.epsilon(delta)
+
+    lo, hi = 0.0, zcdp_rho_for(epsilon, delta)
+    if eps_of(hi) <= epsilon:
+        return variances(hi)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if eps_of(mid) <= epsilon:
+            lo = mid
+        else:
+            hi = mid
+    if lo == 0.0:
+        raise ValueError(f"no noise level meets epsilon={epsilon}, delta={delta}")
+    return variances(lo)

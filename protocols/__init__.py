@@ -1,0 +1,1 @@
+"""The wire: protobuf messages, their validation, and the rounds both roles follow."""

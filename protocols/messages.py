@@ -1,0 +1,86 @@
+"""Parsing, size checks and validation of every Envelope that crosses a party boundary."""
+
+from __future__ import annotations
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from fedsynth.protocols import fedsynth_pb2 as pb
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+MAX_VECTOR_LENGTH = 50_000_000
+RECORD_KEY = "fedsynth"  # the ConfigRecord entry that carries the serialized Envelope
+
+Envelope = pb.Envelope
+
+
+class ProtocolError(ValueError):
+    """A message that is corrupted, replayed, out of order or not for this job."""
+
+
+def pack(env: pb.Envelope) -> bytes:
+    env.version = PROTOCOL_VERSION
+    data = env.SerializeToString()
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    return data
+
+
+def unpack(data: bytes, *, sender: str, expect: str | tuple[str, ...], job_id: str | None = None,
+           after_step: int | None = None) -> pb.Envelope:
+    """Parse and check an Envelope; raise ProtocolError naming the sender and what is wrong.
+
+    `expect` names the body field(s) that may be set; `after_step` rejects replays.
+    """
+    if not isinstance(data, (bytes, bytearray)):
+        raise ProtocolError(f"{sender}: payload is not bytes")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"{sender}: message of {len(data)} bytes is over the size limit")
+    env = pb.Envelope()
+    try:
+        env.ParseFromString(bytes(data))
+    except DecodeError as exc:
+        raise ProtocolError(f"{sender}: message is corrupted, cannot be parsed ({exc})") from None
+    if env.version != PROTOCOL_VERSION:
+        raise ProtocolError(f"{sender}: protocol version {env.version}, expected "
+                            f"{PROTOCOL_VERSION}; run the same fedsynth version everywhere")
+    body = env.WhichOneof("body")
+    allowed = (expect,) if isinstance(expect, str) else expect
+    if body == "refusal" and "refusal" not in allowed:
+        raise PartyRefused(sender, env.refusal.reason, list(env.refusal.problems))
+    if body not in allowed:
+        raise ProtocolError(f"{sender}: expected a {' or '.join(allowed)} message, got "
+                            f"{body or 'nothing'}")
+    if job_id is not None and env.job_id != job_id:
+        raise ProtocolError(f"{sender}: message belongs to job {env.job_id!r}, not {job_id!r}")
+    if after_step is not None and env.step <= after_step:
+        raise ProtocolError(f"{sender}: step {env.step} is not after step {after_step}: a replayed "
+                            "or out-of-order message; it was ignored")
+    return env
+
+
+class PartyRefused(ProtocolError):
+    """A party declined a request (policy, budget, data problems); carries its reasons."""
+
+    def __init__(self, sender: str, reason: str, problems: list[str]) -> None:
+        self.sender, self.reason, self.problems = sender, reason, problems
+        detail = "".join(f"\n    - {p}" for p in problems)
+        super().__init__(f"{sender} refused: {reason}{detail}")
+
+
+def refusal(*, job_id: str, step: int, party: int, reason: str, problems: list[str]) -> bytes:
+    env = pb.Envelope(job_id=job_id, step=step, party=party)
+    env.refusal.reason = reason
+    env.refusal.problems.extend(problems)
+    return pack(env)
+
+
+def vector_bytes(v: np.ndarray) -> bytes:
+    return np.ascontiguousarray(v, dtype="<u8").tobytes()
+
+
+def bytes_vector(b: bytes, *, length: int, sender: str) -> np.ndarray:
+    if len(b) != 8 * length:
+        raise ProtocolError(f"{sender}: vector has {len(b)} bytes, expected {8 * length}")
+    return np.frombuffer(b, dtype="<u8").astype(np.uint64)

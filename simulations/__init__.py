@@ -1,0 +1,1 @@
+"""Local multi-party runs: bundled datasets, partitioners, the simulate() entry, baselines."""

@@ -1,0 +1,1 @@
+"""Role-free synthesis core: schema, encoding, marginals, selection, estimation and sampling."""

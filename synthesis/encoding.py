@@ -1,0 +1,178 @@
+"""Encoding of typed tables to integer codes and back, on domains derived from public data only.
+
+Fine domain: each column's codes come from the public schema alone (categories; integers one
+code per value when there are few; otherwise 256 equal-width bins between the public bounds),
+plus one code for missing. Coarser domains used for measurement are `Grouping`s of fine codes,
+computed by the coordinator from noisy (DP) counts, so they are post-processing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fedsynth.synthesis.schema import Column, Schema
+
+FINE_BINS = 256
+
+
+@dataclass(frozen=True)
+class ColumnCodec:
+    """Maps one column's values to fine codes 0..size-1 (missing last when nullable)."""
+
+    column: Column
+    edges: np.ndarray | None  # numeric bins: len = bins + 1; None for categorical / exact ints
+    size: int
+
+    @property
+    def missing_code(self) -> int | None:
+        return self.size - 1 if self.column.nullable else None
+
+    @property
+    def value_codes(self) -> int:
+        return self.size - (1 if self.column.nullable else 0)
+
+    @classmethod
+    def for_column(cls, col: Column) -> ColumnCodec:
+        extra = 1 if col.nullable else 0
+        if col.kind == "categorical":
+            return cls(col, None, len(col.categories) + extra)
+        lo, hi = float(col.lower or 0.0), float(col.upper or 0.0)
+        if col.kind == "integer" and hi - lo + 1 <= FINE_BINS:
+            return cls(col, None, int(hi - lo) + 1 + extra)
+        bins = 1 if hi == lo else FINE_BINS
+        return cls(col, np.linspace(lo, hi, bins + 1), bins + extra)
+
+    def encode(self, s: pd.Series) -> np.ndarray:
+        col = self.column
+        na = s.isna().to_numpy()
+        codes = np.zeros(len(s), dtype=np.int64)
+        if col.kind == "categorical":
+            lookup = {c: i for i, c in enumerate(col.categories)}
+            codes[~na] = s[~na].map(lookup).to_numpy(dtype=np.int64)
+        elif self.edges is None:
+            codes[~na] = s[~na].to_numpy(dtype=float).astype(np.int64) - int(col.lower or 0)
+        else:
+            v = s[~na].to_numpy(dtype=float)
+            nb = len(self.edges) - 1
+            codes[~na] = np.clip(np.searchsorted(self.edges, v, side="right") - 1, 0, nb - 1)
+        if na.any():
+            if self.missing_code is None:
+                raise ValueError(f"column {col.name!r} has missing values but is not nullable")
+            codes[na] = self.missing_code
+        return codes
+
+    def decode(self, fine: np.ndarray, rng: np.random.Generator) -> pd.Series:
+        """Typed values for fine codes; numeric values drawn uniformly inside their bin."""
+        col = self.column
+        miss = np.zeros(len(fine), dtype=bool) if self.missing_code is None else (
+            fine == self.missing_code)
+        safe = np.where(miss, 0, fine)
+        if col.kind == "categorical":
+            cats = np.asarray(col.categories, dtype=object)
+            out = pd.Series(cats[safe], dtype=object)
+            out[miss] = None
+            return out
+        if self.edges is None:
+            vals = safe.astype(float) + float(col.lower or 0.0)
+        else:
+            lo, hi = self.edges[safe], self.edges[safe + 1]
+            vals = lo + rng.random(len(safe)) * (hi - lo)
+            if col.kind == "integer":
+                vals = np.clip(np.floor(vals), col.lower, col.upper)
+        vals[miss] = np.nan
+        if col.kind == "integer":
+            return pd.Series(vals).astype("Int64" if col.nullable else "int64")
+        return pd.Series(vals, dtype=float)
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """The fine encoding of every column of a schema."""
+
+    schema: Schema
+    codecs: tuple[ColumnCodec, ...]
+
+    @classmethod
+    def from_schema(cls, schema: Schema) -> Encoding:
+        return cls(schema, tuple(ColumnCodec.for_column(c) for c in schema.columns))
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(c.size for c in self.codecs)
+
+    def encode(self, df: pd.DataFrame) -> np.ndarray:
+        """(rows, columns) int64 fine codes of a validated table."""
+        return np.stack([c.encode(df[c.column.name]) for c in self.codecs], axis=1) if len(
+            df) else np.zeros((0, len(self.codecs)), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """A coarser domain for one column: fine code i -> group `index[i]` in 0..size-1."""
+
+    index: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.index.max()) + 1 if len(self.index) else 0
+
+    @classmethod
+    def identity(cls, n: int) -> Grouping:
+        return cls(np.arange(n, dtype=np.int64))
+
+
+def quantile_grouping(codec: ColumnCodec, noisy_counts: np.ndarray, max_groups: int) -> Grouping:
+    """Group adjacent fine bins of a numeric column into about equal-mass groups.
+
+    `noisy_counts` are the DP fine 1-way counts; negative noise is clipped. Categorical columns
+    and columns already small enough keep their fine codes. Missing keeps its own group.
+    """
+    n_val = codec.value_codes
+    if codec.column.kind == "categorical" or n_val <= max_groups:
+        return Grouping.identity(codec.size)
+    mass = np.clip(noisy_counts[:n_val].astype(float), 0, None) + 1e-9
+    cdf = np.cumsum(mass) / mass.sum()
+    groups = np.minimum((cdf * max_groups - 1e-9).astype(np.int64), max_groups - 1)
+    groups = np.maximum.accumulate(groups)
+    _, dense = np.unique(groups, return_inverse=True)
+    index = dense.astype(np.int64)
+    if codec.missing_code is not None:
+        index = np.append(index, index.max() + 1)
+    return Grouping(index)
+
+
+def top_grouping(noisy_counts: np.ndarray, keep: int, *, ordered: bool) -> Grouping:
+    """At most `keep` groups: adjacent equal-mass groups if `ordered`, else top values + rest."""
+    n = len(noisy_counts)
+    if n <= keep:
+        return Grouping.identity(n)
+    mass = np.clip(noisy_counts.astype(float), 0, None) + 1e-9
+    if ordered:
+        cdf = np.cumsum(mass) / mass.sum()
+        g = np.maximum.accumulate(np.minimum((cdf * keep - 1e-9).astype(np.int64), keep - 1))
+        return Grouping(np.unique(g, return_inverse=True)[1].astype(np.int64))
+    top = np.argsort(-mass)[: keep - 1]
+    index = np.full(n, keep - 1, dtype=np.int64)
+    index[top] = np.arange(keep - 1)
+    return Grouping(index)
+
+
+def decode_groups(encoding: Encoding, groupings: Sequence[Grouping], group_codes: np.ndarray,
+                  fine_counts: Sequence[np.ndarray], rng: np.random.Generator) -> pd.DataFrame:
+    """Typed rows from group codes: a fine code is drawn in each group by its noisy fine count."""
+    out: dict[str, pd.Series] = {}
+    for j, (codec, grp) in enumerate(zip(encoding.codecs, groupings, strict=True)):
+        g = group_codes[:, j]
+        fine = np.empty(len(g), dtype=np.int64)
+        weights = np.clip(fine_counts[j].astype(float), 0, None) + 1e-6
+        for k in np.unique(g):
+            members = np.flatnonzero(grp.index == k)
+            rows = np.flatnonzero(g == k)
+            p = weights[members] / weights[members].sum()
+            fine[rows] = rng.choice(members, size=len(rows), p=p)
+        out[codec.column.name] = codec.decode(fine, rng).reset_index(drop=True)
+    return pd.DataFrame(out)
