@@ -24,7 +24,14 @@ from fedsynth.client_node.data import DataFileError, read_table
 from fedsynth.client_node.ledger import BudgetExceeded, Ledger
 from fedsynth.crypto import noise, secagg
 from fedsynth.protocols import fedsynth_pb2 as pb
-from fedsynth.protocols.messages import ProtocolError, pack, refusal, unpack
+from fedsynth.protocols.messages import (
+    ProtocolError,
+    new_signing_key,
+    pack,
+    refusal,
+    sign,
+    unpack,
+)
 from fedsynth.protocols.secure_sum import party_measure_reply, party_unmask_reply
 from fedsynth.protocols.spec import JobSpec, JobSpecError
 from fedsynth.synthesis import marginals
@@ -85,6 +92,7 @@ class Node:
                 else:
                     reply = self._unmask(env, session)
             session["step"] = env.step
+            sign(reply, bytes.fromhex(session["signing"]))
             return pack(reply), json.dumps(session).encode()
         except DropOut:
             raise
@@ -114,11 +122,14 @@ class Node:
                                  f"ε={self.policy.epsilon_cap}")
         encoded_table(self.policy, spec.schema)  # validate the local data against the schema now
         keys = secagg.KeyPair.generate()
+        signing, verifying = new_signing_key()
         session = {"job_id": env.job_id, "party": env.party,
                    "spec": base64.b64encode(env.setup_request.spec.SerializeToString()).decode(),
-                   "private": keys.private.hex(), "publics": {}, "rounds": {}, "step": env.step}
+                   "private": keys.private.hex(), "signing": signing.hex(), "publics": {},
+                   "rounds": {}, "step": env.step}
         out = pb.Envelope(job_id=env.job_id, step=env.step, party=env.party)
         out.setup_reply.public_key = keys.public
+        out.setup_reply.signing_key = verifying
         log.info("party %d joined job %s", env.party, env.job_id)
         return out, session
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedsynth.protocols import fedsynth_pb2 as pb
-from fedsynth.protocols.messages import PartyRefused, ProtocolError, pack, unpack
+from fedsynth.protocols.messages import PartyRefused, ProtocolError, pack, unpack, verify
 from fedsynth.protocols.secure_sum import CoordinatorRound
 from fedsynth.protocols.transport import Transport
 from fedsynth.synthesis.encoding import Grouping
@@ -33,6 +33,7 @@ class Exchange:
     timeout: float = 600.0
     step: int = 0
     bytes_sent: dict[int, int] = field(default_factory=dict)  # party -> bytes it sent us
+    signing_keys: dict[int, bytes] = field(default_factory=dict)  # pinned at setup
 
     def call(self, bodies: Mapping[int, tuple[str, object]], expect: str) -> dict[int, pb.Envelope]:
         """Send one request per party; return the valid replies (missing = dropped)."""
@@ -56,6 +57,11 @@ class Exchange:
                 if env.step != self.step or env.party != p:
                     raise ProtocolError(f"party {p}: reply is for step {env.step} / party "
                                         f"{env.party}, expected step {self.step} / party {p}")
+                if expect == "setup_reply":
+                    if len(env.setup_reply.signing_key) != 32:
+                        raise ProtocolError(f"party {p}: setup reply without a signing key")
+                    self.signing_keys[p] = env.setup_reply.signing_key
+                verify(env, self.signing_keys.get(p, b""), sender=f"party {p}")
             except PartyRefused as r:
                 refused[p] = r
                 continue

@@ -25,7 +25,13 @@ import numpy as np
 import pandas as pd
 
 from fedsynth.coordinator.exchange import Exchange, secure_sum
-from fedsynth.crypto.accountant import Accountant, StepBudget, calibrate, zcdp_rho_for
+from fedsynth.crypto.accountant import (
+    Accountant,
+    StepBudget,
+    calibrate,
+    remaining_variance,
+    zcdp_rho_for,
+)
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.secure_sum import RoundFailed
 from fedsynth.protocols.spec import JobSpec
@@ -38,8 +44,8 @@ from fedsynth.synthesis.encoding import (
     quantile_grouping,
     top_grouping,
 )
-from fedsynth.synthesis.estimation import Measurement, fit_and_sample
-from fedsynth.synthesis.selection import dependence_score, max_spanning_tree
+from fedsynth.synthesis.estimation import Measurement, fit_and_sample, model_size_mb
+from fedsynth.synthesis.selection import add_pairs, dependence_score, max_spanning_tree
 
 log = logging.getLogger("fedsynth.coordinator")
 
@@ -52,6 +58,8 @@ class JobOptions:
     select_groups: int = 8  # values per column in the selection round
     shares: tuple[float, float, float] = (0.1, 0.2, 0.7)  # one-way, select, pairs
     iters: int = 1000  # estimation iterations
+    extra_pairs: float = 1.0  # pairs beyond the spanning tree, as a multiple of (columns - 1)
+    max_model_mb: float = 64.0  # cap on the graphical model's size when adding pairs
     timeout: float = 600.0  # seconds to wait for the parties' replies in each step
 
 
@@ -139,41 +147,55 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     say("measuring one-way marginals (domain step)")
     fine_groupings = [Grouping.identity(n) for n in enc.sizes]
     one, var1 = rounds.measure("one-way", fine_groupings, [(j,) for j in range(d)])
+    # Noisy fine counts shape the domain and the decoding (negative noise clipped there); the
+    # model is fitted to their raw, unbiased group sums. (Zeroing cells below two noise sds
+    # was tried and hurt: on ISLR/Default at ε=1 the 2-way TVD rose from 0.044 to 0.120.)
     fine_counts = [o.astype(float) for o in one]
     model_groups = [quantile_grouping(c, fine_counts[j], opt.max_groups)
                     for j, c in enumerate(enc.codecs)]
     measurements: list[Measurement] = []
     for j, g in enumerate(model_groups):
-        coarse = np.bincount(g.index, weights=fine_counts[j], minlength=g.size)
-        per_group = np.bincount(g.index, minlength=g.size).mean()
-        measurements.append(Measurement((j,), coarse, float(np.sqrt(var1 * per_group))))
+        summed = np.bincount(g.index, weights=one[j].astype(float), minlength=g.size)
+        w = 1.0 / np.sqrt(np.bincount(g.index, minlength=g.size))
+        measurements.append(Measurement((j,), summed * w, float(np.sqrt(var1)), weights=w))
     if d > 1:
         say(f"measuring {len(pairs)} candidate pairs for selection")
-        sel = []
+        sel_of_group = []
         for j, g in enumerate(model_groups):
-            coarse = measurements[j].noisy
+            coarse = np.bincount(g.index, weights=fine_counts[j], minlength=g.size)
             ordered = enc.codecs[j].column.kind != "categorical"
-            top = top_grouping(coarse, opt.select_groups, ordered=ordered)
-            sel.append(Grouping(top.index[g.index]))
+            sel_of_group.append(top_grouping(coarse, opt.select_groups, ordered=ordered).index)
+        sel = [Grouping(sg[g.index]) for sg, g in zip(sel_of_group, model_groups, strict=True)]
         tables, var2 = rounds.measure("select", sel, pairs)
         scores = {p: dependence_score(tab, var2) for p, tab in zip(pairs, tables, strict=True)}
         tree = max_spanning_tree(d, scores)
+        msizes = [g.size for g in model_groups]
+        tree = add_pairs(tree, scores, limit=int(opt.extra_pairs * (d - 1)),
+                         fits=lambda cl: model_size_mb(msizes, cl) <= opt.max_model_mb)
         names = spec.schema.names
         say("selected pairs: " + ", ".join(f"{names[a]}~{names[b]}" for a, b in tree))
         say(f"measuring {len(tree)} selected pairs")
+        rounds.variances["pairs"] = remaining_variance(rounds.acc, count=len(tree),
+                                                       epsilon=spec.epsilon, delta=spec.delta)
         pair_tabs, var3 = rounds.measure("pairs", model_groups, tree)
         measurements += [Measurement(p, tab, float(np.sqrt(var3)))
                          for p, tab in zip(tree, pair_tabs, strict=True)]
+        # The selection round's answers for the chosen pairs are kept too (coarser grouping).
+        # Unchosen pairs are left out: every measured clique becomes part of the model.
+        by_pair = dict(zip(pairs, tables, strict=True))
+        measurements += [Measurement(p, by_pair[p], float(np.sqrt(var2)),
+                                     groups=(sel_of_group[p[0]], sel_of_group[p[1]]))
+                         for p in tree]
     timings["measure"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    total = _noisy_total(measurements)
+    total = float(np.median([o.sum() for o in one]))  # each column's noisy count of all rows
     rows = opt.rows if opt.rows is not None else max(1, round(total))
     say(f"estimating the model (Private-PGM) and sampling {rows} rows")
     codes = fit_and_sample([g.size for g in model_groups], measurements, rows=rows,
                            seed=opt.seed, iters=opt.iters)
     synthetic = decode_groups(enc, model_groups, codes, fine_counts,
-                              np.random.default_rng(opt.seed))
+                              np.random.default_rng(opt.seed), floor=2.0 * float(np.sqrt(var1)))
     timings["estimate_and_sample"] = time.perf_counter() - t
 
     eps = rounds.acc.epsilon(spec.delta)
@@ -182,11 +204,6 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     privacy = _privacy_report(spec, rounds, eps, plan, total)
     timings["total"] = time.perf_counter() - t0
     return JobResult(synthetic, privacy, timings, dict(ex.bytes_sent))
-
-
-def _noisy_total(measurements: Sequence[Measurement]) -> float:
-    ones = [m for m in measurements if len(m.clique) == 1]
-    return float(np.median([m.noisy.sum() for m in ones])) if ones else 1.0
 
 
 def _privacy_report(spec: JobSpec, rounds: _Rounds, eps: float, plan: list[StepBudget],

@@ -24,9 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant
 
+# Orders up to 2**20: a small ε at a small δ needs a large order (ε ≈ log(1/δ) / α); with the
+# grid stopping at 1024, e.g. ε = 0.01 at δ = 1e-9 had no usable order and calibrate fell into
+# the degenerate ρ ≈ δ² corner (noise variance ~1e17).
 ORDERS: tuple[float, ...] = tuple(
-    [1.0 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [64.0, 128.0, 256.0, 512.0,
-                                                                       1024.0])
+    [1.0 + x / 10.0 for x in range(1, 100)] + list(range(11, 64))
+    + [float(2**k) for k in range(6, 21)])
 
 
 def check_epsilon_delta(epsilon: float, delta: float) -> None:
@@ -145,3 +148,29 @@ def calibrate(steps: Sequence[StepBudget], *, epsilon: float, delta: float) -> d
     if lo == 0.0:
         raise ValueError(f"no noise level meets epsilon={epsilon}, delta={delta}")
     return variances(lo)
+
+
+def remaining_variance(acc: Accountant, *, count: int, epsilon: float, delta: float) -> float:
+    """Smallest Skellam variance for `count` more marginals that keeps the total within (ε, δ)."""
+    check_epsilon_delta(epsilon, delta)
+    if count < 1:
+        raise ValueError("count must be at least 1")
+
+    def fits(v: float) -> bool:
+        trial = Accountant(list(acc.releases))
+        trial.add(step="trial", count=count, variance=v)
+        return trial.epsilon(delta) <= epsilon
+
+    lo, hi = 1e-6, 1.0
+    while not fits(hi):
+        lo, hi = hi, hi * 4
+        if hi > 1e18:
+            raise ValueError(f"the budget ε={epsilon} is already spent; nothing is left for "
+                             f"{count} more marginals")
+    for _ in range(80):  # geometric bisection: the answer spans many orders of magnitude
+        mid = (lo * hi) ** 0.5
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi

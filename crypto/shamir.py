@@ -42,6 +42,8 @@ def split(secret: bytes, *, threshold: int, holders: list[int]) -> dict[int, byt
 
 def combine(shares: Mapping[int, bytes], *, threshold: int, secret_len: int = 32) -> bytes:
     """Recover the secret from at least `threshold` shares (extra shares are ignored)."""
+    if threshold < 1:
+        raise ShamirError(f"threshold {threshold} must be at least 1")
     if len(shares) < threshold:
         raise ShamirError(f"{len(shares)} shares given, {threshold} needed to recover the secret")
     points = sorted(shares.items())[:threshold]

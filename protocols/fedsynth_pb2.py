@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0e\x66\x65\x64synth.proto\x12\x0b\x66\x65\x64synth.v1\"\xb1\x03\n\x08\x45nvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\r\x12\r\n\x05party\x18\x04 \x01(\r\x12\x32\n\rsetup_request\x18\n \x01(\x0b\x32\x19.fedsynth.v1.SetupRequestH\x00\x12.\n\x0bsetup_reply\x18\x0b \x01(\x0b\x32\x17.fedsynth.v1.SetupReplyH\x00\x12\x36\n\x0fmeasure_request\x18\x0c \x01(\x0b\x32\x1b.fedsynth.v1.MeasureRequestH\x00\x12\x32\n\rmeasure_reply\x18\r \x01(\x0b\x32\x19.fedsynth.v1.MeasureReplyH\x00\x12\x34\n\x0eunmask_request\x18\x0e \x01(\x0b\x32\x1a.fedsynth.v1.UnmaskRequestH\x00\x12\x30\n\x0cunmask_reply\x18\x0f \x01(\x0b\x32\x18.fedsynth.v1.UnmaskReplyH\x00\x12\'\n\x07refusal\x18\x10 \x01(\x0b\x32\x14.fedsynth.v1.RefusalH\x00\x42\x06\n\x04\x62ody\"\x96\x01\n\x07JobSpec\x12\x13\n\x0bschema_json\x18\x01 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x0f\n\x07parties\x18\x04 \x01(\r\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x11\n\tcolluders\x18\x06 \x01(\r\x12\x0f\n\x07\x63hannel\x18\x07 \x01(\t\x12\x0e\n\x06method\x18\x08 \x01(\t\"2\n\x0cSetupRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.fedsynth.v1.JobSpec\" \n\nSetupReply\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\"\x19\n\x08Grouping\x12\r\n\x05index\x18\x01 \x03(\r\"\x19\n\x06\x43lique\x12\x0f\n\x07\x63olumns\x18\x01 \x03(\r\"\xa1\x02\n\x0eMeasureRequest\x12\r\n\x05round\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12(\n\tgroupings\x18\x03 \x03(\x0b\x32\x15.fedsynth.v1.Grouping\x12$\n\x07\x63liques\x18\x04 \x03(\x0b\x32\x13.fedsynth.v1.Clique\x12\x16\n\x0enoise_variance\x18\x05 \x01(\x01\x12\x14\n\x0cparticipants\x18\x06 \x03(\r\x12@\n\x0bpublic_keys\x18\x07 \x03(\x0b\x32+.fedsynth.v1.MeasureRequest.PublicKeysEntry\x1a\x31\n\x0fPublicKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xaf\x01\n\x0cMeasureReply\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0e\n\x06masked\x18\x02 \x01(\x0c\x12H\n\x10\x65ncrypted_shares\x18\x03 \x03(\x0b\x32..fedsynth.v1.MeasureReply.EncryptedSharesEntry\x1a\x36\n\x14\x45ncryptedSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xbd\x01\n\rUnmaskRequest\x12\r\n\x05round\x18\x01 \x01(\r\x12\x11\n\tsurvivors\x18\x02 \x03(\r\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\r\x12\x44\n\x0eshares_for_you\x18\x04 \x03(\x0b\x32,.fedsynth.v1.UnmaskRequest.SharesForYouEntry\x1a\x33\n\x11SharesForYouEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xa0\x02\n\x0bUnmaskReply\x12\r\n\x05round\x18\x01 \x01(\r\x12\x46\n\x10self_mask_shares\x18\x02 \x03(\x0b\x32,.fedsynth.v1.UnmaskReply.SelfMaskSharesEntry\x12J\n\x12\x64ropped_pair_seeds\x18\x03 \x03(\x0b\x32..fedsynth.v1.UnmaskReply.DroppedPairSeedsEntry\x1a\x35\n\x13SelfMaskSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a\x37\n\x15\x44roppedPairSeedsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"+\n\x07Refusal\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x10\n\x08problems\x18\x02 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0e\x66\x65\x64synth.proto\x12\x0b\x66\x65\x64synth.v1\"\xc4\x03\n\x08\x45nvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\r\x12\r\n\x05party\x18\x04 \x01(\r\x12\x32\n\rsetup_request\x18\n \x01(\x0b\x32\x19.fedsynth.v1.SetupRequestH\x00\x12.\n\x0bsetup_reply\x18\x0b \x01(\x0b\x32\x17.fedsynth.v1.SetupReplyH\x00\x12\x36\n\x0fmeasure_request\x18\x0c \x01(\x0b\x32\x1b.fedsynth.v1.MeasureRequestH\x00\x12\x32\n\rmeasure_reply\x18\r \x01(\x0b\x32\x19.fedsynth.v1.MeasureReplyH\x00\x12\x34\n\x0eunmask_request\x18\x0e \x01(\x0b\x32\x1a.fedsynth.v1.UnmaskRequestH\x00\x12\x30\n\x0cunmask_reply\x18\x0f \x01(\x0b\x32\x18.fedsynth.v1.UnmaskReplyH\x00\x12\'\n\x07refusal\x18\x10 \x01(\x0b\x32\x14.fedsynth.v1.RefusalH\x00\x12\x11\n\tsignature\x18\x1e \x01(\x0c\x42\x06\n\x04\x62ody\"\x96\x01\n\x07JobSpec\x12\x13\n\x0bschema_json\x18\x01 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x0f\n\x07parties\x18\x04 \x01(\r\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x11\n\tcolluders\x18\x06 \x01(\r\x12\x0f\n\x07\x63hannel\x18\x07 \x01(\t\x12\x0e\n\x06method\x18\x08 \x01(\t\"2\n\x0cSetupRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.fedsynth.v1.JobSpec\"5\n\nSetupReply\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x13\n\x0bsigning_key\x18\x02 \x01(\x0c\"\x19\n\x08Grouping\x12\r\n\x05index\x18\x01 \x03(\r\"\x19\n\x06\x43lique\x12\x0f\n\x07\x63olumns\x18\x01 \x03(\r\"\xa1\x02\n\x0eMeasureRequest\x12\r\n\x05round\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12(\n\tgroupings\x18\x03 \x03(\x0b\x32\x15.fedsynth.v1.Grouping\x12$\n\x07\x63liques\x18\x04 \x03(\x0b\x32\x13.fedsynth.v1.Clique\x12\x16\n\x0enoise_variance\x18\x05 \x01(\x01\x12\x14\n\x0cparticipants\x18\x06 \x03(\r\x12@\n\x0bpublic_keys\x18\x07 \x03(\x0b\x32+.fedsynth.v1.MeasureRequest.PublicKeysEntry\x1a\x31\n\x0fPublicKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xaf\x01\n\x0cMeasureReply\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0e\n\x06masked\x18\x02 \x01(\x0c\x12H\n\x10\x65ncrypted_shares\x18\x03 \x03(\x0b\x32..fedsynth.v1.MeasureReply.EncryptedSharesEntry\x1a\x36\n\x14\x45ncryptedSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xbd\x01\n\rUnmaskRequest\x12\r\n\x05round\x18\x01 \x01(\r\x12\x11\n\tsurvivors\x18\x02 \x03(\r\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\r\x12\x44\n\x0eshares_for_you\x18\x04 \x03(\x0b\x32,.fedsynth.v1.UnmaskRequest.SharesForYouEntry\x1a\x33\n\x11SharesForYouEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xa0\x02\n\x0bUnmaskReply\x12\r\n\x05round\x18\x01 \x01(\r\x12\x46\n\x10self_mask_shares\x18\x02 \x03(\x0b\x32,.fedsynth.v1.UnmaskReply.SelfMaskSharesEntry\x12J\n\x12\x64ropped_pair_seeds\x18\x03 \x03(\x0b\x32..fedsynth.v1.UnmaskReply.DroppedPairSeedsEntry\x1a\x35\n\x13SelfMaskSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a\x37\n\x15\x44roppedPairSeedsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"+\n\x07Refusal\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x10\n\x08problems\x18\x02 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,35 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UNMASKREPLY_DROPPEDPAIRSEEDSENTRY']._loaded_options = None
   _globals['_UNMASKREPLY_DROPPEDPAIRSEEDSENTRY']._serialized_options = b'8\001'
   _globals['_ENVELOPE']._serialized_start=32
-  _globals['_ENVELOPE']._serialized_end=465
-  _globals['_JOBSPEC']._serialized_start=468
-  _globals['_JOBSPEC']._serialized_end=618
-  _globals['_SETUPREQUEST']._serialized_start=620
-  _globals['_SETUPREQUEST']._serialized_end=670
-  _globals['_SETUPREPLY']._serialized_start=672
-  _globals['_SETUPREPLY']._serialized_end=704
-  _globals['_GROUPING']._serialized_start=706
-  _globals['_GROUPING']._serialized_end=731
-  _globals['_CLIQUE']._serialized_start=733
-  _globals['_CLIQUE']._serialized_end=758
-  _globals['_MEASUREREQUEST']._serialized_start=761
-  _globals['_MEASUREREQUEST']._serialized_end=1050
-  _globals['_MEASUREREQUEST_PUBLICKEYSENTRY']._serialized_start=1001
-  _globals['_MEASUREREQUEST_PUBLICKEYSENTRY']._serialized_end=1050
-  _globals['_MEASUREREPLY']._serialized_start=1053
-  _globals['_MEASUREREPLY']._serialized_end=1228
-  _globals['_MEASUREREPLY_ENCRYPTEDSHARESENTRY']._serialized_start=1174
-  _globals['_MEASUREREPLY_ENCRYPTEDSHARESENTRY']._serialized_end=1228
-  _globals['_UNMASKREQUEST']._serialized_start=1231
-  _globals['_UNMASKREQUEST']._serialized_end=1420
-  _globals['_UNMASKREQUEST_SHARESFORYOUENTRY']._serialized_start=1369
-  _globals['_UNMASKREQUEST_SHARESFORYOUENTRY']._serialized_end=1420
-  _globals['_UNMASKREPLY']._serialized_start=1423
-  _globals['_UNMASKREPLY']._serialized_end=1711
-  _globals['_UNMASKREPLY_SELFMASKSHARESENTRY']._serialized_start=1601
-  _globals['_UNMASKREPLY_SELFMASKSHARESENTRY']._serialized_end=1654
-  _globals['_UNMASKREPLY_DROPPEDPAIRSEEDSENTRY']._serialized_start=1656
-  _globals['_UNMASKREPLY_DROPPEDPAIRSEEDSENTRY']._serialized_end=1711
-  _globals['_REFUSAL']._serialized_start=1713
-  _globals['_REFUSAL']._serialized_end=1756
+  _globals['_ENVELOPE']._serialized_end=484
+  _globals['_JOBSPEC']._serialized_start=487
+  _globals['_JOBSPEC']._serialized_end=637
+  _globals['_SETUPREQUEST']._serialized_start=639
+  _globals['_SETUPREQUEST']._serialized_end=689
+  _globals['_SETUPREPLY']._serialized_start=691
+  _globals['_SETUPREPLY']._serialized_end=744
+  _globals['_GROUPING']._serialized_start=746
+  _globals['_GROUPING']._serialized_end=771
+  _globals['_CLIQUE']._serialized_start=773
+  _globals['_CLIQUE']._serialized_end=798
+  _globals['_MEASUREREQUEST']._serialized_start=801
+  _globals['_MEASUREREQUEST']._serialized_end=1090
+  _globals['_MEASUREREQUEST_PUBLICKEYSENTRY']._serialized_start=1041
+  _globals['_MEASUREREQUEST_PUBLICKEYSENTRY']._serialized_end=1090
+  _globals['_MEASUREREPLY']._serialized_start=1093
+  _globals['_MEASUREREPLY']._serialized_end=1268
+  _globals['_MEASUREREPLY_ENCRYPTEDSHARESENTRY']._serialized_start=1214
+  _globals['_MEASUREREPLY_ENCRYPTEDSHARESENTRY']._serialized_end=1268
+  _globals['_UNMASKREQUEST']._serialized_start=1271
+  _globals['_UNMASKREQUEST']._serialized_end=1460
+  _globals['_UNMASKREQUEST_SHARESFORYOUENTRY']._serialized_start=1409
+  _globals['_UNMASKREQUEST_SHARESFORYOUENTRY']._serialized_end=1460
+  _globals['_UNMASKREPLY']._serialized_start=1463
+  _globals['_UNMASKREPLY']._serialized_end=1751
+  _globals['_UNMASKREPLY_SELFMASKSHARESENTRY']._serialized_start=1641
+  _globals['_UNMASKREPLY_SELFMASKSHARESENTRY']._serialized_end=1694
+  _globals['_UNMASKREPLY_DROPPEDPAIRSEEDSENTRY']._serialized_start=1696
+  _globals['_UNMASKREPLY_DROPPEDPAIRSEEDSENTRY']._serialized_end=1751
+  _globals['_REFUSAL']._serialized_start=1753
+  _globals['_REFUSAL']._serialized_end=1796
 # @@protoc_insertion_point(module_scope)

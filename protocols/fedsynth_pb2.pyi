@@ -33,12 +33,15 @@ class Envelope(_message.Message):
     UNMASK_REQUEST_FIELD_NUMBER: _builtins.int
     UNMASK_REPLY_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     job_id: _builtins.str
     step: _builtins.int
     """protocol step counter: strictly increasing within a job (replay guard)"""
     party: _builtins.int
     """recipient of a request, sender of a reply (1..parties)"""
+    signature: _builtins.bytes
+    """Ed25519 over the envelope without this field (party replies)"""
     @_builtins.property
     def setup_request(self) -> Global___SetupRequest: ...
     @_builtins.property
@@ -67,10 +70,11 @@ class Envelope(_message.Message):
         unmask_request: Global___UnmaskRequest | None = ...,
         unmask_reply: Global___UnmaskReply | None = ...,
         refusal: Global___Refusal | None = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "job_id", b"job_id", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "party", b"party", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "step", b"step", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "job_id", b"job_id", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "party", b"party", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "signature", b"signature", "step", b"step", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["setup_request", "setup_reply", "measure_request", "measure_reply", "unmask_request", "unmask_reply", "refusal"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
@@ -147,16 +151,20 @@ class SetupReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    SIGNING_KEY_FIELD_NUMBER: _builtins.int
     public_key: _builtins.bytes
-    """X25519, 32 bytes"""
+    """X25519, 32 bytes, for pair secrets"""
+    signing_key: _builtins.bytes
+    """Ed25519, 32 bytes: every later reply of this party is signed with it"""
     def __init__(
         self,
         *,
         public_key: _builtins.bytes = ...,
+        signing_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["public_key", b"public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["public_key", b"public_key", "signing_key", b"signing_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -75,13 +75,18 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
     """
     lines: list[str] = []
     handler = _ListHandler(lines)
-    logging.getLogger("fedsynth").addHandler(handler)
+    logger = logging.getLogger("fedsynth")
+    old_level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)  # job.log gets the INFO lines even if the console does not
+    logger.addHandler(handler)
     try:
         return _simulate(parties, data, dataset, target, n_parties, partition_spec, epsilon,
                          delta, channel, rows, holdout, seed, out, threshold, colluders, schema,
                          engine, evaluate, options, progress, lines)
     finally:
-        logging.getLogger("fedsynth").removeHandler(handler)
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
 
 
 class _ListHandler(logging.Handler):
@@ -101,8 +106,10 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
               schema: Schema | None, engine: str, evaluate: bool, options: JobOptions | None,
               progress: Callable[[str], None] | None, lines: list[str]) -> SimulationResult:
     def say(msg: str) -> None:
-        log.info("%s", msg) if progress is None else progress(msg)
-        if progress is not None:
+        if progress is None:
+            log.info("%s", msg)  # the job.log handler records it
+        else:
+            progress(msg)
             lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}")
 
     t0 = time.perf_counter()

@@ -80,9 +80,14 @@ class ColumnCodec:
             vals = safe.astype(float) + float(col.lower or 0.0)
         else:
             lo, hi = self.edges[safe], self.edges[safe + 1]
-            vals = lo + rng.random(len(safe)) * (hi - lo)
-            if col.kind == "integer":
-                vals = np.clip(np.floor(vals), col.lower, col.upper)
+            if col.kind == "integer":  # the whole numbers v with lo <= v < hi (last bin: <= hi)
+                last = safe == len(self.edges) - 2
+                first_int = np.ceil(lo)
+                last_int = np.where(last, np.floor(hi), np.ceil(hi) - 1)
+                last_int = np.maximum(last_int, first_int)
+                vals = first_int + np.floor(rng.random(len(safe)) * (last_int - first_int + 1))
+            else:
+                vals = lo + rng.random(len(safe)) * (hi - lo)
         vals[miss] = np.nan
         if col.kind == "integer":
             return pd.Series(vals).astype("Int64" if col.nullable else "int64")
@@ -162,17 +167,28 @@ def top_grouping(noisy_counts: np.ndarray, keep: int, *, ordered: bool) -> Group
 
 
 def decode_groups(encoding: Encoding, groupings: Sequence[Grouping], group_codes: np.ndarray,
-                  fine_counts: Sequence[np.ndarray], rng: np.random.Generator) -> pd.DataFrame:
-    """Typed rows from group codes: a fine code is drawn in each group by its noisy fine count."""
+                  fine_counts: Sequence[np.ndarray], rng: np.random.Generator, *,
+                  floor: float = 0.0) -> pd.DataFrame:
+    """Typed rows from group codes: a fine code is drawn in each group by its noisy fine count.
+
+    For exact-value codes (integers with one code per value) the counts are reduced by
+    `floor` (about two noise sds) and clipped at 0, so values whose noisy count is explained by
+    noise alone are not drawn; a group whose codes all fall below the floor draws by the
+    clipped counts. Binned numeric columns use the clipped counts (flooring their smooth,
+    dense bins was measured to hurt: ISLR/Default 2-way TVD 0.045 -> 0.095 at ε=1).
+    """
     out: dict[str, pd.Series] = {}
     for j, (codec, grp) in enumerate(zip(encoding.codecs, groupings, strict=True)):
         g = group_codes[:, j]
         fine = np.empty(len(g), dtype=np.int64)
-        weights = np.clip(fine_counts[j].astype(float), 0, None) + 1e-6
+        raw = np.clip(fine_counts[j].astype(float), 0, None) + 1e-6
+        cut = floor if codec.edges is None and codec.column.kind == "integer" else 0.0
+        sharp = np.clip(fine_counts[j].astype(float) - cut, 0, None)
         for k in np.unique(g):
             members = np.flatnonzero(grp.index == k)
             rows = np.flatnonzero(g == k)
-            p = weights[members] / weights[members].sum()
+            w = sharp[members] if sharp[members].sum() > 0 else raw[members]
+            p = w / w.sum()
             fine[rows] = rng.choice(members, size=len(rows), p=p)
         out[codec.column.name] = codec.decode(fine, rng).reset_index(drop=True)
     return pd.DataFrame(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,11 +32,57 @@ def _mbi():  # type: ignore[no-untyped-def]
 
 @dataclass(frozen=True)
 class Measurement:
-    """A noisy marginal on `clique` (column positions), shaped like the clique, and its sd."""
+    """A noisy marginal on `clique` (column positions), shaped like the clique, and its sd.
+
+    `groups` (optional, one index array per clique column, None for identity) says the noisy
+    table was counted on a coarser grouping of the model's codes: cell (g_a, g_b) is the sum of
+    model cells whose codes map to g_a and g_b. `weights` rescales cells (mbi's WeightedQuery).
+    """
 
     clique: tuple[int, ...]
     noisy: np.ndarray
     stddev: float
+    groups: tuple[np.ndarray | None, ...] | None = None
+    weights: np.ndarray | None = None
+
+
+class _GroupedQuery:
+    """Sums a factor's table into coarser groups per axis (a linear query for mbi)."""
+
+    def __init__(self, mats: list[np.ndarray]) -> None:
+        self.mats = mats  # one (groups x codes) 0/1 matrix per axis
+
+    def __call__(self, f: Any) -> Any:
+        import jax.numpy as jnp
+
+        x = f.datavector(flatten=False)
+        for axis, m in enumerate(self.mats):
+            x = jnp.moveaxis(jnp.tensordot(jnp.asarray(m), x, axes=([1], [axis])), 0, axis)
+        return x.reshape(-1)
+
+    def op_norm_sq(self) -> float:
+        return float(np.prod([np.max(m.sum(axis=1)) for m in self.mats]))
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+def _query(m: Measurement, sizes: Sequence[int]) -> Any:
+    mbi = _mbi()
+    if m.groups is not None:
+        mats = []
+        for col, g in zip(m.clique, m.groups, strict=True):
+            idx = np.arange(sizes[col]) if g is None else np.asarray(g)
+            mat = np.zeros((int(idx.max()) + 1, sizes[col]))
+            mat[idx, np.arange(sizes[col])] = 1.0
+            mats.append(mat)
+        return _GroupedQuery(mats)
+    if m.weights is not None:
+        return mbi.WeightedQuery(np.asarray(m.weights, dtype=float).ravel())
+    return mbi.marginal_loss.DatavectorQuery()
 
 
 def _name(i: int) -> str:
@@ -48,7 +95,8 @@ def fit_and_sample(sizes: Sequence[int], measurements: Sequence[Measurement], *,
     mbi = _mbi()
     domain = mbi.Domain([_name(i) for i in range(len(sizes))], [int(s) for s in sizes])
     ms = [mbi.LinearMeasurement(np.asarray(m.noisy, dtype=float).ravel(),
-                                tuple(_name(i) for i in m.clique), stddev=float(m.stddev))
+                                tuple(_name(i) for i in m.clique), stddev=float(m.stddev),
+                                query=_query(m, sizes))
           for m in measurements]
     total = _total_estimate(measurements)
     model = mbi.estimation.MirrorDescent().estimate(domain, ms, known_total=total, iters=iters)
@@ -63,7 +111,18 @@ def _total_estimate(measurements: Sequence[Measurement]) -> float:
     """Inverse-variance weighted mean of each measurement's noisy total (at least 1)."""
     num = den = 0.0
     for m in measurements:
+        if m.weights is not None:
+            continue
         var = m.stddev**2 * m.noisy.size
         num += float(m.noisy.sum()) / var
         den += 1.0 / var
     return max(1.0, num / den) if den else 1.0
+
+
+def model_size_mb(sizes: Sequence[int], cliques: Sequence[tuple[int, ...]]) -> float:
+    """Size of the junction tree's parameters for these cliques, in megabytes."""
+    mbi = _mbi()
+    from mbi.junction_tree import hypothetical_model_size
+
+    domain = mbi.Domain([_name(i) for i in range(len(sizes))], [int(s) for s in sizes])
+    return float(hypothetical_model_size(domain, [tuple(_name(i) for i in c) for c in cliques]))

@@ -123,6 +123,12 @@ class Schema:
             if not isinstance(c, dict) or "name" not in c or "kind" not in c:
                 problems.append(f"column #{i}: needs at least 'name' and 'kind'")
                 continue
+            if "categories" in c and not isinstance(c["categories"], list):
+                problems.append(f"column {c['name']!r}: 'categories' must be a list of values")
+                continue
+            if not isinstance(c.get("nullable", False), bool):
+                problems.append(f"column {c['name']!r}: 'nullable' must be true or false")
+                continue
             try:
                 cols.append(Column(
                     name=str(c["name"]), kind=c["kind"],
@@ -197,6 +203,7 @@ def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
     With `show_values=False` the offending values are left out (for reports that leave a party).
     """
     problems: list[str] = []
+    df = df.rename(columns=str)  # schemas name columns by string, as CSV headers do
     missing = [n for n in schema.names if n not in df.columns]
     extra = [str(c) for c in df.columns if c not in schema.names]
     if missing:

@@ -10,7 +10,7 @@ beyond the selection round's measurement.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -48,3 +48,17 @@ def max_spanning_tree(n_columns: int, scores: Mapping[Pair, float]) -> list[Pair
             parent[a] = b
             tree.append(pair)
     return sorted(tree)
+
+
+def add_pairs(chosen: Sequence[Pair], scores: Mapping[Pair, float], *, limit: int,
+              fits: Callable[[list[Pair]], bool]) -> list[Pair]:
+    """Greedily add up to `limit` more pairs with positive score while the model still `fits`."""
+    out = list(chosen)
+    for pair in sorted(scores, key=lambda p: (-scores[p], p)):
+        if limit <= 0 or scores[pair] <= 0:
+            break
+        if pair in out or not fits([*out, pair]):
+            continue
+        out.append(pair)
+        limit -= 1
+    return sorted(out)

@@ -1,0 +1,197 @@
+"""Unit and property tests for fedsynth.crypto.accountant (Skellam RDP, (ε, δ), zCDP ρ)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedsynth.crypto import accountant as acct
+from fedsynth.crypto.accountant import Accountant, StepBudget, calibrate, check_epsilon_delta
+
+ORDERS = np.asarray(acct.ORDERS)
+
+epsilons = st.floats(0.01, 20.0)
+deltas = st.floats(-12.0, -3.0).map(lambda e: 10.0**e)
+variances = st.floats(0.5, 1e7)
+
+
+def closed_form_rho(epsilon: float, delta: float) -> float:
+    """ρ solving ε = ρ + 2 sqrt(ρ log(1/δ)) (Bun & Steinke 2016, Prop. 1.3)."""
+    log_inv = math.log(1 / delta)
+    return (math.sqrt(log_inv + epsilon) - math.sqrt(log_inv)) ** 2
+
+
+def test_skellam_rdp_matches_the_theorem_at_a_hand_checked_point():
+    # v = 10 -> μ = 5; α = 2: α/(4μ) = 0.1; min((2α + 6)/(16 μ²), 3/(4μ)) = min(0.025, 0.15)
+    assert acct.skellam_rdp(10.0, orders=[2.0])[0] == pytest.approx(0.125)
+    # v = 1 -> μ = 0.5; α = 10: 10/2 = 5; min(26/4, 3/2) = 1.5
+    assert acct.skellam_rdp(1.0, orders=[10.0])[0] == pytest.approx(6.5)
+
+
+@pytest.mark.parametrize("variance", [1e6, 1e8, 1e10])
+def test_skellam_rdp_approaches_the_gaussian_for_large_variance(variance):
+    rdp = acct.skellam_rdp(variance)
+    gauss = ORDERS / (2 * variance)
+    np.testing.assert_allclose(rdp, gauss, rtol=1e-4 if variance == 1e6 else 1e-6)
+    assert np.all(rdp >= gauss)
+
+
+@settings(max_examples=50, deadline=None)
+@given(variance=variances, l1=st.integers(1, 10))
+def test_skellam_rdp_is_never_below_the_gaussian(variance, l1):
+    l2 = math.sqrt(l1)
+    rdp = acct.skellam_rdp(variance, l1=l1, l2=l2)
+    assert np.all(rdp >= ORDERS * l2**2 / (2 * variance))
+    assert np.all(np.diff(rdp) > 0)  # increasing in the order
+
+
+def test_skellam_rdp_rejects_non_positive_variance():
+    for v in (0.0, -1.0):
+        with pytest.raises(ValueError, match="positive"):
+            acct.skellam_rdp(v)
+
+
+@settings(max_examples=40, deadline=None)
+@given(v1=variances, ratio=st.floats(1.001, 100.0), count=st.integers(1, 50), delta=deltas)
+def test_epsilon_decreases_with_variance(v1, ratio, count, delta):
+    small, large = Accountant(), Accountant()
+    small.add(step="s", count=count, variance=v1)
+    large.add(step="s", count=count, variance=v1 * ratio)
+    assert large.epsilon(delta) <= small.epsilon(delta)
+    assert large.rho() < small.rho()
+
+
+@settings(max_examples=40, deadline=None)
+@given(variance=variances, k1=st.integers(1, 100), extra=st.integers(1, 100), delta=deltas)
+def test_epsilon_increases_with_the_number_of_releases(variance, k1, extra, delta):
+    few = Accountant()
+    few.add(step="a", count=k1, variance=variance)
+    more = Accountant()
+    more.add(step="a", count=k1, variance=variance)
+    more.add(step="b", count=extra, variance=variance)
+    assert few.epsilon(delta) <= more.epsilon(delta)
+    counted = Accountant()
+    counted.add(step="a", count=k1 + extra, variance=variance)
+    np.testing.assert_allclose(counted.rdp(), more.rdp())
+    assert more.rho() == pytest.approx((k1 + extra) / (2 * variance))
+
+
+def test_epsilon_strictly_grows_where_it_is_not_saturated():
+    acc, prev = Accountant(), 0.0
+    for _ in range(5):
+        acc.add(step="m", count=10, variance=500.0)
+        eps = acc.epsilon(1e-6)
+        assert eps > prev
+        prev = eps
+
+
+def test_empty_accountant_spends_nothing():
+    acc = Accountant()
+    assert acc.epsilon(1e-6) == 0.0
+    assert acc.rho() == 0.0
+    assert not acc.rdp().any()
+
+
+@settings(max_examples=30, deadline=None)
+@given(epsilon=st.floats(0.03, 20.0), delta=deltas)
+def test_zcdp_rho_converts_back_within_epsilon_and_beats_the_closed_form(epsilon, delta):
+    rho = acct.zcdp_rho_for(epsilon, delta)
+    back = acct.rdp_to_epsilon(ORDERS * rho, delta)
+    assert back <= epsilon
+    assert back >= 0.99 * epsilon
+    # The classic conversion ε = ρ + 2 sqrt(ρ log(1/δ)) is not tight: the conversion used by
+    # dp-accounting certifies a ρ at least that large (never smaller beyond 1%).
+    assert rho >= 0.99 * closed_form_rho(epsilon, delta)
+    assert rho <= epsilon
+
+
+@pytest.mark.parametrize(("epsilon", "delta"), [(1.0, 1e-6), (3.0, 1e-9), (0.1, 1e-5)])
+def test_zcdp_rho_is_the_largest_that_fits(epsilon, delta):
+    rho = acct.zcdp_rho_for(epsilon, delta)
+    assert acct.rdp_to_epsilon(ORDERS * rho * 1.01, delta) > epsilon
+
+
+@pytest.mark.parametrize(("epsilon", "delta"), [(0.01, 1e-9), (0.02, 1e-12), (0.005, 1e-6)])
+def test_small_epsilon_still_gets_a_usable_rho(epsilon, delta):
+    """A small but legitimate ε must not collapse to the degenerate ρ ≈ δ² (the KL corner)."""
+    rho = acct.zcdp_rho_for(epsilon, delta)
+    assert rho >= 0.99 * closed_form_rho(epsilon, delta)
+    assert acct.rdp_to_epsilon(ORDERS * rho, delta) <= epsilon
+
+
+@st.composite
+def plans(draw: st.DrawFn) -> list[StepBudget]:
+    n = draw(st.integers(1, 4))
+    return [StepBudget(step=f"step{i}", count=draw(st.integers(1, 200)),
+                       share=draw(st.floats(0.05, 5.0))) for i in range(n)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=plans(), epsilon=epsilons, delta=deltas)
+def test_calibrate_never_exceeds_the_target_and_lands_within_1_percent(steps, epsilon, delta):
+    v = calibrate(steps, epsilon=epsilon, delta=delta)
+    assert set(v) == {s.step for s in steps}
+    acc = Accountant()
+    for s in steps:
+        assert v[s.step] > 0
+        acc.add(step=s.step, count=s.count, variance=v[s.step])
+    spent = acc.epsilon(delta)
+    assert spent <= epsilon
+    assert spent >= 0.99 * epsilon
+    # each step's Gaussian ρ is its share of the total: count / (2 v) ∝ share
+    rhos = np.array([s.count / (2 * v[s.step]) for s in steps])
+    shares = np.array([s.share for s in steps])
+    np.testing.assert_allclose(rhos / rhos.sum(), shares / shares.sum(), rtol=1e-9)
+
+
+def test_calibrate_needs_more_noise_for_a_smaller_epsilon():
+    steps = [StepBudget("one-way", 10, 1.0), StepBudget("pairs", 30, 2.0)]
+    tight = calibrate(steps, epsilon=0.5, delta=1e-6)
+    loose = calibrate(steps, epsilon=2.0, delta=1e-6)
+    assert all(tight[k] > loose[k] for k in tight)
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [[], [StepBudget("a", 0, 1.0)], [StepBudget("a", 3, 0.0)], [StepBudget("a", 3, -1.0)]],
+)
+def test_calibrate_rejects_unusable_plans(steps):
+    with pytest.raises(ValueError, match="marginal"):
+        calibrate(steps, epsilon=1.0, delta=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "delta", "fix"),
+    [
+        (0.0, 1e-6, "--epsilon"),
+        (-1.0, 1e-6, "--epsilon"),
+        (float("nan"), 1e-6, "--epsilon"),
+        (float("inf"), 1e-6, "--epsilon"),
+        (1.0, 0.0, "--delta"),
+        (1.0, 1.0, "--delta"),
+        (1.0, -1e-6, "--delta"),
+        (1.0, 1.5, "--delta"),
+        (1.0, float("nan"), "--delta"),
+    ],
+)
+def test_check_epsilon_delta_rejects_with_a_fix(epsilon, delta, fix):
+    with pytest.raises(ValueError, match=fix):
+        check_epsilon_delta(epsilon, delta)
+    with pytest.raises(ValueError, match=fix):
+        calibrate([StepBudget("a", 1, 1.0)], epsilon=epsilon, delta=delta)
+    with pytest.raises(ValueError, match=fix):
+        acct.zcdp_rho_for(epsilon, delta)
+
+
+def test_check_epsilon_delta_reports_both_problems_at_once():
+    with pytest.raises(ValueError, match=r"epsilon.*; delta"):
+        check_epsilon_delta(-1.0, 2.0)
+
+
+def test_check_epsilon_delta_accepts_usual_targets():
+    for eps, delta in [(1.0, 1e-6), (0.1, 1e-9), (10.0, 0.5)]:
+        check_epsilon_delta(eps, delta)

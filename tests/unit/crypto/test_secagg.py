@@ -1,0 +1,317 @@
+"""Unit and property tests for fedsynth.crypto.secagg (pairwise + self masking over Z_2^64)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedsynth.crypto import secagg, shamir
+from fedsynth.crypto.secagg import KeyPair, SecAggError
+
+JOB = "job-under-test"
+I64_MAX = 2**63 - 1
+I64_MIN = -(2**63)
+
+
+def _keys(parties: Collection[int]) -> dict[int, KeyPair]:
+    return {u: KeyPair.generate() for u in parties}
+
+
+def _pairs(keys: Mapping[int, KeyPair], me: int, *, job_id: str = JOB) -> dict[int, bytes]:
+    return {v: secagg.pair_secret(keys[me].private, keys[v].public, job_id=job_id, me=me, peer=v)
+            for v in keys if v != me}
+
+
+def secure_round(values: Mapping[int, np.ndarray], *, threshold: int, round_id: int = 7,
+                 dropped: Collection[int] = (), unmaskers: Collection[int] | None = None,
+                 keys: Mapping[int, KeyPair] | None = None) -> np.ndarray:
+    """One full round: every party masks, `dropped` never send, survivors reveal what is needed.
+
+    Shares are encrypted by the sender and decrypted by their recipient, as on the wire.
+    `unmaskers` (default: all survivors) are the survivors that answer the unmask step.
+    """
+    parties = sorted(values)
+    keys = keys or _keys(parties)
+    pairs = {u: _pairs(keys, u) for u in parties}
+    sent = {u: secagg.mask(values[u], me=u, round_id=round_id, job_id=JOB, threshold=threshold,
+                           pairs=pairs[u])
+            for u in parties if u not in dropped}
+    survivors = sorted(sent)
+    helpers = survivors if unmaskers is None else sorted(unmaskers)
+    self_shares: dict[int, dict[int, bytes]] = {}
+    for u in survivors:
+        got: dict[int, bytes] = {}
+        for v in helpers:
+            if v == u:
+                got[v] = sent[u].own_share
+            else:
+                got[v] = secagg.decrypt_share(pairs[v][u], sent[u].encrypted_shares[v],
+                                              job_id=JOB, round_id=round_id, sender=u,
+                                              recipient=v)
+        self_shares[u] = got
+    dropped_seeds = {(d, v): secagg.round_seed(
+        secagg.pair_secret(keys[v].private, keys[d].public, job_id=JOB, me=v, peer=d), round_id)
+        for d in dropped for v in survivors}
+    masked = {u: m.masked for u, m in sent.items()}
+    return secagg.unmask_sum(masked, self_shares=self_shares, dropped_seeds=dropped_seeds,
+                             threshold=threshold)
+
+
+def _exact_sum(values: Mapping[int, np.ndarray], over: Collection[int]) -> np.ndarray:
+    length = next(iter(values.values())).shape[0]
+    sums = [sum(int(values[u][i]) for u in over) for i in range(length)]
+    assert all(I64_MIN <= s <= I64_MAX for s in sums), "test data must not overflow int64"
+    return np.array(sums, dtype=np.int64)
+
+
+@st.composite
+def party_vectors(draw: st.DrawFn, *, min_parties: int = 2,
+                  max_parties: int = 6) -> dict[int, np.ndarray]:
+    n = draw(st.integers(min_parties, max_parties))
+    length = draw(st.integers(1, 12))
+    bound = I64_MAX // n  # any n of these sum without overflow
+    elems = st.one_of(st.integers(-bound, bound), st.sampled_from([0, 1, -1, bound, -bound]))
+    return {u: np.array(draw(st.lists(elems, min_size=length, max_size=length)), dtype=np.int64)
+            for u in range(1, n + 1)}
+
+
+@settings(max_examples=30, deadline=None)
+@given(values=party_vectors(), data=st.data())
+def test_masked_sum_is_exact_without_dropouts(values, data):
+    t = data.draw(st.integers(1, len(values)), label="t")
+    got = secure_round(values, threshold=t)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, _exact_sum(values, values))
+
+
+def test_masked_sum_is_exact_near_plus_minus_2_62():
+    big = 2**62
+    values = {
+        1: np.array([big, -big, big - 1, -big + 1, big, 0, I64_MAX, I64_MIN], dtype=np.int64),
+        2: np.array([big - 1, -big, -5, 7, -big, -big, 0, 0], dtype=np.int64),
+        3: np.array([-big, big - 1, 3, -3, big - 1, big - 1, -1, 1], dtype=np.int64),
+        4: np.array([-big + 1, 1, -big + 2, big - 5, 0, -1, -big, big], dtype=np.int64),
+    }
+    expected = _exact_sum(values, values)
+    np.testing.assert_array_equal(secure_round(values, threshold=3), expected)
+
+
+def test_unsigned_input_is_summed_as_its_int64_bit_pattern():
+    values = {1: np.array([2**63 + 5], dtype=np.uint64), 2: np.array([3], dtype=np.int64)}
+    # 2**63 + 5 as int64 is -2**63 + 5
+    np.testing.assert_array_equal(secure_round(values, threshold=2), [I64_MIN + 8])
+
+
+@settings(max_examples=25, deadline=None)
+@given(values=party_vectors(min_parties=3, max_parties=6), data=st.data())
+def test_masked_sum_over_survivors_is_exact_with_dropouts(values, data):
+    n = len(values)
+    t = data.draw(st.integers(2, n - 1), label="t")
+    n_drop = data.draw(st.integers(1, n - t), label="dropouts")
+    dropped = data.draw(st.permutations(sorted(values)), label="order")[:n_drop]
+    survivors = [u for u in values if u not in dropped]
+    got = secure_round(values, threshold=t, dropped=dropped)
+    np.testing.assert_array_equal(got, _exact_sum(values, survivors))
+
+
+def test_exactly_t_unmaskers_suffice():
+    rng = np.random.default_rng(1)
+    values = {u: rng.integers(-1000, 1000, 50) for u in range(1, 6)}
+    got = secure_round(values, threshold=3, dropped=[2], unmaskers=[1, 4, 5])
+    np.testing.assert_array_equal(got, _exact_sum(values, [1, 3, 4, 5]))
+
+
+def test_fewer_than_t_unmaskers_cannot_remove_self_masks():
+    values = {u: np.arange(4, dtype=np.int64) for u in range(1, 5)}
+    with pytest.raises(shamir.ShamirError):
+        secure_round(values, threshold=3, unmaskers=[1, 2])
+
+
+def test_dropout_without_revealed_pair_seeds_leaves_garbage():
+    """Sanity check of the test harness: the pair seeds really are needed."""
+    keys = _keys(range(1, 5))
+    values = {u: np.zeros(16, dtype=np.int64) for u in range(1, 5)}
+    pairs = {u: _pairs(keys, u) for u in keys}
+    sent = {u: secagg.mask(values[u], me=u, round_id=1, job_id=JOB, threshold=2, pairs=pairs[u])
+            for u in (1, 2, 3)}
+    shares = {u: {u: sent[u].own_share,
+                  **{v: secagg.decrypt_share(pairs[v][u], sent[u].encrypted_shares[v],
+                                             job_id=JOB, round_id=1, sender=u, recipient=v)
+                     for v in (1, 2, 3) if v != u}} for u in sent}
+    total = secagg.unmask_sum({u: m.masked for u, m in sent.items()}, self_shares=shares,
+                              dropped_seeds={}, threshold=2)
+    assert np.any(total != 0)
+
+
+def test_lone_masked_vector_hides_the_input_and_looks_uniform():
+    keys = _keys(range(1, 4))
+    length = 20_000
+    m = secagg.mask(np.zeros(length, dtype=np.int64), me=2, round_id=0, job_id=JOB, threshold=2,
+                    pairs=_pairs(keys, 2))
+    assert m.masked.dtype == np.uint64
+    assert np.count_nonzero(m.masked) > length - 5
+    bits = np.unpackbits(m.masked.view(np.uint8))
+    assert abs(bits.mean() - 0.5) < 0.02
+    # every bit position of the 64-bit words is balanced, not just the total
+    per_position = np.unpackbits(m.masked.view(np.uint8).reshape(length, 8), axis=1).mean(axis=0)
+    assert np.all(np.abs(per_position - 0.5) < 0.03)
+    assert len(np.unique(m.masked)) == length
+
+
+def test_lone_masked_vector_changes_every_round_and_is_not_the_input():
+    keys = _keys(range(1, 4))
+    x = np.arange(-50, 50, dtype=np.int64)
+    pairs = _pairs(keys, 1)
+    a = secagg.mask(x, me=1, round_id=3, job_id=JOB, threshold=2, pairs=pairs)
+    b = secagg.mask(x, me=1, round_id=3, job_id=JOB, threshold=2, pairs=pairs)  # fresh self-seed
+    assert not np.array_equal(a.masked.view(np.int64), x)
+    assert not np.array_equal(a.masked, b.masked)
+    assert a.own_share != b.own_share
+
+
+def test_mask_shares_one_encrypted_share_per_peer_and_rejects_floats():
+    keys = _keys(range(1, 5))
+    m = secagg.mask(np.zeros(3, dtype=np.int32), me=3, round_id=1, job_id=JOB, threshold=2,
+                    pairs=_pairs(keys, 3))
+    assert sorted(m.encrypted_shares) == [1, 2, 4]
+    assert len(set(m.encrypted_shares.values())) == 3
+    with pytest.raises(SecAggError, match="integer"):
+        secagg.mask(np.zeros(3), me=3, round_id=1, job_id=JOB, threshold=2, pairs=_pairs(keys, 3))
+
+
+def test_pair_secret_is_symmetric_and_bound_to_job_and_pair():
+    a, b, c = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    ab = secagg.pair_secret(a.private, b.public, job_id=JOB, me=1, peer=2)
+    ba = secagg.pair_secret(b.private, a.public, job_id=JOB, me=2, peer=1)
+    assert ab == ba
+    assert len(ab) == secagg.SEED_BYTES
+    assert ab != secagg.pair_secret(a.private, b.public, job_id=JOB + "-2", me=1, peer=2)
+    assert ab != secagg.pair_secret(a.private, b.public, job_id=JOB, me=1, peer=3)
+    assert ab != secagg.pair_secret(a.private, c.public, job_id=JOB, me=1, peer=2)
+
+
+@settings(max_examples=20, deadline=None)
+@given(job_a=st.text(max_size=20), job_b=st.text(max_size=20),
+       me=st.integers(1, 1000), peer=st.integers(1, 1000))
+def test_pair_secret_symmetry_and_job_separation_property(job_a, job_b, me, peer):
+    if me == peer:
+        peer += 1
+    a, b = KeyPair.generate(), KeyPair.generate()
+    s1 = secagg.pair_secret(a.private, b.public, job_id=job_a, me=me, peer=peer)
+    assert s1 == secagg.pair_secret(b.private, a.public, job_id=job_a, me=peer, peer=me)
+    s2 = secagg.pair_secret(a.private, b.public, job_id=job_b, me=me, peer=peer)
+    assert (s1 == s2) == (job_a == job_b)
+
+
+def test_pair_secret_rejects_self_and_bad_public_key():
+    a = KeyPair.generate()
+    with pytest.raises(SecAggError, match="itself"):
+        secagg.pair_secret(a.private, a.public, job_id=JOB, me=1, peer=1)
+    with pytest.raises(SecAggError, match="31 bytes"):
+        secagg.pair_secret(a.private, a.public[:31], job_id=JOB, me=1, peer=2)
+
+
+def test_round_seeds_differ_across_rounds_and_are_deterministic():
+    pair = secagg.new_seed()
+    seeds = [secagg.round_seed(pair, r) for r in range(50)]
+    assert len(set(seeds)) == 50
+    assert secagg.round_seed(pair, 17) == seeds[17]
+    assert secagg.round_seed(secagg.new_seed(), 17) != seeds[17]
+    assert pair not in seeds
+
+
+def test_prg_is_deterministic_uint64_and_checks_seed_length():
+    seed = secagg.new_seed()
+    a = secagg.prg(seed, 1000)
+    assert a.dtype == np.uint64 and a.shape == (1000,)
+    np.testing.assert_array_equal(a, secagg.prg(seed, 1000))
+    np.testing.assert_array_equal(a[:10], secagg.prg(seed, 10))  # a stream: prefix-stable
+    assert not np.array_equal(a, secagg.prg(secagg.new_seed(), 1000))
+    a[0] ^= np.uint64(1)  # callers may modify the result; it must not alias cipher state
+    assert secagg.prg(seed, 1)[0] != a[0]
+    with pytest.raises(SecAggError):
+        secagg.prg(seed[:16], 4)
+
+
+def test_pair_mask_sum_cancels_between_two_parties():
+    seed = secagg.new_seed()
+    total = (secagg.pair_mask_sum({2: seed}, me=1, length=64)
+             + secagg.pair_mask_sum({1: seed}, me=2, length=64))
+    assert not np.any(total)
+    with pytest.raises(SecAggError):
+        secagg.pair_mask_sum({1: seed}, me=1, length=4)
+
+
+def _share_setup():
+    a, b, c = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    pair_ab = secagg.pair_secret(a.private, b.public, job_id=JOB, me=1, peer=2)
+    pair_ac = secagg.pair_secret(a.private, c.public, job_id=JOB, me=1, peer=3)
+    share = shamir.split(secagg.new_seed(), threshold=2, holders=[1, 2, 3])[2]
+    blob = secagg.encrypt_share(pair_ab, share, job_id=JOB, round_id=4, sender=1, recipient=2)
+    return pair_ab, pair_ac, share, blob
+
+
+def test_encrypted_share_round_trips_and_hides_the_share():
+    pair_ab, _, share, blob = _share_setup()
+    assert share not in blob
+    assert secagg.decrypt_share(pair_ab, blob, job_id=JOB, round_id=4, sender=1,
+                                recipient=2) == share
+
+
+@pytest.mark.parametrize(
+    "override",
+    [{"round_id": 5}, {"job_id": JOB + "x"}, {"recipient": 3}, {"sender": 3},
+     {"sender": 2, "recipient": 1}],
+)
+def test_decrypt_share_rejects_replay_to_another_context(override):
+    pair_ab, _, _, blob = _share_setup()
+    ctx = {"job_id": JOB, "round_id": 4, "sender": 1, "recipient": 2, **override}
+    with pytest.raises(SecAggError, match="does not authenticate"):
+        secagg.decrypt_share(pair_ab, blob, **ctx)
+
+
+def test_decrypt_share_rejects_another_pairs_key():
+    _, pair_ac, _, blob = _share_setup()
+    with pytest.raises(SecAggError):
+        secagg.decrypt_share(pair_ac, blob, job_id=JOB, round_id=4, sender=1, recipient=2)
+
+
+def test_decrypt_share_rejects_every_flipped_byte_and_truncation():
+    pair_ab, _, _, blob = _share_setup()
+    for i in range(len(blob)):
+        bad = bytearray(blob)
+        bad[i] ^= 0x01
+        with pytest.raises(SecAggError):
+            secagg.decrypt_share(pair_ab, bytes(bad), job_id=JOB, round_id=4, sender=1,
+                                 recipient=2)
+    for cut in (0, 5, 12, len(blob) - 1):
+        with pytest.raises(SecAggError):
+            secagg.decrypt_share(pair_ab, blob[:cut], job_id=JOB, round_id=4, sender=1,
+                                 recipient=2)
+
+
+def test_unmask_sum_rejects_malformed_inputs():
+    y = np.zeros(4, dtype=np.uint64)
+    seed_shares = shamir.split(secagg.new_seed(), threshold=1, holders=[1])
+    with pytest.raises(SecAggError, match="no masked"):
+        secagg.unmask_sum({}, self_shares={}, dropped_seeds={}, threshold=1)
+    with pytest.raises(SecAggError, match="wrong shape or type"):
+        secagg.unmask_sum({1: y, 2: np.zeros(3, dtype=np.uint64)},
+                          self_shares={1: seed_shares, 2: seed_shares}, dropped_seeds={},
+                          threshold=1)
+    with pytest.raises(SecAggError, match="wrong shape or type"):
+        secagg.unmask_sum({1: y.view(np.int64)}, self_shares={1: seed_shares}, dropped_seeds={},
+                          threshold=1)
+    with pytest.raises(SecAggError, match="no shares"):
+        secagg.unmask_sum({1: y}, self_shares={}, dropped_seeds={}, threshold=1)
+    seed = secagg.new_seed()
+    with pytest.raises(SecAggError, match="does not belong"):  # "dropped" party that did send
+        secagg.unmask_sum({1: y, 2: y}, self_shares={1: seed_shares, 2: seed_shares},
+                          dropped_seeds={(2, 1): seed}, threshold=1)
+    with pytest.raises(SecAggError, match="does not belong"):  # seed for a non-survivor
+        secagg.unmask_sum({1: y}, self_shares={1: seed_shares}, dropped_seeds={(3, 4): seed},
+                          threshold=1)

@@ -1,0 +1,84 @@
+"""simulate() with the in-process engine: the output folder and its five files."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedsynth.simulations.run import simulate
+from fedsynth.synthesis.schema import Schema
+
+FILES = {"synthetic.csv", "privacy.json", "metrics.json", "schema.json", "job.log"}
+
+
+def _parties(n_parties: int = 3, rows: int = 200) -> list[pd.DataFrame]:
+    rng = np.random.default_rng(7)
+    out = []
+    for _ in range(n_parties):
+        a = rng.integers(0, 5, rows)
+        out.append(pd.DataFrame({"a": a, "b": np.where(a > 2, "hi", "lo"),
+                                 "z": rng.uniform(0, 10, rows)}))
+    return out
+
+
+@pytest.fixture
+def default_logging() -> Iterator[None]:
+    """Logging as in a fresh notebook: root at WARNING, the fedsynth logger unset."""
+    root, ours = logging.getLogger(), logging.getLogger("fedsynth")
+    saved = root.level, ours.level
+    root.setLevel(logging.WARNING)
+    ours.setLevel(logging.NOTSET)
+    yield
+    root.setLevel(saved[0])
+    ours.setLevel(saved[1])
+
+
+def test_simulate_writes_all_outputs(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    # no target: the TSTR classifier is slow right after jax in a 2-core process
+    res = simulate(parties=_parties(), engine="local", epsilon=2.0, rows=300, out=out)
+    assert res.out == out.resolve()
+    assert {p.name for p in out.iterdir()} == FILES
+    synth = pd.read_csv(out / "synthetic.csv")
+    assert list(synth.columns) == ["a", "b", "z"] and len(synth) == 300
+    privacy = json.loads((out / "privacy.json").read_text())
+    assert privacy["epsilon_requested"] == 2.0
+    assert privacy["epsilon_spent"] <= 2.0
+    assert Schema.from_json((out / "schema.json").read_text()) == res.schema
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["tvd_2way_vs_train"] <= 1
+    assert metrics["rows_synthetic"] == 300
+    assert [x.name for x in tmp_path.iterdir()] == ["run"]  # no temporary siblings left
+
+
+def test_simulate_replaces_an_existing_output_folder(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    simulate(parties=_parties(), engine="local", evaluate=False, out=out)
+    assert {p.name for p in out.iterdir()} == FILES
+    assert [x.name for x in tmp_path.iterdir()] == ["run"]
+
+
+def test_invalid_request_leaves_existing_output_untouched(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="epsilon"):
+        simulate(parties=_parties(), engine="local", epsilon=-1.0, out=out)
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.usefixtures("default_logging")
+def test_job_log_records_the_job_when_called_as_a_library(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    simulate(parties=_parties(), engine="local", evaluate=False, out=out)
+    log = (out / "job.log").read_text()
+    assert "setup: 3 parties" in log
+    assert "selected pairs" in log

@@ -1,0 +1,162 @@
+"""The `fedsynth` command, run in-process through fedsynth.cli.main."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedsynth.cli import EXIT_INPUT, EXIT_JOB, main
+from fedsynth.synthesis.schema import Schema, infer_schema
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default --out folder would land here
+
+
+def _table(rows: int = 300) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({"a": rng.integers(0, 10, rows), "b": rng.choice(["x", "y"], rows)})
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    rc = main(argv)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def _only(tmp: Path, *names: str) -> None:
+    """Nothing but the given inputs in the folder: no output, no temporary leftovers."""
+    assert sorted(p.name for p in tmp.iterdir()) == sorted(names)
+
+
+@pytest.mark.parametrize(("flag", "value", "needle"), [
+    ("--epsilon", "0", "epsilon must be a positive number"),
+    ("--epsilon", "nan", "epsilon must be a positive number"),
+    ("--delta", "2", "delta must lie strictly between 0 and 1"),
+    ("--delta", "0", "delta must lie strictly between 0 and 1"),
+])
+def test_bad_privacy_parameters_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       flag: str, value: str, needle: str) -> None:
+    rc, _, err = _run(["simulate", "--engine", "local", flag, value, "--out", "run"], capsys)
+    assert rc == EXIT_INPUT == 3
+    assert err.startswith("error:") and needle in err
+    _only(tmp_path)
+
+
+def test_unsupported_data_file_exits_3_naming_it(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a,b\n1,x\n")
+    rc, _, err = _run(["simulate", "--engine", "local", "--data", str(notes), "--out", "run"],
+                      capsys)
+    assert rc == 3
+    assert str(notes) in err and "'.txt'" in err and ".csv or .parquet" in err
+    _only(tmp_path, "notes.txt")
+
+
+def test_missing_data_file_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = _run(["simulate", "--engine", "local", "--data", "nowhere.csv"], capsys)
+    assert rc == 3 and "nowhere.csv" in err and "no such file" in err
+    _only(tmp_path)
+
+
+def test_out_of_bounds_value_against_schema_exits_3(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    good = _table()
+    (tmp_path / "schema.json").write_text(infer_schema(good).to_json())
+    bad = good.copy()
+    bad.loc[5, "a"] = 4242  # file line 7 (header is line 1)
+    bad.to_csv(tmp_path / "bank.csv", index=False)
+    rc, _, err = _run(["simulate", "--engine", "local", "--data", "bank.csv", "--schema",
+                       "schema.json", "--out", "run"], capsys)
+    assert rc == 3
+    assert "bank.csv" in err and "column 'a'" in err and "4242" in err
+    assert "file lines 7)" in err and "outside the declared bounds [0.0, 9.0]" in err
+    _only(tmp_path, "bank.csv", "schema.json")
+
+
+def test_malformed_schema_file_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _table().to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "schema.json").write_text(json.dumps(
+        {"columns": [{"name": "a", "kind": "integer", "lower": 9, "upper": 0}]}))
+    rc, _, err = _run(["simulate", "--engine", "local", "--data", "t.csv", "--schema",
+                       "schema.json"], capsys)
+    assert rc == 3 and "schema.json" in err and "above upper bound" in err
+    _only(tmp_path, "t.csv", "schema.json")
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--dataset", "nope/none"], "unknown dataset"),
+    (["--partition", "dirichlet:0"], "positive ALPHA"),
+    (["--holdout", "1"], "holdout"),
+    (["--threshold", "9"], "threshold t=9"),
+])
+def test_other_bad_arguments_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    args: list[str], needle: str) -> None:
+    rc, _, err = _run(["simulate", "--engine", "local", *args], capsys)
+    assert rc == 3 and needle in err
+    _only(tmp_path)
+
+
+def test_unparsable_number_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "--epsilon", "lots"])
+    assert info.value.code == 2
+    assert "--epsilon" in capsys.readouterr().err
+
+
+def test_job_refused_by_empty_parties_exits_4(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    _table(3).to_csv(tmp_path / "tiny.csv", index=False)  # 3 rows for 5 parties
+    rc, _, err = _run(["simulate", "--engine", "local", "--data", "tiny.csv", "--holdout", "0",
+                       "--out", "run"], capsys)
+    assert rc == EXIT_JOB == 4
+    assert "nothing was written" in err and "refused" in err and "no rows" in err
+    _only(tmp_path, "tiny.csv")
+
+
+def test_simulate_success_writes_the_output_folder(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    _table().to_csv(tmp_path / "t.csv", index=False)
+    rc, out, _ = _run(["simulate", "--engine", "local", "--data", "t.csv", "--parties", "3",
+                       "--out", "run"], capsys)
+    assert rc == 0
+    assert "synthetic table:" in out and "privacy: ε=" in out
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {"synthetic.csv", "privacy.json", "metrics.json",
+                                               "schema.json", "job.log"}
+    assert json.loads((run / "privacy.json").read_text())["epsilon_spent"] <= 1.0
+    assert "setup: 3 parties" in (run / "job.log").read_text()
+    _only(tmp_path, "t.csv", "run")
+
+
+def test_schema_infer_prints_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    df = pd.DataFrame({"age": [30, 41, 57], "city": ["oslo", "rome", None], "w": [0.5, 1.5, 2.0]})
+    df.to_csv(tmp_path / "party.csv", index=False)
+    rc, out, _ = _run(["schema", "infer", "party.csv"], capsys)
+    assert rc == 0
+    doc = json.loads(out)
+    schema = Schema.from_dict(doc)
+    assert schema.names == ["age", "city", "w"]
+    age = schema["age"]
+    assert age.kind == "integer" and (age.lower, age.upper) == (30, 57)
+    assert schema["city"].categories == ("oslo", "rome") and schema["city"].nullable
+    assert schema["w"].kind == "continuous"
+
+
+def test_schema_infer_to_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _table().to_parquet(tmp_path / "party.parquet")
+    rc, out, err = _run(["schema", "infer", "party.parquet", "--out", "draft.json"], capsys)
+    assert rc == 0 and out == "" and "review" in err
+    assert Schema.load(tmp_path / "draft.json").names == ["a", "b"]
+
+
+def test_schema_infer_bad_file_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "x.parquet").write_text("not parquet at all")
+    rc, _, err = _run(["schema", "infer", "x.parquet"], capsys)
+    assert rc == 3 and "x.parquet" in err
