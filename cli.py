@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("fedsynth").setLevel(logging.INFO)  # our progress, not libraries' chatter
     if args.command == "schema":
         return _schema_infer(args)
     return _simulate(args)
@@ -88,7 +90,6 @@ def _simulate(args: argparse.Namespace) -> int:
     from fedsynth.simulations.run import simulate
     from fedsynth.synthesis.schema import DataValidationError, Schema, SchemaError
 
-    log = logging.getLogger("fedsynth")
     try:
         schema = Schema.load(args.schema) if args.schema else None
         res = simulate(data=args.data, dataset=args.dataset, target=args.target,
@@ -96,7 +97,7 @@ def _simulate(args: argparse.Namespace) -> int:
                        epsilon=args.epsilon, delta=args.delta, channel=args.channel,
                        rows=args.rows, holdout=args.holdout, seed=args.seed, out=args.out,
                        threshold=args.threshold, colluders=args.colluders, schema=schema,
-                       engine=args.engine, progress=lambda m: log.info("%s", m))
+                       engine=args.engine)
     except (DataFileError, DataValidationError, SchemaError, JobSpecError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT

@@ -76,17 +76,22 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
     lines: list[str] = []
     handler = _ListHandler(lines)
     logger = logging.getLogger("fedsynth")
-    old_level = logger.level
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)  # job.log gets the INFO lines even if the console does not
+    old_level, old_propagate = logger.level, logger.propagate
+    # job.log gets every INFO line; the caller's handlers still get only what they asked for.
+    forward = _Forward(logger.getEffectiveLevel())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     logger.addHandler(handler)
+    logger.addHandler(forward)
     try:
         return _simulate(parties, data, dataset, target, n_parties, partition_spec, epsilon,
                          delta, channel, rows, holdout, seed, out, threshold, colluders, schema,
                          engine, evaluate, options, progress, lines)
     finally:
         logger.removeHandler(handler)
+        logger.removeHandler(forward)
         logger.setLevel(old_level)
+        logger.propagate = old_propagate
 
 
 class _ListHandler(logging.Handler):
@@ -97,6 +102,15 @@ class _ListHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
+
+
+class _Forward(logging.Handler):
+    """Passes records at or above the caller's level on to the root logger's handlers."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for h in logging.getLogger().handlers:
+            if record.levelno >= h.level:
+                h.handle(record)
 
 
 def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
@@ -222,7 +236,8 @@ def run_flower(policies: dict[int, NodePolicy], spec: JobSpec, opts: JobOptions,
                    client_app=make_client_app(policy_for), num_supernodes=len(policies),
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": min(2, os.cpu_count() or 1),
-                                                 "include_dashboard": False}})
+                                                 "include_dashboard": False,
+                                                 "log_to_driver": False}})
     if "error" in box:
         raise box["error"]
     if "result" not in box:
