@@ -7,6 +7,7 @@ mean 2-way TVD over ALL pairs against the train table on the fixed evaluation bi
 measure of the central anchors in DESIGN.md); ML efficacy is TSTR vs TRTR ROC AUC on the holdout.
 
     python benchmarks/fidelity.py [--seeds 3] [--datasets ...] [--json FILE]
+    python benchmarks/fidelity.py --report benchmarks/results/fidelity-*.json
 """
 
 from __future__ import annotations
@@ -79,7 +80,13 @@ def main() -> None:
     ap.add_argument("--parties", type=int, default=5)
     ap.add_argument("--delta", type=float, default=1e-6)
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/fidelity.json"))
+    ap.add_argument("--report", nargs="*", type=Path,
+                    help="only print the table from saved result files")
     args = ap.parse_args()
+    if args.report:
+        rows = [r for f in args.report for r in json.loads(f.read_text())]
+        print(table(rows))
+        return
     logging.basicConfig(level=logging.WARNING)
     rows = []
     for name in args.datasets:

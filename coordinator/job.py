@@ -229,7 +229,12 @@ def _privacy_report(spec: JobSpec, rounds: _Rounds, eps: float, plan: list[StepB
         "honest_min": spec.honest_min,
         "channel": spec.channel,
         "parties": spec.parties,
-        "budget_split": [{"step": s.step, "marginals": s.count, "share": s.share} for s in plan],
+        "budget_split": [{"step": s.step, "share_planned": s.share,
+                          "marginals_planned": s.count,
+                          "marginals": sum(r["marginals"] for r in rounds.log_rows
+                                           if r["step"] == s.step),
+                          "note": "the last step takes exactly the budget left after selection"
+                          if s.step == "pairs" else ""} for s in plan],
         "rounds": rounds.log_rows,
         "epsilon_asked_of_party": {str(p): a.epsilon(spec.delta)
                                    for p, a in sorted(per_party.items())},
