@@ -169,9 +169,8 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
         tables, var2 = rounds.measure("select", sel, pairs)
         scores = {p: dependence_score(tab, var2) for p, tab in zip(pairs, tables, strict=True)}
         tree = max_spanning_tree(d, scores)
-        msizes = [g.size for g in model_groups]
         tree = add_pairs(tree, scores, limit=int(opt.extra_pairs * (d - 1)),
-                         fits=lambda cl: model_size_mb(msizes, cl) <= opt.max_model_mb)
+                         fits=_pair_budget(rounds, scores, [g.size for g in model_groups], opt))
         names = spec.schema.names
         say("selected pairs: " + ", ".join(f"{names[a]}~{names[b]}" for a, b in tree))
         say(f"measuring {len(tree)} selected pairs")
@@ -204,6 +203,30 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     privacy = _privacy_report(spec, rounds, eps, plan, total)
     timings["total"] = time.perf_counter() - t0
     return JobResult(synthetic, privacy, timings, dict(ex.bytes_sent))
+
+
+def _pair_budget(rounds: _Rounds, scores: dict[tuple[int, int], float], sizes: list[int],
+                 opt: JobOptions) -> Callable[[list[tuple[int, int]]], bool]:
+    """Whether adding the last pair of a candidate list is worth it, and the model still fits.
+
+    A pair beyond the tree is worth measuring when its noisy dependence (L1, selection grid)
+    exceeds the L1 noise its final measurement would carry at the model's resolution, with the
+    final budget then shared by one more pair. This keeps few-column tables (where every extra
+    pair thins the budget of the important ones) from measuring pairs that cost more than they
+    add; measured on ISLR/Default at ε=1: 2-way TVD 0.055 with unconditional extra pairs.
+    """
+    spec = rounds.spec
+    var_for: dict[int, float] = {}
+
+    def fits(cl: list[tuple[int, int]]) -> bool:
+        a, b = cl[-1]
+        if len(cl) not in var_for:
+            var_for[len(cl)] = remaining_variance(rounds.acc, count=len(cl),
+                                                  epsilon=spec.epsilon, delta=spec.delta)
+        noise_l1 = sizes[a] * sizes[b] * float(np.sqrt(2 * var_for[len(cl)] / np.pi))
+        return scores[cl[-1]] > noise_l1 and model_size_mb(sizes, cl) <= opt.max_model_mb
+
+    return fits
 
 
 def _privacy_report(spec: JobSpec, rounds: _Rounds, eps: float, plan: list[StepBudget],
