@@ -80,6 +80,13 @@ def unpack(data: bytes, *, sender: str, expect: str | tuple[str, ...], job_id: s
     body = env.WhichOneof("body")
     allowed = (expect,) if isinstance(expect, str) else expect
     if body == "refusal" and "refusal" not in allowed:
+        # A refusal counts only for this job and step; an empty job id is the answer of a
+        # party that could not parse the request at all.
+        stale = (job_id is not None and env.job_id not in ("", job_id)) or (
+            after_step is not None and env.job_id and env.step <= after_step)
+        if stale:
+            raise ProtocolError(f"{sender}: a refusal from another job or an earlier step was "
+                                "ignored")
         raise PartyRefused(sender, env.refusal.reason, list(env.refusal.problems))
     if body not in allowed:
         raise ProtocolError(f"{sender}: expected a {' or '.join(allowed)} message, got "

@@ -173,3 +173,22 @@ def test_bytes_vector_rejects_wrong_lengths(length, n_bytes):
     else:
         with pytest.raises(ProtocolError, match="party 3"):
             bytes_vector(data, length=length, sender="party 3")
+
+
+def test_stale_refusal_is_ignored_not_obeyed() -> None:
+    from fedsynth.protocols.messages import PartyRefused, ProtocolError, refusal, unpack
+
+    other_job = refusal(job_id="old-job", step=9, party=1, reason="no", problems=[])
+    with pytest.raises(ProtocolError) as info:
+        unpack(other_job, sender="party 1", expect="measure_reply", job_id="job", after_step=3)
+    assert not isinstance(info.value, PartyRefused)
+    replayed = refusal(job_id="job", step=2, party=1, reason="no", problems=[])
+    with pytest.raises(ProtocolError) as info:
+        unpack(replayed, sender="party 1", expect="measure_reply", job_id="job", after_step=3)
+    assert not isinstance(info.value, PartyRefused)
+    current = refusal(job_id="job", step=4, party=1, reason="over budget", problems=["x"])
+    with pytest.raises(PartyRefused, match="over budget"):
+        unpack(current, sender="party 1", expect="measure_reply", job_id="job", after_step=3)
+    unparsable = refusal(job_id="", step=0, party=0, reason="corrupted", problems=[])
+    with pytest.raises(PartyRefused):
+        unpack(unparsable, sender="party 1", expect="measure_reply", job_id="job", after_step=3)
