@@ -6,8 +6,8 @@ same as under Flower, only faster), the central run and the local-only union. Fi
 mean 2-way TVD over ALL pairs against the train table on the fixed evaluation binning (the
 measure of the central anchors in DESIGN.md); ML efficacy is TSTR vs TRTR ROC AUC on the holdout.
 
-    python benchmarks/fidelity.py [--seeds 3] [--datasets ...] [--json FILE]
-    python benchmarks/fidelity.py --report benchmarks/results/fidelity-*.json
+    python benchmarks/fidelity.py [--seeds 3] [--datasets ...] [--workers 2]
+    python benchmarks/fidelity.py --report      # the table from benchmarks/results/
 """
 
 from __future__ import annotations
@@ -15,8 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
+import subprocess
+import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -79,29 +84,46 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--parties", type=int, default=5)
     ap.add_argument("--delta", type=float, default=1e-6)
-    ap.add_argument("--json", type=Path, default=Path("benchmarks/results/fidelity.json"))
-    ap.add_argument("--report", nargs="*", type=Path,
-                    help="only print the table from saved result files")
+    ap.add_argument("--workers", type=int, default=2, help="configurations run at once")
+    ap.add_argument("--jsonl", type=Path, default=Path("benchmarks/results/fidelity.jsonl"),
+                    help="results, one JSON row per line; rows already there are not re-run")
+    ap.add_argument("--report", action="store_true", help="only print the table")
+    ap.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.report:
-        rows = [r for f in args.report for r in json.loads(f.read_text())]
-        print(table(rows))
+    if args.one:  # one configuration, in its own process (jax's compiled code stays bounded)
+        logging.basicConfig(level=logging.WARNING)
+        name, eps, part, seed = args.one
+        print(json.dumps(one(name, float(eps), part, int(seed), args.parties, args.delta)))
         return
-    logging.basicConfig(level=logging.WARNING)
-    rows = []
-    for name in args.datasets:
-        for eps in args.epsilons:
-            for part in args.partitions:
-                for seed in range(args.seeds):
-                    r = one(name, eps, part, seed, args.parties, args.delta)
-                    rows.append(r)
-                    print(json.dumps(r), flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=1))
-    print()
-    print(f"{args.parties} parties, δ={args.delta}, medians over {args.seeds} seeds; 2-way TVD "
-          "over all pairs vs the train table (lower is better)")
-    print(table(rows))
+    done = []
+    if args.jsonl.exists():
+        done = [json.loads(x) for x in args.jsonl.read_text().splitlines() if x.strip()]
+    have = {(r["dataset"], r["epsilon"], r["partition"], r["seed"]) for r in done}
+    todo = [(n, e, p, s) for n in args.datasets for e in args.epsilons for p in args.partitions
+            for s in range(args.seeds) if (n, e, p, s) not in have]
+    if not args.report:
+        args.jsonl.parent.mkdir(parents=True, exist_ok=True)
+
+        def run(cfg: tuple[str, float, str, int]) -> None:
+            cmd = [sys.executable, __file__, "--one", cfg[0], str(cfg[1]), cfg[2], str(cfg[3]),
+                   "--parties", str(args.parties), "--delta", str(args.delta)]
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+            if out.returncode != 0:
+                print(f"FAILED {cfg}: {out.stderr[-500:]}", flush=True)
+                return
+            line = out.stdout.strip().splitlines()[-1]
+            with lock, open(args.jsonl, "a") as f:
+                f.write(line + "\n")
+            print(line, flush=True)
+
+        lock = threading.Lock()
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+            list(pool.map(run, todo))
+        done = [json.loads(x) for x in args.jsonl.read_text().splitlines() if x.strip()]
+    print(f"\n{args.parties} parties, δ={args.delta}, medians over seeds; 2-way TVD over all "
+          "pairs vs the train table (lower is better)")
+    print(table(done))
 
 
 if __name__ == "__main__":

@@ -102,6 +102,12 @@ def fit_and_sample(sizes: Sequence[int], measurements: Sequence[Measurement], *,
     model = mbi.estimation.MirrorDescent().estimate(domain, ms, known_total=total, iters=iters)
     np.random.seed(seed % 2**32)  # mbi draws with numpy's global generator
     data = model.synthetic_data(rows=rows)
+    # Free jax's compiled programs: each new clique set compiles new ones, and a process that
+    # runs many jobs (a notebook, a benchmark) otherwise runs out of memory maps (seen here as
+    # LLVM "Cannot allocate memory" after a few dozen jobs).
+    import jax
+
+    jax.clear_caches()
     cols = data.to_dict()
     return np.stack([np.asarray(cols[_name(i)], dtype=np.int64) for i in range(len(sizes))],
                     axis=1)
