@@ -33,7 +33,8 @@ from fedsynth.simulations.run import simulate
 from fedsynth.synthesis.schema import infer_schema, validate_frame
 
 
-def one(name: str, eps: float, part: str, seed: int, parties: int, delta: float) -> dict:
+def one(name: str, eps: float, part: str, seed: int, parties: int, delta: float,
+        threshold: int | None = None) -> dict:
     pooled, b = datasets.load(name)
     schema = infer_schema(pooled)
     pooled = validate_frame(pooled, schema, source=name)
@@ -44,11 +45,12 @@ def one(name: str, eps: float, part: str, seed: int, parties: int, delta: float)
     t = time.perf_counter()
     fed = simulate(parties=tables, schema=schema, epsilon=eps, delta=delta, holdout=0.0,
                    seed=seed, engine="local", evaluate=False,
-                   threshold=default_threshold(parties)).synthetic
+                   threshold=threshold or default_threshold(parties)).synthetic
     t_fed = time.perf_counter() - t
     cen = baselines.central(train, schema, epsilon=eps, delta=delta, seed=seed)
     loc = baselines.local_only(tables, schema, epsilon=eps, delta=delta, seed=seed)
-    row = {"dataset": name, "epsilon": eps, "partition": part, "seed": seed, "fed_seconds": t_fed}
+    row = {"dataset": name, "epsilon": eps, "partition": part, "seed": seed, "fed_seconds": t_fed,
+           "threshold": threshold or default_threshold(parties)}
     for label, syn in (("fed", fed), ("central", cen), ("local", loc)):
         row[f"{label}_tvd2"] = marginal_tvd(train, syn, way=2)
         auc = tstr_auc(train, syn, hold, target=b.target, seed=seed)
@@ -105,6 +107,7 @@ def main() -> None:
     ap.add_argument("--parties", type=int, default=5)
     ap.add_argument("--delta", type=float, default=1e-6)
     ap.add_argument("--workers", type=int, default=2, help="configurations run at once")
+    ap.add_argument("--threshold", type=int, help="t for the federated run (default: 80%%)")
     ap.add_argument("--jsonl", type=Path, default=Path("benchmarks/results/fidelity.jsonl"),
                     help="results, one JSON row per line; rows already there are not re-run")
     ap.add_argument("--report", action="store_true", help="only print the table")
@@ -113,7 +116,8 @@ def main() -> None:
     if args.one:  # one configuration, in its own process (jax's compiled code stays bounded)
         logging.basicConfig(level=logging.WARNING)
         name, eps, part, seed = args.one
-        print(json.dumps(one(name, float(eps), part, int(seed), args.parties, args.delta)))
+        print(json.dumps(one(name, float(eps), part, int(seed), args.parties, args.delta,
+                             args.threshold)))
         return
     done = []
     if args.jsonl.exists():
@@ -126,7 +130,8 @@ def main() -> None:
 
         def run(cfg: tuple[str, float, str, int]) -> None:
             cmd = [sys.executable, __file__, "--one", cfg[0], str(cfg[1]), cfg[2], str(cfg[3]),
-                   "--parties", str(args.parties), "--delta", str(args.delta)]
+                   "--parties", str(args.parties), "--delta", str(args.delta),
+                   *(["--threshold", str(args.threshold)] if args.threshold else [])]
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
             if out.returncode != 0:
