@@ -357,7 +357,7 @@ def _sig9(x: FloatArray) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     return mantissa, exponent
 
 
-def _row_hashes(df: pd.DataFrame, reference: pd.DataFrame) -> npt.NDArray[np.uint64]:
+def row_hashes(df: pd.DataFrame, reference: pd.DataFrame) -> npt.NDArray[np.uint64]:
     """64-bit hash of each row's normalised values over ``reference``'s columns."""
     parts: dict[str, object] = {}
     for name in reference.columns:
@@ -379,7 +379,7 @@ def exact_match_rate(real: pd.DataFrame, synth: pd.DataFrame) -> float:
     """
     if len(synth) == 0:
         return 0.0
-    return float(np.isin(_row_hashes(synth, real), _row_hashes(real, real)).mean())
+    return float(np.isin(row_hashes(synth, real), row_hashes(real, real)).mean())
 
 
 def evaluate(

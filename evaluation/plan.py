@@ -1,0 +1,286 @@
+"""What an evaluation computes: bins, pairs, models and samples, derived from public inputs only.
+
+An `EvaluationPlan` is a pure function of the public schema, the synthetic table (a DP output,
+so public to the consortium) and `EvalOptions`. The coordinator and every node build it
+themselves from those three, so a coordinator cannot ask a node for statistics on bins of its
+own choosing: a node computes only what this module derives. Bins come from the synthetic
+table's quantiles, never from a party's rows, so no real quantile leaves a node.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedsynth.synthesis.schema import Schema
+
+MAX_CATEGORICAL_NUMERIC = 20  # numeric columns with at most this many synthetic values: exact bins
+FIXED_POINT = float(1 << 32)  # scale of the fixed-point sums (values are first mapped into [0, 1])
+DCR_BINS = 64  # distance histograms: bin 0 is distance 0 exactly, then log-spaced up to 1
+
+
+class EvalOptionsError(ValueError):
+    """Evaluation options that cannot be used (unknown column, out-of-range size)."""
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What to evaluate. Every field is public and travels to the nodes as JSON."""
+
+    target: str | None = None  # column for ML efficacy (TSTR/TRTR) and the bias measures
+    sensitive: str | None = None  # protected attribute for the bias measures (needs target)
+    seed: int = 0
+    bins: int = 16  # evaluation bins per numeric column (quantiles of the synthetic table)
+    fine_bins: int = 200  # finer bins for quantiles, KS and min/max
+    max_triples: int = 60  # 3-way marginals: a seeded random subset of at most this many
+    distance_rows: int = 1000  # rows sampled per side for distance-based privacy measures
+    score_bins: int = 256  # model score histogram resolution (AUC, F1)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> EvalOptions:
+        raw = json.loads(text)
+        if not isinstance(raw, dict) or set(raw) - set(cls.__dataclass_fields__):
+            raise EvalOptionsError(f"evaluation options {text[:200]!r} are not recognised")
+        opts = cls(**raw)
+        opts.check()
+        return opts
+
+    def check(self) -> None:
+        limits = {"bins": (2, 64), "fine_bins": (10, 1000), "max_triples": (0, 500),
+                  "distance_rows": (10, 20_000), "score_bins": (16, 4096)}
+        bad = [f"{k}={getattr(self, k)} is outside [{lo}, {hi}]"
+               for k, (lo, hi) in limits.items()
+               if not isinstance(getattr(self, k), int) or not lo <= getattr(self, k) <= hi]
+        if self.sensitive is not None and self.target is None:
+            bad.append("the bias measures need a target as well as a sensitive column")
+        if bad:
+            raise EvalOptionsError("evaluation options: " + "; ".join(bad))
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    name: str
+    numeric: bool
+    edges: tuple[float, ...]  # numeric: interior edges of the evaluation bins
+    categories: tuple[str, ...]  # categorical: the schema's categories
+    fine_edges: tuple[float, ...]  # numeric: all edges of the fine bins (first/last = bounds)
+    exact_fine: bool  # numeric: fine bins hold one integer value each (exact quantiles, distinct)
+    lower: float
+    upper: float
+    clip: tuple[float, float]  # numeric: range the distance measure clips to (1st-99th pct)
+
+    @property
+    def size(self) -> int:
+        """Evaluation codes: bins or categories, then one code for missing."""
+        return (len(self.edges) + 1 if self.numeric else len(self.categories)) + 1
+
+    @property
+    def fine_size(self) -> int:
+        return len(self.fine_edges) - 1 + 1  # fine bins, then missing
+
+    def codes(self, s: pd.Series) -> np.ndarray:
+        na = s.isna().to_numpy()
+        if self.numeric:
+            x = s.to_numpy(dtype=float, na_value=np.nan)
+            out = np.searchsorted(np.asarray(self.edges), x, side="right")
+        else:
+            index = pd.Index(self.categories)
+            out = index.get_indexer(pd.Index(s.astype(object).where(~na, None)))
+            out[out < 0] = self.size - 1  # unknown category only if unvalidated; count as missing
+        out = np.asarray(out, dtype=np.int64)
+        out[na] = self.size - 1
+        return out
+
+    def fine_codes(self, s: pd.Series) -> np.ndarray:
+        x = s.to_numpy(dtype=float, na_value=np.nan)
+        inner = np.asarray(self.fine_edges[1:-1])
+        out = np.searchsorted(inner, x, side="right").astype(np.int64)
+        out[np.isnan(x)] = self.fine_size - 1
+        return out
+
+    def unit(self, s: pd.Series) -> np.ndarray:
+        """Values mapped into [0, 1] by the public bounds (NaN stays NaN)."""
+        x = s.to_numpy(dtype=float, na_value=np.nan)
+        span = self.upper - self.lower
+        return np.clip((x - self.lower) / span, 0.0, 1.0) if span > 0 else np.where(
+            np.isnan(x), np.nan, 0.0)
+
+    def label(self, code: int) -> str:
+        if code == self.size - 1:
+            return "missing"
+        if not self.numeric:
+            return self.categories[code]
+        e = self.edges
+        lo = f"{e[code - 1]:.4g}" if code > 0 else f"{self.lower:.4g}"
+        hi = f"{e[code]:.4g}" if code < len(e) else f"{self.upper:.4g}"
+        return f"[{lo}, {hi})"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    index: int
+    positive: str  # label of the positive class (category, or "> threshold")
+    threshold: float | None  # numeric targets: positive means value > threshold
+
+    def labels(self, s: pd.Series) -> np.ndarray:
+        """1 positive, 0 negative, -1 missing."""
+        na = s.isna().to_numpy()
+        if self.threshold is not None:
+            y = (s.to_numpy(dtype=float, na_value=np.nan) > self.threshold).astype(np.int64)
+        else:
+            y = (s.astype(object) == self.positive).to_numpy().astype(np.int64)
+        y[na] = -1
+        return y
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    options: EvalOptions
+    columns: tuple[ColumnPlan, ...]
+    pairs: tuple[tuple[int, int], ...]
+    triples: tuple[tuple[int, ...], ...]
+    target: Target | None
+    sensitive: int | None
+    features: tuple[int, ...]
+    synthetic_rows: int
+    layout: tuple[tuple[str, int], ...] = field(default=())
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def length(self) -> int:
+        return sum(n for _, n in self.layout)
+
+    def split(self, vector: np.ndarray) -> dict[str, np.ndarray]:
+        """Cut a flat statistics vector into its named blocks."""
+        if len(vector) != self.length:
+            raise ValueError(f"statistics vector has {len(vector)} values, the plan {self.length}")
+        out, at = {}, 0
+        for name, n in self.layout:
+            out[name] = vector[at:at + n]
+            at += n
+        return out
+
+    @classmethod
+    def build(cls, schema: Schema, synthetic: pd.DataFrame, options: EvalOptions) -> EvaluationPlan:
+        """Derive the plan from public inputs; `synthetic` must be validated against `schema`."""
+        options.check()
+        names = schema.names
+        for role, col in (("target", options.target), ("sensitive", options.sensitive)):
+            if col is not None and col not in names:
+                raise EvalOptionsError(f"{role} column {col!r} is not in the schema (columns: "
+                                       f"{', '.join(names)})")
+        if len(synthetic) == 0:
+            raise EvalOptionsError("the synthetic table has no rows; nothing to evaluate")
+        cols = tuple(_column_plan(c.name, c.kind, c.categories, c.lower, c.upper,
+                                  synthetic[c.name], options) for c in schema.columns)
+        d = len(cols)
+        pairs = tuple(itertools.combinations(range(d), 2))
+        triples = list(itertools.combinations(range(d), 3))
+        if len(triples) > options.max_triples:
+            pick = np.random.default_rng(options.seed).choice(len(triples), options.max_triples,
+                                                              replace=False)
+            triples = [triples[i] for i in sorted(pick.tolist())]
+        target = None
+        if options.target is not None:
+            target = _target(names.index(options.target), cols, synthetic[options.target])
+        sensitive = names.index(options.sensitive) if options.sensitive is not None else None
+        features = tuple(j for j in range(d) if target is None or j != target.index)
+        plan = cls(options, cols, pairs, tuple(triples), target, sensitive, features,
+                   len(synthetic))
+        return cls(**{**plan.__dict__, "layout": tuple(_layout(plan))})
+
+
+def _column_plan(name: str, kind: str, categories: tuple[str, ...], lower: float | None,
+                 upper: float | None, s: pd.Series, opt: EvalOptions) -> ColumnPlan:
+    if kind == "categorical":
+        return ColumnPlan(name, False, (), tuple(categories), (), False, 0.0, 0.0, (0.0, 0.0))
+    lo, hi = float(lower if lower is not None else 0.0), float(upper if upper is not None else 0.0)
+    x = s.to_numpy(dtype=float, na_value=np.nan)
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        x = np.array([lo])
+    distinct = np.unique(x)
+    if len(distinct) <= MAX_CATEGORICAL_NUMERIC:
+        edges = (distinct[:-1] + distinct[1:]) / 2.0  # one bin per synthetic value
+    else:
+        q = np.quantile(x, np.linspace(0.0, 1.0, opt.bins + 1)[1:-1])
+        edges = np.unique(q)
+    exact = kind == "integer" and hi - lo + 1 <= opt.fine_bins
+    if exact:
+        fine = np.arange(lo - 0.5, hi + 1.0, 1.0)
+    else:
+        inner = np.unique(np.quantile(x, np.linspace(0.0, 1.0, opt.fine_bins + 1)))
+        inner = inner[(inner > lo) & (inner < hi)]
+        fine = np.concatenate([[lo], inner, [hi if hi > lo else lo + 1.0]])
+    c1, c99 = (float(v) for v in np.quantile(x, [0.01, 0.99]))
+    if c99 <= c1:
+        c1, c99 = lo, (hi if hi > lo else lo + 1.0)
+    return ColumnPlan(name, True, tuple(float(e) for e in edges), (),
+                      tuple(float(e) for e in fine), exact, lo, hi, (c1, c99))
+
+
+def _target(index: int, cols: tuple[ColumnPlan, ...], s: pd.Series) -> Target:
+    col = cols[index]
+    if col.numeric:
+        x = s.to_numpy(dtype=float, na_value=np.nan)
+        values = np.unique(x[~np.isnan(x)])
+        if len(values) == 2:  # a 0/1-like numeric target: the larger value is positive
+            return Target(col.name, index, f"= {values[1]:g}", float(values.mean()))
+        med = float(np.nanmedian(x)) if len(values) else col.lower
+        return Target(col.name, index, f"> {med:g}", med)
+    counts = s.value_counts()
+    counts = counts.reindex(list(col.categories), fill_value=0)
+    present = counts[counts > 0]
+    pool = present if len(present) >= 2 else counts
+    # the minority class is positive: the usual event of interest (default, fraud, death)
+    positive = str(pool.sort_values(kind="stable").index[0])
+    return Target(col.name, index, positive, None)
+
+
+def _layout(plan: EvaluationPlan) -> list[tuple[str, int]]:
+    cols, opt = plan.columns, plan.options
+    out: list[tuple[str, int]] = [("rows", 1)]
+    for j, c in enumerate(cols):
+        out.append((f"one:{j}", c.size))
+        if c.numeric:
+            out += [(f"fine:{j}", c.fine_size), (f"mom:{j}", 3)]
+    for a, b in plan.pairs:
+        out.append((f"pair:{a},{b}", cols[a].size * cols[b].size))
+        if cols[a].numeric and cols[b].numeric:
+            out.append((f"pear:{a},{b}", 6))
+    for t in plan.triples:
+        out.append((f"tri:{','.join(map(str, t))}", int(np.prod([cols[i].size for i in t]))))
+    if plan.target is not None:
+        hist = 2 * opt.score_bins
+        for model in ("tstr", "trtr"):
+            out += [(f"ml:{model}", hist), (f"ml:{model}:fitted", 1)]
+            out += [(f"imp:{model}:{f}", hist) for f in plan.features]
+        if plan.sensitive is not None:
+            g = cols[plan.sensitive].size
+            out.append(("bias:real", g * 2))
+            out += [(f"bias:{m}", g * 2 * 2) for m in ("tstr", "trtr")]
+    out.append(("match", plan.synthetic_rows))
+    out += [("dcr:synthetic", DCR_BINS), ("dcr:holdout", DCR_BINS), ("mia:member", DCR_BINS),
+            ("mia:non_member", DCR_BINS), ("mia:parties", 1)]
+    return out
+
+
+def dcr_edges() -> np.ndarray:
+    """Interior edges of the distance histograms: [0] exact zero, then log-spaced to 1."""
+    return np.concatenate([[1e-12], np.logspace(-4, 0, DCR_BINS - 2)])
+
+
+def options_dict(plan: EvaluationPlan) -> dict[str, Any]:
+    return asdict(plan.options)
