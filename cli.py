@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--list", action="store_true", help="list the bundled datasets and exit")
     s.add_argument("--schema", type=Path, help="public schema JSON (default: drafted from data)")
     s.add_argument("--target", help="target column for the ML-efficacy metrics")
+    s.add_argument("--sensitive", help="sensitive attribute for the bias measures of the report")
+    s.add_argument("--no-evaluate", dest="evaluate", action="store_false",
+                   help="skip the federated evaluation (no report.html)")
     s.add_argument("--parties", type=int, default=5, help="number of parties (default 5)")
     s.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | column:NAME")
     s.add_argument("--epsilon", type=float, default=1.0, help="total ε (default 1)")
@@ -40,6 +43,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="flower (default: Flower simulation engine) or local (in-process)")
     s.add_argument("--out", type=Path, default=Path("fedsynth-out"), help="output folder")
 
+    e = sub.add_parser("evaluate", help="score synthetic tables against real rows; writes "
+                       "report.html and metrics.json")
+    e.add_argument("--real", type=Path, required=True,
+                   help="real rows the synthesizer did not see (held out), CSV/Parquet")
+    e.add_argument("--synthetic", type=Path, required=True, nargs="+",
+                   help="synthetic table(s); several (e.g. one per ε) add a privacy-utility "
+                   "curve. A privacy.json beside a table is read for its ε")
+    e.add_argument("--train", type=Path, help="the rows the synthesizer saw: enables the "
+                   "membership-inference measure and is used to train the TRTR model")
+    e.add_argument("--target", help="target column for ML efficacy (TSTR vs TRTR)")
+    e.add_argument("--sensitive", help="sensitive attribute for the bias measures (needs "
+                   "--target)")
+    e.add_argument("--schema", type=Path, help="public schema JSON (default: schema.json beside "
+                   "the first synthetic table, else drafted from the tables)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", type=Path, default=Path("fedsynth-evaluation"), help="output folder")
+
     sc = sub.add_parser("schema", help="schema tools")
     scs = sc.add_subparsers(dest="schema_command", required=True)
     inf = scs.add_parser("infer", help="draft a schema from a party's file, to review and share")
@@ -55,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("fedsynth").setLevel(logging.INFO)  # our progress, not libraries' chatter
     if args.command == "schema":
         return _schema_infer(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
     return _simulate(args)
 
 
@@ -74,6 +96,58 @@ def _schema_infer(args: argparse.Namespace) -> int:
     else:
         print(text)
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from fedsynth.client_node.data import DataFileError, read_table
+    from fedsynth.evaluation.local import Run, evaluate_runs
+    from fedsynth.evaluation.output import write_folder
+    from fedsynth.evaluation.plan import EvalOptions
+    from fedsynth.synthesis.schema import DataValidationError, Schema, SchemaError
+
+    log = logging.getLogger("fedsynth")
+    try:
+        schema_file = args.schema or args.synthetic[0].parent / "schema.json"
+        schema = Schema.load(schema_file) if args.schema or schema_file.exists() else None
+        if schema is not None:
+            log.info("schema: %s", schema_file)
+        runs = []
+        for path in args.synthetic:
+            privacy_file = path.parent / "privacy.json"
+            privacy = json.loads(privacy_file.read_text()) if privacy_file.exists() else None
+            runs.append(Run(read_table(path), str(path), privacy))
+        doc, html = evaluate_runs(
+            read_table(args.real), runs, train=read_table(args.train) if args.train else None,
+            schema=schema, options=EvalOptions(target=args.target, sensitive=args.sensitive,
+                                               seed=args.seed),
+            progress=lambda m: log.info("%s", m))
+    except (DataFileError, DataValidationError, SchemaError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    out = write_folder(args.out, {"metrics.json": json.dumps(doc, indent=2) + "\n",
+                                  "report.html": html})
+    _print_summary(doc)
+    print(f"report: {out}/report.html")
+    return 0
+
+
+def _print_summary(m: dict[str, object]) -> None:
+    """A few headline numbers of an evaluation on standard output."""
+    tvd, priv = m["tvd"], m["privacy"]
+    assert isinstance(tvd, dict) and isinstance(priv, dict)
+    print("similarity: TVD 1-way {:.3f}, 2-way {:.3f}, 3-way {}".format(
+        tvd["1way"], tvd["2way"] if tvd["2way"] is not None else float("nan"),
+        "-" if tvd["3way"] is None else f"{tvd['3way']:.3f}"))
+    ml = m.get("ml_efficacy")
+    if isinstance(ml, dict) and ml.get("tstr_auc") is not None:
+        trtr = ml.get("trtr_auc")
+        print(f"ML efficacy ({ml['target']} = {ml['positive_class']}): TSTR AUC "
+              f"{ml['tstr_auc']:.3f} vs TRTR {'-' if trtr is None else f'{trtr:.3f}'}")
+    mia = priv.get("membership_inference_auc")
+    print(f"privacy: exact-match rate {priv['exact_match_rate']:.4f}, membership attack AUC "
+          f"{'-' if mia is None else f'{mia:.3f}'}")
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -97,7 +171,8 @@ def _simulate(args: argparse.Namespace) -> int:
                        epsilon=args.epsilon, delta=args.delta, channel=args.channel,
                        rows=args.rows, holdout=args.holdout, seed=args.seed, out=args.out,
                        threshold=args.threshold, colluders=args.colluders, schema=schema,
-                       engine=args.engine)
+                       engine=args.engine, sensitive=args.sensitive,
+                       evaluate=args.evaluate)
     except (DataFileError, DataValidationError, SchemaError, JobSpecError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -108,11 +183,12 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"\nsynthetic table: {len(res.synthetic)} rows -> {res.out}/synthetic.csv")
     print(f"privacy: ε={res.privacy['epsilon_spent']:.4f} of {args.epsilon}, δ={args.delta}, "
           f"t={res.privacy['threshold_t']}, c={res.privacy['colluders_c']}")
-    print("fidelity vs holdout: TVD 1-way {:.3f}, 2-way {:.3f}, 3-way {:.3f}".format(
-        m["tvd_1way"], m["tvd_2way"], m["tvd_3way"] or float("nan")))
-    if m.get("tstr_auc") is not None:
-        print(f"ML efficacy ({m.get('positive_class')}): TSTR AUC {m['tstr_auc']:.3f} vs TRTR "
-              f"{m['trtr_auc']:.3f}")
+    if "tvd" in m:
+        print("federated evaluation against the parties' held-out rows:")
+        _print_summary(m)
+        print(f"report: {res.out}/report.html")
+    elif "evaluation_error" in m:
+        print(f"the evaluation did not finish: {m['evaluation_error']}")
     print(f"time: {m['timings_seconds']['simulation_total']:.1f} s; log: {res.out}/job.log")
     return 0
 

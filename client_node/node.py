@@ -23,6 +23,9 @@ import numpy as np
 from fedsynth.client_node.data import DataFileError, read_table
 from fedsynth.client_node.ledger import BudgetExceeded, Ledger
 from fedsynth.crypto import noise, secagg
+from fedsynth.evaluation.plan import EvalOptions, EvalOptionsError, EvaluationPlan
+from fedsynth.evaluation.statistics import node_statistics
+from fedsynth.evaluation.transfer import synthetic_from_parquet
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import (
     ProtocolError,
@@ -40,7 +43,8 @@ from fedsynth.synthesis.schema import DataValidationError, Schema, SchemaError, 
 
 log = logging.getLogger("fedsynth.node")
 MAX_CELLS = 20_000_000
-REQUESTS = ("setup_request", "measure_request", "unmask_request")
+REQUESTS = ("setup_request", "measure_request", "unmask_request", "evaluate_request")
+MAX_SYNTHETIC_BYTES = 256 << 20  # largest synthetic table a party accepts to evaluate
 
 
 class DropOut(RuntimeError):
@@ -58,6 +62,10 @@ class NodePolicy:
     allow_plain: bool = False
     fail_at_round: int | None = None
     noise_seed: int | None = None  # simulation reproducibility only; None draws from the OS
+    # Federated evaluation releases exact (not DP) sums over the party's rows, added to the
+    # other parties' by secure aggregation: a party takes part only if its policy says so.
+    allow_evaluation: bool = False
+    holdout_path: Path | None = None  # rows kept out of synthesis, to evaluate against
 
 
 @lru_cache(maxsize=4)
@@ -89,6 +97,8 @@ class Node:
                 self._check_session(env, session)
                 if body == "measure_request":
                     reply = self._measure(env, session)
+                elif body == "evaluate_request":
+                    reply = self._evaluate(env, session)
                 else:
                     reply = self._unmask(env, session)
             session["step"] = env.step
@@ -97,7 +107,7 @@ class Node:
         except DropOut:
             raise
         except (ProtocolError, JobSpecError, SchemaError, DataValidationError, DataFileError,
-                BudgetExceeded, secagg.SecAggError, ValueError) as exc:
+                BudgetExceeded, secagg.SecAggError, EvalOptionsError, ValueError) as exc:
             problems = list(getattr(exc, "problems", []))
             reason = str(exc).splitlines()[0] if problems else str(exc)
             log.warning("party refused request: %s", exc)
@@ -189,6 +199,57 @@ class Node:
         out.measure_reply.CopyFrom(reply)
         return out
 
+    def _evaluate(self, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
+        """Score the synthetic table against this party's rows; reply with the masked sums.
+
+        What leaves: the statistics vector of evaluation.statistics (exact counts and sums over
+        this party's rows, not DP), masked so that only its sum with the other participants'
+        (at least t of them) is revealed, as for a measurement. Nothing is charged to the
+        ledger because no DP release is made; the policy must allow this release.
+        """
+        req = env.evaluate_request
+        spec = self._spec(session)
+        me = int(session["party"])
+        if not self.policy.allow_evaluation:
+            raise ProtocolError("this party's policy does not release evaluation statistics "
+                                "(exact sums over its rows); the job's synthetic table is "
+                                "unaffected")
+        if str(req.round) in session["rounds"]:
+            raise ProtocolError(f"round {req.round} was already answered; a repeat is refused")
+        participants = sorted(set(req.participants))
+        if me not in participants or len(participants) < spec.threshold:
+            raise ProtocolError(f"round {req.round}: {len(participants)} participants (t="
+                                f"{spec.threshold}), this party included: {me in participants}")
+        if len(req.synthetic_parquet) > MAX_SYNTHETIC_BYTES:
+            raise ProtocolError(f"synthetic table of {len(req.synthetic_parquet)} bytes is over "
+                                f"this party's limit of {MAX_SYNTHETIC_BYTES}")
+        self._pin_keys(req, session, participants, spec.channel)
+        synthetic = synthetic_from_parquet(req.synthetic_parquet, spec.schema)
+        plan = EvaluationPlan.build(spec.schema, synthetic, EvalOptions.from_json(
+            req.options_json))
+        train = validate_frame(read_table(self.policy.data_path), spec.schema,
+                               source=str(self.policy.data_path), show_values=False)
+        test = None
+        if self.policy.holdout_path is not None:
+            test = validate_frame(read_table(self.policy.holdout_path), spec.schema,
+                                  source=str(self.policy.holdout_path), show_values=False)
+        vector = node_statistics(plan, synthetic, train=train, test=test)
+        publics = {int(k): bytes.fromhex(v) for k, v in session["publics"].items()}
+        reply, own = party_measure_reply(
+            vector, channel=spec.channel, job_id=env.job_id, me=me, round_id=req.round,
+            participants=participants, threshold=spec.threshold,
+            private=bytes.fromhex(session["private"]), publics=publics)
+        reply.ledger_epsilon = Ledger(self.policy.ledger_path, self.policy.epsilon_cap,
+                                      self.policy.delta).spent()
+        session["rounds"][str(req.round)] = {"own_share": own.hex(),
+                                             "participants": participants, "unmasked": False}
+        log.info("party %d round %d (evaluation): %d statistics over %d rows (not DP, summed "
+                 "with the other parties' by secure aggregation)", me, req.round, len(vector),
+                 len(train) + (0 if test is None else len(test)))
+        out = pb.Envelope(job_id=env.job_id, step=env.step, party=me)
+        out.measure_reply.CopyFrom(reply)
+        return out
+
     def _unmask(self, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
         req = env.unmask_request
         spec = self._spec(session)
@@ -209,8 +270,8 @@ class Node:
         return out
 
     # --- checks --------------------------------------------------------------------------
-    def _pin_keys(self, req: pb.MeasureRequest, session: dict[str, Any], participants: list[int],
-                  channel: str) -> None:
+    def _pin_keys(self, req: pb.MeasureRequest | pb.EvaluateRequest, session: dict[str, Any],
+                  participants: list[int], channel: str) -> None:
         if channel == "plain":
             return
         pinned: dict[str, str] = session["publics"]

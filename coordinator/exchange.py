@@ -85,22 +85,33 @@ def secure_sum(ex: Exchange, *, round_id: int, label: str, channel: str, thresho
         req.groupings.add().index.extend(int(i) for i in g.index)
     for c in cliques:
         req.cliques.add().columns.extend(c)
+    return secure_sum_of(ex, "measure_request", req, round_id=round_id, label=label,
+                         channel=channel, threshold=threshold, participants=participants,
+                         publics=publics, length=length)
+
+
+def secure_sum_of(ex: Exchange, body: str, req: pb.MeasureRequest | pb.EvaluateRequest, *,
+                  round_id: int, label: str, channel: str, threshold: int,
+                  participants: Sequence[int], publics: Mapping[int, bytes],
+                  length: int) -> RoundResult:
+    """Send `req` (a request answered by a masked vector) and run the round to its sum."""
     if channel != "plain":
         for p in participants:
             req.public_keys[p] = publics[p]
     rnd = CoordinatorRound(round_id=round_id, channel=channel, participants=list(participants),
                            length=length, threshold=threshold)
-    replies = ex.call({p: ("measure_request", req) for p in participants}, "measure_reply")
+    replies = ex.call({p: (body, req) for p in participants}, "measure_reply")
     survivors = rnd.collect({p: e.measure_reply for p, e in replies.items()})
     if rnd.dropped:
         log.warning("round %d (%s): parties %s dropped out; %d survivors continue", round_id,
                     label, rnd.dropped, len(survivors))
+    ledgers = {p: e.measure_reply.ledger_epsilon for p, e in replies.items()}
     if channel == "plain":
-        return RoundResult(rnd.plain_sum(), survivors, survivors)
+        return RoundResult(rnd.plain_sum(), survivors, survivors, ledgers)
     unmask = ex.call({p: ("unmask_request", r) for p, r in rnd.unmask_requests().items()},
                      "unmask_reply")
     total = rnd.finish({p: e.unmask_reply for p, e in unmask.items()})
-    return RoundResult(total, survivors, sorted(unmask))
+    return RoundResult(total, survivors, sorted(unmask), ledgers)
 
 
 @dataclass(frozen=True)
@@ -108,3 +119,4 @@ class RoundResult:
     total: np.ndarray  # the exact sum of the contributors' noised counts
     contributors: list[int]  # whose vectors (and noise shares) are in the sum
     responsive: list[int]  # who finished the round and is asked in the next one
+    ledger_epsilon: dict[int, float] = field(default_factory=dict)  # as each party reported

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsynth.coordinator.exchange import Exchange, secure_sum
+from fedsynth.coordinator.evaluation import federated_evaluation
+from fedsynth.coordinator.exchange import Exchange, JobRefused, secure_sum
 from fedsynth.crypto.accountant import (
     Accountant,
     StepBudget,
@@ -32,6 +33,8 @@ from fedsynth.crypto.accountant import (
     remaining_variance,
     zcdp_rho_for,
 )
+from fedsynth.evaluation.meter import StepMeter
+from fedsynth.evaluation.plan import EvalOptions, EvalOptionsError
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.secure_sum import RoundFailed
 from fedsynth.protocols.spec import JobSpec
@@ -61,6 +64,7 @@ class JobOptions:
     extra_pairs: float = 1.0  # pairs beyond the spanning tree, as a multiple of (columns - 1)
     max_model_mb: float = 64.0  # cap on the graphical model's size when adding pairs
     timeout: float = 600.0  # seconds to wait for the parties' replies in each step
+    evaluate: EvalOptions | None = None  # federated evaluation after sampling (None: skip it)
 
 
 @dataclass
@@ -69,6 +73,9 @@ class JobResult:
     privacy: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     bytes_from_party: dict[int, int] = field(default_factory=dict)
+    steps: list[dict[str, Any]] = field(default_factory=list)  # time, memory, rows per step
+    evaluation: dict[str, Any] | None = None  # the federated evaluation's measures
+    evaluation_error: str | None = None  # why the evaluation did not finish (table unaffected)
 
 
 @dataclass
@@ -115,7 +122,7 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     opt = options or JobOptions()
     say = progress or (lambda m: log.info("%s", m))
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
+    meter = StepMeter()
     job_id = uuid.uuid4().hex
     ex = Exchange(transport, job_id, timeout=opt.timeout)
     enc = Encoding.from_schema(spec.schema)
@@ -125,6 +132,7 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     if len(parties) < spec.threshold:
         raise RoundFailed(f"{len(parties)} parties reachable, fewer than the threshold "
                           f"t={spec.threshold}; start more parties or lower --threshold")
+    meter.begin("setup")
     say(f"setup: {len(parties)} parties, channel {spec.channel}, t={spec.threshold}, "
         f"c={spec.colluders}")
     setup = pb.SetupRequest(spec=spec.to_proto())
@@ -133,7 +141,7 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     if len(publics) < spec.threshold:
         raise RoundFailed(f"only {len(publics)} parties completed setup, below t="
                           f"{spec.threshold}")
-    timings["setup"] = time.perf_counter() - t0
+    meter.end()
 
     pairs = list(itertools.combinations(range(d), 2))
     s1, s2, s3 = opt.shares
@@ -143,7 +151,7 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     variances = calibrate(plan, epsilon=spec.epsilon, delta=spec.delta)
     rounds = _Rounds(ex, spec, publics, sorted(publics), variances)
 
-    t = time.perf_counter()
+    meter.begin("measure")
     say("measuring one-way marginals (domain step)")
     fine_groupings = [Grouping.identity(n) for n in enc.sizes]
     one, var1 = rounds.measure("one-way", fine_groupings, [(j,) for j in range(d)])
@@ -185,24 +193,37 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
         measurements += [Measurement(p, by_pair[p], float(np.sqrt(var2)),
                                      groups=(sel_of_group[p[0]], sel_of_group[p[1]]))
                          for p in tree]
-    timings["measure"] = time.perf_counter() - t
-
-    t = time.perf_counter()
     total = float(np.median([o.sum() for o in one]))  # each column's noisy count of all rows
+    meter.end(rows=max(0, round(total)))  # the noisy count of the parties' rows
+
     rows = opt.rows if opt.rows is not None else max(1, round(total))
-    say(f"estimating the model (Private-PGM) and sampling {rows} rows")
-    codes = fit_and_sample([g.size for g in model_groups], measurements, rows=rows,
-                           seed=opt.seed, iters=opt.iters)
-    synthetic = decode_groups(enc, model_groups, codes, fine_counts,
-                              np.random.default_rng(opt.seed), floor=2.0 * float(np.sqrt(var1)))
-    timings["estimate_and_sample"] = time.perf_counter() - t
+    with meter.step("estimate_and_sample", rows=rows):
+        say(f"estimating the model (Private-PGM) and sampling {rows} rows")
+        codes = fit_and_sample([g.size for g in model_groups], measurements, rows=rows,
+                               seed=opt.seed, iters=opt.iters)
+        synthetic = decode_groups(enc, model_groups, codes, fine_counts,
+                                  np.random.default_rng(opt.seed),
+                                  floor=2.0 * float(np.sqrt(var1)))
 
     eps = rounds.acc.epsilon(spec.delta)
     if eps > spec.epsilon * (1 + 1e-9):  # calibrate() guarantees this; never report above ask
         raise RuntimeError(f"internal error: spent ε={eps} above the requested {spec.epsilon}")
     privacy = _privacy_report(spec, rounds, eps, plan, total)
-    timings["total"] = time.perf_counter() - t0
-    return JobResult(synthetic, privacy, timings, dict(ex.bytes_sent))
+    evaluation, error = None, None
+    if opt.evaluate is not None:
+        with meter.step("evaluate", rows=len(synthetic)):
+            say("evaluating: each party scores the synthetic table against its own rows")
+            try:
+                evaluation = federated_evaluation(
+                    ex, round_id=rounds.round_id + 1, spec=spec,
+                    participants=rounds.participants, publics=publics, synthetic=synthetic,
+                    options=opt.evaluate)
+            except (JobRefused, RoundFailed, EvalOptionsError) as exc:
+                error = str(exc)  # the synthetic table and its privacy report stand
+                log.warning("the evaluation did not finish: %s", exc)
+    timings = {**meter.timings(), "total": time.perf_counter() - t0}
+    return JobResult(synthetic, privacy, timings, dict(ex.bytes_sent), meter.steps,
+                     evaluation, error)
 
 
 def _pair_budget(rounds: _Rounds, scores: dict[tuple[int, int], float], sizes: list[int],

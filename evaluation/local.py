@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from fedsynth.evaluation.measures import measure
 from fedsynth.evaluation.plan import EvalOptions, EvaluationPlan
+from fedsynth.evaluation.report import render
 from fedsynth.evaluation.statistics import node_statistics
 from fedsynth.synthesis.schema import Column, Schema, infer_schema, validate_frame
 
@@ -47,3 +50,39 @@ def _drafted(pooled: pd.DataFrame) -> Schema:
     cols = [Column(c.name, c.kind, c.categories, c.lower, c.upper, nullable=True)
             for c in schema.columns]
     return Schema(tuple(cols))
+
+
+@dataclass
+class Run:
+    """One synthetic table to evaluate, with the privacy report of the job that made it."""
+
+    synthetic: pd.DataFrame
+    source: str
+    privacy: dict[str, Any] | None = None
+
+
+def evaluate_runs(real: pd.DataFrame, runs: Sequence[Run], *, train: pd.DataFrame | None = None,
+                  schema: Schema | None = None, options: EvalOptions | None = None,
+                  progress: Callable[[str], None] | None = None) -> tuple[dict[str, Any], str]:
+    """Evaluate each run; return metrics.json's content and report.html (details of the first
+    run, and a privacy-utility curve over the runs whose privacy report gives their ε)."""
+    say = progress or (lambda _m: None)
+    results = []
+    for i, run in enumerate(runs, start=1):
+        say(f"evaluating {run.source} ({i} of {len(runs)})")
+        m = evaluate_tables(real, run.synthetic, train=train, schema=schema, options=options)
+        results.append(m)
+    curve = [{"epsilon": r.privacy.get("epsilon_requested", r.privacy.get("epsilon_spent")),
+              "tvd_2way": m["tvd"]["2way"],
+              "tstr_auc": m.get("ml_efficacy", {}).get("tstr_auc"), "source": r.source}
+             for r, m in zip(runs, results, strict=True) if r.privacy]
+    first = {**results[0], "source": runs[0].source}
+    if runs[0].privacy:
+        first["privacy_guarantee"] = runs[0].privacy
+    doc: dict[str, Any] = {**first, "privacy_utility": curve}
+    if len(runs) > 1:
+        doc["runs"] = [{"source": r.source, **m} for r, m in zip(runs, results, strict=True)]
+    html = render(first, title=f"fedsynth evaluation: {runs[0].source}",
+                  privacy=runs[0].privacy, runs=curve)
+    return doc, html
+

@@ -33,6 +33,7 @@ class Envelope(_message.Message):
     UNMASK_REQUEST_FIELD_NUMBER: _builtins.int
     UNMASK_REPLY_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
+    EVALUATE_REQUEST_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     job_id: _builtins.str
@@ -56,6 +57,10 @@ class Envelope(_message.Message):
     def unmask_reply(self) -> Global___UnmaskReply: ...
     @_builtins.property
     def refusal(self) -> Global___Refusal: ...
+    @_builtins.property
+    def evaluate_request(self) -> Global___EvaluateRequest:
+        """answered with a measure_reply, then unmask as usual"""
+
     def __init__(
         self,
         *,
@@ -70,13 +75,14 @@ class Envelope(_message.Message):
         unmask_request: Global___UnmaskRequest | None = ...,
         unmask_reply: Global___UnmaskReply | None = ...,
         refusal: Global___Refusal | None = ...,
+        evaluate_request: Global___EvaluateRequest | None = ...,
         signature: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "evaluate_request", b"evaluate_request", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "job_id", b"job_id", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "party", b"party", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "signature", b"signature", "step", b"step", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "evaluate_request", b"evaluate_request", "job_id", b"job_id", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "party", b"party", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "signature", b"signature", "step", b"step", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["setup_request", "setup_reply", "measure_request", "measure_reply", "unmask_request", "unmask_reply", "refusal"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["setup_request", "setup_reply", "measure_request", "measure_reply", "unmask_request", "unmask_reply", "refusal", "evaluate_request"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -309,9 +315,12 @@ class MeasureReply(_message.Message):
     ROUND_FIELD_NUMBER: _builtins.int
     MASKED_FIELD_NUMBER: _builtins.int
     ENCRYPTED_SHARES_FIELD_NUMBER: _builtins.int
+    LEDGER_EPSILON_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     masked: _builtins.bytes
     """little-endian uint64 vector"""
+    ledger_epsilon: _builtins.float
+    """ε this party has spent so far, from its ledger"""
     @_builtins.property
     def encrypted_shares(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
         """recipient -> its encrypted share of the self-mask seed"""
@@ -322,14 +331,77 @@ class MeasureReply(_message.Message):
         round: _builtins.int = ...,
         masked: _builtins.bytes = ...,
         encrypted_shares: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        ledger_epsilon: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_shares", b"encrypted_shares", "masked", b"masked", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_shares", b"encrypted_shares", "ledger_epsilon", b"ledger_epsilon", "masked", b"masked", "round", b"round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MeasureReply: _TypeAlias = MeasureReply  # noqa: Y015
+
+@_typing.final
+class EvaluateRequest(_message.Message):
+    """Federated evaluation: each party scores the (public) synthetic table against its own rows.
+    The statistics vector is laid out by evaluation.plan from the schema, the table and the
+    options alone, so the party builds it itself; it goes out masked, like a measurement.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PublicKeysEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    SYNTHETIC_PARQUET_FIELD_NUMBER: _builtins.int
+    OPTIONS_JSON_FIELD_NUMBER: _builtins.int
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEYS_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    synthetic_parquet: _builtins.bytes
+    """the synthetic table (Parquet: no code, only data)"""
+    options_json: _builtins.str
+    """evaluation.plan.EvalOptions"""
+    @_builtins.property
+    def participants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def public_keys(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """party -> X25519 public key (pinned at first sight)"""
+
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        synthetic_parquet: _builtins.bytes = ...,
+        options_json: _builtins.str = ...,
+        participants: _abc.Iterable[_builtins.int] | None = ...,
+        public_keys: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["options_json", b"options_json", "participants", b"participants", "public_keys", b"public_keys", "round", b"round", "synthetic_parquet", b"synthetic_parquet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateRequest: _TypeAlias = EvaluateRequest  # noqa: Y015
 
 @_typing.final
 class UnmaskRequest(_message.Message):

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,10 @@ from fedsynth.client_node.data import read_table
 from fedsynth.client_node.ledger import Ledger
 from fedsynth.client_node.node import Node, NodePolicy
 from fedsynth.coordinator.job import JobOptions, JobResult, run_job
+from fedsynth.evaluation.metrics import marginal_tvd
+from fedsynth.evaluation.output import write_folder
+from fedsynth.evaluation.plan import EvalOptions, EvaluationPlan
+from fedsynth.evaluation.report import render
 from fedsynth.protocols.spec import JobSpec, default_threshold
 from fedsynth.protocols.transport import Transport
 from fedsynth.simulations import datasets, partition
@@ -66,11 +69,14 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
              seed: int = 0, out: str | Path | None = None, threshold: int | None = None,
              colluders: int = 0, schema: Schema | None = None, engine: str = "flower",
              evaluate: bool = True, options: JobOptions | None = None,
-             progress: Callable[[str], None] | None = None) -> SimulationResult:
+             progress: Callable[[str], None] | None = None,
+             sensitive: str | None = None) -> SimulationResult:
     """Run one federated synthesis job locally and return the synthetic table and reports.
 
     `parties` (one DataFrame per party, kept as given) or `data`/`dataset` (split into
-    `n_parties` by `partition_spec`). Writes synthetic.csv, privacy.json, metrics.json,
+    `n_parties` by `partition_spec`). With `evaluate`, the parties score the synthetic table
+    against their held-out rows in a federated evaluation (`target`, `sensitive` as in
+    `fedsynth evaluate`). Writes synthetic.csv, privacy.json, metrics.json, report.html,
     schema.json and job.log to `out` if given, atomically: all or nothing.
     """
     lines: list[str] = []
@@ -86,7 +92,7 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
     try:
         return _simulate(parties, data, dataset, target, n_parties, partition_spec, epsilon,
                          delta, channel, rows, holdout, seed, out, threshold, colluders, schema,
-                         engine, evaluate, options, progress, lines)
+                         engine, evaluate, options, progress, lines, sensitive)
     finally:
         logger.removeHandler(handler)
         logger.removeHandler(forward)
@@ -118,7 +124,8 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
               epsilon: float, delta: float, channel: str, rows: int | None, holdout: float,
               seed: int, out: str | Path | None, threshold: int | None, colluders: int,
               schema: Schema | None, engine: str, evaluate: bool, options: JobOptions | None,
-              progress: Callable[[str], None] | None, lines: list[str]) -> SimulationResult:
+              progress: Callable[[str], None] | None, lines: list[str],
+              sensitive: str | None) -> SimulationResult:
     def say(msg: str) -> None:
         if progress is None:
             log.info("%s", msg)  # the job.log handler records it
@@ -158,43 +165,65 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
     say(f"{source}: {len(pooled)} rows, {len(schema.columns)} columns; {len(hold)} held out; "
         f"{n} parties of {', '.join(str(len(t)) for t in tables)} rows; ε={epsilon}, δ={delta}")
 
+    opts = options or JobOptions(rows=rows, seed=seed)
+    if rows is not None and opts.rows != rows:
+        raise ValueError("give rows either directly or in options, not both")
+    if evaluate and opts.evaluate is None:
+        opts = replace(opts, evaluate=EvalOptions(target=target, sensitive=sensitive, seed=seed))
+    if opts.evaluate is not None:
+        EvaluationPlan.build(schema, pooled.head(1), opts.evaluate)  # bad options fail now
     with tempfile.TemporaryDirectory(prefix="fedsynth-parties-") as work:
-        policies = _write_parties(Path(work), tables, spec, seed)
-        opts = options or JobOptions(rows=rows, seed=seed)
-        if rows is not None and opts.rows != rows:
-            raise ValueError("give rows either directly or in options, not both")
+        policies = _write_parties(Path(work), tables, spec, seed, _deal(hold, n, seed))
         result = _run(engine, policies, spec, opts, say)
         spent = {str(p): Ledger(pol.ledger_path, pol.epsilon_cap, pol.delta).spent()
                  for p, pol in policies.items()}
     result.privacy["epsilon_spent_per_party_ledger"] = spent
-    metrics: dict[str, Any] = {}
-    if evaluate:
-        say("evaluating against the held-out rows")
-        from fedsynth.evaluation.metrics import evaluate as run_eval
-
-        metrics = run_eval(hold if len(hold) else train, result.synthetic, target=target,
-                           train_real=train, seed=seed)
+    metrics: dict[str, Any] = dict(result.evaluation or {})
+    if result.evaluation_error:
+        metrics["evaluation_error"] = result.evaluation_error
+    if result.evaluation is not None and train.shape[1] >= 2:
+        # the anchors' measure (DESIGN.md): needs the pooled train rows, which only a
+        # simulation holds; not part of what a federation can compute
+        metrics["tvd_2way_vs_train"] = marginal_tvd(train, result.synthetic, way=2)
+    metrics["steps"] = result.steps
     metrics["timings_seconds"] = {**result.timings, "simulation_total": time.perf_counter() - t0}
     metrics["bytes_sent_per_party"] = {str(k): v for k, v in result.bytes_from_party.items()}
     res = SimulationResult(result.synthetic, result.privacy, metrics, schema,
                            timings=result.timings)
     if out is not None:
-        res.out = write_outputs(Path(out), res, log_lines=lines)
+        report = None
+        if result.evaluation is not None:
+            report = render(metrics, privacy=result.privacy,
+                            title=f"fedsynth: {source}, {n} parties, ε={epsilon}")
+        res.out = write_outputs(Path(out), res, log_lines=lines, report=report)
         say(f"wrote {res.out}")
     return res
 
 
-def _write_parties(work: Path, tables: Sequence[pd.DataFrame], spec: JobSpec,
-                   seed: int) -> dict[int, NodePolicy]:
+def _deal(hold: pd.DataFrame, n: int, seed: int) -> list[pd.DataFrame | None]:
+    """The held-out rows dealt at random to the parties: each evaluates against its own."""
+    if len(hold) == 0:
+        return [None] * n
+    owner = np.random.default_rng([seed, 99]).integers(0, n, len(hold))
+    return [hold[owner == i].reset_index(drop=True) if (owner == i).any() else None
+            for i in range(n)]
+
+
+def _write_parties(work: Path, tables: Sequence[pd.DataFrame], spec: JobSpec, seed: int,
+                   holdouts: Sequence[pd.DataFrame | None] | None = None) -> dict[int, NodePolicy]:
     policies = {}
-    for i, t in enumerate(tables, start=1):
+    holds = holdouts if holdouts is not None else [None] * len(tables)
+    for i, (t, h) in enumerate(zip(tables, holds, strict=True), start=1):
         home = work / f"party-{i}"
         home.mkdir()
         t.to_parquet(home / "data.parquet", index=False)
+        if h is not None:
+            h.to_parquet(home / "holdout.parquet", index=False)
         policies[i] = NodePolicy(data_path=home / "data.parquet", ledger_path=home / "ledger.jsonl",
                                  epsilon_cap=spec.epsilon, delta=spec.delta,
                                  allow_plain=spec.channel == "plain",
-                                 noise_seed=seed * 1000 + i)
+                                 noise_seed=seed * 1000 + i, allow_evaluation=True,
+                                 holdout_path=None if h is None else home / "holdout.parquet")
     return policies
 
 
@@ -253,28 +282,19 @@ def _quiet_flower() -> None:
     logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
-def write_outputs(out: Path, res: SimulationResult, *, log_lines: Sequence[str] = ()) -> Path:
+def write_outputs(out: Path, res: SimulationResult, *, log_lines: Sequence[str] = (),
+                  report: str | None = None) -> Path:
     """Write all outputs to a temporary sibling folder, then rename it into place."""
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        res.synthetic.to_csv(tmp / "synthetic.csv", index=False)
-        (tmp / "privacy.json").write_text(json.dumps(res.privacy, indent=2, default=_json))
-        (tmp / "metrics.json").write_text(json.dumps(res.metrics, indent=2, default=_json))
-        (tmp / "schema.json").write_text(res.schema.to_json())
-        (tmp / "job.log").write_text("\n".join(log_lines) + "\n")
-        if out.exists():
-            backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(backup)
-            tmp.rename(out)
-            shutil.rmtree(backup)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    files: dict[str, str | bytes] = {
+        "synthetic.csv": res.synthetic.to_csv(index=False),
+        "privacy.json": json.dumps(res.privacy, indent=2, default=_json),
+        "metrics.json": json.dumps(res.metrics, indent=2, default=_json),
+        "schema.json": res.schema.to_json(),
+        "job.log": "\n".join(log_lines) + "\n",
+    }
+    if report is not None:
+        files["report.html"] = report
+    return write_folder(out, files)
 
 
 def _json(o: object) -> object:

@@ -129,7 +129,7 @@ def test_simulate_success_writes_the_output_folder(tmp_path: Path,
     assert "synthetic table:" in out and "privacy: ε=" in out
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} == {"synthetic.csv", "privacy.json", "metrics.json",
-                                               "schema.json", "job.log"}
+                                               "schema.json", "job.log", "report.html"}
     assert json.loads((run / "privacy.json").read_text())["epsilon_spent"] <= 1.0
     assert "setup: 3 parties" in (run / "job.log").read_text()
     _only(tmp_path, "t.csv", "run")

@@ -144,8 +144,9 @@ def test_failed_simulation_writes_no_output_folder(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     real = run_module._write_parties
 
-    def failing(work: Path, tables: Any, spec: JobSpec, seed: int) -> dict[int, NodePolicy]:
-        pols = real(work, tables, spec, seed)
+    def failing(work: Path, tables: Any, spec: JobSpec, seed: int,
+                holdouts: Any = None) -> dict[int, NodePolicy]:
+        pols = real(work, tables, spec, seed, holdouts)
         return {p: dataclasses.replace(pol, fail_at_round=2 if p in (2, 4) else None)
                 for p, pol in pols.items()}
 

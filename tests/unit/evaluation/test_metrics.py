@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +10,6 @@ from sklearn.metrics import roc_auc_score
 
 from fedsynth.evaluation import (
     EvaluationBinning,
-    evaluate,
     exact_match_rate,
     marginal_tvd,
     tstr_auc,
@@ -250,30 +247,3 @@ def test_multiclass_auc_equals_sklearn_macro_ovr() -> None:
     expected_ab = np.mean([roc_auc_score(labels[400:][keep] == c, proba[keep, c]) for c in (0, 1)])
     out = tstr_auc(train, train, test[keep], target="y")
     assert out["trtr_auc"] == pytest.approx(expected_ab)
-
-
-# --- evaluate -------------------------------------------------------------------------------------
-
-
-def test_evaluate_keys_values_and_json() -> None:
-    train = _deterministic_target_table(400, seed=0)
-    holdout = _deterministic_target_table(300, seed=1)
-    out = evaluate(holdout, train.copy(), target="y", train_real=train, seed=0)
-    json.dumps(out)
-    assert out["exact_match_rate"] == 1.0
-    assert out["rows_real"] == 300 and out["rows_synthetic"] == 400
-    assert out["tvd_3way_marginals"] == 4  # C(4, 3) < 200
-    assert out["tvd_2way_vs_train"] == 0.0
-    tvds = [out["tvd_1way"], out["tvd_2way"], out["tvd_3way"]]
-    assert all(isinstance(v, float) and 0.0 < v < 1.0 for v in tvds)
-    # marginalising cannot increase TVD, so with all combinations the means are ordered
-    assert tvds == sorted(tvds)
-    assert isinstance(out["tstr_auc"], float) and out["tstr_auc"] > 0.9
-
-
-def test_evaluate_without_train_real() -> None:
-    holdout = _mixed_table(200)
-    out = evaluate(holdout, holdout, target="c")
-    assert out["tvd_1way"] == out["tvd_2way"] == out["tvd_3way"] == 0.0
-    assert out["exact_match_rate"] == 1.0
-    assert "tstr_auc" not in out and "tvd_2way_vs_train" not in out

@@ -14,7 +14,7 @@ import pytest
 from fedsynth.simulations.run import simulate
 from fedsynth.synthesis.schema import Schema
 
-FILES = {"synthetic.csv", "privacy.json", "metrics.json", "schema.json", "job.log"}
+FILES = {"synthetic.csv", "privacy.json", "metrics.json", "schema.json", "job.log", "report.html"}
 
 
 def _parties(n_parties: int = 3, rows: int = 200) -> list[pd.DataFrame]:
