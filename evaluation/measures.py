@@ -33,8 +33,10 @@ def measure(plan: EvaluationPlan, real_sum: np.ndarray, synthetic: pd.DataFrame)
         "pairs": [_pair(plan, a, b, real, syn) for a, b in plan.pairs],
     }
     out["tvd"] = {
-        "1way": _mean([1 - c["histogram_similarity"] for c in out["columns"]]),
-        "2way": _mean([1 - p["contingency_similarity"] for p in out["pairs"]]),
+        "1way": _mean([1 - c["histogram_similarity"] for c in out["columns"]
+                       if c["histogram_similarity"] is not None]),
+        "2way": _mean([1 - p["contingency_similarity"] for p in out["pairs"]
+                       if p["contingency_similarity"] is not None]),
         "3way": _mean([_tvd(real[f"tri:{k}"], syn[f"tri:{k}"])
                        for k in (",".join(map(str, t)) for t in plan.triples)]),
         "3way_marginals": len(plan.triples),

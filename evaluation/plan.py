@@ -59,6 +59,11 @@ class EvalOptions:
         bad = [f"{k}={getattr(self, k)} is outside [{lo}, {hi}]"
                for k, (lo, hi) in limits.items()
                if not isinstance(getattr(self, k), int) or not lo <= getattr(self, k) <= hi]
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            bad.append(f"seed={self.seed!r} is not a whole number >= 0")
+        for role, col in (("target", self.target), ("sensitive", self.sensitive)):
+            if col is not None and not isinstance(col, str):
+                bad.append(f"{role}={col!r} is not a column name")
         if self.sensitive is not None and self.target is None:
             bad.append("the bias measures need a target as well as a sensitive column")
         if bad:

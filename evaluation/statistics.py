@@ -188,9 +188,13 @@ def _model_blocks(plan: EvaluationPlan, synthetic: pd.DataFrame, train: pd.DataF
             groups = g.codes(test_rows[g.name])
             pred = (scores >= 0.5).astype(np.int64)
             out[f"bias:{name}"] = np.bincount((groups * 2 + y) * 2 + pred, minlength=g.size * 4)
-    if plan.sensitive is not None:
+    if plan.sensitive is not None:  # the labels' own rates: all evaluated rows
         g = plan.columns[plan.sensitive]
-        out["bias:real"] = np.bincount(g.codes(test_rows[g.name]) * 2 + y, minlength=g.size * 2)
+        evaluated = test if test is not None else train
+        assert evaluated is not None
+        ye = plan.target.labels(evaluated[plan.target.name])
+        ge = g.codes(evaluated[g.name])
+        out["bias:real"] = np.bincount(ge[ye >= 0] * 2 + ye[ye >= 0], minlength=g.size * 2)
     return out
 
 
@@ -199,8 +203,10 @@ def _model_blocks(plan: EvaluationPlan, synthetic: pd.DataFrame, train: pd.DataF
 def distance_matrix(plan: EvaluationPlan, df: pd.DataFrame) -> np.ndarray:
     """Rows embedded so that L1 distance / columns is a Gower distance in [0, 1] per column.
 
-    Numeric: value clipped to the synthetic 1st-99th percentile range and divided by it, plus a
-    missing flag; categorical: one-hot scaled by 1/2 (a mismatch costs 1), missing its own code.
+    Numeric: value clipped to the synthetic 1st-99th percentile range and scaled into [0, 1],
+    s -> (s/2, -s/2, 0) and missing -> (1/2, 0, 1/2), so two values differ by |s - t| and a
+    missing value is at distance exactly 1 from any value; categorical: one-hot scaled by 1/2
+    (a mismatch costs 1), missing its own code.
     """
     parts = []
     for c in plan.columns:
@@ -208,7 +214,8 @@ def distance_matrix(plan: EvaluationPlan, df: pd.DataFrame) -> np.ndarray:
             x = df[c.name].to_numpy(dtype=float, na_value=np.nan)
             lo, hi = c.clip
             na = np.isnan(x)
-            parts += [np.where(na, 0.0, (np.clip(x, lo, hi) - lo) / (hi - lo)), na.astype(float)]
+            v = np.where(na, 0.0, (np.clip(x, lo, hi) - lo) / (hi - lo))
+            parts += [np.where(na, 0.5, v / 2), np.where(na, 0.0, -v / 2), na / 2.0]
         else:
             codes = c.codes(df[c.name])
             onehot = np.zeros((len(df), c.size))
