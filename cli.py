@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip the federated evaluation (no report.html)")
     s.add_argument("--parties", type=int, default=5, help="number of parties (default 5)")
     s.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | column:NAME")
-    s.add_argument("--epsilon", type=float, default=1.0, help="total ε (default 1)")
+    s.add_argument("--epsilon", type=float, nargs="+", default=[1.0],
+                   help="total ε (default 1); several values run one job each and add a "
+                   "privacy-utility curve to the report")
     s.add_argument("--delta", type=float, default=1e-6, help="δ (default 1e-6)")
     s.add_argument("--channel", default="secagg", choices=["secagg", "plain"],
                    help="secagg (default) or plain (unprotected; simulation only)")
@@ -161,27 +163,38 @@ def _simulate(args: argparse.Namespace) -> int:
     from fedsynth.coordinator.exchange import JobRefused
     from fedsynth.protocols.secure_sum import RoundFailed
     from fedsynth.protocols.spec import JobSpecError
-    from fedsynth.simulations.run import simulate
+    from fedsynth.simulations.run import simulate, simulate_sweep
     from fedsynth.synthesis.schema import DataValidationError, Schema, SchemaError
 
+    kwargs = dict(data=args.data, dataset=args.dataset, target=args.target,
+                  n_parties=args.parties, partition_spec=args.partition, delta=args.delta,
+                  channel=args.channel, rows=args.rows, holdout=args.holdout, seed=args.seed,
+                  threshold=args.threshold, colluders=args.colluders, engine=args.engine,
+                  sensitive=args.sensitive, evaluate=args.evaluate)
     try:
-        schema = Schema.load(args.schema) if args.schema else None
-        res = simulate(data=args.data, dataset=args.dataset, target=args.target,
-                       n_parties=args.parties, partition_spec=args.partition,
-                       epsilon=args.epsilon, delta=args.delta, channel=args.channel,
-                       rows=args.rows, holdout=args.holdout, seed=args.seed, out=args.out,
-                       threshold=args.threshold, colluders=args.colluders, schema=schema,
-                       engine=args.engine, sensitive=args.sensitive,
-                       evaluate=args.evaluate)
+        kwargs["schema"] = Schema.load(args.schema) if args.schema else None
+        if len(args.epsilon) > 1:
+            _, curve = simulate_sweep(args.epsilon, out=args.out, **kwargs)
+        else:
+            res = simulate(epsilon=args.epsilon[0], out=args.out, **kwargs)
     except (DataFileError, DataValidationError, SchemaError, JobSpecError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except (JobRefused, RoundFailed) as exc:
         print(f"error: the job stopped, nothing was written: {exc}", file=sys.stderr)
         return EXIT_JOB
+    if len(args.epsilon) > 1:
+        print(f"\n{'ε':>8} {'ε spent':>8} {'2-way TVD':>10} {'TSTR AUC':>9} {'attack AUC':>11}")
+        for c in curve:
+            cells = [c["tvd_2way"], c["tstr_auc"], c["membership_inference_auc"]]
+            shown = ["-" if v is None else f"{v:.3f}" for v in cells]
+            print(f"{c['epsilon']:>8g} {c['epsilon_spent']:>8.4f} {shown[0]:>10} {shown[1]:>9} "
+                  f"{shown[2]:>11}")
+        print(f"outputs: {args.out}/epsilon-*/; report with the curve: {args.out}/report.html")
+        return 0
     m = res.metrics
     print(f"\nsynthetic table: {len(res.synthetic)} rows -> {res.out}/synthetic.csv")
-    print(f"privacy: ε={res.privacy['epsilon_spent']:.4f} of {args.epsilon}, δ={args.delta}, "
+    print(f"privacy: ε={res.privacy['epsilon_spent']:.4f} of {args.epsilon[0]}, δ={args.delta}, "
           f"t={res.privacy['threshold_t']}, c={res.privacy['colluders_c']}")
     if "tvd" in m:
         print("federated evaluation against the parties' held-out rows:")

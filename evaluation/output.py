@@ -18,6 +18,7 @@ def write_folder(out: Path, files: Mapping[str, str | bytes]) -> Path:
     try:
         for name, content in files.items():
             path = tmp / name
+            path.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(content, bytes):
                 path.write_bytes(content)
             else:

@@ -298,9 +298,9 @@ def _curve(runs: Sequence[dict[str, Any]]) -> str:
         ax2.legend(fontsize=8, loc="center right")
     ax.legend(fontsize=8, loc="upper right")
     return ("<h2>Privacy-utility curve</h2><div class=wide>" + _svg(fig) + "</div>"
-            + _table(["ε", "2-way TVD", "TSTR AUC", "source"],
-                     [[r["epsilon"], r["tvd_2way"], r.get("tstr_auc"), r.get("source", "")]
-                      for r in runs]))
+            + _table(["ε", "2-way TVD", "TSTR AUC", "membership attack AUC", "source"],
+                     [[r["epsilon"], r["tvd_2way"], r.get("tstr_auc"),
+                       r.get("membership_inference_auc"), r.get("source", "")] for r in runs]))
 
 
 def _scalability(m: dict[str, Any]) -> str:

@@ -47,6 +47,8 @@ class SimulationResult:
     schema: Schema
     out: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    report: str | None = None  # report.html, when the job was evaluated
+    log: list[str] = field(default_factory=list)  # job.log's lines
 
 
 def _pooled(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
@@ -188,16 +190,45 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
     metrics["steps"] = result.steps
     metrics["timings_seconds"] = {**result.timings, "simulation_total": time.perf_counter() - t0}
     metrics["bytes_sent_per_party"] = {str(k): v for k, v in result.bytes_from_party.items()}
+    report = None
+    if result.evaluation is not None:
+        report = render(metrics, privacy=result.privacy,
+                        title=f"fedsynth: {source}, {n} parties, ε={epsilon}")
     res = SimulationResult(result.synthetic, result.privacy, metrics, schema,
-                           timings=result.timings)
+                           timings=result.timings, report=report, log=lines)
     if out is not None:
-        report = None
-        if result.evaluation is not None:
-            report = render(metrics, privacy=result.privacy,
-                            title=f"fedsynth: {source}, {n} parties, ε={epsilon}")
-        res.out = write_outputs(Path(out), res, log_lines=lines, report=report)
+        res.out = write_folder(Path(out), output_files(res))
         say(f"wrote {res.out}")
     return res
+
+
+def simulate_sweep(epsilons: Sequence[float], *, out: str | Path | None = None,
+                   **kwargs: Any) -> tuple[list[SimulationResult], list[dict[str, Any]]]:
+    """The same job at several ε: one output folder per ε (`epsilon-<ε>/`) and, at the top,
+    report.html with the privacy-utility curve and privacy_utility.json; all or nothing."""
+    if len(set(epsilons)) != len(epsilons) or not epsilons:
+        raise ValueError(f"give distinct ε values, got {list(epsilons)}")
+    results = [simulate(epsilon=e, **kwargs) for e in epsilons]
+    curve = [{"epsilon": e, "epsilon_spent": r.privacy["epsilon_spent"],
+              "tvd_2way": r.metrics.get("tvd", {}).get("2way"),
+              "tstr_auc": r.metrics.get("ml_efficacy", {}).get("tstr_auc"),
+              "membership_inference_auc": r.metrics.get("privacy", {}).get(
+                  "membership_inference_auc"),
+              "source": f"epsilon-{e:g}"} for e, r in zip(epsilons, results, strict=True)]
+    if out is not None:
+        files: dict[str, str | bytes] = {}
+        for e, r in zip(epsilons, results, strict=True):
+            files.update({f"epsilon-{e:g}/{k}": v for k, v in output_files(r).items()})
+        files["privacy_utility.json"] = json.dumps(curve, indent=2) + "\n"
+        last = results[-1]
+        if last.report is not None and all(c["tvd_2way"] is not None for c in curve):
+            files["report.html"] = render(last.metrics, privacy=last.privacy, runs=curve,
+                                          title=f"fedsynth: ε sweep {list(epsilons)}; details "
+                                                f"at ε={epsilons[-1]:g}")
+        where = write_folder(Path(out), files)
+        for e, r in zip(epsilons, results, strict=True):
+            r.out = where / f"epsilon-{e:g}"
+    return results, curve
 
 
 def _deal(hold: pd.DataFrame, n: int, seed: int) -> list[pd.DataFrame | None]:
@@ -282,19 +313,18 @@ def _quiet_flower() -> None:
     logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
-def write_outputs(out: Path, res: SimulationResult, *, log_lines: Sequence[str] = (),
-                  report: str | None = None) -> Path:
-    """Write all outputs to a temporary sibling folder, then rename it into place."""
+def output_files(res: SimulationResult) -> dict[str, str | bytes]:
+    """The files of a job's output folder, by name."""
     files: dict[str, str | bytes] = {
         "synthetic.csv": res.synthetic.to_csv(index=False),
         "privacy.json": json.dumps(res.privacy, indent=2, default=_json),
         "metrics.json": json.dumps(res.metrics, indent=2, default=_json),
         "schema.json": res.schema.to_json(),
-        "job.log": "\n".join(log_lines) + "\n",
+        "job.log": "\n".join(res.log) + "\n",
     }
-    if report is not None:
-        files["report.html"] = report
-    return write_folder(out, files)
+    if res.report is not None:
+        files["report.html"] = res.report
+    return files
 
 
 def _json(o: object) -> object:

@@ -160,3 +160,61 @@ def test_schema_infer_bad_file_exits_3(tmp_path: Path, capsys: pytest.CaptureFix
     (tmp_path / "x.parquet").write_text("not parquet at all")
     rc, _, err = _run(["schema", "infer", "x.parquet"], capsys)
     assert rc == 3 and "x.parquet" in err
+
+
+# --- evaluate --------------------------------------------------------------------------------
+
+
+def _eval_files(tmp: Path) -> None:
+    rng = np.random.default_rng(1)
+    n = 600
+    x = rng.normal(size=n)
+    df = pd.DataFrame({"x": x, "g": rng.choice(["f", "m"], n),
+                       "y": np.where(x + 0.5 * rng.normal(size=n) > 0.5, "yes", "no")})
+    df.iloc[:300].to_csv(tmp / "holdout.csv", index=False)
+    df.iloc[300:].to_csv(tmp / "train.csv", index=False)
+    run = tmp / "job"
+    run.mkdir()
+    df.iloc[300:].sample(400, replace=True, random_state=0).to_csv(run / "synthetic.csv",
+                                                                   index=False)
+    (run / "privacy.json").write_text(json.dumps({"epsilon_requested": 1.0,
+                                                  "epsilon_spent": 0.99, "delta": 1e-6}))
+
+
+def test_evaluate_writes_report_and_metrics(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    _eval_files(tmp_path)
+    rc, out, err = _run(["evaluate", "--real", "holdout.csv", "--synthetic", "job/synthetic.csv",
+                         "--train", "train.csv", "--target", "y", "--sensitive", "g",
+                         "--out", "ev"], capsys)
+    assert rc == 0, err
+    assert "TSTR AUC" in out and "membership attack AUC" in out
+    assert {p.name for p in (tmp_path / "ev").iterdir()} == {"report.html", "metrics.json"}
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["rows_real"] == 300 and m["rows_synthetic"] == 400
+    assert m["privacy"]["exact_match_rate"] == 1.0  # the "synthetic" rows are copies
+    assert m["privacy_guarantee"]["epsilon_spent"] == 0.99  # read from privacy.json beside it
+    assert m["ml_efficacy"]["positive_class"] == "yes"
+    assert m["bias"]["sensitive"] == "g"
+    assert "<svg" in (tmp_path / "ev" / "report.html").read_text()
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--target", "nope"], "target column 'nope' is not in the schema"),
+    (["--sensitive", "g"], "need a target as well as a sensitive column"),
+])
+def test_evaluate_bad_options_exit_3_and_write_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], needle: str) -> None:
+    _eval_files(tmp_path)
+    rc, _, err = _run(["evaluate", "--real", "holdout.csv", "--synthetic", "job/synthetic.csv",
+                       *extra], capsys)
+    assert rc == EXIT_INPUT
+    assert needle in err
+    _only(tmp_path, "holdout.csv", "train.csv", "job")
+
+
+def test_evaluate_missing_file_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _eval_files(tmp_path)
+    rc, _, err = _run(["evaluate", "--real", "nothere.csv", "--synthetic", "job/synthetic.csv"],
+                      capsys)
+    assert rc == EXIT_INPUT and "nothere.csv: no such file" in err

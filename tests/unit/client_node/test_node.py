@@ -373,3 +373,72 @@ def test_unreadable_data_file_refuses_setup(tmp_path: Path) -> None:
     reply, _ = Node(policy).handle(_setup_bytes("j", 1, _spec()), None)
     text = _refusal_text(reply)
     assert str(policy.data_path) in text and "PARQUET" in text
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+
+def _evaluate_bytes(j: Joined, party: int, *, step: int = 2, round_id: int = 1,
+                    parquet: bytes | None = None, options: str | None = None) -> bytes:
+    from fedsynth.evaluation.plan import EvalOptions
+    from fedsynth.evaluation.transfer import synthetic_to_parquet
+
+    env = pb.Envelope(job_id=j.job_id, step=step, party=party)
+    e = env.evaluate_request
+    e.round = round_id
+    e.synthetic_parquet = parquet if parquet is not None else synthetic_to_parquet(_frame(80, 9))
+    e.options_json = options if options is not None else EvalOptions(target="colour").to_json()
+    e.participants.extend(sorted(j.nodes))
+    for p, key in j.publics.items():
+        e.public_keys[p] = key
+    return pack(env)
+
+
+def test_evaluation_needs_the_party_policy(tmp_path: Path) -> None:
+    j = _join(tmp_path)
+    reply, _ = j.nodes[1].handle(_evaluate_bytes(j, 1), j.states[1])
+    assert "does not release evaluation statistics" in _refusal_text(reply)
+
+
+def test_evaluation_reply_is_masked_and_charges_nothing(tmp_path: Path) -> None:
+    from fedsynth.evaluation.plan import EvalOptions, EvaluationPlan
+    from fedsynth.evaluation.statistics import node_statistics
+    from fedsynth.protocols.messages import bytes_vector
+
+    j = _join(tmp_path, allow_evaluation=True)
+    reply, state = j.nodes[1].handle(_evaluate_bytes(j, 1), j.states[1])
+    env = _parse(reply)
+    assert env.WhichOneof("body") == "measure_reply", _refusal_text(reply)
+    plan = EvaluationPlan.build(SCHEMA, _frame(80, 9), EvalOptions(target="colour"))
+    clear = node_statistics(plan, _frame(80, 9), train=_frame(60, 1), test=None)
+    masked = bytes_vector(env.measure_reply.masked, length=plan.length, sender="party 1")
+    assert len(masked) == plan.length
+    assert not np.array_equal(masked.view(np.int64), clear)  # the party's sums never go bare
+    assert env.measure_reply.ledger_epsilon == 0.0  # no DP release: nothing charged
+    assert _ledger_lines(j.nodes[1].policy.ledger_path) == []
+    # the same round cannot be answered twice
+    again, _ = j.nodes[1].handle(_evaluate_bytes(j, 1, step=3), state)
+    assert "already answered" in _refusal_text(again)
+
+
+@pytest.mark.parametrize(("kw", "needle"), [
+    ({"parquet": b"not parquet"}, "is not Parquet"),
+    ({"options": '{"bins": 1000}'}, "bins=1000 is outside"),
+    ({"options": '{"target": "nope"}'}, "target column 'nope' is not in the schema"),
+    ({"options": '{"evil": 1}'}, "are not recognised"),
+])
+def test_bad_evaluation_requests_are_refused(tmp_path: Path, kw: dict[str, Any],
+                                             needle: str) -> None:
+    j = _join(tmp_path, allow_evaluation=True)
+    reply, _ = j.nodes[1].handle(_evaluate_bytes(j, 1, **kw), j.states[1])
+    assert needle in _refusal_text(reply)
+
+
+def test_synthetic_table_outside_the_schema_is_refused(tmp_path: Path) -> None:
+    from fedsynth.evaluation.transfer import synthetic_to_parquet
+
+    j = _join(tmp_path, allow_evaluation=True)
+    bad = _frame(20, 3).assign(colour="purple")
+    reply, _ = j.nodes[1].handle(_evaluate_bytes(j, 1, parquet=synthetic_to_parquet(bad)),
+                                 j.states[1])
+    assert "categories not in the schema" in _refusal_text(reply)

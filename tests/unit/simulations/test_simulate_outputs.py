@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedsynth.simulations.run import simulate
+from fedsynth.simulations.run import simulate, simulate_sweep
 from fedsynth.synthesis.schema import Schema
 
 FILES = {"synthetic.csv", "privacy.json", "metrics.json", "schema.json", "job.log", "report.html"}
@@ -62,7 +62,7 @@ def test_simulate_replaces_an_existing_output_folder(tmp_path: Path) -> None:
     out.mkdir()
     (out / "stale.txt").write_text("old")
     simulate(parties=_parties(), engine="local", evaluate=False, out=out)
-    assert {p.name for p in out.iterdir()} == FILES
+    assert {p.name for p in out.iterdir()} == FILES - {"report.html"}  # no evaluation, no report
     assert [x.name for x in tmp_path.iterdir()] == ["run"]
 
 
@@ -82,3 +82,28 @@ def test_job_log_records_the_job_when_called_as_a_library(tmp_path: Path) -> Non
     log = (out / "job.log").read_text()
     assert "setup: 3 parties" in log
     assert "selected pairs" in log
+
+
+def test_epsilon_sweep_writes_one_folder_per_epsilon_and_the_curve(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    results, curve = simulate_sweep([0.5, 4.0], parties=_parties(), engine="local", rows=300,
+                                    out=out)
+    assert {p.name for p in out.iterdir()} == {"epsilon-0.5", "epsilon-4", "report.html",
+                                               "privacy_utility.json"}
+    for name in ("epsilon-0.5", "epsilon-4"):
+        assert {p.name for p in (out / name).iterdir()} == FILES
+    assert [r.out for r in results] == [out.resolve() / "epsilon-0.5", out.resolve() / "epsilon-4"]
+    saved = json.loads((out / "privacy_utility.json").read_text())
+    assert saved == curve
+    assert [c["epsilon"] for c in saved] == [0.5, 4.0]
+    for c, r in zip(saved, results, strict=True):
+        assert c["epsilon_spent"] == r.privacy["epsilon_spent"] <= c["epsilon"]
+        assert c["tvd_2way"] == r.metrics["tvd"]["2way"]
+    assert "Privacy-utility curve" in (out / "report.html").read_text()
+    assert [x.name for x in tmp_path.iterdir()] == ["sweep"]
+
+
+def test_epsilon_sweep_refuses_repeated_values(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="distinct"):
+        simulate_sweep([1.0, 1.0], parties=_parties(), engine="local", out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
