@@ -26,7 +26,7 @@ def render(metrics: dict[str, Any], *, title: str = "fedsynth evaluation report"
         parts.append(_ml(metrics["ml_efficacy"]))
     if "bias" in metrics:
         parts.append(_bias(metrics["bias"]))
-    parts.append(_privacy(metrics["privacy"], privacy))
+    parts.append(_privacy(metrics["privacy"], privacy, metrics.get("ledger_epsilon_per_party")))
     if len({r.get("epsilon") for r in runs}) >= 2:
         parts.append(_curve(runs))
     parts.append(_scalability(metrics))
@@ -245,7 +245,8 @@ def _bias(b: dict[str, Any]) -> str:
             "parity.</p>")
 
 
-def _privacy(p: dict[str, Any], privacy: dict[str, Any] | None) -> str:
+def _privacy(p: dict[str, Any], privacy: dict[str, Any] | None,
+             ledgers: dict[str, float] | None = None) -> str:
     rows = [["exact matches (synthetic rows equal to a real row)", p["exact_matches"]],
             ["exact-match rate", p["exact_match_rate"]],
             ["median distance to closest real row, synthetic rows", p["dcr_synthetic_median"]],
@@ -269,7 +270,8 @@ def _privacy(p: dict[str, Any], privacy: dict[str, Any] | None) -> str:
     ax.legend(fontsize=8)
     dp = ""
     if privacy:
-        per = privacy.get("epsilon_spent_per_party_ledger") or privacy.get(
+        # as each party reported from its own ledger, else as the coordinator accounted
+        per = ledgers or privacy.get("epsilon_spent_per_party_ledger") or privacy.get(
             "epsilon_asked_of_party") or {}
         dp = ("<h3>Differential privacy actually spent</h3>"
               + _table(["", "ε", "δ"], [["job (accountant)", privacy.get("epsilon_spent"),
