@@ -210,6 +210,8 @@ class Node:
         req = env.evaluate_request
         spec = self._spec(session)
         me = int(session["party"])
+        if self.policy.fail_at_round is not None and req.round >= self.policy.fail_at_round:
+            raise DropOut(f"party {me} drops out at round {req.round} (injected)")
         if not self.policy.allow_evaluation:
             raise ProtocolError("this party's policy does not release evaluation statistics "
                                 "(exact sums over its rows); the job's synthetic table is "

@@ -76,3 +76,20 @@ def test_party_policy_can_refuse_evaluation_and_the_table_stands(tmp_path: Path)
     assert res.evaluation_error is not None
     assert "does not release evaluation statistics" in res.evaluation_error
     assert len(res.synthetic) > 0 and res.privacy["epsilon_spent"] <= 2.0
+
+
+def test_a_party_dropping_out_of_the_evaluation_leaves_the_others_sum(tmp_path: Path) -> None:
+    parts = partition.split(POOLED, 4, "iid", target=None, seed=1)
+    trains = [p.iloc[: int(0.8 * len(p))].reset_index(drop=True) for p in parts]
+    holds = [p.iloc[int(0.8 * len(p)):].reset_index(drop=True) for p in parts]
+    spec = JobSpec(schema=SCHEMA, epsilon=2.0, delta=1e-6, parties=4, threshold=3)
+    pols = run_module._write_parties(tmp_path, trains, spec, 0, holds)
+    # rounds 1-3 measure; round 4 is the evaluation: party 2 goes silent there
+    pols = {p: dataclasses.replace(pol, allow_evaluation=True,
+                                   fail_at_round=4 if p == 2 else None)
+            for p, pol in pols.items()}
+    res = run_job(LocalTransport({p: Node(pol) for p, pol in pols.items()}), spec,
+                  JobOptions(seed=0, iters=200, evaluate=EVAL))
+    assert res.evaluation is not None, res.evaluation_error
+    assert res.evaluation["evaluation"]["parties"] == [1, 3, 4]
+    assert res.evaluation["rows_real"] == len(holds[0]) + len(holds[2]) + len(holds[3])
