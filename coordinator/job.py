@@ -47,7 +47,12 @@ from fedsynth.synthesis.encoding import (
     quantile_grouping,
     top_grouping,
 )
-from fedsynth.synthesis.estimation import Measurement, fit_and_sample, model_size_mb
+from fedsynth.synthesis.estimation import (
+    Measurement,
+    fit_and_sample,
+    model_size_mb,
+    noisy_total,
+)
 from fedsynth.synthesis.selection import add_pairs, dependence_score, max_spanning_tree
 
 log = logging.getLogger("fedsynth.coordinator")
@@ -193,14 +198,14 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
         measurements += [Measurement(p, by_pair[p], float(np.sqrt(var2)),
                                      groups=(sel_of_group[p[0]], sel_of_group[p[1]]))
                          for p in tree]
-    total = float(np.median([o.sum() for o in one]))  # each column's noisy count of all rows
+    total = noisy_total(measurements)  # every measurement's noisy count of all rows, weighted
     meter.end(rows=max(0, round(total)))  # the noisy count of the parties' rows
 
     rows = opt.rows if opt.rows is not None else max(1, round(total))
     with meter.step("estimate_and_sample", rows=rows):
         say(f"estimating the model (Private-PGM) and sampling {rows} rows")
         codes = fit_and_sample([g.size for g in model_groups], measurements, rows=rows,
-                               seed=opt.seed, iters=opt.iters)
+                               seed=opt.seed, iters=opt.iters, total=total)
         synthetic = decode_groups(enc, model_groups, codes, fine_counts,
                                   np.random.default_rng(opt.seed),
                                   floor=2.0 * float(np.sqrt(var1)))

@@ -90,15 +90,17 @@ def _name(i: int) -> str:
 
 
 def fit_and_sample(sizes: Sequence[int], measurements: Sequence[Measurement], *, rows: int,
-                   seed: int, iters: int = 1000) -> np.ndarray:
-    """Fit a Markov random field to the measurements and draw `rows` rows of group codes."""
+                   seed: int, iters: int = 1000, total: float | None = None) -> np.ndarray:
+    """Fit a Markov random field to the measurements and draw `rows` rows of group codes.
+
+    `total` is the model's row count (default: `noisy_total(measurements)`)."""
     mbi = _mbi()
     domain = mbi.Domain([_name(i) for i in range(len(sizes))], [int(s) for s in sizes])
     ms = [mbi.LinearMeasurement(np.asarray(m.noisy, dtype=float).ravel(),
                                 tuple(_name(i) for i in m.clique), stddev=float(m.stddev),
                                 query=_query(m, sizes))
           for m in measurements]
-    total = _total_estimate(measurements)
+    total = noisy_total(measurements) if total is None else total
     model = mbi.estimation.MirrorDescent().estimate(domain, ms, known_total=total, iters=iters)
     np.random.seed(seed % 2**32)  # mbi draws with numpy's global generator
     data = model.synthetic_data(rows=rows)
@@ -113,14 +115,22 @@ def fit_and_sample(sizes: Sequence[int], measurements: Sequence[Measurement], *,
                     axis=1)
 
 
-def _total_estimate(measurements: Sequence[Measurement]) -> float:
-    """Inverse-variance weighted mean of each measurement's noisy total (at least 1)."""
+def noisy_total(measurements: Sequence[Measurement]) -> float:
+    """The real row count, estimated from every measurement (at least 1).
+
+    Each measurement's cells add up to a noisy count of all rows, with variance sd^2 times its
+    number of cells (weighted cells are unweighted first: cell / w has variance sd^2 / w^2).
+    The estimate is the inverse-variance weighted mean of these totals: post-processing only.
+    """
     num = den = 0.0
     for m in measurements:
-        if m.weights is not None:
-            continue
-        var = m.stddev**2 * m.noisy.size
-        num += float(m.noisy.sum()) / var
+        noisy = np.asarray(m.noisy, dtype=float).ravel()
+        if m.weights is None:
+            tot, var = float(noisy.sum()), m.stddev**2 * noisy.size
+        else:
+            w = np.asarray(m.weights, dtype=float).ravel()
+            tot, var = float((noisy / w).sum()), m.stddev**2 * float((1.0 / w**2).sum())
+        num += tot / var
         den += 1.0 / var
     return max(1.0, num / den) if den else 1.0
 
