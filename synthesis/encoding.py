@@ -1,8 +1,10 @@
 """Encoding of typed tables to integer codes and back, on domains derived from public data only.
 
 Fine domain: each column's codes come from the public schema alone (categories; integers one
-code per value when there are few; otherwise 256 equal-width bins between the public bounds),
-plus one code for missing. Coarser domains used for measurement are `Grouping`s of fine codes,
+code per value when there are few; otherwise one code for the lower bound itself, then 256
+equal-width bins between the public bounds), plus one code for missing. The lower-bound code
+keeps point masses such as "no debt" (0 for most rows) exact instead of smearing them over
+the first bin. Coarser domains used for measurement are `Grouping`s of fine codes,
 computed by the coordinator from noisy (DP) counts, so they are post-processing.
 """
 
@@ -28,6 +30,11 @@ class ColumnCodec:
     size: int
 
     @property
+    def bin_offset(self) -> int:
+        """Binned numeric columns: code 0 is the lower bound exactly, bin b has code b + 1."""
+        return 1 if self.edges is not None else 0
+
+    @property
     def missing_code(self) -> int | None:
         return self.size - 1 if self.column.nullable else None
 
@@ -43,8 +50,9 @@ class ColumnCodec:
         lo, hi = float(col.lower or 0.0), float(col.upper or 0.0)
         if col.kind == "integer" and hi - lo + 1 <= FINE_BINS:
             return cls(col, None, int(hi - lo) + 1 + extra)
-        bins = 1 if hi == lo else FINE_BINS
-        return cls(col, np.linspace(lo, hi, bins + 1), bins + extra)
+        if hi == lo:  # a single public value: one exact code
+            return cls(col, None, 1 + extra)
+        return cls(col, np.linspace(lo, hi, FINE_BINS + 1), 1 + FINE_BINS + extra)
 
     def encode(self, s: pd.Series) -> np.ndarray:
         col = self.column
@@ -58,7 +66,8 @@ class ColumnCodec:
         else:
             v = s[~na].to_numpy(dtype=float)
             nb = len(self.edges) - 1
-            codes[~na] = np.clip(np.searchsorted(self.edges, v, side="right") - 1, 0, nb - 1)
+            b = np.clip(np.searchsorted(self.edges, v, side="right") - 1, 0, nb - 1)
+            codes[~na] = np.where(v == self.edges[0], 0, b + 1)
         if na.any():
             if self.missing_code is None:
                 raise ValueError(f"column {col.name!r} has missing values but is not nullable")
@@ -79,15 +88,19 @@ class ColumnCodec:
         if self.edges is None:
             vals = safe.astype(float) + float(col.lower or 0.0)
         else:
-            lo, hi = self.edges[safe], self.edges[safe + 1]
-            if col.kind == "integer":  # the whole numbers v with lo <= v < hi (last bin: <= hi)
-                last = safe == len(self.edges) - 2
-                first_int = np.ceil(lo)
+            point = safe == 0  # the lower bound itself
+            b = np.maximum(safe - 1, 0)
+            lo, hi = self.edges[b], self.edges[b + 1]
+            if col.kind == "integer":  # the whole numbers v with lo < v < hi in the first bin,
+                last = b == len(self.edges) - 2  # lo <= v < hi inside, lo <= v <= hi in the last
+                first_int = np.where(b == 0, np.floor(lo) + 1, np.ceil(lo))
                 last_int = np.where(last, np.floor(hi), np.ceil(hi) - 1)
                 last_int = np.maximum(last_int, first_int)
                 vals = first_int + np.floor(rng.random(len(safe)) * (last_int - first_int + 1))
             else:
                 vals = lo + rng.random(len(safe)) * (hi - lo)
+                vals = np.where((b == 0) & (vals <= lo), np.nextafter(lo, hi), vals)
+            vals = np.where(point, self.edges[0], vals)
         vals[miss] = np.nan
         if col.kind == "integer":
             return pd.Series(vals).astype("Int64" if col.nullable else "int64")
