@@ -162,15 +162,7 @@ class Node:
         req = env.measure_request
         spec = self._spec(session)
         me = int(session["party"])
-        if self.policy.fail_at_round is not None and req.round >= self.policy.fail_at_round:
-            raise DropOut(f"party {me} drops out at round {req.round} (injected)")
-        if str(req.round) in session["rounds"]:
-            raise ProtocolError(f"round {req.round} was already measured; a repeat is refused")
-        participants = sorted(set(req.participants))
-        if me not in participants or len(participants) < spec.threshold:
-            raise ProtocolError(f"round {req.round}: {len(participants)} participants (t="
-                                f"{spec.threshold}), this party included: {me in participants}")
-        self._pin_keys(req, session, participants, spec.channel)
+        participants = self._open_round(req, session, spec, me, "measured")
         groupings = self._groupings(req, spec)
         sizes = [g.size for g in groupings]
         cliques = [tuple(int(i) for i in c.columns) for c in req.cliques]
@@ -210,22 +202,14 @@ class Node:
         req = env.evaluate_request
         spec = self._spec(session)
         me = int(session["party"])
-        if self.policy.fail_at_round is not None and req.round >= self.policy.fail_at_round:
-            raise DropOut(f"party {me} drops out at round {req.round} (injected)")
         if not self.policy.allow_evaluation:
             raise ProtocolError("this party's policy does not release evaluation statistics "
                                 "(exact sums over its rows); the job's synthetic table is "
                                 "unaffected")
-        if str(req.round) in session["rounds"]:
-            raise ProtocolError(f"round {req.round} was already answered; a repeat is refused")
-        participants = sorted(set(req.participants))
-        if me not in participants or len(participants) < spec.threshold:
-            raise ProtocolError(f"round {req.round}: {len(participants)} participants (t="
-                                f"{spec.threshold}), this party included: {me in participants}")
         if len(req.synthetic_parquet) > MAX_SYNTHETIC_BYTES:
             raise ProtocolError(f"synthetic table of {len(req.synthetic_parquet)} bytes is over "
                                 f"this party's limit of {MAX_SYNTHETIC_BYTES}")
-        self._pin_keys(req, session, participants, spec.channel)
+        participants = self._open_round(req, session, spec, me, "answered")
         synthetic = synthetic_from_parquet(req.synthetic_parquet, spec.schema)
         plan = EvaluationPlan.build(spec.schema, synthetic, EvalOptions.from_json(
             req.options_json))
@@ -272,6 +256,21 @@ class Node:
         return out
 
     # --- checks --------------------------------------------------------------------------
+    def _open_round(self, req: pb.MeasureRequest | pb.EvaluateRequest, session: dict[str, Any],
+                    spec: JobSpec, me: int, verb: str) -> list[int]:
+        """Checks of every masked round: injected dropout (tests), one answer per round, at
+        least t participants including this party, and pinned public keys."""
+        if self.policy.fail_at_round is not None and req.round >= self.policy.fail_at_round:
+            raise DropOut(f"party {me} drops out at round {req.round} (injected)")
+        if str(req.round) in session["rounds"]:
+            raise ProtocolError(f"round {req.round} was already {verb}; a repeat is refused")
+        participants = sorted(set(req.participants))
+        if me not in participants or len(participants) < spec.threshold:
+            raise ProtocolError(f"round {req.round}: {len(participants)} participants (t="
+                                f"{spec.threshold}), this party included: {me in participants}")
+        self._pin_keys(req, session, participants, spec.channel)
+        return participants
+
     def _pin_keys(self, req: pb.MeasureRequest | pb.EvaluateRequest, session: dict[str, Any],
                   participants: list[int], channel: str) -> None:
         if channel == "plain":
