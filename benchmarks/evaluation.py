@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsynth.evaluation.local import _drafted, evaluate_tables
+from fedsynth.evaluation.local import draft_schema, evaluate_tables
 from fedsynth.evaluation.measures import measure
 from fedsynth.evaluation.plan import EvalOptions, EvaluationPlan
 from fedsynth.evaluation.report import render
@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     real, train, syn = tables()
-    schema = _drafted(pd.concat([real, train, syn], ignore_index=True))
+    schema = draft_schema(pd.concat([real, train, syn], ignore_index=True))
     runs: list[dict[str, float]] = []
     for r in range(args.repeats):
         t = time.perf_counter()

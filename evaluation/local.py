@@ -30,7 +30,7 @@ def evaluate_tables(real: pd.DataFrame, synthetic: pd.DataFrame, *,
     tables = [("real", real), ("synthetic", synthetic)] + ([("train", train)]
                                                            if train is not None else [])
     if schema is None:
-        schema = _drafted(pd.concat([t for _, t in tables], ignore_index=True))
+        schema = draft_schema(pd.concat([t for _, t in tables], ignore_index=True))
     checked = {name: validate_frame(t, schema, source=f"{name} table") for name, t in tables}
     plan = EvaluationPlan.build(schema, checked["synthetic"], opts)
     t1 = time.perf_counter()
@@ -45,7 +45,8 @@ def evaluate_tables(real: pd.DataFrame, synthetic: pd.DataFrame, *,
     return out
 
 
-def _drafted(pooled: pd.DataFrame) -> Schema:
+def draft_schema(pooled: pd.DataFrame) -> Schema:
+    """A schema spanning every given table (all columns nullable), for evaluation only."""
     schema = infer_schema(pooled)
     cols = [Column(c.name, c.kind, c.categories, c.lower, c.upper, nullable=True)
             for c in schema.columns]

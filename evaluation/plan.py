@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,7 +52,8 @@ class EvalOptions:
         opts.check()
         return opts
 
-    def check(self) -> None:
+    def check(self, schema: Schema | None = None) -> None:
+        """Raise EvalOptionsError listing every problem; with `schema`, also unknown columns."""
         limits = {"bins": (2, 64), "fine_bins": (10, 1000), "max_triples": (0, 500),
                   "distance_rows": (10, 20_000), "score_bins": (16, 4096)}
         bad = [f"{k}={getattr(self, k)} is outside [{lo}, {hi}]"
@@ -66,6 +66,11 @@ class EvalOptions:
                 bad.append(f"{role}={col!r} is not a column name")
         if self.sensitive is not None and self.target is None:
             bad.append("the bias measures need a target as well as a sensitive column")
+        if schema is not None:
+            for role, col in (("target", self.target), ("sensitive", self.sensitive)):
+                if isinstance(col, str) and col not in schema.names:
+                    bad.append(f"{role} column {col!r} is not in the schema (columns: "
+                               f"{', '.join(schema.names)})")
         if bad:
             raise EvalOptionsError("evaluation options: " + "; ".join(bad))
 
@@ -180,12 +185,8 @@ class EvaluationPlan:
     @classmethod
     def build(cls, schema: Schema, synthetic: pd.DataFrame, options: EvalOptions) -> EvaluationPlan:
         """Derive the plan from public inputs; `synthetic` must be validated against `schema`."""
-        options.check()
+        options.check(schema)
         names = schema.names
-        for role, col in (("target", options.target), ("sensitive", options.sensitive)):
-            if col is not None and col not in names:
-                raise EvalOptionsError(f"{role} column {col!r} is not in the schema (columns: "
-                                       f"{', '.join(names)})")
         if len(synthetic) == 0:
             raise EvalOptionsError("the synthetic table has no rows; nothing to evaluate")
         cols = tuple(_column_plan(c.name, c.kind, c.categories, c.lower, c.upper,
@@ -286,6 +287,3 @@ def dcr_edges() -> np.ndarray:
     """Interior edges of the distance histograms: [0] exact zero, then log-spaced to 1."""
     return np.concatenate([[1e-12], np.logspace(-4, 0, DCR_BINS - 2)])
 
-
-def options_dict(plan: EvaluationPlan) -> dict[str, Any]:
-    return asdict(plan.options)

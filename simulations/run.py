@@ -28,7 +28,7 @@ from fedsynth.client_node.node import Node, NodePolicy
 from fedsynth.coordinator.job import JobOptions, JobResult, run_job
 from fedsynth.evaluation.metrics import marginal_tvd
 from fedsynth.evaluation.output import write_folder
-from fedsynth.evaluation.plan import EvalOptions, EvaluationPlan
+from fedsynth.evaluation.plan import EvalOptions
 from fedsynth.evaluation.report import render
 from fedsynth.protocols.spec import JobSpec, default_threshold
 from fedsynth.protocols.transport import Transport
@@ -173,7 +173,7 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
     if evaluate and opts.evaluate is None:
         opts = replace(opts, evaluate=EvalOptions(target=target, sensitive=sensitive, seed=seed))
     if opts.evaluate is not None:
-        EvaluationPlan.build(schema, pooled.head(1), opts.evaluate)  # bad options fail now
+        opts.evaluate.check(schema)  # a typo in a column name fails before any budget is spent
     with tempfile.TemporaryDirectory(prefix="fedsynth-parties-") as work:
         policies = _write_parties(Path(work), tables, spec, seed, _deal(hold, n, seed))
         result = _run(engine, policies, spec, opts, say)

@@ -107,3 +107,10 @@ def test_epsilon_sweep_refuses_repeated_values(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="distinct"):
         simulate_sweep([1.0, 1.0], parties=_parties(), engine="local", out=tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_unknown_sensitive_column_fails_before_the_job(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sensitive column 'nope' is not in the schema"):
+        simulate(parties=_parties(), engine="local", target="b", sensitive="nope",
+                 out=tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
