@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedsynth.crypto.noise import share_variance, skellam
+from fedsynth.crypto.noise import secure_generator, share_variance, skellam
 
 DRAWS = 200_000
 
@@ -68,3 +68,35 @@ def test_extra_shares_only_add_noise():
 def test_share_variance_needs_an_honest_party(m):
     with pytest.raises(ValueError, match="honest"):
         share_variance(10.0, honest_min=m)
+
+
+def test_secure_generators_never_repeat_each_other():
+    """Two generators from the OS's entropy draw different noise: nothing to regenerate."""
+    a = skellam(50.0, 1000, secure_generator())
+    b = skellam(50.0, 1000, secure_generator())
+    assert not np.array_equal(a, b)
+
+
+def test_secure_generator_draws_the_skellam_law():
+    x = skellam(8.0, DRAWS, secure_generator())
+    ks = np.arange(-4, 5)
+    empirical = np.array([(x == k).mean() for k in ks])
+    np.testing.assert_allclose(empirical, stats.skellam.pmf(ks, 4.0, 4.0), atol=0.004)
+
+
+def test_secure_generator_is_a_chacha20_stream_keyed_from_the_os():
+    g = secure_generator()
+    assert type(g.bit_generator).__name__ == "ChaCha"
+    assert g.bit_generator.state["state"]["rounds"] == 20
+
+
+def test_skellam_takes_one_variance_per_value():
+    v = np.array([0.0, 4.0, 400.0] * 40_000)
+    x = skellam(v, len(v), np.random.default_rng(1))
+    assert not x[v == 0].any()
+    assert abs(x[v == 4.0].var() / 4.0 - 1) < 0.05
+    assert abs(x[v == 400.0].var() / 400.0 - 1) < 0.05
+    with pytest.raises(ValueError, match="numbers"):
+        skellam(np.ones(3), 4, np.random.default_rng(1))
+    with pytest.raises(ValueError, match="finite"):
+        skellam(np.array([1.0, np.nan]), 2, np.random.default_rng(1))
