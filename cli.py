@@ -26,6 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sensitive", help="sensitive attribute for the bias measures of the report")
     s.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                    help="skip the federated evaluation (no report.html)")
+    s.add_argument("--evaluation-epsilon", type=float, default=1.0,
+                   help="ε of the DP evaluation, per party's held-out rows, charged to a "
+                   "separate evaluation budget (default 1)")
+    s.add_argument("--exact-evaluation", action="store_true",
+                   help="evaluate with exact sums (NOT differentially private; each party's "
+                   "policy must allow it)")
     s.add_argument("--parties", type=int, default=5, help="number of parties (default 5)")
     s.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | column:NAME")
     s.add_argument("--epsilon", type=float, nargs="+", default=[1.0],
@@ -40,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--rows", type=int, help="synthetic rows (default: about the real count)")
     s.add_argument("--holdout", type=float, default=0.2,
                    help="fraction held out before partitioning, for evaluation only (0.2)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the partition, holdout and synthetic sampling (default 0); "
+                   "never of the DP noise, which always comes from the OS")
     s.add_argument("--engine", default="flower", choices=["flower", "local"],
                    help="flower (default: Flower simulation engine) or local (in-process)")
     s.add_argument("--out", type=Path, default=Path("fedsynth-out"), help="output folder")
@@ -170,7 +178,8 @@ def _simulate(args: argparse.Namespace) -> int:
                   n_parties=args.parties, partition_spec=args.partition, delta=args.delta,
                   channel=args.channel, rows=args.rows, holdout=args.holdout, seed=args.seed,
                   threshold=args.threshold, colluders=args.colluders, engine=args.engine,
-                  sensitive=args.sensitive, evaluate=args.evaluate)
+                  sensitive=args.sensitive, evaluate=args.evaluate,
+                  evaluation_epsilon=None if args.exact_evaluation else args.evaluation_epsilon)
     try:
         kwargs["schema"] = Schema.load(args.schema) if args.schema else None
         if len(args.epsilon) > 1:
@@ -184,7 +193,9 @@ def _simulate(args: argparse.Namespace) -> int:
         print(f"error: the job stopped, nothing was written: {exc}", file=sys.stderr)
         return EXIT_JOB
     if len(args.epsilon) > 1:
-        print(f"\n{'ε':>8} {'ε spent':>8} {'2-way TVD':>10} {'TSTR AUC':>9} {'attack AUC':>11}")
+        total = curve[0]["epsilon_total_over_sweep"] if curve else 0.0
+        print(f"\nthe runs share the same rows: the sweep spent ε={total:.4f} in total")
+        print(f"{'ε':>8} {'ε spent':>8} {'2-way TVD':>10} {'TSTR AUC':>9} {'attack AUC':>11}")
         for c in curve:
             cells = [c["tvd_2way"], c["tstr_auc"], c["membership_inference_auc"]]
             shown = ["-" if v is None else f"{v:.3f}" for v in cells]
@@ -196,8 +207,13 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"\nsynthetic table: {len(res.synthetic)} rows -> {res.out}/synthetic.csv")
     print(f"privacy: ε={res.privacy['epsilon_spent']:.4f} of {args.epsilon[0]}, δ={args.delta}, "
           f"t={res.privacy['threshold_t']}, c={res.privacy['colluders_c']}")
+    if not res.privacy.get("differentially_private", True):
+        print(f"WARNING: {res.privacy['warning']}")
     if "tvd" in m:
-        print("federated evaluation against the parties' held-out rows:")
+        ev = m.get("evaluation", {})
+        kind = (f"DP at ε={ev.get('epsilon')} per party" if ev.get("differentially_private")
+                else "exact sums, NOT differentially private")
+        print(f"federated evaluation against the parties' held-out rows ({kind}):")
         _print_summary(m)
         print(f"report: {res.out}/report.html")
     elif "evaluation_error" in m:

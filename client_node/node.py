@@ -1,19 +1,34 @@
-"""The party's request handler: validates every request, keeps its ledger, noises and masks.
+"""The party's request handler: checks every request against its own policy, keeps its ledger,
+noises and masks.
 
 Transport-free: `Node.handle(request, state) -> (reply, state)` takes and returns bytes, so the
 same code serves the Flower ClientApp, local tests and any future transport. What leaves the
-party: its public key at setup; per round a vector that is (counts + its Skellam noise share)
-masked by secure aggregation; in the unmask step, shares and seeds as in protocols.secure_sum.
-Raw rows, unnoised or unmasked counts never leave (except under channel "plain", which a party
-only accepts when its policy allows it, i.e. in simulation).
+party: at setup, its X25519 key signed by its identity key; per round a vector that is (counts
++ its Skellam noise share) masked by secure aggregation; in the unmask step, shares and seeds as
+in protocols.secure_sum; every reply signed by its identity key. Raw rows, unnoised or unmasked
+counts never leave (except under channel "plain", which a party only accepts when its policy
+lists it, i.e. in tests and simulations).
+
+What a refusal tells the coordinator: the kind of problem and, for data problems, the column
+(never counts, values, row or line numbers, or the names of the party's own extra columns: an
+unlimited, uncharged refusal channel would be a counting oracle). The full detail goes to the
+party's own log. A job whose schema is not the one the policy pins is refused before the data
+is read, and setups are rate-limited, so a refusal is the same one bit for every job.
+
+Noise comes from `crypto.noise.secure_generator` (OS entropy). `NodePolicy.noise_seed` exists
+for tests only; a party using it says so in every measure reply, and the job's privacy report
+then says "not differentially private: noise was seeded".
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -23,20 +38,14 @@ import numpy as np
 from fedsynth.client_node.data import DataFileError, read_table
 from fedsynth.client_node.ledger import BudgetExceeded, Ledger
 from fedsynth.crypto import noise, secagg
+from fedsynth.crypto.keys import public_identity, sign_key, verify_key
 from fedsynth.evaluation.plan import EvalOptions, EvalOptionsError, EvaluationPlan
 from fedsynth.evaluation.statistics import node_statistics
 from fedsynth.evaluation.transfer import synthetic_from_parquet
 from fedsynth.protocols import fedsynth_pb2 as pb
-from fedsynth.protocols.messages import (
-    ProtocolError,
-    new_signing_key,
-    pack,
-    refusal,
-    sign,
-    unpack,
-)
+from fedsynth.protocols.messages import ProtocolError, pack, refusal, sign, unpack
 from fedsynth.protocols.secure_sum import party_measure_reply, party_unmask_reply
-from fedsynth.protocols.spec import JobSpec, JobSpecError
+from fedsynth.protocols.spec import JobSpec, JobSpecError, schema_sha256
 from fedsynth.synthesis import marginals
 from fedsynth.synthesis.encoding import Encoding, Grouping
 from fedsynth.synthesis.schema import DataValidationError, Schema, SchemaError, validate_frame
@@ -45,27 +54,57 @@ log = logging.getLogger("fedsynth.node")
 MAX_CELLS = 20_000_000
 REQUESTS = ("setup_request", "measure_request", "unmask_request", "evaluate_request")
 MAX_SYNTHETIC_BYTES = 256 << 20  # largest synthetic table a party accepts to evaluate
+EVALUATION_MODES = ("off", "dp", "exact")
 
 
 class DropOut(RuntimeError):
     """Injected failure (tests, benchmarks): the party goes silent at a given round."""
 
 
+class Refused(RuntimeError):
+    """A request this party declines; `reason` and `problems` are all the coordinator sees."""
+
+    def __init__(self, reason: str, problems: list[str] | None = None) -> None:
+        self.reason, self.problems = reason, list(problems or [])
+        super().__init__(reason)
+
+
 @dataclass(frozen=True)
 class NodePolicy:
-    """The party's own rules, which no coordinator request can override."""
+    """The party's own rules, which no coordinator request can override.
+
+    `consortium` is the party's own copy of the consortium's public list (party name ->
+    Ed25519 identity key); `identity_key` is this party's private identity key. `schema_sha256`
+    pins the public schema (`protocols.spec.schema_sha256`): a job with another schema is
+    refused before the data is read. `assume_colluders` is how many parties this party assumes
+    may collude with the coordinator: a job claiming fewer colluders would size this party's
+    noise share for more honest survivors than it believes in, and is refused.
+    """
 
     data_path: Path
     ledger_path: Path
     epsilon_cap: float
     delta: float
-    allow_plain: bool = False
-    fail_at_round: int | None = None
-    noise_seed: int | None = None  # simulation reproducibility only; None draws from the OS
-    # Federated evaluation releases exact (not DP) sums over the party's rows, added to the
-    # other parties' by secure aggregation: a party takes part only if its policy says so.
-    allow_evaluation: bool = False
+    party_name: str
+    identity_key: bytes = field(repr=False)
+    consortium: Mapping[str, bytes]
+    schema_sha256: str
+    channels: tuple[str, ...] = ("secagg",)
+    assume_colluders: int = 0
+    max_parties: int = 1000
+    max_setups_per_hour: int = 60
+    # Evaluation: "off"; "dp" (noised sums, charged to evaluation_epsilon_cap); "exact" (also
+    # allows exact sums, which are not DP). Rows are always the held-out ones only.
+    evaluation: str = "off"
+    evaluation_epsilon_cap: float = 0.0
+    max_evaluations: int = 1  # evaluations of the same held-out rows
     holdout_path: Path | None = None  # rows kept out of synthesis, to evaluate against
+    fail_at_round: int | None = None  # tests and benchmarks: injected dropout
+    noise_seed: int | None = None  # TESTS ONLY: reproducible noise, which is not private
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.ledger_path, self.epsilon_cap, self.delta,
+                      evaluation_epsilon_cap=self.evaluation_epsilon_cap)
 
 
 @lru_cache(maxsize=4)
@@ -89,30 +128,74 @@ class Node:
         session: dict[str, Any] = json.loads(state) if state else {}
         env = pb.Envelope()
         try:
-            env = unpack(request, sender="coordinator", expect=REQUESTS)
-            body = env.WhichOneof("body")
-            if body == "setup_request":
-                reply, session = self._setup(env, session)
-            else:
-                self._check_session(env, session)
-                if body == "measure_request":
-                    reply = self._measure(env, session)
-                elif body == "evaluate_request":
-                    reply = self._evaluate(env, session)
+            try:
+                env = unpack(request, sender="coordinator", expect=REQUESTS)
+                body = env.WhichOneof("body")
+                if body == "setup_request":
+                    reply, session = self._setup(env, session)
                 else:
-                    reply = self._unmask(env, session)
+                    self._check_session(env, session)
+                    if body == "measure_request":
+                        reply = self._measure(env, session)
+                    elif body == "evaluate_request":
+                        reply = self._evaluate(env, session)
+                    else:
+                        reply = self._unmask(env, session)
+            except (ProtocolError, JobSpecError, SchemaError, BudgetExceeded,
+                    secagg.SecAggError, EvalOptionsError) as exc:
+                raise Refused(str(exc), list(getattr(exc, "problems", []))) from exc
+            except DataValidationError as exc:
+                log.warning("party's data does not match the job's schema: %s", exc)
+                raise Refused("this party's data does not match the job's schema (details in "
+                              "the party's own log)", exc.kinds) from exc
+            except DataFileError as exc:
+                log.warning("party's data could not be read: %s", exc)
+                raise Refused("this party's data file could not be read (details in the "
+                              "party's own log)") from exc
             session["step"] = env.step
-            sign(reply, bytes.fromhex(session["signing"]))
+            sign(reply, self.policy.identity_key)
             return pack(reply), json.dumps(session).encode()
-        except DropOut:
-            raise
-        except (ProtocolError, JobSpecError, SchemaError, DataValidationError, DataFileError,
-                BudgetExceeded, secagg.SecAggError, EvalOptionsError, ValueError) as exc:
-            problems = list(getattr(exc, "problems", []))
-            reason = str(exc).splitlines()[0] if problems else str(exc)
-            log.warning("party refused request: %s", exc)
+        except Refused as r:
+            log.warning("party refused request: %s", r.__cause__ or r)
+            reason = r.reason.splitlines()[0] if r.problems else r.reason
             return refusal(job_id=env.job_id, step=env.step, party=env.party, reason=reason,
-                           problems=problems), (json.dumps(session).encode() if session else None)
+                           problems=r.problems), (json.dumps(session).encode() if session
+                                                  else None)
+
+    def _ledger(self) -> Ledger:
+        return self.policy.ledger()
+
+    def _policy_problems(self, spec: JobSpec, party: int) -> list[str]:
+        """Every way the job asks for more than this party's policy allows (before any data)."""
+        pol, out = self.policy, []
+        if not 1 <= party <= spec.parties:
+            out.append(f"party index {party} is outside 1..{spec.parties}")
+        elif spec.party_names[party - 1] != pol.party_name or spec.identity_of(
+                party) != public_identity(pol.identity_key):
+            out.append(f"the job names party {party} {spec.party_names[party - 1]!r} with an "
+                       f"identity key that is not this party's ({pol.party_name!r})")
+        strangers = [n for n, k in zip(spec.party_names, spec.identity_keys, strict=True)
+                     if pol.consortium.get(n) != k]
+        if strangers:
+            out.append(f"parties {strangers} are not on this party's consortium list with "
+                       "those identity keys")
+        if schema_sha256(spec.schema) != pol.schema_sha256:
+            out.append("the job's schema is not the one this party's policy pins (sha256 "
+                       f"{pol.schema_sha256[:12]}...); agree on the public schema first")
+        if spec.channel not in pol.channels:
+            out.append(f"channel {spec.channel!r} is not allowed by this party's policy "
+                       f"(allowed: {', '.join(pol.channels)})")
+        if spec.delta > pol.delta:
+            out.append(f"job δ={spec.delta} is above this party's δ={pol.delta}")
+        if spec.epsilon > pol.epsilon_cap:
+            out.append(f"job ε={spec.epsilon} is above this party's cap ε={pol.epsilon_cap}")
+        if spec.colluders < pol.assume_colluders:
+            out.append(f"the job assumes c={spec.colluders} colluders, this party assumes up to "
+                       f"{pol.assume_colluders}: its noise share would be too small")
+        if spec.parties > pol.max_parties:
+            out.append(f"{spec.parties} parties is above this party's limit of "
+                       f"{pol.max_parties}")
+        return out
 
     # --- steps ---------------------------------------------------------------------------
     def _setup(self, env: pb.Envelope, old: dict[str, Any]) -> tuple[pb.Envelope, dict[str, Any]]:
@@ -120,26 +203,25 @@ class Node:
             raise ProtocolError(f"job {env.job_id}: setup was already done; a replayed setup is "
                                 "refused")
         spec = JobSpec.from_proto(env.setup_request.spec)
-        if not 1 <= env.party <= spec.parties:
-            raise ProtocolError(f"party index {env.party} is outside 1..{spec.parties}")
-        if spec.channel == "plain" and not self.policy.allow_plain:
-            raise JobSpecError("the job asks for the unprotected 'plain' channel, which this "
-                               "party's policy refuses; use channel secagg")
-        if spec.delta > self.policy.delta:
-            raise JobSpecError(f"job δ={spec.delta} is above this party's δ={self.policy.delta}")
-        if spec.epsilon > self.policy.epsilon_cap:
-            raise BudgetExceeded(f"job ε={spec.epsilon} is above this party's cap "
-                                 f"ε={self.policy.epsilon_cap}")
+        problems = self._policy_problems(spec, env.party)
+        if problems:
+            raise JobSpecError("the job is outside this party's policy: " + "; ".join(problems))
+        ledger = self._ledger()
+        recent = [a for a in ledger.audits("setup") if a.get("time", 0) > time.time() - 3600]
+        if len(recent) >= self.policy.max_setups_per_hour:
+            raise ProtocolError(f"this party accepts at most {self.policy.max_setups_per_hour} "
+                                "job setups an hour; try again later")
+        ledger.record("setup", job_id=env.job_id, party=env.party, time=time.time())
         encoded_table(self.policy, spec.schema)  # validate the local data against the schema now
         keys = secagg.KeyPair.generate()
-        signing, verifying = new_signing_key()
         session = {"job_id": env.job_id, "party": env.party,
                    "spec": base64.b64encode(env.setup_request.spec.SerializeToString()).decode(),
-                   "private": keys.private.hex(), "signing": signing.hex(), "publics": {},
+                   "private": keys.private.hex(), "public": keys.public.hex(), "publics": {},
                    "rounds": {}, "step": env.step}
         out = pb.Envelope(job_id=env.job_id, step=env.step, party=env.party)
         out.setup_reply.public_key = keys.public
-        out.setup_reply.signing_key = verifying
+        out.setup_reply.key_signature = sign_key(self.policy.identity_key, job_id=env.job_id,
+                                                 party=env.party, public_key=keys.public)
         log.info("party %d joined job %s", env.party, env.job_id)
         return out, session
 
@@ -158,6 +240,30 @@ class Node:
         m.ParseFromString(base64.b64decode(session["spec"]))
         return JobSpec.from_proto(m)
 
+    def _rng(self, me: int, round_id: int) -> np.random.Generator:
+        if self.policy.noise_seed is None:
+            return noise.secure_generator()
+        log.warning("party %d: noise seeded from the policy (tests only): NOT differentially "
+                    "private", me)
+        return noise.seeded_generator([self.policy.noise_seed, me, round_id])
+
+    def _masked_reply(self, env: pb.Envelope, session: dict[str, Any], spec: JobSpec,
+                      round_id: int, participants: list[int], vector: np.ndarray) -> pb.Envelope:
+        """Mask a noised vector for this round and remember the own share for the unmask."""
+        me = int(session["party"])
+        publics = {int(k): bytes.fromhex(v) for k, v in session["publics"].items()}
+        reply, own = party_measure_reply(
+            vector, channel=spec.channel, job_id=env.job_id, me=me, round_id=round_id,
+            participants=participants, threshold=spec.threshold,
+            private=bytes.fromhex(session["private"]), publics=publics)
+        reply.seeded_noise = self.policy.noise_seed is not None
+        reply.ledger_epsilon = self._ledger().spent()
+        session["rounds"][str(round_id)] = {"own_share": own.hex(),
+                                            "participants": participants, "unmasked": False}
+        out = pb.Envelope(job_id=env.job_id, step=env.step, party=me)
+        out.measure_reply.CopyFrom(reply)
+        return out
+
     def _measure(self, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
         req = env.measure_request
         spec = self._spec(session)
@@ -170,71 +276,82 @@ class Node:
         if not np.isfinite(req.noise_variance) or req.noise_variance <= 0:
             raise ProtocolError(f"round {req.round}: noise variance {req.noise_variance} is not "
                                 "positive; refusing to release unnoised counts")
-        ledger = Ledger(self.policy.ledger_path, self.policy.epsilon_cap, self.policy.delta)
         counts = marginals.count(encoded_table(self.policy, spec.schema), groupings, cliques)
-        rng = np.random.default_rng(None if self.policy.noise_seed is None
-                                    else [self.policy.noise_seed, me, req.round])
-        share = noise.share_variance(req.noise_variance, honest_min=spec.honest_min)
-        noised = counts + noise.skellam(share, len(counts), rng)
-        spent = ledger.charge(job_id=env.job_id, round_id=req.round, label=req.label,
-                              count=len(cliques), variance=req.noise_variance)
-        publics = {int(k): bytes.fromhex(v) for k, v in session["publics"].items()}
-        reply, own = party_measure_reply(
-            noised, channel=spec.channel, job_id=env.job_id, me=me, round_id=req.round,
-            participants=participants, threshold=spec.threshold,
-            private=bytes.fromhex(session["private"]), publics=publics)
-        session["rounds"][str(req.round)] = {"own_share": own.hex(),
-                                             "participants": participants, "unmasked": False}
-        log.info("party %d round %d (%s): %d cells, spent ε=%.4f of %.4f", me, req.round,
-                 req.label, len(counts), spent, self.policy.epsilon_cap)
-        out = pb.Envelope(job_id=env.job_id, step=env.step, party=me)
-        out.measure_reply.CopyFrom(reply)
-        return out
+        share = noise.share_variance(req.noise_variance, honest_min=spec.noise_divisor)
+        noised = counts + noise.skellam(share, len(counts), self._rng(me, req.round))
+        # recorded (fsynced) before the value can leave; refused past the cap
+        spent = self._ledger().charge(job_id=env.job_id, round_id=req.round, label=req.label,
+                                      count=len(cliques), variance=req.noise_variance)
+        log.info("party %d round %d (%s): spent ε=%.4f of %.4f", me, req.round, req.label, spent,
+                 self.policy.epsilon_cap)
+        return self._masked_reply(env, session, spec, req.round, participants, noised)
 
     def _evaluate(self, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
-        """Score the synthetic table against this party's rows; reply with the masked sums.
+        """Score the synthetic table against this party's HELD-OUT rows; reply with masked sums.
 
-        What leaves: the statistics vector of evaluation.statistics (exact counts and sums over
-        this party's rows, not DP), masked so that only its sum with the other participants'
-        (at least t of them) is revealed, as for a measurement. Nothing is charged to the
-        ledger because no DP release is made; the policy must allow this release.
+        Only held-out rows are used (never the rows the DP synthesis protects), and only if the
+        policy allows evaluation; a party without held-out rows refuses. With DP evaluation
+        (options carry an ε) every block gets Skellam noise calibrated to its sensitivity by
+        evaluation.dp, charged to the ledger's separate evaluation budget before the reply
+        leaves. Exact evaluation releases exact sums (not DP) and needs policy "exact". Every
+        evaluation is audited in the ledger (job, round, digest of the held-out rows), and the
+        same held-out rows are evaluated at most `max_evaluations` times: repeated exact sums
+        over changing sets of parties would difference out one party's rows.
         """
         req = env.evaluate_request
         spec = self._spec(session)
         me = int(session["party"])
-        if not self.policy.allow_evaluation:
-            raise ProtocolError("this party's policy does not release evaluation statistics "
-                                "(exact sums over its rows); the job's synthetic table is "
-                                "unaffected")
+        pol = self.policy
+        if pol.evaluation not in EVALUATION_MODES or pol.evaluation == "off":
+            raise ProtocolError("this party's policy does not take part in evaluations; the "
+                                "job's synthetic table is unaffected")
+        if pol.holdout_path is None:
+            raise ProtocolError("this party has no held-out rows to evaluate against (it never "
+                                "evaluates on the rows the synthesis used); the synthetic table "
+                                "is unaffected")
         if len(req.synthetic_parquet) > MAX_SYNTHETIC_BYTES:
             raise ProtocolError(f"synthetic table of {len(req.synthetic_parquet)} bytes is over "
                                 f"this party's limit of {MAX_SYNTHETIC_BYTES}")
+        options = EvalOptions.from_json(req.options_json)
+        epsilon = getattr(options, "epsilon", None)
+        if epsilon is None and pol.evaluation != "exact":
+            raise ProtocolError("this party releases only DP evaluation statistics (its policy "
+                                "does not allow exact sums); ask for an evaluation ε")
         participants = self._open_round(req, session, spec, me, "answered")
-        synthetic = synthetic_from_parquet(req.synthetic_parquet, spec.schema)
-        plan = EvaluationPlan.build(spec.schema, synthetic, EvalOptions.from_json(
-            req.options_json))
-        train = validate_frame(read_table(self.policy.data_path), spec.schema,
-                               source=str(self.policy.data_path), show_values=False)
-        test = None
-        if self.policy.holdout_path is not None:
-            test = validate_frame(read_table(self.policy.holdout_path), spec.schema,
-                                  source=str(self.policy.holdout_path), show_values=False)
-        vector = node_statistics(plan, synthetic, train=train, test=test)
-        publics = {int(k): bytes.fromhex(v) for k, v in session["publics"].items()}
-        reply, own = party_measure_reply(
-            vector, channel=spec.channel, job_id=env.job_id, me=me, round_id=req.round,
-            participants=participants, threshold=spec.threshold,
-            private=bytes.fromhex(session["private"]), publics=publics)
-        reply.ledger_epsilon = Ledger(self.policy.ledger_path, self.policy.epsilon_cap,
-                                      self.policy.delta).spent()
-        session["rounds"][str(req.round)] = {"own_share": own.hex(),
-                                             "participants": participants, "unmasked": False}
-        log.info("party %d round %d (evaluation): %d statistics over %d rows (not DP, summed "
-                 "with the other parties' by secure aggregation)", me, req.round, len(vector),
-                 len(train) + (0 if test is None else len(test)))
-        out = pb.Envelope(job_id=env.job_id, step=env.step, party=me)
-        out.measure_reply.CopyFrom(reply)
-        return out
+        digest = hashlib.sha256(pol.holdout_path.read_bytes()).hexdigest()
+        ledger = self._ledger()
+        done = [a for a in ledger.audits("evaluation") if a.get("holdout_sha256") == digest]
+        if len(done) >= pol.max_evaluations:
+            raise ProtocolError(f"these held-out rows were already evaluated {len(done)} time(s), "
+                                f"the most this party's policy allows ({pol.max_evaluations})")
+        try:  # the synthetic table is public: its problems may be named in full
+            synthetic = synthetic_from_parquet(req.synthetic_parquet, spec.schema)
+        except (ValueError, DataValidationError) as exc:
+            raise ProtocolError(str(exc)) from None
+        plan = EvaluationPlan.build(spec.schema, synthetic, options)
+        holdout = validate_frame(read_table(pol.holdout_path), spec.schema,
+                                 source=str(pol.holdout_path), show_values=False)
+        vector = node_statistics(plan, synthetic, train=None, test=holdout)
+        if epsilon is not None:
+            vector = vector + self._evaluation_noise(env, plan, spec, me, req.round, ledger)
+        ledger.record("evaluation", job_id=env.job_id, round=req.round, holdout_sha256=digest,
+                      dp=epsilon is not None, epsilon=epsilon, time=time.time())
+        log.info("party %d round %d (evaluation, %s): %d statistics of its held-out rows", me,
+                 req.round, "exact, not DP" if epsilon is None else f"DP at ε={epsilon}",
+                 len(vector))
+        return self._masked_reply(env, session, spec, req.round, participants, vector)
+
+    def _evaluation_noise(self, env: pb.Envelope, plan: EvaluationPlan, spec: JobSpec, me: int,
+                          round_id: int, ledger: Ledger) -> np.ndarray:
+        """This party's share of the DP evaluation noise, charged to its evaluation budget."""
+        from fedsynth.evaluation.dp import element_variances, evaluation_releases
+
+        releases = evaluation_releases(plan)
+        ledger.charge_many([{"label": f"evaluation:{r.name}", "count": 1, "variance": r.variance,
+                             "l1": r.l1, "l2": r.l2} for r in releases],
+                           job_id=env.job_id, round_id=round_id, budget="evaluation")
+        share = noise.share_variance(element_variances(plan), honest_min=spec.noise_divisor)
+        return noise.skellam(share, plan.length, self._rng(me, round_id))
 
     def _unmask(self, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
         req = env.unmask_request
@@ -259,31 +376,51 @@ class Node:
     def _open_round(self, req: pb.MeasureRequest | pb.EvaluateRequest, session: dict[str, Any],
                     spec: JobSpec, me: int, verb: str) -> list[int]:
         """Checks of every masked round: injected dropout (tests), one answer per round, at
-        least t participants including this party, and pinned public keys."""
+        least t participants including this party, all of them among the job's parties and
+        among those whose keys were pinned."""
         if self.policy.fail_at_round is not None and req.round >= self.policy.fail_at_round:
             raise DropOut(f"party {me} drops out at round {req.round} (injected)")
         if str(req.round) in session["rounds"]:
             raise ProtocolError(f"round {req.round} was already {verb}; a repeat is refused")
         participants = sorted(set(req.participants))
+        strangers = [p for p in participants if not 1 <= p <= spec.parties]
+        if strangers:
+            raise ProtocolError(f"round {req.round}: participants {strangers} are not among the "
+                                f"job's parties 1..{spec.parties}")
         if me not in participants or len(participants) < spec.threshold:
             raise ProtocolError(f"round {req.round}: {len(participants)} participants (t="
                                 f"{spec.threshold}), this party included: {me in participants}")
-        self._pin_keys(req, session, participants, spec.channel)
+        if spec.channel != "plain":
+            self._pin_keys(req, session, participants, spec, me)
         return participants
 
     def _pin_keys(self, req: pb.MeasureRequest | pb.EvaluateRequest, session: dict[str, Any],
-                  participants: list[int], channel: str) -> None:
-        if channel == "plain":
-            return
+                  participants: list[int], spec: JobSpec, me: int) -> None:
+        """Pin every party's X25519 key at once, at the first round, each verified against its
+        identity key; afterwards participants must be pinned parties with unchanged keys."""
+        job_id = str(session["job_id"])
         pinned: dict[str, str] = session["publics"]
+        if not pinned:
+            keys = {int(p): bytes(k) for p, k in req.public_keys.items()}
+            for p, key in sorted(keys.items()):
+                if not 1 <= p <= spec.parties or not verify_key(
+                        spec.identity_of(p), req.key_signatures.get(p, b""), job_id=job_id,
+                        party=p, public_key=key):
+                    raise ProtocolError(f"round {req.round}: the key of party {p} does not carry "
+                                        "its identity signature for this job; refusing "
+                                        "(possible key substitution)")
+            if keys.get(me, b"").hex() != session["public"]:
+                raise ProtocolError(f"round {req.round}: this party's own key was not relayed "
+                                    "faithfully; refusing")
+            pinned.update({str(p): k.hex() for p, k in keys.items()})
         for p in participants:
-            key = req.public_keys.get(p)
-            if key is None or len(key) != 32:
-                raise ProtocolError(f"no valid public key for party {p} in round {req.round}")
-            if str(p) in pinned and pinned[str(p)] != key.hex():
+            relayed = req.public_keys.get(p)
+            if str(p) not in pinned:
+                raise ProtocolError(f"round {req.round}: party {p} was not in the key set pinned "
+                                    "at the first round; refusing")
+            if relayed is not None and relayed.hex() != pinned[str(p)]:
                 raise ProtocolError(f"the public key of party {p} changed during the job; "
                                     "refusing (possible key substitution)")
-            pinned[str(p)] = key.hex()
 
     def _groupings(self, req: pb.MeasureRequest, spec: JobSpec) -> list[Grouping]:
         fine = Encoding.from_schema(spec.schema).sizes

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedsynth.crypto.keys import verify_key
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import PartyRefused, ProtocolError, pack, unpack, verify
 from fedsynth.protocols.secure_sum import CoordinatorRound
@@ -32,8 +33,8 @@ class Exchange:
     job_id: str
     timeout: float = 600.0
     step: int = 0
+    identities: Mapping[int, bytes] = field(default_factory=dict)  # party -> identity key
     bytes_sent: dict[int, int] = field(default_factory=dict)  # party -> bytes it sent us
-    signing_keys: dict[int, bytes] = field(default_factory=dict)  # pinned at setup
 
     def call(self, bodies: Mapping[int, tuple[str, object]], expect: str) -> dict[int, pb.Envelope]:
         """Send one request per party; return the valid replies (missing = dropped)."""
@@ -57,11 +58,12 @@ class Exchange:
                 if env.step != self.step or env.party != p:
                     raise ProtocolError(f"party {p}: reply is for step {env.step} / party "
                                         f"{env.party}, expected step {self.step} / party {p}")
-                if expect == "setup_reply":
-                    if len(env.setup_reply.signing_key) != 32:
-                        raise ProtocolError(f"party {p}: setup reply without a signing key")
-                    self.signing_keys[p] = env.setup_reply.signing_key
-                verify(env, self.signing_keys.get(p, b""), sender=f"party {p}")
+                verify(env, self.identities.get(p, b""), sender=f"party {p}")
+                if expect == "setup_reply" and not verify_key(
+                        self.identities[p], env.setup_reply.key_signature, job_id=self.job_id,
+                        party=p, public_key=env.setup_reply.public_key):
+                    raise ProtocolError(f"party {p}: its key does not carry its identity "
+                                        "signature")
             except PartyRefused as r:
                 refused[p] = r
                 continue
@@ -74,8 +76,16 @@ class Exchange:
         return replies
 
 
+@dataclass(frozen=True)
+class PartyKeys:
+    """The parties' X25519 keys from setup, each with its identity signature (to relay)."""
+
+    publics: dict[int, bytes]
+    signatures: dict[int, bytes]
+
+
 def secure_sum(ex: Exchange, *, round_id: int, label: str, channel: str, threshold: int,
-               participants: Sequence[int], publics: Mapping[int, bytes],
+               participants: Sequence[int], keys: PartyKeys,
                groupings: Sequence[Grouping], cliques: Sequence[tuple[int, ...]],
                length: int, noise_variance: float) -> RoundResult:
     """One measurement round over the secure channel: the noisy sum and who is still here."""
@@ -87,17 +97,21 @@ def secure_sum(ex: Exchange, *, round_id: int, label: str, channel: str, thresho
         req.cliques.add().columns.extend(c)
     return secure_sum_of(ex, "measure_request", req, round_id=round_id, label=label,
                          channel=channel, threshold=threshold, participants=participants,
-                         publics=publics, length=length)
+                         keys=keys, length=length)
 
 
 def secure_sum_of(ex: Exchange, body: str, req: pb.MeasureRequest | pb.EvaluateRequest, *,
                   round_id: int, label: str, channel: str, threshold: int,
-                  participants: Sequence[int], publics: Mapping[int, bytes],
+                  participants: Sequence[int], keys: PartyKeys,
                   length: int) -> RoundResult:
-    """Send `req` (a request answered by a masked vector) and run the round to its sum."""
+    """Send `req` (a request answered by a masked vector) and run the round to its sum.
+
+    Every request carries the whole key set from setup with its identity signatures: a party
+    pins all of it at its first round and checks it is unchanged afterwards."""
     if channel != "plain":
-        for p in participants:
-            req.public_keys[p] = publics[p]
+        for p, key in keys.publics.items():
+            req.public_keys[p] = key
+            req.key_signatures[p] = keys.signatures[p]
     rnd = CoordinatorRound(round_id=round_id, channel=channel, participants=list(participants),
                            length=length, threshold=threshold)
     replies = ex.call({p: (body, req) for p in participants}, "measure_reply")
@@ -106,12 +120,13 @@ def secure_sum_of(ex: Exchange, body: str, req: pb.MeasureRequest | pb.EvaluateR
         log.warning("round %d (%s): parties %s dropped out; %d survivors continue", round_id,
                     label, rnd.dropped, len(survivors))
     ledgers = {p: e.measure_reply.ledger_epsilon for p, e in replies.items()}
+    seeded = sorted(p for p, e in replies.items() if e.measure_reply.seeded_noise)
     if channel == "plain":
-        return RoundResult(rnd.plain_sum(), survivors, survivors, ledgers)
+        return RoundResult(rnd.plain_sum(), survivors, survivors, ledgers, seeded)
     unmask = ex.call({p: ("unmask_request", r) for p, r in rnd.unmask_requests().items()},
                      "unmask_reply")
     total = rnd.finish({p: e.unmask_reply for p, e in unmask.items()})
-    return RoundResult(total, survivors, sorted(unmask), ledgers)
+    return RoundResult(total, survivors, sorted(unmask), ledgers, seeded)
 
 
 @dataclass(frozen=True)
@@ -120,3 +135,4 @@ class RoundResult:
     contributors: list[int]  # whose vectors (and noise shares) are in the sum
     responsive: list[int]  # who finished the round and is asked in the next one
     ledger_epsilon: dict[int, float] = field(default_factory=dict)  # as each party reported
+    seeded_noise: list[int] = field(default_factory=list)  # parties whose noise was seeded (tests)

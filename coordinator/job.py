@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from fedsynth.coordinator.evaluation import federated_evaluation
-from fedsynth.coordinator.exchange import Exchange, JobRefused, secure_sum
+from fedsynth.coordinator.exchange import Exchange, JobRefused, PartyKeys, secure_sum
 from fedsynth.crypto.accountant import (
     Accountant,
     StepBudget,
@@ -89,12 +89,13 @@ class _Rounds:
 
     ex: Exchange
     spec: JobSpec
-    publics: dict[int, bytes]
+    keys: PartyKeys
     participants: list[int]
     variances: dict[str, float]
     acc: Accountant = field(default_factory=Accountant)
     log_rows: list[dict[str, Any]] = field(default_factory=list)
     round_id: int = 0
+    seeded_noise: set[int] = field(default_factory=set)  # parties that said their noise was seeded
 
     def measure(self, label: str, groupings: Sequence[Grouping],
                 cliques: Sequence[tuple[int, ...]]) -> tuple[list[np.ndarray], float]:
@@ -104,14 +105,15 @@ class _Rounds:
         var = self.variances[label]
         res = secure_sum(self.ex, round_id=self.round_id, label=label,
                          channel=self.spec.channel, threshold=self.spec.threshold,
-                         participants=self.participants, publics=self.publics,
+                         participants=self.participants, keys=self.keys,
                          groupings=groupings, cliques=cliques, length=length, noise_variance=var)
         # charged as soon as the parties release, whatever happens next
         self.acc.add(step=label, count=len(cliques), variance=var)
-        realized = var * len(res.contributors) / self.spec.honest_min
+        self.seeded_noise.update(res.seeded_noise)
+        realized = var * len(res.contributors) / self.spec.noise_divisor
         self.log_rows.append({"round": self.round_id, "step": label, "marginals": len(cliques),
                               "cells": length, "noise_variance": var,
-                              "noise_variance_per_party": var / self.spec.honest_min,
+                              "noise_variance_per_party": var / self.spec.noise_divisor,
                               "noise_variance_realized": realized,
                               "parties_asked": list(self.participants),
                               "contributors": res.contributors})
@@ -129,11 +131,15 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     t0 = time.perf_counter()
     meter = StepMeter()
     job_id = uuid.uuid4().hex
-    ex = Exchange(transport, job_id, timeout=opt.timeout)
+    ex = Exchange(transport, job_id, timeout=opt.timeout,
+                  identities={p: spec.identity_of(p) for p in range(1, spec.parties + 1)})
     enc = Encoding.from_schema(spec.schema)
     d = len(enc.codecs)
 
     parties = transport.parties()
+    if not set(parties) <= set(range(1, spec.parties + 1)):
+        raise RoundFailed(f"the transport offers parties {parties}, the job names "
+                          f"1..{spec.parties}")
     if len(parties) < spec.threshold:
         raise RoundFailed(f"{len(parties)} parties reachable, fewer than the threshold "
                           f"t={spec.threshold}; start more parties or lower --threshold")
@@ -142,9 +148,10 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
         f"c={spec.colluders}")
     setup = pb.SetupRequest(spec=spec.to_proto())
     replies = ex.call({p: ("setup_request", setup) for p in parties}, "setup_reply")
-    publics = {p: e.setup_reply.public_key for p, e in replies.items()}
-    if len(publics) < spec.threshold:
-        raise RoundFailed(f"only {len(publics)} parties completed setup, below t="
+    keys = PartyKeys({p: e.setup_reply.public_key for p, e in replies.items()},
+                     {p: e.setup_reply.key_signature for p, e in replies.items()})
+    if len(keys.publics) < spec.threshold:
+        raise RoundFailed(f"only {len(keys.publics)} parties completed setup, below t="
                           f"{spec.threshold}")
     meter.end()
 
@@ -154,7 +161,7 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     if d > 1:
         plan += [StepBudget("select", len(pairs), s2), StepBudget("pairs", d - 1, s3)]
     variances = calibrate(plan, epsilon=spec.epsilon, delta=spec.delta)
-    rounds = _Rounds(ex, spec, publics, sorted(publics), variances)
+    rounds = _Rounds(ex, spec, keys, sorted(keys.publics), variances)
 
     meter.begin("measure")
     say("measuring one-way marginals (domain step)")
@@ -221,7 +228,7 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
             try:
                 evaluation = federated_evaluation(
                     ex, round_id=rounds.round_id + 1, spec=spec,
-                    participants=rounds.participants, publics=publics, synthetic=synthetic,
+                    participants=rounds.participants, keys=keys, synthetic=synthetic,
                     options=opt.evaluate)
             except (JobRefused, RoundFailed, EvalOptionsError) as exc:
                 error = str(exc)  # the synthetic table and its privacy report stand
@@ -255,6 +262,27 @@ def _pair_budget(rounds: _Rounds, scores: dict[tuple[int, int], float], sizes: l
     return fits
 
 
+OUTSIDE_THE_GUARANTEE = [
+    "timing and message sizes (they depend on the schema and the number of parties, not on "
+    "the rows, but are not analysed)",
+    "the public schema: its categories and bounds are public knowledge by assumption; a "
+    "schema drafted from the data (a simulation convenience) holds exact facts of the data",
+    "exact evaluation sums, when a party's policy allows them (DP evaluation is charged to a "
+    "separate budget and reported with the evaluation)",
+    "floating-point rounding in the Poisson sampler (relative error about 2^-53 per "
+    "probability)",
+]
+
+
+def _replace_one_epsilon(rounds: _Rounds, delta: float) -> float:
+    """ε if neighbours differ by replacing one row: each marginal moves one count from one cell
+    to another, so L1 = 2 and L2 = √2 for the same noise."""
+    acc = Accountant()
+    for r in rounds.acc.releases:
+        acc.add(step=r.step, count=r.count, variance=r.variance, l1=2.0, l2=float(np.sqrt(2)))
+    return acc.epsilon(delta)
+
+
 def _privacy_report(spec: JobSpec, rounds: _Rounds, eps: float, plan: list[StepBudget],
                     total: float) -> dict[str, Any]:
     per_party: dict[int, Accountant] = {}
@@ -262,7 +290,12 @@ def _privacy_report(spec: JobSpec, rounds: _Rounds, eps: float, plan: list[StepB
         for p in row["parties_asked"]:
             per_party.setdefault(p, Accountant()).add(step=row["step"], count=row["marginals"],
                                                       variance=row["noise_variance"])
+    seeded = sorted(rounds.seeded_noise)
     return {
+        "differentially_private": not seeded,
+        **({"warning": f"not differentially private: noise was seeded (parties {seeded}); a "
+                       "seeded run is a test, its noise can be regenerated and subtracted"}
+           if seeded else {}),
         "epsilon_requested": spec.epsilon,
         "delta": spec.delta,
         "epsilon_spent": eps,
@@ -271,8 +304,14 @@ def _privacy_report(spec: JobSpec, rounds: _Rounds, eps: float, plan: list[StepB
         "accounting": "Rényi DP of summed symmetric Skellam noise (Agarwal et al. 2021), "
                       "composed over all releases and converted to (ε, δ) with dp-accounting; "
                       "unit: one row of one party (add/remove)",
-        "mechanism": "each party adds Skellam noise of variance noise_variance / (t - c); any "
-                     "t - c honest survivors together reach noise_variance",
+        "neighbouring_relation": "add or remove one row of one party",
+        "epsilon_replace_one": _replace_one_epsilon(rounds, spec.delta),
+        "outside_the_guarantee": OUTSIDE_THE_GUARANTEE,
+        "mechanism": ("each party adds Skellam noise of variance noise_variance (plain: the "
+                      "coordinator sees each party's own vector, so each carries it all)"
+                      if spec.channel == "plain" else
+                      "each party adds Skellam noise of variance noise_variance / (t - c); any "
+                      "t - c honest survivors together reach noise_variance"),
         "threshold_t": spec.threshold,
         "colluders_c": spec.colluders,
         "honest_min": spec.honest_min,

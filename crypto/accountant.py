@@ -1,19 +1,27 @@
 """Privacy accounting for summed Skellam noise in Rényi DP, reported as (ε, δ) and zCDP ρ.
 
-Unit of privacy: one row of one party; neighbours differ by adding or removing a row. A row
-falls in exactly one cell of each marginal, so each marginal query has L1 = L2 sensitivity 1,
-and a round that measures k marginals composes k such mechanisms (the same as L2 sensitivity
-sqrt(k) with equal noise). The noise on each released sum is symmetric Skellam of variance at
-least v (the t - c honest survivors' shares, see `noise`). For variance v = 2μ the Skellam
-mechanism is (α, ε(α))-RDP with (Agarwal, Kairouz, Liu 2021, Thm. 3.5; we use 2α in place of
-2α - 1, a slightly looser and so safe bound):
+Unit of privacy: one row of one party; neighbours differ by adding or removing a row. What is
+noised is always an integer vector (counts, or clipped values that the caller scales and rounds
+to integers), and a `Release` is `count` such vectors, each with its own independent noise. Its
+sensitivities `l1` = Δ1 and `l2` = Δ2 are the largest L1 and L2 norms by which one row can move
+that integer vector (after any scaling and rounding; the caller bounds them). A row falls in
+exactly one cell of each marginal, so a marginal has Δ1 = Δ2 = 1 (the default), and a round
+that measures k marginals composes k such mechanisms: exactly the same curve as one vector with
+Δ1 = k, Δ2 = sqrt(k) and equal noise (both terms below are linear in Δ1 and Δ2², hence in k).
+The noise on each coordinate is symmetric Skellam of variance at least v (the t - c honest
+survivors' shares, see `noise`), independent across coordinates and releases. For variance
+v = 2μ the Skellam mechanism is (α, ε(α))-RDP with (Agarwal, Kairouz, Liu 2021, Thm. 3.5; we
+use 2α in place of 2α - 1, a slightly looser and so safe bound):
 
     ε(α) = α Δ2² / (4μ) + min( (2α Δ2² + 6 Δ1) / (16 μ²), 3 Δ1 / (4μ) )
 
-The first term is the Gaussian mechanism's (ρ = Δ2² / (2v) zCDP); the second is the price of
-discreteness and vanishes as v grows. RDP composes by addition per order, and dp-accounting's
-optimal RDP-to-(ε, δ) conversion gives the reported ε. `calibrate` scales a budget split so that
-the composed guarantee is never above the (ε, δ) asked for.
+The first term is the Gaussian mechanism's (ρ = Δ2² / (2v) zCDP): a release with Δ1 = Δ2 = Δ
+and variance Δ² v has the same Gaussian part as one with Δ = 1 and variance v. The second is
+the price of discreteness; it vanishes as v grows (and for Δ ≥ 1 is at most its value at Δ = 1).
+RDP composes by addition per order, and dp-accounting's optimal RDP-to-(ε, δ) conversion gives
+the reported ε. `calibrate` scales a budget split so that the composed guarantee is never above
+the (ε, δ) asked for. Nothing here is secret: the accountant sees only the public plan (counts,
+variances, sensitivities), never data or noise.
 """
 
 from __future__ import annotations
@@ -46,9 +54,12 @@ def check_epsilon_delta(epsilon: float, delta: float) -> None:
 
 def skellam_rdp(variance: float, *, l1: float = 1.0, l2: float = 1.0,
                 orders: Sequence[float] = ORDERS) -> np.ndarray:
-    """RDP curve of one Skellam release with total variance `variance` (= 2μ)."""
-    if variance <= 0:
+    """RDP curve of one Skellam release with total variance `variance` (= 2μ) per coordinate
+    of an integer vector whose L1 and L2 sensitivities are `l1` and `l2`."""
+    if not variance > 0:
         raise ValueError("Skellam variance must be positive")
+    if not (np.isfinite(l1) and np.isfinite(l2) and l1 >= 0 and l2 >= 0):
+        raise ValueError(f"sensitivities must be finite and non-negative, got l1={l1}, l2={l2}")
     mu = variance / 2.0
     a = np.asarray(orders, dtype=float)
     gauss = a * l2**2 / (4.0 * mu)
@@ -77,11 +88,14 @@ def zcdp_rho_for(epsilon: float, delta: float) -> float:
 
 @dataclass
 class Release:
-    """One released noisy sum: `count` marginals each with Skellam variance `variance`."""
+    """`count` released noisy vectors, each with Skellam variance `variance` per coordinate and
+    L1 / L2 sensitivities `l1` / `l2` (1 and 1 for a marginal)."""
 
     step: str
     count: int
     variance: float
+    l1: float = 1.0
+    l2: float = 1.0
 
 
 @dataclass
@@ -90,13 +104,14 @@ class Accountant:
 
     releases: list[Release] = field(default_factory=list)
 
-    def add(self, *, step: str, count: int, variance: float) -> None:
-        self.releases.append(Release(step=step, count=count, variance=variance))
+    def add(self, *, step: str, count: int, variance: float, l1: float = 1.0,
+            l2: float = 1.0) -> None:
+        self.releases.append(Release(step=step, count=count, variance=variance, l1=l1, l2=l2))
 
     def rdp(self) -> np.ndarray:
         total = np.zeros(len(ORDERS))
         for r in self.releases:
-            total = total + r.count * skellam_rdp(r.variance)
+            total = total + r.count * skellam_rdp(r.variance, l1=r.l1, l2=r.l2)
         return total
 
     def epsilon(self, delta: float) -> float:
@@ -104,7 +119,7 @@ class Accountant:
 
     def rho(self) -> float:
         """zCDP ρ of the Gaussian part (the Skellam extra is in `epsilon`, not here)."""
-        return float(sum(r.count / (2.0 * r.variance) for r in self.releases))
+        return float(sum(r.count * r.l2**2 / (2.0 * r.variance) for r in self.releases))
 
 
 @dataclass(frozen=True)

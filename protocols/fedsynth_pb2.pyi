@@ -42,7 +42,7 @@ class Envelope(_message.Message):
     party: _builtins.int
     """recipient of a request, sender of a reply (1..parties)"""
     signature: _builtins.bytes
-    """Ed25519 over the envelope without this field (party replies)"""
+    """Ed25519 identity signature over the envelope without this field (party replies)"""
     @_builtins.property
     def setup_request(self) -> Global___SetupRequest: ...
     @_builtins.property
@@ -100,6 +100,8 @@ class JobSpec(_message.Message):
     COLLUDERS_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
+    PARTY_NAMES_FIELD_NUMBER: _builtins.int
+    IDENTITY_KEYS_FIELD_NUMBER: _builtins.int
     schema_json: _builtins.str
     epsilon: _builtins.float
     delta: _builtins.float
@@ -112,6 +114,14 @@ class JobSpec(_message.Message):
     """"secagg" | "plain" """
     method: _builtins.str
     """"marginals" """
+    @_builtins.property
+    def party_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """party i is party_names[i - 1]"""
+
+    @_builtins.property
+    def identity_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Ed25519 identity key of party i (the consortium's list)"""
+
     def __init__(
         self,
         *,
@@ -123,10 +133,12 @@ class JobSpec(_message.Message):
         colluders: _builtins.int = ...,
         channel: _builtins.str = ...,
         method: _builtins.str = ...,
+        party_names: _abc.Iterable[_builtins.str] | None = ...,
+        identity_keys: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "colluders", b"colluders", "delta", b"delta", "epsilon", b"epsilon", "method", b"method", "parties", b"parties", "schema_json", b"schema_json", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "colluders", b"colluders", "delta", b"delta", "epsilon", b"epsilon", "identity_keys", b"identity_keys", "method", b"method", "parties", b"parties", "party_names", b"party_names", "schema_json", b"schema_json", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -154,23 +166,25 @@ Global___SetupRequest: _TypeAlias = SetupRequest  # noqa: Y015
 
 @_typing.final
 class SetupReply(_message.Message):
+    """The reply is signed with the party's identity key, like every reply of the party."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
-    SIGNING_KEY_FIELD_NUMBER: _builtins.int
+    KEY_SIGNATURE_FIELD_NUMBER: _builtins.int
     public_key: _builtins.bytes
     """X25519, 32 bytes, for pair secrets"""
-    signing_key: _builtins.bytes
-    """Ed25519, 32 bytes: every later reply of this party is signed with it"""
+    key_signature: _builtins.bytes
+    """identity signature over (job, party, public_key): relayed to peers"""
     def __init__(
         self,
         *,
         public_key: _builtins.bytes = ...,
-        signing_key: _builtins.bytes = ...,
+        key_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["public_key", b"public_key", "signing_key", b"signing_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_signature", b"key_signature", "public_key", b"public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -242,6 +256,26 @@ class MeasureRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class KeySignaturesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ROUND_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     GROUPINGS_FIELD_NUMBER: _builtins.int
@@ -249,6 +283,7 @@ class MeasureRequest(_message.Message):
     NOISE_VARIANCE_FIELD_NUMBER: _builtins.int
     PARTICIPANTS_FIELD_NUMBER: _builtins.int
     PUBLIC_KEYS_FIELD_NUMBER: _builtins.int
+    KEY_SIGNATURES_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     """aggregation round id"""
     label: _builtins.str
@@ -267,7 +302,11 @@ class MeasureRequest(_message.Message):
 
     @_builtins.property
     def public_keys(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
-        """party -> X25519 public key (pinned at first sight)"""
+        """party -> X25519 public key (all pinned at the first round)"""
+
+    @_builtins.property
+    def key_signatures(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """party -> its identity signature of that key"""
 
     def __init__(
         self,
@@ -279,10 +318,11 @@ class MeasureRequest(_message.Message):
         noise_variance: _builtins.float = ...,
         participants: _abc.Iterable[_builtins.int] | None = ...,
         public_keys: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        key_signatures: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cliques", b"cliques", "groupings", b"groupings", "label", b"label", "noise_variance", b"noise_variance", "participants", b"participants", "public_keys", b"public_keys", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cliques", b"cliques", "groupings", b"groupings", "key_signatures", b"key_signatures", "label", b"label", "noise_variance", b"noise_variance", "participants", b"participants", "public_keys", b"public_keys", "round", b"round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -316,11 +356,14 @@ class MeasureReply(_message.Message):
     MASKED_FIELD_NUMBER: _builtins.int
     ENCRYPTED_SHARES_FIELD_NUMBER: _builtins.int
     LEDGER_EPSILON_FIELD_NUMBER: _builtins.int
+    SEEDED_NOISE_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     masked: _builtins.bytes
     """little-endian uint64 vector"""
     ledger_epsilon: _builtins.float
     """ε this party has spent so far, from its ledger"""
+    seeded_noise: _builtins.bool
+    """TEST ONLY: the noise came from a known seed (not DP)"""
     @_builtins.property
     def encrypted_shares(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
         """recipient -> its encrypted share of the self-mask seed"""
@@ -332,10 +375,11 @@ class MeasureReply(_message.Message):
         masked: _builtins.bytes = ...,
         encrypted_shares: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
         ledger_epsilon: _builtins.float = ...,
+        seeded_noise: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_shares", b"encrypted_shares", "ledger_epsilon", b"ledger_epsilon", "masked", b"masked", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_shares", b"encrypted_shares", "ledger_epsilon", b"ledger_epsilon", "masked", b"masked", "round", b"round", "seeded_noise", b"seeded_noise"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -370,11 +414,32 @@ class EvaluateRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class KeySignaturesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ROUND_FIELD_NUMBER: _builtins.int
     SYNTHETIC_PARQUET_FIELD_NUMBER: _builtins.int
     OPTIONS_JSON_FIELD_NUMBER: _builtins.int
     PARTICIPANTS_FIELD_NUMBER: _builtins.int
     PUBLIC_KEYS_FIELD_NUMBER: _builtins.int
+    KEY_SIGNATURES_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     synthetic_parquet: _builtins.bytes
     """the synthetic table (Parquet: no code, only data)"""
@@ -384,7 +449,11 @@ class EvaluateRequest(_message.Message):
     def participants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
     def public_keys(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
-        """party -> X25519 public key (pinned at first sight)"""
+        """party -> X25519 public key (all pinned at the first round)"""
+
+    @_builtins.property
+    def key_signatures(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """party -> its identity signature of that key"""
 
     def __init__(
         self,
@@ -394,10 +463,11 @@ class EvaluateRequest(_message.Message):
         options_json: _builtins.str = ...,
         participants: _abc.Iterable[_builtins.int] | None = ...,
         public_keys: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        key_signatures: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["options_json", b"options_json", "participants", b"participants", "public_keys", b"public_keys", "round", b"round", "synthetic_parquet", b"synthetic_parquet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_signatures", b"key_signatures", "options_json", b"options_json", "participants", b"participants", "public_keys", b"public_keys", "round", b"round", "synthetic_parquet", b"synthetic_parquet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

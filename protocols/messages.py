@@ -28,15 +28,6 @@ def _signed_bytes(env: pb.Envelope) -> bytes:
     return unsigned.SerializeToString(deterministic=True)
 
 
-def new_signing_key() -> tuple[bytes, bytes]:
-    """(private, public) raw Ed25519 keys with which a party signs its replies."""
-    from cryptography.hazmat.primitives import serialization as ser
-
-    sk = Ed25519PrivateKey.generate()
-    return (sk.private_bytes(ser.Encoding.Raw, ser.PrivateFormat.Raw, ser.NoEncryption()),
-            sk.public_key().public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw))
-
-
 def sign(env: pb.Envelope, private: bytes) -> None:
     """Sign an envelope in place: a reply altered in transit then fails `verify`."""
     env.version = PROTOCOL_VERSION

@@ -1,9 +1,27 @@
-"""The job specification every party checks before it takes part, and its wire form."""
+"""The job specification every party checks before it takes part, and its wire form.
+
+Who is in the job: the spec names its n parties and their Ed25519 identity keys (the
+consortium's public list). A party checks both against its own copy of that list, so the
+coordinator can neither add a party of its own making nor swap one party's keys.
+
+Why 2t >= n + c + 2: with semi-honest parties a deviating coordinator may send different
+survivor lists to different parties in one round's unmask step. To open party u's vector it
+needs t shares of u's self-mask (from parties told "u survived", plus the c colluders) and u's
+pair seeds with every honest party (from parties told "u dropped", or from u itself when u is
+told the others dropped). Each list an honest party accepts has at least t survivors; adding
+the constraints of u's list and of the lists of those told "u survived" gives
+n + c + 1 >= 2t for the attack to exist (shown on a 5-party job with t = 3). So the spec, and
+every party's own check of it, require 2t >= n + c + 2 for secagg whenever n >= 2; no choice
+of survivor lists then opens one party's vector, without the extra round trip of signed
+consistency checks (Bonawitz et al. 2017, Sec. 4). A one-party job has nothing to unmask.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedsynth.crypto.accountant import check_epsilon_delta
 from fedsynth.protocols import fedsynth_pb2 as pb
@@ -17,9 +35,21 @@ class JobSpecError(ValueError):
     """Job parameters that cannot run; lists every problem with its fix."""
 
 
-def default_threshold(parties: int) -> int:
-    """Default t: survive the loss of a fifth of the parties (at least 2 when possible)."""
-    return max(min(2, parties), math.ceil(0.8 * parties))
+def min_threshold(parties: int, colluders: int = 0) -> int:
+    """The smallest t the protocol allows: 2t >= n + c + 2 (see the module docstring)."""
+    return 1 if parties < 2 else math.ceil((parties + colluders + 2) / 2)
+
+
+def default_threshold(parties: int, colluders: int = 0) -> int:
+    """Default t: survive the loss of a fifth of the parties, never below `min_threshold`."""
+    return min(parties, max(min_threshold(parties, colluders), math.ceil(0.8 * parties)))
+
+
+def schema_sha256(schema: Schema) -> str:
+    """The hash a party's policy pins: the columns and their public domains, canonically."""
+    canonical = Schema.from_dict(schema.to_dict())  # numbers as the wire carries them (floats)
+    columns = json.dumps(canonical.to_dict()["columns"], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(columns.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -34,6 +64,8 @@ class JobSpec:
     colluders: int = 0
     channel: str = "secagg"
     method: str = "marginals"
+    party_names: tuple[str, ...] = field(default=())
+    identity_keys: tuple[bytes, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -55,6 +87,20 @@ class JobSpec:
             problems.append(f"method {self.method!r} is not one of {METHODS}")
         if self.channel == "secagg" and self.parties > 1 and self.threshold < 2:
             problems.append("secagg needs t >= 2 so that no single share reveals a self-mask")
+        low = min_threshold(self.parties, self.colluders)
+        if self.channel == "secagg" and self.parties >= 2 and self.threshold < low:
+            problems.append(f"threshold t={self.threshold} is too low for n={self.parties} parties "
+                            f"and c={self.colluders} colluders: t must be at least {low} "
+                            "(2t >= n + c + 2), or differing survivor lists could unmask a party")
+        if len(self.party_names) != self.parties or len(self.identity_keys) != self.parties:
+            problems.append(f"the job must name each of its {self.parties} parties with its "
+                            f"identity key (got {len(self.party_names)} names, "
+                            f"{len(self.identity_keys)} keys)")
+        if len(set(self.party_names)) != len(self.party_names):
+            problems.append("party names must be distinct")
+        if any(len(k) != 32 for k in self.identity_keys) or len(
+                set(self.identity_keys)) != len(self.identity_keys):
+            problems.append("identity keys must be distinct 32-byte Ed25519 public keys")
         if problems:
             raise JobSpecError("invalid job: " + "; ".join(problems))
 
@@ -63,13 +109,25 @@ class JobSpec:
         """Fewest honest parties whose noise shares reach every released sum."""
         return self.threshold - self.colluders
 
+    @property
+    def noise_divisor(self) -> int:
+        """Each party adds variance / noise_divisor. Under "plain" the coordinator sees every
+        party's own vector, so each must carry the full noise alone (divisor 1)."""
+        return 1 if self.channel == "plain" else self.honest_min
+
+    def identity_of(self, party: int) -> bytes:
+        return self.identity_keys[party - 1]
+
     def to_proto(self) -> pb.JobSpec:
         return pb.JobSpec(schema_json=self.schema.to_json(), epsilon=self.epsilon,
                           delta=self.delta, parties=self.parties, threshold=self.threshold,
-                          colluders=self.colluders, channel=self.channel, method=self.method)
+                          colluders=self.colluders, channel=self.channel, method=self.method,
+                          party_names=list(self.party_names),
+                          identity_keys=list(self.identity_keys))
 
     @classmethod
     def from_proto(cls, m: pb.JobSpec) -> JobSpec:
         return cls(schema=Schema.from_json(m.schema_json, source="job schema"),
                    epsilon=m.epsilon, delta=m.delta, parties=m.parties, threshold=m.threshold,
-                   colluders=m.colluders, channel=m.channel, method=m.method)
+                   colluders=m.colluders, channel=m.channel, method=m.method,
+                   party_names=tuple(m.party_names), identity_keys=tuple(m.identity_keys))

@@ -1,10 +1,14 @@
 """simulate(): a whole federated job on one machine, from a pooled table to the output folder.
 
 Simulation conveniences, documented: the public schema is drafted from the pooled table (in
-a real federation the parties agree on it from public knowledge), and a holdout is cut before
-partitioning and used only for evaluation. Each party gets its own folder with its table and
-its privacy ledger; the parties run as Flower ClientApps in Flower's simulation engine (or,
-with engine="local", as the same Node code called in-process).
+a real federation the parties agree on it from public knowledge; a drafted schema holds exact
+facts of the data and is marked so in schema.json and privacy.json), and a holdout is cut
+before partitioning and used only for evaluation. Each party gets its own folder with its
+table, its held-out rows, its privacy ledger and an identity key; its policy pins the schema
+and lists the consortium. The parties run as Flower ClientApps in Flower's simulation engine
+(or, with engine="local", as the same Node code called in-process). `--seed` controls the
+partition, the holdout and the sampling of synthetic rows, never the DP noise, which every
+party draws from its operating system's entropy.
 """
 
 from __future__ import annotations
@@ -23,20 +27,24 @@ import numpy as np
 import pandas as pd
 
 from fedsynth.client_node.data import read_table
-from fedsynth.client_node.ledger import Ledger
 from fedsynth.client_node.node import Node, NodePolicy
 from fedsynth.coordinator.job import JobOptions, JobResult, run_job
 from fedsynth.evaluation.metrics import marginal_tvd
 from fedsynth.evaluation.output import write_folder
 from fedsynth.evaluation.plan import EvalOptions
 from fedsynth.evaluation.report import render
-from fedsynth.protocols.spec import JobSpec, default_threshold
+from fedsynth.protocols.spec import JobSpec
 from fedsynth.protocols.transport import Transport
 from fedsynth.simulations import datasets, partition
 from fedsynth.simulations.local import LocalTransport
+from fedsynth.simulations.parties import job_spec, make_identities, write_parties
 from fedsynth.synthesis.schema import Schema, infer_schema, validate_frame
 
 log = logging.getLogger("fedsynth")
+DEFAULT_EVALUATION_EPSILON = 1.0  # DP evaluation: each party's held-out rows, its own budget
+DRAFTED = ("drafted from the pooled data (simulation convenience, not private): its categories "
+           "and bounds are exact facts of the data; a real consortium fixes them from public "
+           "knowledge")
 
 
 @dataclass
@@ -72,17 +80,22 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
              colluders: int = 0, schema: Schema | None = None, engine: str = "flower",
              evaluate: bool = True, options: JobOptions | None = None,
              progress: Callable[[str], None] | None = None,
-             sensitive: str | None = None) -> SimulationResult:
+             sensitive: str | None = None,
+             evaluation_epsilon: float | None = DEFAULT_EVALUATION_EPSILON,
+             _shared: dict[str, Any] | None = None) -> SimulationResult:
     """Run one federated synthesis job locally and return the synthetic table and reports.
 
     `parties` (one DataFrame per party, kept as given) or `data`/`dataset` (split into
     `n_parties` by `partition_spec`). With `evaluate`, the parties score the synthetic table
     against their held-out rows in a federated evaluation (`target`, `sensitive` as in
-    `fedsynth evaluate`). Writes synthetic.csv, privacy.json, metrics.json, report.html,
-    schema.json and job.log to `out` if given, atomically: all or nothing.
+    `fedsynth evaluate`), DP at `evaluation_epsilon` per party (None: exact sums, not DP).
+    Parties given as tables also have `holdout` of their rows held out. Writes synthetic.csv,
+    privacy.json, metrics.json, report.html, schema.json and job.log to `out` if given,
+    atomically: all or nothing.
     """
     lines: list[str] = []
     handler = _ListHandler(lines)
+    handler.addFilter(_NotPartyLog())
     logger = logging.getLogger("fedsynth")
     old_level, old_propagate = logger.level, logger.propagate
     # job.log gets every INFO line; the caller's handlers still get only what they asked for.
@@ -94,7 +107,8 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
     try:
         return _simulate(parties, data, dataset, target, n_parties, partition_spec, epsilon,
                          delta, channel, rows, holdout, seed, out, threshold, colluders, schema,
-                         engine, evaluate, options, progress, lines, sensitive)
+                         engine, evaluate, options, progress, lines, sensitive,
+                         evaluation_epsilon, _shared)
     finally:
         logger.removeHandler(handler)
         logger.removeHandler(forward)
@@ -112,6 +126,13 @@ class _ListHandler(logging.Handler):
         self.lines.append(self.format(record))
 
 
+class _NotPartyLog(logging.Filter):
+    """The parties' own log lines (their detail, their data) stay out of the job's job.log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("fedsynth.node")
+
+
 class _Forward(logging.Handler):
     """Passes records at or above the caller's level on to the root logger's handlers."""
 
@@ -127,7 +148,8 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
               seed: int, out: str | Path | None, threshold: int | None, colluders: int,
               schema: Schema | None, engine: str, evaluate: bool, options: JobOptions | None,
               progress: Callable[[str], None] | None, lines: list[str],
-              sensitive: str | None) -> SimulationResult:
+              sensitive: str | None, evaluation_epsilon: float | None,
+              shared: dict[str, Any] | None) -> SimulationResult:
     def say(msg: str) -> None:
         if progress is None:
             log.info("%s", msg)  # the job.log handler records it
@@ -144,7 +166,10 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
     if target is not None and target not in pooled.columns:
         raise ValueError(f"target column {target!r} is not in {source} (columns: "
                          f"{', '.join(map(str, pooled.columns))})")
+    drafted = schema is None
     schema = schema or infer_schema(pooled)
+    if drafted:
+        schema = Schema(schema.columns, meta={**schema.meta, "provenance": DRAFTED})
     pooled = validate_frame(pooled, schema, source=source)
     rng = np.random.default_rng(seed)
     if parties is not None:
@@ -161,25 +186,48 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
             drop=True)
         tables = partition.split(train, n_parties, partition_spec, target=target, seed=seed)
     n = len(tables)
-    spec = JobSpec(schema=schema, epsilon=epsilon, delta=delta, parties=n,
-                   threshold=threshold if threshold is not None else default_threshold(n),
-                   colluders=colluders, channel=channel)
-    say(f"{source}: {len(pooled)} rows, {len(schema.columns)} columns; {len(hold)} held out; "
-        f"{n} parties of {', '.join(str(len(t)) for t in tables)} rows; ε={epsilon}, δ={delta}")
+    shared = shared if shared is not None else {}
+    identities = shared.setdefault("identities", make_identities(n))
+    spec = job_spec(schema, identities, epsilon=epsilon, delta=delta, threshold=threshold,
+                    colluders=colluders, channel=channel)
+    # No party's exact row count goes into the job's log or outputs: only the pooled table's
+    # shape, which the simulation's user gave.
+    say(f"{source}: {len(schema.columns)} columns, {n} parties; ε={epsilon}, δ={delta}")
 
     opts = options or JobOptions(rows=rows, seed=seed)
     if rows is not None and opts.rows != rows:
         raise ValueError("give rows either directly or in options, not both")
     if evaluate and opts.evaluate is None:
-        opts = replace(opts, evaluate=EvalOptions(target=target, sensitive=sensitive, seed=seed))
+        opts = replace(opts, evaluate=EvalOptions(target=target, sensitive=sensitive, seed=seed,
+                                                  epsilon=evaluation_epsilon, delta=delta))
     if opts.evaluate is not None:
         opts.evaluate.check(schema)  # a typo in a column name fails before any budget is spent
-    with tempfile.TemporaryDirectory(prefix="fedsynth-parties-") as work:
-        policies = _write_parties(Path(work), tables, spec, seed, _deal(hold, n, seed))
+    with tempfile.TemporaryDirectory(prefix="fedsynth-parties-") as tmp:
+        work = Path(shared.setdefault("work", tmp))
+        if "policies" not in shared:
+            ev = opts.evaluate
+            ev_eps = None if ev is None else getattr(ev, "epsilon", None)
+            evaluations = int(shared.get("evaluations", 1))
+            shared["policies"] = write_parties(
+                work, tables, spec, identities, _deal(hold, n, seed),
+                epsilon_cap=shared.get("epsilon_cap", epsilon),
+                evaluation="off" if ev is None else ("exact" if ev_eps is None else "dp"),
+                evaluation_epsilon_cap=0.0 if ev_eps is None else ev_eps * evaluations,
+                evaluations=evaluations)
+        policies: dict[int, NodePolicy] = shared["policies"]
         result = _run(engine, policies, spec, opts, say)
-        spent = {str(p): Ledger(pol.ledger_path, pol.epsilon_cap, pol.delta).spent()
-                 for p, pol in policies.items()}
+        ledgers = {str(p): pol.ledger() for p, pol in policies.items()}
+        spent = {p: led.spent() for p, led in ledgers.items()}
+        if result.evaluation is not None and opts.evaluate is not None and getattr(
+                opts.evaluate, "epsilon", None) is not None:
+            result.evaluation.setdefault("evaluation", {})["epsilon_spent_per_party_ledger"] = {
+                p: led.spent("evaluation") for p, led in ledgers.items()}
+        torn = {p: led.torn() for p, led in ledgers.items() if led.torn()}
     result.privacy["epsilon_spent_per_party_ledger"] = spent
+    if torn:
+        result.privacy["ledger_torn_entries"] = torn
+    if drafted:
+        result.privacy["schema"] = DRAFTED
     metrics: dict[str, Any] = dict(result.evaluation or {})
     if result.evaluation_error:
         metrics["evaluation_error"] = result.evaluation_error
@@ -205,11 +253,21 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
 def simulate_sweep(epsilons: Sequence[float], *, out: str | Path | None = None,
                    **kwargs: Any) -> tuple[list[SimulationResult], list[dict[str, Any]]]:
     """The same job at several ε: one output folder per ε (`epsilon-<ε>/`) and, at the top,
-    report.html with the privacy-utility curve and privacy_utility.json; all or nothing."""
+    report.html with the privacy-utility curve and privacy_utility.json; all or nothing.
+
+    The runs use the same parties, rows and ledgers, so the parties' ledgers compose the whole
+    sweep: its total ε (reported) is what the rows have spent, not any single run's ε."""
     if len(set(epsilons)) != len(epsilons) or not epsilons:
         raise ValueError(f"give distinct ε values, got {list(epsilons)}")
-    results = [simulate(epsilon=e, **kwargs) for e in epsilons]
+    with tempfile.TemporaryDirectory(prefix="fedsynth-sweep-") as work:
+        shared: dict[str, Any] = {"work": work, "epsilon_cap": float(sum(epsilons)),
+                                  "evaluations": len(epsilons)}
+        results = [simulate(epsilon=e, _shared=shared, **kwargs) for e in epsilons]
+    total = max(results[-1].privacy["epsilon_spent_per_party_ledger"].values())
+    for r in results:
+        r.privacy["epsilon_total_over_sweep"] = total
     curve = [{"epsilon": e, "epsilon_spent": r.privacy["epsilon_spent"],
+              "epsilon_total_over_sweep": total,
               "tvd_2way": r.metrics.get("tvd", {}).get("2way"),
               "tstr_auc": r.metrics.get("ml_efficacy", {}).get("tstr_auc"),
               "membership_inference_auc": r.metrics.get("privacy", {}).get(
@@ -219,12 +277,17 @@ def simulate_sweep(epsilons: Sequence[float], *, out: str | Path | None = None,
         files: dict[str, str | bytes] = {}
         for e, r in zip(epsilons, results, strict=True):
             files.update({f"epsilon-{e:g}/{k}": v for k, v in output_files(r).items()})
-        files["privacy_utility.json"] = json.dumps(curve, indent=2) + "\n"
+        files["privacy_utility.json"] = json.dumps(
+            {"epsilon_total_over_sweep": total, "delta": kwargs.get("delta", 1e-6),
+             "note": "the runs share the same rows: the sweep as a whole spent "
+                     "epsilon_total_over_sweep (composed in each party's ledger)",
+             "runs": curve}, indent=2) + "\n"
         last = results[-1]
         if last.report is not None and all(c["tvd_2way"] is not None for c in curve):
             files["report.html"] = render(last.metrics, privacy=last.privacy, runs=curve,
-                                          title=f"fedsynth: ε sweep {list(epsilons)}; details "
-                                                f"at ε={epsilons[-1]:g}")
+                                          title=f"fedsynth: ε sweep {list(epsilons)} (total "
+                                                f"ε={total:.3g} over the sweep); details at "
+                                                f"ε={epsilons[-1]:g}")
         where = write_folder(Path(out), files)
         for e, r in zip(epsilons, results, strict=True):
             r.out = where / f"epsilon-{e:g}"
@@ -238,24 +301,6 @@ def _deal(hold: pd.DataFrame, n: int, seed: int) -> list[pd.DataFrame | None]:
     owner = np.random.default_rng([seed, 99]).integers(0, n, len(hold))
     return [hold[owner == i].reset_index(drop=True) if (owner == i).any() else None
             for i in range(n)]
-
-
-def _write_parties(work: Path, tables: Sequence[pd.DataFrame], spec: JobSpec, seed: int,
-                   holdouts: Sequence[pd.DataFrame | None] | None = None) -> dict[int, NodePolicy]:
-    policies = {}
-    holds = holdouts if holdouts is not None else [None] * len(tables)
-    for i, (t, h) in enumerate(zip(tables, holds, strict=True), start=1):
-        home = work / f"party-{i}"
-        home.mkdir()
-        t.to_parquet(home / "data.parquet", index=False)
-        if h is not None:
-            h.to_parquet(home / "holdout.parquet", index=False)
-        policies[i] = NodePolicy(data_path=home / "data.parquet", ledger_path=home / "ledger.jsonl",
-                                 epsilon_cap=spec.epsilon, delta=spec.delta,
-                                 allow_plain=spec.channel == "plain",
-                                 noise_seed=seed * 1000 + i, allow_evaluation=True,
-                                 holdout_path=None if h is None else home / "holdout.parquet")
-    return policies
 
 
 def _run(engine: str, policies: dict[int, NodePolicy], spec: JobSpec, opts: JobOptions,

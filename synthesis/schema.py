@@ -34,9 +34,13 @@ class SchemaError(ValueError):
 class DataValidationError(ValueError):
     """A table that does not match the schema; lists every problem found, with the fix."""
 
-    def __init__(self, problems: list[str], *, source: str) -> None:
+    def __init__(self, problems: list[str], *, source: str,
+                 kinds: list[str] | None = None) -> None:
         self.problems = problems
         self.source = source
+        # the same problems by column and kind only (no counts, values, lines or the names of
+        # columns outside the schema): what a party may tell a coordinator
+        self.kinds = kinds if kinds is not None else ["the data does not match the schema"]
         super().__init__(f"{source}: {len(problems)} problem(s) with the data:\n  - "
                          + "\n  - ".join(problems))
 
@@ -203,15 +207,24 @@ def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
     With `show_values=False` the offending values are left out (for reports that leave a party).
     """
     problems: list[str] = []
+    kinds: list[str] = []
+
+    def kind(column: str | None, what: str) -> None:
+        kinds.append(what if column is None else f"column {column!r}: {what}")
+
     df = df.rename(columns=str)  # schemas name columns by string, as CSV headers do
     missing = [n for n in schema.names if n not in df.columns]
     extra = [str(c) for c in df.columns if c not in schema.names]
     if missing:
         problems.append(f"missing column(s) {missing}: add them, or remove them from the schema")
+        for m in missing:
+            kind(m, "missing from the data")
     if extra:
         problems.append(f"column(s) {extra} are not in the schema: drop them or add them to it")
+        kind(None, "the data has columns that are not in the schema")
     if len(df) == 0:
         problems.append("the table has no rows: a party needs at least one row to take part")
+        kind(None, "the table has no rows")
     out: dict[str, pd.Series] = {}
     for col in schema.columns:
         if col.name not in df.columns:
@@ -221,6 +234,7 @@ def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
         if na.any() and not col.nullable:
             problems.append(f"column {col.name!r}: missing values in {_rows(na)}; fill them, or "
                             "declare the column nullable in the schema")
+            kind(col.name, "missing values in a column the schema declares not nullable")
         if col.kind == "categorical":
             as_str = s.astype(object).where(~na, None)
             as_str = as_str.map(lambda v: None if v is None else _cat_str(v))
@@ -233,6 +247,7 @@ def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
                 shown = f" (values {vals})" if show_values else ""
                 problems.append(f"column {col.name!r}: {_rows(bad)} hold categories not in the "
                                 f"schema{shown}; add them to its category list")
+                kind(col.name, "categories that are not in the schema")
             out[col.name] = as_str
         else:
             num = pd.to_numeric(s, errors="coerce")
@@ -242,6 +257,7 @@ def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
                 shown = f" (values {vals})" if show_values else ""
                 problems.append(f"column {col.name!r}: {_rows(bad_type)} are not numbers{shown}; "
                                 f"the schema declares it {col.kind}")
+                kind(col.name, f"values that are not numbers (declared {col.kind})")
             arr = num.to_numpy(dtype=float)
             assert col.lower is not None and col.upper is not None  # checked by Schema
             with np.errstate(invalid="ignore"):
@@ -252,15 +268,17 @@ def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
                 problems.append(f"column {col.name!r}: {_rows(out_of)} lie outside the declared "
                                 f"bounds [{col.lower}, {col.upper}]{shown}; widen the bounds in "
                                 "the schema or clip the data")
+                kind(col.name, "values outside the declared bounds")
             if col.kind == "integer":
                 with np.errstate(invalid="ignore"):
                     frac = (~np.isnan(arr)) & (np.mod(arr, 1) != 0)
                 if frac.any():
                     problems.append(f"column {col.name!r}: {_rows(frac)} are not whole numbers; "
                                     "declare it continuous or round the data")
+                    kind(col.name, "values that are not whole numbers (declared integer)")
             out[col.name] = num
     if problems:
-        raise DataValidationError(problems, source=source)
+        raise DataValidationError(problems, source=source, kinds=kinds)
     return pd.DataFrame(out, index=df.index).reset_index(drop=True)
 
 

@@ -15,12 +15,14 @@ import pytest
 import fedsynth.client_node.node as node_module
 from fedsynth.client_node.ledger import Ledger
 from fedsynth.client_node.node import DropOut, Node, NodePolicy
-from fedsynth.coordinator.exchange import Exchange, secure_sum
+from fedsynth.coordinator.exchange import Exchange, PartyKeys, secure_sum
 from fedsynth.crypto.accountant import Accountant
+from fedsynth.crypto.keys import Identity, consortium
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import pack
-from fedsynth.protocols.spec import JobSpec
+from fedsynth.protocols.spec import JobSpec, schema_sha256
 from fedsynth.simulations.local import LocalTransport
+from fedsynth.simulations.parties import job_spec, make_identities
 from fedsynth.synthesis import marginals
 from fedsynth.synthesis.encoding import Encoding, Grouping
 from fedsynth.synthesis.schema import Column, Schema
@@ -31,6 +33,7 @@ SCHEMA = Schema((
     Column("score", "continuous", lower=0.0, upper=1.0),
 ))
 EPS, DELTA = 1.0, 1e-6
+IDS = make_identities(3)
 
 
 def _frame(n: int, seed: int) -> pd.DataFrame:
@@ -41,17 +44,24 @@ def _frame(n: int, seed: int) -> pd.DataFrame:
 
 
 def _policy(tmp: Path, party: int, df: pd.DataFrame, **kw: Any) -> NodePolicy:
+    """Party `party`'s policy for the 3-party consortium IDS; held-out rows when it evaluates."""
     home = tmp / f"party-{party}"
     home.mkdir(parents=True, exist_ok=True)
     df.to_parquet(home / "data.parquet", index=False)
-    args: dict[str, Any] = {"epsilon_cap": EPS, "delta": DELTA, "noise_seed": party, **kw}
+    if kw.get("evaluation", "off") != "off" and "holdout_path" not in kw:
+        _frame(40, 100 + party).to_parquet(home / "holdout.parquet", index=False)
+        kw["holdout_path"] = home / "holdout.parquet"
+    me = IDS[party - 1]
+    args: dict[str, Any] = {"epsilon_cap": EPS, "delta": DELTA, "noise_seed": party,
+                            "party_name": me.name, "identity_key": me.private,
+                            "consortium": consortium(IDS), "schema_sha256": schema_sha256(SCHEMA),
+                            **kw}
     return NodePolicy(data_path=home / "data.parquet", ledger_path=home / "ledger.jsonl", **args)
 
 
 def _spec(**kw: Any) -> JobSpec:
-    args: dict[str, Any] = {"schema": SCHEMA, "epsilon": EPS, "delta": DELTA, "parties": 3,
-                            "threshold": 2, **kw}
-    return JobSpec(**args)
+    args: dict[str, Any] = {"epsilon": EPS, "delta": DELTA, "threshold": 3, **kw}
+    return job_spec(SCHEMA, IDS, **args)
 
 
 def _parse(data: bytes) -> pb.Envelope:
@@ -73,6 +83,7 @@ class Joined:
     publics: dict[int, bytes]
     job_id: str
     spec: JobSpec
+    signatures: dict[int, bytes]
 
 
 def _join(tmp: Path, spec: JobSpec | None = None, **policy_kw: Any) -> Joined:
@@ -81,13 +92,14 @@ def _join(tmp: Path, spec: JobSpec | None = None, **policy_kw: Any) -> Joined:
     nodes = {p: Node(_policy(tmp, p, _frame(60, p), **policy_kw))
              for p in range(1, spec.parties + 1)}
     states: dict[int, bytes | None] = {}
-    publics = {}
+    publics, signatures = {}, {}
     for p, node in nodes.items():
         reply, states[p] = node.handle(_setup_bytes(job_id, p, spec), None)
         env = _parse(reply)
         assert env.WhichOneof("body") == "setup_reply", env.refusal.reason
         publics[p] = env.setup_reply.public_key
-    return Joined(nodes, states, publics, job_id, spec)
+        signatures[p] = env.setup_reply.key_signature
+    return Joined(nodes, states, publics, job_id, spec, signatures)
 
 
 def _measure_bytes(j: Joined, party: int, *, step: int = 2, round_id: int = 1,
@@ -98,6 +110,7 @@ def _measure_bytes(j: Joined, party: int, *, step: int = 2, round_id: int = 1,
     m.participants.extend(sorted(j.nodes))
     for p, key in j.publics.items():
         m.public_keys[p] = key
+        m.key_signatures[p] = j.signatures.get(p, b"")
     for size in Encoding.from_schema(j.spec.schema).sizes:
         m.groupings.add().index.extend(range(size))
     for c in range(len(j.spec.schema.columns)):
@@ -115,8 +128,9 @@ def _refusal_text(reply: bytes) -> str:
     return "\n".join([env.refusal.reason, *env.refusal.problems])
 
 
-def _ledger_lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
+def _ledger_lines(path: Path) -> list[dict[str, Any]]:
+    """The DP releases recorded in a ledger (audit lines such as setups are not releases)."""
+    return Ledger(path, EPS, DELTA).entries()
 
 
 # --- replay and corruption -------------------------------------------------------------------
@@ -208,7 +222,7 @@ def test_job_epsilon_above_cap_is_refused_at_setup(tmp_path: Path) -> None:
     text = _refusal_text(reply)
     assert "above this party's cap" in text and "0.5" in text
     assert state is None
-    assert not node.policy.ledger_path.exists()
+    assert not node.policy.ledger_path.exists()  # refused on the policy, before any record
 
 
 def test_release_over_the_cap_is_refused_and_not_recorded(tmp_path: Path) -> None:
@@ -218,7 +232,7 @@ def test_release_over_the_cap_is_refused_and_not_recorded(tmp_path: Path) -> Non
     reply, state = j.nodes[1].handle(_measure_bytes(j, 1, variance=1.0), j.states[1])
     text = _refusal_text(reply)
     assert "over its cap" in text and "ε=1.0" in text
-    assert not ledger.exists()
+    assert _ledger_lines(ledger) == []
     # the refused round was not marked as measured: a fitting request still goes through
     reply, _ = j.nodes[1].handle(_measure_bytes(j, 1, step=3, variance=400.0), state)
     assert _body(reply) == "measure_reply"
@@ -233,8 +247,11 @@ def test_cap_holds_across_jobs_on_the_same_data(tmp_path: Path) -> None:
     spent = Ledger(ledger_path, EPS, DELTA).spent()
     assert 0.5 < spent <= EPS
     # a second job on the same node and ledger: the same release no longer fits
-    j2 = Joined(j.nodes, {}, j.publics, uuid.uuid4().hex, j.spec)
-    _, j2.states[1] = j.nodes[1].handle(_setup_bytes(j2.job_id, 1, j.spec), None)
+    j2 = Joined(j.nodes, {}, {}, uuid.uuid4().hex, j.spec, {})
+    for p in (1, 2, 3):
+        r, j2.states[p] = j.nodes[p].handle(_setup_bytes(j2.job_id, p, j.spec), None)
+        j2.publics[p] = _parse(r).setup_reply.public_key
+        j2.signatures[p] = _parse(r).setup_reply.key_signature
     before = ledger_path.read_bytes()
     reply, _ = j.nodes[1].handle(_measure_bytes(j2, 1, variance=80.0), j2.states[1])
     assert "over its cap" in _refusal_text(reply)
@@ -246,7 +263,7 @@ def test_unnoised_release_is_refused(tmp_path: Path, variance: float) -> None:
     j = _join(tmp_path)
     reply, _ = j.nodes[1].handle(_measure_bytes(j, 1, variance=variance), j.states[1])
     assert "not positive" in _refusal_text(reply)
-    assert not j.nodes[1].policy.ledger_path.exists()
+    assert _ledger_lines(j.nodes[1].policy.ledger_path) == []
 
 
 def test_plain_channel_refused_unless_policy_allows_it(tmp_path: Path) -> None:
@@ -254,8 +271,8 @@ def test_plain_channel_refused_unless_policy_allows_it(tmp_path: Path) -> None:
     strict = Node(_policy(tmp_path / "a", 1, _frame(20, 1)))
     reply, state = strict.handle(_setup_bytes("j", 1, spec), None)
     text = _refusal_text(reply)
-    assert "plain" in text and "refuses" in text and state is None
-    lax = Node(_policy(tmp_path / "b", 1, _frame(20, 1), allow_plain=True))
+    assert "'plain' is not allowed by this party's policy" in text and state is None
+    lax = Node(_policy(tmp_path / "b", 1, _frame(20, 1), channels=("secagg", "plain")))
     reply, state = lax.handle(_setup_bytes("j", 1, spec), None)
     assert _body(reply) == "setup_reply" and state is not None
 
@@ -285,7 +302,7 @@ def test_injected_dropout_raises_and_records_nothing(tmp_path: Path) -> None:
     j = _join(tmp_path, fail_at_round=1)
     with pytest.raises(DropOut):
         j.nodes[1].handle(_measure_bytes(j, 1), j.states[1])
-    assert not j.nodes[1].policy.ledger_path.exists()
+    assert _ledger_lines(j.nodes[1].policy.ledger_path) == []
 
 
 # --- ledger --------------------------------------------------------------------------------------
@@ -306,7 +323,7 @@ def test_ledger_is_written_before_the_reply_is_built(tmp_path: Path,
     reply, _ = j.nodes[1].handle(_measure_bytes(j, 1, variance=123.0), j.states[1])
     assert _body(reply) == "measure_reply"
     assert len(seen) == 1 and len(seen[0]) == 1
-    entry = json.loads(seen[0][0])
+    entry = seen[0][0]
     assert entry["job_id"] == j.job_id and entry["round"] == 1
     assert entry["label"] == "one-way" and entry["count"] == 3 and entry["variance"] == 123.0
 
@@ -316,10 +333,12 @@ def test_ledger_spent_matches_the_coordinators_accountant(tmp_path: Path) -> Non
     with an accountant composed from what the coordinator asked."""
     spec = _spec()
     nodes = {p: Node(_policy(tmp_path, p, _frame(80, p))) for p in (1, 2, 3)}
-    ex = Exchange(LocalTransport(nodes), uuid.uuid4().hex)
+    ex = Exchange(LocalTransport(nodes), uuid.uuid4().hex,
+                  identities={p: spec.identity_of(p) for p in nodes})
     replies = ex.call({p: ("setup_request", pb.SetupRequest(spec=spec.to_proto()))
                        for p in nodes}, "setup_reply")
-    publics = {p: e.setup_reply.public_key for p, e in replies.items()}
+    keys = PartyKeys({p: e.setup_reply.public_key for p, e in replies.items()},
+                     {p: e.setup_reply.key_signature for p, e in replies.items()})
     enc = Encoding.from_schema(spec.schema)
     groupings = [Grouping.identity(n) for n in enc.sizes]
     acc = Accountant()
@@ -330,8 +349,8 @@ def test_ledger_spent_matches_the_coordinators_accountant(tmp_path: Path) -> Non
         ("pairs", [(0, 2)], 150.0),
     ], start=1):
         length = marginals.vector_length(cliques, [g.size for g in groupings])
-        res = secure_sum(ex, round_id=round_id, label=label, channel="secagg", threshold=2,
-                         participants=[1, 2, 3], publics=publics, groupings=groupings,
+        res = secure_sum(ex, round_id=round_id, label=label, channel="secagg", threshold=3,
+                         participants=[1, 2, 3], keys=keys, groupings=groupings,
                          cliques=cliques, length=length, noise_variance=var)
         acc.add(step=label, count=len(cliques), variance=var)
         totals.append(res.total)
@@ -350,29 +369,48 @@ def test_ledger_spent_matches_the_coordinators_accountant(tmp_path: Path) -> Non
 # --- data that breaks the schema -----------------------------------------------------------------
 
 
-def test_schema_violation_refuses_setup_without_leaking_the_value(tmp_path: Path) -> None:
+def test_schema_violation_refusal_names_only_column_and_kind(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A refusal is no counting oracle: no counts, lines, values or the party's own columns."""
     df = _frame(30, 1).astype({"colour": object, "age": float})
     df.loc[4, "colour"] = "SECRET_COLOUR_4711"
-    df.loc[7, "age"] = 123456.0
+    df.loc[[7, 11, 12], "age"] = [123456.0, 95.0, 91.0]
+    df["internal_ssn_column"] = "x"
     node = Node(_policy(tmp_path, 1, df))
     reply, state = node.handle(_setup_bytes("j", 1, _spec()), None)
     text = _refusal_text(reply)
     assert state is None
-    assert "'colour'" in text and "categories not in the schema" in text
-    assert "'age'" in text and "outside the declared bounds" in text
-    assert "file lines 6)" in text and "file lines 9)" in text
-    # show_values=False: the raw values never leave the party, not even in the bytes
-    for secret in (b"SECRET_COLOUR_4711", b"123456"):
+    assert "column 'colour': categories that are not in the schema" in text
+    assert "column 'age': values outside the declared bounds" in text
+    assert "columns that are not in the schema" in text
+    for leak in ("row", "line", "3", "internal_ssn_column", "SECRET", "123456", "95", "91"):
+        assert leak not in text.replace("'age'", "").replace("'colour'", ""), leak
+    for secret in (b"SECRET_COLOUR_4711", b"123456", b"internal_ssn_column"):
         assert secret not in reply
-    assert not node.policy.ledger_path.exists()
+    assert _ledger_lines(node.policy.ledger_path) == []
+    # the party's own operator gets the full detail in its log
+    assert "3 row(s) (file lines 9, 13, 14)" in caplog.text
+    assert "internal_ssn_column" in caplog.text
 
 
-def test_unreadable_data_file_refuses_setup(tmp_path: Path) -> None:
+def test_the_same_refusal_for_every_count_of_offending_rows(tmp_path: Path) -> None:
+    """Shown on the old code: refusals gave the exact count of rows above a bound."""
+    texts = set()
+    for k, n_bad in enumerate((1, 2, 17)):
+        df = _frame(30, 1).astype({"age": float})
+        df.loc[: n_bad - 1, "age"] = 99.0
+        reply, _ = Node(_policy(tmp_path / str(k), 1, df)).handle(
+            _setup_bytes(f"j{k}", 1, _spec()), None)
+        texts.add(_refusal_text(reply))
+    assert len(texts) == 1
+
+
+def test_unreadable_data_file_refuses_setup_without_naming_it(tmp_path: Path) -> None:
     policy = _policy(tmp_path, 1, _frame(5, 1))
     policy.data_path.write_bytes(b"this is not parquet")
     reply, _ = Node(policy).handle(_setup_bytes("j", 1, _spec()), None)
     text = _refusal_text(reply)
-    assert str(policy.data_path) in text and "PARQUET" in text
+    assert "could not be read" in text and str(policy.data_path) not in text
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -391,34 +429,84 @@ def _evaluate_bytes(j: Joined, party: int, *, step: int = 2, round_id: int = 1,
     e.participants.extend(sorted(j.nodes))
     for p, key in j.publics.items():
         e.public_keys[p] = key
+        e.key_signatures[p] = j.signatures[p]
     return pack(env)
 
 
 def test_evaluation_needs_the_party_policy(tmp_path: Path) -> None:
     j = _join(tmp_path)
     reply, _ = j.nodes[1].handle(_evaluate_bytes(j, 1), j.states[1])
-    assert "does not release evaluation statistics" in _refusal_text(reply)
+    assert "does not take part in evaluations" in _refusal_text(reply)
 
 
-def test_evaluation_reply_is_masked_and_charges_nothing(tmp_path: Path) -> None:
+def test_exact_evaluation_uses_only_held_out_rows_masked_and_audited(tmp_path: Path) -> None:
     from fedsynth.evaluation.plan import EvalOptions, EvaluationPlan
     from fedsynth.evaluation.statistics import node_statistics
     from fedsynth.protocols.messages import bytes_vector
 
-    j = _join(tmp_path, allow_evaluation=True)
+    j = _join(tmp_path, evaluation="exact")
     reply, state = j.nodes[1].handle(_evaluate_bytes(j, 1), j.states[1])
     env = _parse(reply)
     assert env.WhichOneof("body") == "measure_reply", _refusal_text(reply)
     plan = EvaluationPlan.build(SCHEMA, _frame(80, 9), EvalOptions(target="colour"))
-    clear = node_statistics(plan, _frame(80, 9), train=_frame(60, 1), test=None)
+    clear = node_statistics(plan, _frame(80, 9), train=None, test=_frame(40, 101))
     masked = bytes_vector(env.measure_reply.masked, length=plan.length, sender="party 1")
     assert len(masked) == plan.length
     assert not np.array_equal(masked.view(np.int64), clear)  # the party's sums never go bare
     assert env.measure_reply.ledger_epsilon == 0.0  # no DP release: nothing charged
-    assert _ledger_lines(j.nodes[1].policy.ledger_path) == []
+    ledger = Ledger(j.nodes[1].policy.ledger_path, EPS, DELTA)
+    assert ledger.entries() == []
+    audit = ledger.audits("evaluation")
+    assert len(audit) == 1 and audit[0]["dp"] is False and audit[0]["job_id"] == j.job_id
+    assert len(audit[0]["holdout_sha256"]) == 64
     # the same round cannot be answered twice
     again, _ = j.nodes[1].handle(_evaluate_bytes(j, 1, step=3), state)
     assert "already answered" in _refusal_text(again)
+
+
+def test_exact_evaluation_equals_the_held_out_statistics_without_the_training_rows(
+        tmp_path: Path) -> None:
+    """Through the plain channel the vector is visible: it is exactly the held-out rows'."""
+    from fedsynth.evaluation.plan import EvalOptions, EvaluationPlan
+    from fedsynth.evaluation.statistics import node_statistics
+    from fedsynth.protocols.messages import bytes_vector
+
+    j = _join(tmp_path, _spec(channel="plain"), evaluation="exact",
+              channels=("secagg", "plain"))
+    reply, _ = j.nodes[2].handle(_evaluate_bytes(j, 2), j.states[2])
+    env = _parse(reply)
+    plan = EvaluationPlan.build(SCHEMA, _frame(80, 9), EvalOptions(target="colour"))
+    seen = bytes_vector(env.measure_reply.masked, length=plan.length, sender="party 2")
+    held_out = node_statistics(plan, _frame(80, 9), train=None, test=_frame(40, 102))
+    np.testing.assert_array_equal(seen.view(np.int64), held_out)
+
+
+def test_party_without_held_out_rows_refuses_to_evaluate(tmp_path: Path) -> None:
+    j = _join(tmp_path, evaluation="exact", holdout_path=None)
+    reply, _ = j.nodes[1].handle(_evaluate_bytes(j, 1), j.states[1])
+    assert "no held-out rows" in _refusal_text(reply)
+
+
+def test_the_same_held_out_rows_are_evaluated_at_most_max_evaluations_times(
+        tmp_path: Path) -> None:
+    j = _join(tmp_path, evaluation="exact")
+    reply, _ = j.nodes[1].handle(_evaluate_bytes(j, 1), j.states[1])
+    assert _body(reply) == "measure_reply"
+    # a second job on the same node and rows
+    j2 = Joined(j.nodes, {}, {}, uuid.uuid4().hex, j.spec, {})
+    for p in (1, 2, 3):
+        r, j2.states[p] = j.nodes[p].handle(_setup_bytes(j2.job_id, p, j.spec), None)
+        j2.publics[p] = _parse(r).setup_reply.public_key
+        j2.signatures[p] = _parse(r).setup_reply.key_signature
+    reply, _ = j.nodes[1].handle(_evaluate_bytes(j2, 1), j2.states[1])
+    assert "already evaluated 1 time(s)" in _refusal_text(reply)
+    assert len(Ledger(j.nodes[1].policy.ledger_path, EPS, DELTA).audits("evaluation")) == 1
+
+
+def test_exact_evaluation_is_refused_under_a_dp_only_policy(tmp_path: Path) -> None:
+    j = _join(tmp_path, evaluation="dp", evaluation_epsilon_cap=1.0)
+    reply, _ = j.nodes[1].handle(_evaluate_bytes(j, 1), j.states[1])
+    assert "only DP evaluation" in _refusal_text(reply)
 
 
 @pytest.mark.parametrize(("kw", "needle"), [
@@ -429,7 +517,7 @@ def test_evaluation_reply_is_masked_and_charges_nothing(tmp_path: Path) -> None:
 ])
 def test_bad_evaluation_requests_are_refused(tmp_path: Path, kw: dict[str, Any],
                                              needle: str) -> None:
-    j = _join(tmp_path, allow_evaluation=True)
+    j = _join(tmp_path, evaluation="exact")
     reply, _ = j.nodes[1].handle(_evaluate_bytes(j, 1, **kw), j.states[1])
     assert needle in _refusal_text(reply)
 
@@ -437,8 +525,166 @@ def test_bad_evaluation_requests_are_refused(tmp_path: Path, kw: dict[str, Any],
 def test_synthetic_table_outside_the_schema_is_refused(tmp_path: Path) -> None:
     from fedsynth.evaluation.transfer import synthetic_to_parquet
 
-    j = _join(tmp_path, allow_evaluation=True)
+    j = _join(tmp_path, evaluation="exact")
     bad = _frame(20, 3).assign(colour="purple")
     reply, _ = j.nodes[1].handle(_evaluate_bytes(j, 1, parquet=synthetic_to_parquet(bad)),
                                  j.states[1])
     assert "categories not in the schema" in _refusal_text(reply)
+
+
+# --- noise comes from the OS, never from a seed anyone knows -----------------------------------
+
+
+def _plain_vector(j: Joined, party: int) -> np.ndarray:
+    from fedsynth.protocols.messages import bytes_vector
+
+    reply, _ = j.nodes[party].handle(_measure_bytes(j, party), j.states[party])
+    env = _parse(reply)
+    assert env.WhichOneof("body") == "measure_reply", _refusal_text(reply)
+    length = sum(Encoding.from_schema(SCHEMA).sizes)
+    return bytes_vector(env.measure_reply.masked, length=length, sender="p").view(np.int64)
+
+
+def test_the_same_rows_twice_release_different_noisy_counts(tmp_path: Path) -> None:
+    """On the old code the noise was a function of the public --seed: subtracting it gave the
+    exact counts. Now two releases of the same rows and request differ."""
+    spec = _spec(channel="plain")
+    a = _join(tmp_path / "a", spec, noise_seed=None, channels=("secagg", "plain"))
+    b = _join(tmp_path / "b", spec, noise_seed=None, channels=("secagg", "plain"))
+    va, vb = _plain_vector(a, 1), _plain_vector(b, 1)
+    assert not np.array_equal(va, vb)
+    reply, _ = a.nodes[2].handle(_measure_bytes(a, 2), a.states[2])
+    assert _parse(reply).measure_reply.seeded_noise is False
+
+
+def test_a_seeded_party_says_so_in_every_reply(tmp_path: Path) -> None:
+    j = _join(tmp_path, noise_seed=7)
+    reply, _ = j.nodes[1].handle(_measure_bytes(j, 1), j.states[1])
+    assert _parse(reply).measure_reply.seeded_noise is True
+
+
+def test_plain_channel_each_party_carries_the_full_noise(tmp_path: Path) -> None:
+    """Under plain the coordinator sees each party's own vector: its noise alone must be the
+    variance charged, not variance / (t - c)."""
+    j = _join(tmp_path, _spec(channel="plain"), noise_seed=None, channels=("secagg", "plain"))
+    counts = marginals.count(Encoding.from_schema(SCHEMA).encode(_frame(60, 1)),
+                             [Grouping.identity(n) for n in Encoding.from_schema(SCHEMA).sizes],
+                             [(0,), (1,), (2,)])
+    draws = []
+    for k in range(40):
+        jj = _join(tmp_path / str(k), _spec(channel="plain"), noise_seed=None,
+                   channels=("secagg", "plain"))
+        draws.append(_plain_vector(jj, 1) - counts)
+    noise_var = np.var(np.concatenate(draws))
+    assert 400.0 * 0.85 < noise_var < 400.0 * 1.15  # not 400 / 3
+    del j
+
+
+# --- the coordinator cannot choose who is in the job or whose keys count -----------------------
+
+
+def test_participants_outside_the_job_are_refused(tmp_path: Path) -> None:
+    """Shown on the old code: participants [1, 6, 7] with keys the coordinator made recovered
+    party 1's vector with only its own noise share."""
+    from fedsynth.crypto.secagg import KeyPair
+
+    j = _join(tmp_path)
+    fake = {6: KeyPair.generate().public, 7: KeyPair.generate().public}
+    env = pb.Envelope()
+    env.ParseFromString(_measure_bytes(j, 1))
+    del env.measure_request.participants[:]
+    env.measure_request.participants.extend([1, 6, 7])
+    for p, key in fake.items():
+        env.measure_request.public_keys[p] = key
+    reply, _ = j.nodes[1].handle(pack(env), j.states[1])
+    assert "not among the job's parties 1..3" in _refusal_text(reply)
+    assert _ledger_lines(j.nodes[1].policy.ledger_path) == []
+
+
+def test_keys_without_their_identity_signature_are_refused(tmp_path: Path) -> None:
+    from fedsynth.crypto.secagg import KeyPair
+
+    j = _join(tmp_path)
+    j.publics[2] = KeyPair.generate().public  # the coordinator relays a key of its own making
+    reply, _ = j.nodes[1].handle(_measure_bytes(j, 1), j.states[1])
+    assert "does not carry its identity signature" in _refusal_text(reply)
+    assert _ledger_lines(j.nodes[1].policy.ledger_path) == []
+
+
+def test_a_key_signed_for_another_job_or_party_is_refused(tmp_path: Path) -> None:
+    j = _join(tmp_path)
+    j.publics[2], j.signatures[2] = j.publics[3], j.signatures[3]  # party 3's key as party 2's
+    reply, _ = j.nodes[1].handle(_measure_bytes(j, 1), j.states[1])
+    assert "does not carry its identity signature" in _refusal_text(reply)
+
+
+def test_the_key_set_is_pinned_at_once_at_the_first_round(tmp_path: Path) -> None:
+    j = _join(tmp_path)
+    two = Joined(j.nodes, j.states, {p: j.publics[p] for p in (1, 2, 3)}, j.job_id, j.spec,
+                 j.signatures)
+    _, state = j.nodes[1].handle(_measure_bytes(two, 1), j.states[1])
+    # a later round naming a party whose key was not in the first round's set is refused
+    env = pb.Envelope()
+    env.ParseFromString(_measure_bytes(j, 1, step=3, round_id=2))
+    session = json.loads(state or b"{}")
+    session["publics"].pop("3")
+    reply, _ = j.nodes[1].handle(pack(env), json.dumps(session).encode())
+    assert "not in the key set pinned at the first round" in _refusal_text(reply)
+
+
+def test_own_key_must_be_relayed_faithfully(tmp_path: Path) -> None:
+    j = _join(tmp_path)
+    j.publics[1], j.signatures[1] = j.publics[2], j.signatures[2]
+    reply, _ = j.nodes[1].handle(_measure_bytes(j, 1), j.states[1])
+    assert "signature" in _refusal_text(reply) or "relayed faithfully" in _refusal_text(reply)
+
+
+# --- the policy bounds what the coordinator may claim, before any data is read ------------------
+
+
+def _refused_at_setup(tmp_path: Path, spec: JobSpec, **policy: Any) -> str:
+    pol = _policy(tmp_path, 1, _frame(20, 1), **policy)
+    pol.data_path.write_bytes(b"never read")  # a policy refusal never touches the data
+    reply, state = Node(pol).handle(_setup_bytes("j", 1, spec), None)
+    assert state is None
+    return _refusal_text(reply)
+
+
+def test_a_job_with_another_schema_is_refused_before_the_data_is_read(tmp_path: Path) -> None:
+    wider = Schema((Column("colour", "categorical", ("blue", "green", "red")),
+                    Column("age", "integer", lower=18, upper=65),  # bisecting the bounds
+                    Column("score", "continuous", lower=0.0, upper=1.0)))
+    spec = job_spec(wider, IDS, epsilon=EPS, delta=DELTA, threshold=3)
+    text = _refused_at_setup(tmp_path, spec)
+    assert "not the one this party's policy pins" in text
+    assert "could not be read" not in text
+
+
+@pytest.mark.parametrize(("policy", "spec_kw", "needle"), [
+    ({"assume_colluders": 1}, {}, "this party assumes up to 1"),
+    ({"max_parties": 2}, {}, "above this party's limit of 2"),
+    ({"channels": ("secagg",)}, {"channel": "plain"}, "'plain' is not allowed"),
+    ({"epsilon_cap": 0.5}, {}, "above this party's cap"),
+])
+def test_a_job_outside_the_policy_is_refused(tmp_path: Path, policy: dict[str, Any],
+                                             spec_kw: dict[str, Any], needle: str) -> None:
+    assert needle in _refused_at_setup(tmp_path, _spec(**spec_kw), **policy)
+
+
+def test_a_job_naming_strangers_or_another_identity_is_refused(tmp_path: Path) -> None:
+    stranger = Identity.generate("party-2")  # the coordinator's own key under a member's name
+    ids = [IDS[0], stranger, IDS[2]]
+    text = _refused_at_setup(tmp_path, job_spec(SCHEMA, ids, epsilon=EPS, delta=DELTA))
+    assert "not on this party's consortium list" in text
+    swapped = [IDS[1], IDS[0], IDS[2]]  # party 1 would be addressed as another party
+    text = _refused_at_setup(tmp_path / "b", job_spec(SCHEMA, swapped, epsilon=EPS, delta=DELTA))
+    assert "identity key that is not this party's" in text
+
+
+def test_setups_are_rate_limited(tmp_path: Path) -> None:
+    node = Node(_policy(tmp_path, 1, _frame(20, 1), max_setups_per_hour=2))
+    for k in range(2):
+        reply, _ = node.handle(_setup_bytes(f"j{k}", 1, _spec()), None)
+        assert _body(reply) == "setup_reply"
+    reply, _ = node.handle(_setup_bytes("j9", 1, _spec()), None)
+    assert "at most 2 job setups an hour" in _refusal_text(reply)

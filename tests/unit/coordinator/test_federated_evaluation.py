@@ -9,19 +9,19 @@ from typing import Any
 import pandas as pd
 import pytest
 
-import fedsynth.simulations.run as run_module
 from fedsynth.client_node.node import Node
 from fedsynth.coordinator.job import JobOptions, run_job
 from fedsynth.evaluation.local import evaluate_tables
 from fedsynth.evaluation.plan import EvalOptions
-from fedsynth.protocols.spec import JobSpec
 from fedsynth.simulations import datasets, partition
 from fedsynth.simulations.local import LocalTransport
+from fedsynth.simulations.parties import job_spec, make_identities, write_parties
 from fedsynth.synthesis.schema import infer_schema
 
 POOLED = datasets.load("ISLR/Default")[0].sample(3000, random_state=0).reset_index(drop=True)
 SCHEMA = infer_schema(POOLED)
 EVAL = EvalOptions(target="default", sensitive="student", seed=3, distance_rows=200)
+IDS = make_identities(4)
 
 
 def _job(tmp: Path, channel: str, allow: bool = True) -> tuple[Any, list[pd.DataFrame],
@@ -29,10 +29,9 @@ def _job(tmp: Path, channel: str, allow: bool = True) -> tuple[Any, list[pd.Data
     parts = partition.split(POOLED, 4, "iid", target=None, seed=1)
     trains = [p.iloc[: int(0.8 * len(p))].reset_index(drop=True) for p in parts]
     holds = [p.iloc[int(0.8 * len(p)):].reset_index(drop=True) for p in parts]
-    spec = JobSpec(schema=SCHEMA, epsilon=2.0, delta=1e-6, parties=4, threshold=3,
-                   channel=channel)
-    pols = run_module._write_parties(tmp, trains, spec, 0, holds)
-    pols = {p: dataclasses.replace(pol, allow_evaluation=allow) for p, pol in pols.items()}
+    spec = job_spec(SCHEMA, IDS, epsilon=2.0, delta=1e-6, threshold=3, channel=channel)
+    pols = write_parties(tmp, trains, spec, IDS, holds,
+                         evaluation="exact" if allow else "off")
     transport = LocalTransport({p: Node(pol) for p, pol in pols.items()})
     res = run_job(transport, spec, JobOptions(seed=0, iters=200, evaluate=EVAL))
     return res, trains, holds
@@ -40,13 +39,13 @@ def _job(tmp: Path, channel: str, allow: bool = True) -> tuple[Any, list[pd.Data
 
 @pytest.mark.parametrize("channel", ["secagg", "plain"])
 def test_federated_evaluation_equals_pooled_evaluation(tmp_path: Path, channel: str) -> None:
-    res, trains, holds = _job(tmp_path, channel)
+    res, _, holds = _job(tmp_path, channel)
     fed = res.evaluation
     assert fed is not None and res.evaluation_error is None
     assert fed["evaluation"]["mode"] == "federated" and fed["evaluation"]["parties"] == [1, 2, 3, 4]
-    pooled = evaluate_tables(pd.concat(holds, ignore_index=True), res.synthetic,
-                             train=pd.concat(trains, ignore_index=True), schema=SCHEMA,
-                             options=EVAL)
+    # the parties evaluate on their held-out rows only: the pooled reference does the same
+    pooled = evaluate_tables(pd.concat(holds, ignore_index=True), res.synthetic, train=None,
+                             schema=SCHEMA, options=EVAL)
     # sums over parties = sums over the pooled rows: these measures agree exactly
     assert fed["rows_real"] == pooled["rows_real"] == sum(len(h) for h in holds)
     assert fed["tvd"] == pooled["tvd"]
@@ -62,7 +61,9 @@ def test_federated_evaluation_equals_pooled_evaluation(tmp_path: Path, channel: 
     # TRTR differs by design: each party's own model on its own held-out rows
     assert fed["ml_efficacy"]["trtr_parties"] == 4
     assert 0.5 < fed["ml_efficacy"]["trtr_auc"] <= 1.0
-    assert 0.0 <= fed["privacy"]["membership_inference_auc"] <= 1.0
+    # no training row is ever evaluated, so there is no membership measure
+    assert fed["privacy"]["membership_inference_auc"] is None
+    assert fed["evaluation"]["differentially_private"] is False
     assert set(fed["ledger_epsilon_per_party"]) == {"1", "2", "3", "4"}
     assert all(0 < e <= 2.0 + 1e-9 for e in fed["ledger_epsilon_per_party"].values())
     steps = [s["step"] for s in res.steps]
@@ -74,7 +75,7 @@ def test_party_policy_can_refuse_evaluation_and_the_table_stands(tmp_path: Path)
     res, _, _ = _job(tmp_path, "secagg", allow=False)
     assert res.evaluation is None
     assert res.evaluation_error is not None
-    assert "does not release evaluation statistics" in res.evaluation_error
+    assert "does not take part in evaluations" in res.evaluation_error
     assert len(res.synthetic) > 0 and res.privacy["epsilon_spent"] <= 2.0
 
 
@@ -82,11 +83,10 @@ def test_a_party_dropping_out_of_the_evaluation_leaves_the_others_sum(tmp_path: 
     parts = partition.split(POOLED, 4, "iid", target=None, seed=1)
     trains = [p.iloc[: int(0.8 * len(p))].reset_index(drop=True) for p in parts]
     holds = [p.iloc[int(0.8 * len(p)):].reset_index(drop=True) for p in parts]
-    spec = JobSpec(schema=SCHEMA, epsilon=2.0, delta=1e-6, parties=4, threshold=3)
-    pols = run_module._write_parties(tmp_path, trains, spec, 0, holds)
+    spec = job_spec(SCHEMA, IDS, epsilon=2.0, delta=1e-6, threshold=3)
+    pols = write_parties(tmp_path, trains, spec, IDS, holds, evaluation="exact")
     # rounds 1-3 measure; round 4 is the evaluation: party 2 goes silent there
-    pols = {p: dataclasses.replace(pol, allow_evaluation=True,
-                                   fail_at_round=4 if p == 2 else None)
+    pols = {p: dataclasses.replace(pol, fail_at_round=4 if p == 2 else None)
             for p, pol in pols.items()}
     res = run_job(LocalTransport({p: Node(pol) for p, pol in pols.items()}), spec,
                   JobOptions(seed=0, iters=200, evaluate=EVAL))

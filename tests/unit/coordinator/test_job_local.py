@@ -24,6 +24,7 @@ from fedsynth.protocols.secure_sum import RoundFailed
 from fedsynth.protocols.spec import JobSpec
 from fedsynth.simulations import datasets, partition
 from fedsynth.simulations.local import LocalTransport, Tamper
+from fedsynth.simulations.parties import job_spec, make_identities, write_parties
 from fedsynth.simulations.run import SimulationResult, simulate
 from fedsynth.synthesis.schema import infer_schema
 
@@ -45,25 +46,28 @@ def _pooled(n: int = 1500, seed: int = 0) -> pd.DataFrame:
 POOLED = _pooled()
 SCHEMA = infer_schema(POOLED)
 TABLES = partition.split(POOLED, 5, "iid", target=None, seed=0)
+IDS = make_identities(5)
 
 
 def _spec(threshold: int = 4) -> JobSpec:
-    return JobSpec(schema=SCHEMA, epsilon=EPS, delta=DELTA, parties=5, threshold=threshold)
+    return job_spec(SCHEMA, IDS, epsilon=EPS, delta=DELTA, threshold=threshold)
 
 
 def _policies(tmp: Path, spec: JobSpec, tables: list[pd.DataFrame] | None = None,
-              fail: dict[int, int] | None = None) -> dict[int, NodePolicy]:
-    """Party folders exactly as simulate() writes them, with injected dropouts."""
+              fail: dict[int, int] | None = None, seeded: bool = False) -> dict[int, NodePolicy]:
+    """Party folders exactly as simulate() writes them, with injected dropouts (and, for tests
+    that compare two runs, seeded noise, which is not private)."""
     tmp.mkdir(parents=True, exist_ok=True)
-    pols = run_module._write_parties(tmp, tables or TABLES, spec, seed=0)
-    return {p: dataclasses.replace(pol, fail_at_round=(fail or {}).get(p))
+    pols = write_parties(tmp, tables or TABLES, spec, IDS)
+    return {p: dataclasses.replace(pol, fail_at_round=(fail or {}).get(p),
+                                   noise_seed=p if seeded else None)
             for p, pol in pols.items()}
 
 
 def _run(tmp: Path, spec: JobSpec, *, fail: dict[int, int] | None = None,
          tables: list[pd.DataFrame] | None = None, tamper: Tamper | None = None,
-         ) -> tuple[JobResult, dict[int, NodePolicy]]:
-    pols = _policies(tmp, spec, tables, fail)
+         seeded: bool = False) -> tuple[JobResult, dict[int, NodePolicy]]:
+    pols = _policies(tmp, spec, tables, fail, seeded)
     transport = LocalTransport({p: Node(pol) for p, pol in pols.items()}, tamper=tamper)
     return run_job(transport, spec, OPTIONS), pols
 
@@ -142,15 +146,14 @@ def test_two_dropouts_below_threshold_stop_the_job(tmp_path: Path) -> None:
 
 def test_failed_simulation_writes_no_output_folder(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    real = run_module._write_parties
+    real = run_module.write_parties
 
-    def failing(work: Path, tables: Any, spec: JobSpec, seed: int,
-                holdouts: Any = None) -> dict[int, NodePolicy]:
-        pols = real(work, tables, spec, seed, holdouts)
+    def failing(*args: Any, **kw: Any) -> dict[int, NodePolicy]:
+        pols = real(*args, **kw)
         return {p: dataclasses.replace(pol, fail_at_round=2 if p in (2, 4) else None)
                 for p, pol in pols.items()}
 
-    monkeypatch.setattr(run_module, "_write_parties", failing)
+    monkeypatch.setattr(run_module, "write_parties", failing)
     out = tmp_path / "results" / "run"
     with pytest.raises(RoundFailed):
         simulate(parties=TABLES, engine="local", evaluate=False, threshold=4, holdout=0.0,
@@ -163,7 +166,7 @@ def test_failed_simulation_writes_no_output_folder(tmp_path: Path,
 def test_dropout_at_first_round_with_threshold_met(tmp_path: Path) -> None:
     res, pols = _run(tmp_path, _spec(threshold=4), fail={5: 1})
     assert _contributors(res) == [[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]]
-    assert not pols[5].ledger_path.exists()
+    assert _ledger(pols[5]).entries() == []
     assert res.privacy["epsilon_spent"] <= EPS
 
 
@@ -178,7 +181,7 @@ def test_empty_party_refuses_the_job(tmp_path: Path) -> None:
     text = str(info.value)
     assert "party 3 refused" in text and "no rows" in text
     for p in range(1, 6):  # refused at setup: nobody released anything
-        assert not (tmp_path / f"party-{p}" / "ledger.jsonl").exists()
+        assert Ledger(tmp_path / f"party-{p}" / "ledger.jsonl", EPS, DELTA).entries() == []
 
 
 def test_party_with_too_small_cap_refuses_the_job(tmp_path: Path) -> None:
@@ -240,8 +243,8 @@ class _StopAfterRoundOne(Exception):
     """Raised by the spy once round 1's total is in hand: the rest of the job is not needed."""
 
 
-def _round_one_total(tmp: Path, monkeypatch: pytest.MonkeyPatch,
-                     tamper: Tamper | None = None) -> tuple[list[int], np.ndarray] | None:
+def _round_one_total(tmp: Path, monkeypatch: pytest.MonkeyPatch, tamper: Tamper | None = None,
+                     seeded: bool = True) -> tuple[list[int], np.ndarray] | None:
     """(contributors, total) that secure_sum returned for round 1, or None if it raised."""
     seen: list[tuple[list[int], np.ndarray]] = []
     real = job_module.secure_sum
@@ -255,7 +258,7 @@ def _round_one_total(tmp: Path, monkeypatch: pytest.MonkeyPatch,
         m.setattr(job_module, "secure_sum", spy)
         # an error is acceptable, as long as no wrong total was produced before it
         with contextlib.suppress(_StopAfterRoundOne, RoundFailed, JobRefused, ValueError):
-            _run(tmp, _spec(threshold=4), tamper=tamper)
+            _run(tmp, _spec(threshold=4), tamper=tamper, seeded=seeded)
     return seen[0] if seen else None
 
 
@@ -298,3 +301,44 @@ def test_tampered_secagg_reply_is_never_summed_silently(
     if 2 not in contributors:
         return  # detected and treated as a dropout
     assert np.array_equal(total, clean[1]), "round 1 total silently differs"
+
+
+# --- what privacy.json says --------------------------------------------------------------------
+
+
+def test_privacy_report_marks_a_seeded_run_as_not_private(tmp_path: Path) -> None:
+    res, _ = _run(tmp_path, _spec(), seeded=True)
+    assert res.privacy["differentially_private"] is False
+    assert "not differentially private: noise was seeded" in res.privacy["warning"]
+
+
+def test_privacy_report_of_a_normal_run(tmp_path: Path) -> None:
+    res, pols = _run(tmp_path, _spec())
+    p = res.privacy
+    assert p["differentially_private"] is True and "warning" not in p
+    assert p["neighbouring_relation"] == "add or remove one row of one party"
+    assert p["epsilon_replace_one"] > p["epsilon_spent"] * 1.2  # replace-one costs more
+    assert any("timing" in x for x in p["outside_the_guarantee"])
+    # every party's own ledger holds what the coordinator's accountant says
+    for pol in pols.values():
+        assert _ledger(pol).spent() == pytest.approx(p["epsilon_spent"], rel=1e-9)
+
+
+def test_two_runs_on_the_same_rows_release_different_sums(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the noise drawn from the OS the same rows never give the same released counts."""
+    a = _round_one_total(tmp_path / "a", monkeypatch, seeded=False)
+    b = _round_one_total(tmp_path / "b", monkeypatch, seeded=False)
+    assert a is not None and b is not None
+    assert not np.array_equal(a[1], b[1])
+
+
+def test_plain_channel_charges_what_each_partys_own_vector_costs(tmp_path: Path) -> None:
+    """Shown on the old code: under plain each party's vector carried σ²/(t-c) while ε was
+    charged for σ² (asked 1.0, true per-party ε 2.15)."""
+    spec = job_spec(SCHEMA, IDS, epsilon=EPS, delta=DELTA, threshold=4, channel="plain")
+    res, _ = _run(tmp_path, spec)
+    for r in res.privacy["rounds"]:
+        assert r["noise_variance_per_party"] == r["noise_variance"]
+    for eps in res.privacy["epsilon_asked_of_party"].values():
+        assert eps <= EPS * (1 + 1e-9)

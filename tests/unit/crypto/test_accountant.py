@@ -49,8 +49,65 @@ def test_skellam_rdp_is_never_below_the_gaussian(variance, l1):
     assert np.all(np.diff(rdp) > 0)  # increasing in the order
 
 
+@settings(max_examples=60, deadline=None)
+@given(v=variances, scale=st.floats(1.0, 1e3), count=st.integers(1, 20))
+def test_sensitivity_scaled_with_variance_keeps_the_gaussian_part_of_unit_sensitivity(
+        v, scale, count):
+    """Δ1 = Δ2 = Δ with variance Δ² v: the Gaussian term is that of (Δ = 1, variance v), and the
+    discreteness term is the theorem's at Δ, which for Δ >= 1 never exceeds the one at Δ = 1."""
+    scaled, unit = Accountant(), Accountant()
+    scaled.add(step="s", count=count, variance=scale**2 * v, l1=scale, l2=scale)
+    unit.add(step="s", count=count, variance=v)
+    assert scaled.rho() == pytest.approx(unit.rho(), rel=1e-12)
+    assert scaled.rho() == pytest.approx(count / (2 * v), rel=1e-12)
+    mu = scale**2 * v / 2
+    gauss = count * ORDERS / (2 * v)
+    extra = count * np.minimum((2 * ORDERS * scale**2 + 6 * scale) / (16 * mu**2),
+                               3 * scale / (4 * mu))
+    np.testing.assert_allclose(scaled.rdp(), gauss + extra, rtol=1e-12)
+    assert np.all(scaled.rdp() <= unit.rdp() * (1 + 1e-12))
+
+
+@settings(max_examples=40, deadline=None)
+@given(variance=variances, k=st.integers(1, 60), delta=deltas)
+def test_a_release_of_count_k_is_k_releases_of_count_1_and_one_vector_of_sensitivity_k(
+        variance, k, delta):
+    counted, single, vector = Accountant(), Accountant(), Accountant()
+    counted.add(step="a", count=k, variance=variance, l1=1.0, l2=1.0)
+    for i in range(k):
+        single.add(step=f"a{i}", count=1, variance=variance, l1=1.0, l2=1.0)
+    vector.add(step="a", count=1, variance=variance, l1=float(k), l2=math.sqrt(k))
+    np.testing.assert_allclose(counted.rdp(), single.rdp(), rtol=1e-12)
+    np.testing.assert_allclose(counted.rdp(), vector.rdp(), rtol=1e-12)
+    assert counted.epsilon(delta) == pytest.approx(single.epsilon(delta), rel=1e-9)
+    assert counted.rho() == pytest.approx(single.rho(), rel=1e-12)
+
+
+def test_default_sensitivity_is_that_of_a_marginal():
+    default, explicit = Accountant(), Accountant()
+    default.add(step="m", count=7, variance=321.0)
+    explicit.add(step="m", count=7, variance=321.0, l1=1.0, l2=1.0)
+    np.testing.assert_array_equal(default.rdp(), explicit.rdp())
+    np.testing.assert_array_equal(default.rdp(), 7 * acct.skellam_rdp(321.0))
+
+
+def test_larger_sensitivity_at_equal_noise_costs_more():
+    small, large = Accountant(), Accountant()
+    small.add(step="x", count=1, variance=1000.0)
+    large.add(step="x", count=1, variance=1000.0, l1=4.0, l2=4.0)
+    assert large.epsilon(1e-6) > small.epsilon(1e-6)
+    assert large.rho() == pytest.approx(16 * small.rho())
+
+
+@pytest.mark.parametrize(("l1", "l2"), [(-1.0, 1.0), (1.0, -0.5), (float("nan"), 1.0),
+                                        (1.0, float("inf"))])
+def test_skellam_rdp_rejects_unusable_sensitivities(l1, l2):
+    with pytest.raises(ValueError, match="sensitivities"):
+        acct.skellam_rdp(10.0, l1=l1, l2=l2)
+
+
 def test_skellam_rdp_rejects_non_positive_variance():
-    for v in (0.0, -1.0):
+    for v in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="positive"):
             acct.skellam_rdp(v)
 

@@ -84,6 +84,23 @@ def test_job_log_records_the_job_when_called_as_a_library(tmp_path: Path) -> Non
     assert "selected pairs" in log
 
 
+def test_no_exact_fact_of_a_party_leaves_in_the_outputs(tmp_path: Path) -> None:
+    """Shown on the old code: job.log held every party's exact row count, and schema.json's
+    exact min and max were not marked as facts of the data."""
+    out = tmp_path / "run"
+    simulate(parties=_parties(rows=173), engine="local", evaluate=False, out=out)
+    log = (out / "job.log").read_text()
+    messages = " ".join(line.split(" ", 4)[-1] for line in log.splitlines())  # no timestamps
+    for count in ("173", "519"):  # each party's and the pooled size
+        assert count not in messages
+    assert "party refused" not in log and "fedsynth.node" not in log  # the parties' own logs
+    schema = json.loads((out / "schema.json").read_text())
+    assert "not private" in schema["provenance"]
+    privacy = json.loads((out / "privacy.json").read_text())
+    assert "not private" in privacy["schema"]
+    assert privacy["differentially_private"] is True
+
+
 def test_epsilon_sweep_writes_one_folder_per_epsilon_and_the_curve(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     results, curve = simulate_sweep([0.5, 4.0], parties=_parties(), engine="local", rows=300,
@@ -94,7 +111,13 @@ def test_epsilon_sweep_writes_one_folder_per_epsilon_and_the_curve(tmp_path: Pat
         assert {p.name for p in (out / name).iterdir()} == FILES
     assert [r.out for r in results] == [out.resolve() / "epsilon-0.5", out.resolve() / "epsilon-4"]
     saved = json.loads((out / "privacy_utility.json").read_text())
-    assert saved == curve
+    assert saved["runs"] == curve
+    # the same rows answered both runs: the sweep's total is their composition, over 4.0
+    total = saved["epsilon_total_over_sweep"]
+    assert 4.0 < total <= 4.5
+    assert all(r.privacy["epsilon_total_over_sweep"] == total for r in results)
+    assert max(results[-1].privacy["epsilon_spent_per_party_ledger"].values()) == total
+    saved = saved["runs"]
     assert [c["epsilon"] for c in saved] == [0.5, 4.0]
     for c, r in zip(saved, results, strict=True):
         assert c["epsilon_spent"] == r.privacy["epsilon_spent"] <= c["epsilon"]
