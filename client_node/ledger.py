@@ -59,7 +59,7 @@ import math
 import operator
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,14 @@ _MAX_PREFIXES = 64
 
 class BudgetExceeded(RuntimeError):
     """The request would take the party past its own ε cap."""
+
+
+class LimitReached(RuntimeError):
+    """`record_limited` found its limit reached; `count` lines already match."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        super().__init__(f"{count} matching audit line(s) already recorded")
 
 
 class LedgerDamaged(ValueError):
@@ -186,6 +194,23 @@ class Ledger:
         with self._exclusive():
             self._repaired(self._read_locked())
             self._append([entry])
+
+    def record_limited(self, kind: str, *, limit: int, same: Callable[[dict[str, Any]], bool],
+                       **fields: object) -> int:
+        """Append an audit line only if fewer than `limit` lines of `kind` satisfy `same`, all
+        under the exclusive lock (two concurrent requests cannot both pass); returns how many
+        there were before. Raises LimitReached otherwise and writes nothing."""
+        if kind in RESERVED_KINDS or not kind:
+            raise ValueError(f"kind {kind!r} is reserved for the ledger itself")
+        entry: dict[str, Any] = {"kind": kind, **fields}
+        entry.setdefault("time", time.time())
+        with self._exclusive():
+            state = self._repaired(self._read_locked())
+            before = sum(1 for e in state.lines if e["kind"] == kind and same(e))
+            if before >= limit:
+                raise LimitReached(before)
+            self._append([entry])
+        return before
 
     # --- internals -------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from fedsynth.client_node.data import DataFileError, read_table
-from fedsynth.client_node.ledger import BudgetExceeded, Ledger
+from fedsynth.client_node.ledger import BudgetExceeded, Ledger, LimitReached
 from fedsynth.crypto import noise, secagg
 from fedsynth.crypto.keys import public_identity, sign_key, verify_key
 from fedsynth.evaluation.plan import EvalOptions, EvalOptionsError, EvaluationPlan
@@ -206,12 +206,15 @@ class Node:
         problems = self._policy_problems(spec, env.party)
         if problems:
             raise JobSpecError("the job is outside this party's policy: " + "; ".join(problems))
-        ledger = self._ledger()
-        recent = [a for a in ledger.audits("setup") if a.get("time", 0) > time.time() - 3600]
-        if len(recent) >= self.policy.max_setups_per_hour:
+        hour_ago = time.time() - 3600
+        try:  # checked and recorded under the ledger's lock: concurrent setups cannot both pass
+            self._ledger().record_limited(
+                "setup", limit=self.policy.max_setups_per_hour,
+                same=lambda a: float(a.get("time", 0)) > hour_ago,
+                job_id=env.job_id, party=env.party)
+        except LimitReached:
             raise ProtocolError(f"this party accepts at most {self.policy.max_setups_per_hour} "
-                                "job setups an hour; try again later")
-        ledger.record("setup", job_id=env.job_id, party=env.party, time=time.time())
+                                "job setups an hour; try again later") from None
         encoded_table(self.policy, spec.schema)  # validate the local data against the schema now
         keys = secagg.KeyPair.generate()
         session = {"job_id": env.job_id, "party": env.party,
@@ -320,9 +323,13 @@ class Node:
         participants = self._open_round(req, session, spec, me, "answered")
         digest = hashlib.sha256(pol.holdout_path.read_bytes()).hexdigest()
         ledger = self._ledger()
-        done = [a for a in ledger.audits("evaluation") if a.get("holdout_sha256") == digest]
-        if len(done) >= pol.max_evaluations:
-            raise ProtocolError(f"these held-out rows were already evaluated {len(done)} time(s), "
+
+        def same(a: dict[str, Any]) -> bool:
+            return a.get("holdout_sha256") == digest
+
+        done = sum(1 for a in ledger.audits("evaluation") if same(a))
+        if done >= pol.max_evaluations:
+            raise ProtocolError(f"these held-out rows were already evaluated {done} time(s), "
                                 f"the most this party's policy allows ({pol.max_evaluations})")
         try:  # the synthetic table is public: its problems may be named in full
             synthetic = synthetic_from_parquet(req.synthetic_parquet, spec.schema)
@@ -334,8 +341,14 @@ class Node:
         vector = node_statistics(plan, synthetic, train=None, test=holdout)
         if epsilon is not None:
             vector = vector + self._evaluation_noise(env, plan, spec, me, req.round, ledger)
-        ledger.record("evaluation", job_id=env.job_id, round=req.round, holdout_sha256=digest,
-                      dp=epsilon is not None, epsilon=epsilon, time=time.time())
+        try:  # the authoritative check, under the ledger's lock, before anything leaves
+            ledger.record_limited("evaluation", limit=pol.max_evaluations, same=same,
+                                  job_id=env.job_id, round=req.round, holdout_sha256=digest,
+                                  dp=epsilon is not None, epsilon=epsilon)
+        except LimitReached as exc:
+            raise ProtocolError(f"these held-out rows were already evaluated {exc.count} "
+                                f"time(s), the most this party's policy allows "
+                                f"({pol.max_evaluations})") from None
         log.info("party %d round %d (evaluation, %s): %d statistics of its held-out rows", me,
                  req.round, "exact, not DP" if epsilon is None else f"DP at ε={epsilon}",
                  len(vector))

@@ -401,3 +401,19 @@ def test_a_process_killed_after_charge_returned_has_its_release_in_the_ledger(
     [entry] = lines(path)
     assert entry["count"] == 2
     assert Ledger(path, 1.0, DELTA).spent() == pytest.approx(eps(2), rel=1e-12)
+
+
+def test_record_limited_checks_and_records_under_one_lock(tmp_path: Path) -> None:
+    from fedsynth.client_node.ledger import LimitReached
+
+    led = Ledger(tmp_path / "ledger.jsonl", 1.0, 1e-6)
+    assert led.record_limited("evaluation", limit=2, same=lambda a: a["h"] == "x", h="x") == 0
+    assert led.record_limited("evaluation", limit=2, same=lambda a: a["h"] == "x", h="y") == 1
+    assert led.record_limited("evaluation", limit=2, same=lambda a: a["h"] == "x", h="x") == 1
+    before = led.path.read_bytes()
+    with pytest.raises(LimitReached) as info:
+        led.record_limited("evaluation", limit=2, same=lambda a: a["h"] == "x", h="x")
+    assert info.value.count == 2
+    assert led.path.read_bytes() == before  # nothing written past the limit
+    assert [a["h"] for a in led.audits("evaluation")] == ["x", "y", "x"]
+    assert led.spent() == 0.0
