@@ -8,7 +8,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsynth.client_node.node import Node, NodePolicy
-from fedsynth.protocols.messages import RECORD_KEY
+from fedsynth.protocols.messages import HELLO_KEY, RECORD_KEY
 
 STATE_KEY = "fedsynth-session"
 
@@ -19,6 +19,9 @@ def make_client_app(policy_for: Callable[[Context], NodePolicy]) -> ClientApp:
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
+        if HELLO_KEY in msg.content.config_records:  # "which party are you?" (names are public)
+            name = policy_for(context).party_name
+            return Message(RecordDict({HELLO_KEY: ConfigRecord({"party": name})}), reply_to=msg)
         record = msg.content.config_records.get(RECORD_KEY)
         payload = record.get("payload") if record is not None else None
         if not isinstance(payload, bytes):

@@ -54,6 +54,7 @@ log = logging.getLogger("fedsynth.node")
 MAX_CELLS = 20_000_000
 REQUESTS = ("setup_request", "measure_request", "unmask_request", "evaluate_request")
 MAX_SYNTHETIC_BYTES = 256 << 20  # largest synthetic table a party accepts to evaluate
+MAX_VARIANCE = 1e15  # far above any useful noise; numpy's Poisson sampler fails past ~1e19
 EVALUATION_MODES = ("off", "dp", "exact")
 
 
@@ -155,12 +156,19 @@ class Node:
             session["step"] = env.step
             sign(reply, self.policy.identity_key)
             return pack(reply), json.dumps(session).encode()
+        except DropOut:
+            raise
         except Refused as r:
             log.warning("party refused request: %s", r.__cause__ or r)
             reason = r.reason.splitlines()[0] if r.problems else r.reason
             return refusal(job_id=env.job_id, step=env.step, party=env.party, reason=reason,
                            problems=r.problems), (json.dumps(session).encode() if session
                                                   else None)
+        except Exception:  # an error's text could describe the party's rows: keep it here
+            log.exception("party failed on a request; the coordinator is told only that it did")
+            return refusal(job_id=env.job_id, step=env.step, party=env.party,
+                           reason="internal error at the party (details in the party's own log)",
+                           problems=[]), (json.dumps(session).encode() if session else None)
 
     def _ledger(self) -> Ledger:
         return self.policy.ledger()
@@ -206,6 +214,11 @@ class Node:
         problems = self._policy_problems(spec, env.party)
         if problems:
             raise JobSpecError("the job is outside this party's policy: " + "; ".join(problems))
+        if not 0 < len(env.job_id) <= 64:
+            raise ProtocolError("a job id must have 1 to 64 characters")
+        if any(a.get("job_id") == env.job_id for a in self._ledger().audits("setup")):
+            raise ProtocolError(f"job {env.job_id} was set up at this party before; a job id "
+                                "is used once")
         hour_ago = time.time() - 3600
         try:  # checked and recorded under the ledger's lock: concurrent setups cannot both pass
             self._ledger().record_limited(
@@ -279,6 +292,8 @@ class Node:
         if not np.isfinite(req.noise_variance) or req.noise_variance <= 0:
             raise ProtocolError(f"round {req.round}: noise variance {req.noise_variance} is not "
                                 "positive; refusing to release unnoised counts")
+        if req.noise_variance > MAX_VARIANCE or len(req.label) > 64:
+            raise ProtocolError(f"round {req.round}: noise variance or label out of range")
         counts = marginals.count(encoded_table(self.policy, spec.schema), groupings, cliques)
         share = noise.share_variance(req.noise_variance, honest_min=spec.noise_divisor)
         noised = counts + noise.skellam(share, len(counts), self._rng(me, req.round))
@@ -320,6 +335,9 @@ class Node:
         if epsilon is None and pol.evaluation != "exact":
             raise ProtocolError("this party releases only DP evaluation statistics (its policy "
                                 "does not allow exact sums); ask for an evaluation ε")
+        if epsilon is None and (spec.channel == "plain" or spec.threshold < 2):
+            raise ProtocolError("exact evaluation sums are released only through secure "
+                                "aggregation with at least two parties in every sum")
         participants = self._open_round(req, session, spec, me, "answered")
         digest = hashlib.sha256(pol.holdout_path.read_bytes()).hexdigest()
         ledger = self._ledger()
@@ -327,10 +345,6 @@ class Node:
         def same(a: dict[str, Any]) -> bool:
             return a.get("holdout_sha256") == digest
 
-        done = sum(1 for a in ledger.audits("evaluation") if same(a))
-        if done >= pol.max_evaluations:
-            raise ProtocolError(f"these held-out rows were already evaluated {done} time(s), "
-                                f"the most this party's policy allows ({pol.max_evaluations})")
         try:  # the synthetic table is public: its problems may be named in full
             synthetic = synthetic_from_parquet(req.synthetic_parquet, spec.schema)
         except (ValueError, DataValidationError) as exc:
@@ -339,9 +353,7 @@ class Node:
         holdout = validate_frame(read_table(pol.holdout_path), spec.schema,
                                  source=str(pol.holdout_path), show_values=False)
         vector = node_statistics(plan, synthetic, train=None, test=holdout)
-        if epsilon is not None:
-            vector = vector + self._evaluation_noise(env, plan, spec, me, req.round, ledger)
-        try:  # the authoritative check, under the ledger's lock, before anything leaves
+        try:  # checked and recorded under the ledger's lock, before any budget or release
             ledger.record_limited("evaluation", limit=pol.max_evaluations, same=same,
                                   job_id=env.job_id, round=req.round, holdout_sha256=digest,
                                   dp=epsilon is not None, epsilon=epsilon)
@@ -349,6 +361,8 @@ class Node:
             raise ProtocolError(f"these held-out rows were already evaluated {exc.count} "
                                 f"time(s), the most this party's policy allows "
                                 f"({pol.max_evaluations})") from None
+        if epsilon is not None:
+            vector = vector + self._evaluation_noise(env, plan, spec, me, req.round, ledger)
         log.info("party %d round %d (evaluation, %s): %d statistics of its held-out rows", me,
                  req.round, "exact, not DP" if epsilon is None else f"DP at ε={epsilon}",
                  len(vector))

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedsynth.protocols.messages import RECORD_KEY
+from fedsynth.protocols.messages import HELLO_KEY, RECORD_KEY
 from fedsynth.protocols.secure_sum import RoundFailed
 
 
 class GridTransport:
-    """Maps party indices 1..n to Flower node ids (sorted) and exchanges Envelope bytes."""
+    """Maps the job's parties (by name: party i is names[i - 1]) to Flower node ids and
+    exchanges Envelope bytes.
 
-    def __init__(self, grid: Grid, expected: int, *, wait: float = 120.0) -> None:
+    Each node is asked which party it is; the answer is only a routing hint, never trusted:
+    a node that claims another party's name is refused by that party's identity checks (the
+    spec names each party with its identity key, and every reply is signed with it)."""
+
+    def __init__(self, grid: Grid, names: Sequence[str], *, wait: float = 120.0) -> None:
         self.grid = grid
+        expected = len(names)
         deadline = time.monotonic() + wait
         ids: list[int] = []
         while time.monotonic() < deadline:
@@ -27,7 +33,15 @@ class GridTransport:
         if len(ids) < expected:
             raise RoundFailed(f"only {len(ids)} of {expected} party nodes connected within "
                               f"{wait:.0f} s; check that every party's node is running")
-        self.node_of = {i + 1: nid for i, nid in enumerate(ids[:expected])}
+        index = {name: i + 1 for i, name in enumerate(names)}
+        hello = [Message(RecordDict({HELLO_KEY: ConfigRecord({"hello": 1})}), dst_node_id=nid,
+                         message_type="query") for nid in ids]
+        self.node_of: dict[int, int] = {}
+        for reply in grid.send_and_receive(hello, timeout=wait):
+            record = None if reply.has_error() else reply.content.config_records.get(HELLO_KEY)
+            name = record.get("party") if record is not None else None
+            if isinstance(name, str) and name in index and index[name] not in self.node_of:
+                self.node_of[index[name]] = reply.metadata.src_node_id
         self.party_of = {nid: p for p, nid in self.node_of.items()}
 
     def parties(self) -> list[int]:
@@ -49,12 +63,12 @@ class GridTransport:
         return out
 
 
-def make_server_app(job: Callable[[GridTransport], None], expected_parties: int) -> ServerApp:
-    """A ServerApp that waits for the parties and runs `job` over the grid."""
+def make_server_app(job: Callable[[GridTransport], None], names: Sequence[str]) -> ServerApp:
+    """A ServerApp that waits for the parties (named as in the job spec) and runs `job`."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        job(GridTransport(grid, expected_parties))
+        job(GridTransport(grid, names))
 
     return app

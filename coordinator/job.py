@@ -271,6 +271,8 @@ OUTSIDE_THE_GUARANTEE = [
     "separate budget and reported with the evaluation)",
     "floating-point rounding in the Poisson sampler (relative error about 2^-53 per "
     "probability)",
+    "in a simulation, metrics.json's tvd_2way_vs_train: an exact function of the pooled "
+    "training rows, which only a simulation holds",
 ]
 
 

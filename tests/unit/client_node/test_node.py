@@ -194,7 +194,10 @@ def test_corrupted_requests_give_refusals_not_crashes(tmp_path: Path, which: str
         refused += body == "refusal"
     # truncations can never be accepted; most flips are caught too
     assert refused >= len(range(0, len(good), 7))
-    # the untouched request still works afterwards: nothing was half-applied
+    # the untouched request still works afterwards: nothing was half-applied (a setup under
+    # a job id already set up is refused, so the check uses a fresh one)
+    if which == "setup":
+        good = _setup_bytes(uuid.uuid4().hex, 1, j.spec)
     reply, _ = node.handle(good, state)
     assert _body(reply) == f"{which}_reply"
 
@@ -465,20 +468,53 @@ def test_exact_evaluation_uses_only_held_out_rows_masked_and_audited(tmp_path: P
 
 
 def test_exact_evaluation_equals_the_held_out_statistics_without_the_training_rows(
-        tmp_path: Path) -> None:
-    """Through the plain channel the vector is visible: it is exactly the held-out rows'."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The vector the party masks is exactly its held-out rows' statistics."""
     from fedsynth.evaluation.plan import EvalOptions, EvaluationPlan
     from fedsynth.evaluation.statistics import node_statistics
-    from fedsynth.protocols.messages import bytes_vector
 
+    seen: list[np.ndarray] = []
+    real = node_module.party_measure_reply
+
+    def spy(values: np.ndarray, **kw: Any) -> Any:
+        seen.append(values.copy())
+        return real(values, **kw)
+
+    monkeypatch.setattr(node_module, "party_measure_reply", spy)
+    j = _join(tmp_path, evaluation="exact")
+    reply, _ = j.nodes[2].handle(_evaluate_bytes(j, 2), j.states[2])
+    assert _body(reply) == "measure_reply"
+    plan = EvaluationPlan.build(SCHEMA, _frame(80, 9), EvalOptions(target="colour"))
+    held_out = node_statistics(plan, _frame(80, 9), train=None, test=_frame(40, 102))
+    np.testing.assert_array_equal(seen[0], held_out)
+
+
+def test_exact_evaluation_never_goes_through_plain_or_a_one_party_sum(tmp_path: Path) -> None:
     j = _join(tmp_path, _spec(channel="plain"), evaluation="exact",
               channels=("secagg", "plain"))
     reply, _ = j.nodes[2].handle(_evaluate_bytes(j, 2), j.states[2])
-    env = _parse(reply)
-    plan = EvaluationPlan.build(SCHEMA, _frame(80, 9), EvalOptions(target="colour"))
-    seen = bytes_vector(env.measure_reply.masked, length=plan.length, sender="party 2")
-    held_out = node_statistics(plan, _frame(80, 9), train=None, test=_frame(40, 102))
-    np.testing.assert_array_equal(seen.view(np.int64), held_out)
+    assert "only through secure aggregation" in _refusal_text(reply)
+
+
+def test_an_internal_error_tells_the_coordinator_nothing(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    j = _join(tmp_path, evaluation="exact")
+
+    def boom(*_a: Any, **_k: Any) -> Any:
+        raise ValueError("Expected n_samples >= n_neighbors, got 1 row of SECRET")
+
+    monkeypatch.setattr(node_module, "node_statistics", boom)
+    reply, _ = j.nodes[1].handle(_evaluate_bytes(j, 1), j.states[1])
+    text = _refusal_text(reply)
+    assert text == "internal error at the party (details in the party's own log)"
+
+
+def test_a_job_id_is_set_up_once(tmp_path: Path) -> None:
+    node = Node(_policy(tmp_path, 1, _frame(20, 1)))
+    reply, _ = node.handle(_setup_bytes("j1", 1, _spec()), None)
+    assert _body(reply) == "setup_reply"
+    reply, _ = node.handle(_setup_bytes("j1", 1, _spec()), None)  # a new session, same id
+    assert "a job id is used once" in _refusal_text(reply)
 
 
 def test_party_without_held_out_rows_refuses_to_evaluate(tmp_path: Path) -> None:
