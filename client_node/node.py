@@ -38,7 +38,7 @@ import numpy as np
 from fedsynth.client_node.data import DataFileError, read_table
 from fedsynth.client_node.ledger import BudgetExceeded, Ledger, LimitReached
 from fedsynth.crypto import noise, secagg
-from fedsynth.crypto.keys import public_identity, sign_key, verify_key
+from fedsynth.crypto.keys import public_identity, sign_key, sign_round, verify_key, verify_round
 from fedsynth.evaluation.plan import EvalOptions, EvalOptionsError, EvaluationPlan
 from fedsynth.evaluation.statistics import node_statistics
 from fedsynth.evaluation.transfer import synthetic_from_parquet
@@ -52,7 +52,8 @@ from fedsynth.synthesis.schema import DataValidationError, Schema, SchemaError, 
 
 log = logging.getLogger("fedsynth.node")
 MAX_CELLS = 20_000_000
-REQUESTS = ("setup_request", "measure_request", "unmask_request", "evaluate_request")
+REQUESTS = ("setup_request", "measure_request", "confirm_request", "unmask_request",
+            "evaluate_request")
 MAX_SYNTHETIC_BYTES = 256 << 20  # largest synthetic table a party accepts to evaluate
 MAX_VARIANCE = 1e15  # far above any useful noise; numpy's Poisson sampler fails past ~1e19
 EVALUATION_MODES = ("off", "dp", "exact")
@@ -140,6 +141,8 @@ class Node:
                         reply = self._measure(env, session)
                     elif body == "evaluate_request":
                         reply = self._evaluate(env, session)
+                    elif body == "confirm_request":
+                        reply = self._confirm(env, session)
                     else:
                         reply = self._unmask(env, session)
             except (ProtocolError, JobSpecError, SchemaError, BudgetExceeded,
@@ -274,10 +277,42 @@ class Node:
             private=bytes.fromhex(session["private"]), publics=publics)
         reply.seeded_noise = self.policy.noise_seed is not None
         reply.ledger_epsilon = self._ledger().spent()
-        session["rounds"][str(round_id)] = {"own_share": own.hex(),
-                                            "participants": participants, "unmasked": False}
+        body = getattr(env, env.WhichOneof("body") or "")
+        digest = hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
+        session["rounds"][str(round_id)] = {"own_share": own.hex(), "digest": digest,
+                                            "participants": participants, "unmasked": False,
+                                            "confirmed": None}
         out = pb.Envelope(job_id=env.job_id, step=env.step, party=me)
         out.measure_reply.CopyFrom(reply)
+        return out
+
+    def _confirm(self, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
+        """Sign the round's one survivor list, bound to the digest of the request answered.
+
+        A party signs at most one list per round; it later unmasks only with t signatures over
+        exactly this statement. Two different lists would each need t signers, and honest
+        parties sign one, so with 2t >= n + c + 2 no two lists can both be accepted: every
+        honest party that unmasks sees the same survivors and dropped parties, and every
+        signer received the same request (same noise variance, marginals and groupings)."""
+        req = env.confirm_request
+        spec = self._spec(session)
+        rnd = session["rounds"].get(str(req.round))
+        if rnd is None:
+            raise ProtocolError(f"round {req.round} was never measured by this party")
+        survivors = sorted(set(req.survivors))
+        me = int(session["party"])
+        if rnd["confirmed"] is not None:
+            raise ProtocolError(f"round {req.round}: a survivor list was already confirmed")
+        if not set(survivors) <= set(rnd["participants"]) or me not in survivors or len(
+                survivors) < spec.threshold:
+            raise ProtocolError(f"round {req.round}: survivors {survivors} are not at least "
+                                f"t={spec.threshold} of the round's participants with this party")
+        rnd["confirmed"] = survivors
+        out = pb.Envelope(job_id=env.job_id, step=env.step, party=me)
+        out.confirm_reply.round = req.round
+        out.confirm_reply.signature = sign_round(
+            self.policy.identity_key, job_id=env.job_id, round_id=req.round, survivors=survivors,
+            digest=bytes.fromhex(rnd["digest"]))
         return out
 
     def _measure(self, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
@@ -389,6 +424,7 @@ class Node:
         if rnd["unmasked"]:
             raise ProtocolError(f"round {req.round} was already unmasked; a repeat is refused")
         me = int(session["party"])
+        self._check_confirmations(req, rnd, spec, str(session["job_id"]))
         publics = {int(k): bytes.fromhex(v) for k, v in session["publics"].items()}
         reply = party_unmask_reply(req, job_id=env.job_id, me=me, threshold=spec.threshold,
                                    participants=rnd["participants"],
@@ -400,6 +436,25 @@ class Node:
         return out
 
     # --- checks --------------------------------------------------------------------------
+    @staticmethod
+    def _check_confirmations(req: pb.UnmaskRequest, rnd: dict[str, Any], spec: JobSpec,
+                             job_id: str) -> None:
+        """Unmask only the list this party confirmed, with t survivors' signatures over it."""
+        confirmed = rnd.get("confirmed")
+        if confirmed is None or sorted(set(req.survivors)) != confirmed:
+            raise ProtocolError(f"round {req.round}: the survivor list is not the one this party "
+                                "confirmed; refusing to unmask")
+        if sorted(set(req.dropped)) != sorted(set(rnd["participants"]) - set(confirmed)):
+            raise ProtocolError(f"round {req.round}: the dropped parties are not the round's "
+                                "participants minus its survivors; refusing to unmask")
+        digest = bytes.fromhex(rnd["digest"])
+        signers = [p for p, sig in req.confirmations.items() if p in confirmed and verify_round(
+            spec.identity_of(p), sig, job_id=job_id, round_id=req.round, survivors=confirmed,
+            digest=digest)]
+        if len(signers) < spec.threshold:
+            raise ProtocolError(f"round {req.round}: {len(signers)} survivors confirmed the same "
+                                f"list and request, below t={spec.threshold}; refusing to unmask")
+
     def _open_round(self, req: pb.MeasureRequest | pb.EvaluateRequest, session: dict[str, Any],
                     spec: JobSpec, me: int, verb: str) -> list[int]:
         """Checks of every masked round: injected dropout (tests), one answer per round, at

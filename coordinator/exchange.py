@@ -11,7 +11,7 @@ import numpy as np
 from fedsynth.crypto.keys import verify_key
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import PartyRefused, ProtocolError, pack, unpack, verify
-from fedsynth.protocols.secure_sum import CoordinatorRound
+from fedsynth.protocols.secure_sum import CoordinatorRound, RoundFailed
 from fedsynth.protocols.transport import Transport
 from fedsynth.synthesis.encoding import Grouping
 
@@ -123,8 +123,14 @@ def secure_sum_of(ex: Exchange, body: str, req: pb.MeasureRequest | pb.EvaluateR
     seeded = sorted(p for p, e in replies.items() if e.measure_reply.seeded_noise)
     if channel == "plain":
         return RoundResult(rnd.plain_sum(), survivors, survivors, ledgers, seeded)
-    unmask = ex.call({p: ("unmask_request", r) for p, r in rnd.unmask_requests().items()},
-                     "unmask_reply")
+    confirm = pb.ConfirmRequest(round=round_id, survivors=survivors)
+    signed = ex.call({p: ("confirm_request", confirm) for p in survivors}, "confirm_reply")
+    confirmations = {p: e.confirm_reply.signature for p, e in signed.items()}
+    if len(confirmations) < threshold:
+        raise RoundFailed(f"round {round_id}: {len(confirmations)} survivors confirmed the "
+                          f"survivor list, below the threshold t={threshold}; the job stops")
+    unmask = ex.call({p: ("unmask_request", r)
+                      for p, r in rnd.unmask_requests(confirmations).items()}, "unmask_reply")
     total = rnd.finish({p: e.unmask_reply for p, e in unmask.items()})
     return RoundResult(total, survivors, sorted(unmask), ledgers, seeded)
 

@@ -63,3 +63,26 @@ def verify_key(identity: bytes, signature: bytes, *, job_id: str, party: int,
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+def _round_statement(job_id: str, round_id: int, survivors: list[int], digest: bytes) -> bytes:
+    listed = ",".join(str(p) for p in sorted(survivors))
+    return b"fedsynth/survivors/v1|%s|%d|%s|%s" % (job_id.encode(), round_id, listed.encode(),
+                                                   digest)
+
+
+def sign_round(private: bytes, *, job_id: str, round_id: int, survivors: list[int],
+               digest: bytes) -> bytes:
+    """A party's signature of one round's survivor list and of the request it answered."""
+    return Ed25519PrivateKey.from_private_bytes(private).sign(
+        _round_statement(job_id, round_id, survivors, digest))
+
+
+def verify_round(identity: bytes, signature: bytes, *, job_id: str, round_id: int,
+                 survivors: list[int], digest: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(identity).verify(
+            signature, _round_statement(job_id, round_id, survivors, digest))
+    except (InvalidSignature, ValueError):
+        return False
+    return True

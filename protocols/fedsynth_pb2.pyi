@@ -34,6 +34,8 @@ class Envelope(_message.Message):
     UNMASK_REPLY_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
     EVALUATE_REQUEST_FIELD_NUMBER: _builtins.int
+    CONFIRM_REQUEST_FIELD_NUMBER: _builtins.int
+    CONFIRM_REPLY_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     job_id: _builtins.str
@@ -61,6 +63,10 @@ class Envelope(_message.Message):
     def evaluate_request(self) -> Global___EvaluateRequest:
         """answered with a measure_reply, then unmask as usual"""
 
+    @_builtins.property
+    def confirm_request(self) -> Global___ConfirmRequest: ...
+    @_builtins.property
+    def confirm_reply(self) -> Global___ConfirmReply: ...
     def __init__(
         self,
         *,
@@ -76,13 +82,15 @@ class Envelope(_message.Message):
         unmask_reply: Global___UnmaskReply | None = ...,
         refusal: Global___Refusal | None = ...,
         evaluate_request: Global___EvaluateRequest | None = ...,
+        confirm_request: Global___ConfirmRequest | None = ...,
+        confirm_reply: Global___ConfirmReply | None = ...,
         signature: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "evaluate_request", b"evaluate_request", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "confirm_reply", b"confirm_reply", "confirm_request", b"confirm_request", "evaluate_request", b"evaluate_request", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "evaluate_request", b"evaluate_request", "job_id", b"job_id", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "party", b"party", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "signature", b"signature", "step", b"step", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "confirm_reply", b"confirm_reply", "confirm_request", b"confirm_request", "evaluate_request", b"evaluate_request", "job_id", b"job_id", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "party", b"party", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "signature", b"signature", "step", b"step", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["setup_request", "setup_reply", "measure_request", "measure_reply", "unmask_request", "unmask_reply", "refusal", "evaluate_request"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["setup_request", "setup_reply", "measure_request", "measure_reply", "unmask_request", "unmask_reply", "refusal", "evaluate_request", "confirm_request", "confirm_reply"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -474,6 +482,57 @@ class EvaluateRequest(_message.Message):
 Global___EvaluateRequest: _TypeAlias = EvaluateRequest  # noqa: Y015
 
 @_typing.final
+class ConfirmRequest(_message.Message):
+    """Consistency check (Bonawitz et al. 2017): every survivor signs the one survivor list of the
+    round, bound to a digest of the request it answered; a party unmasks only with t such
+    signatures over exactly its own statement.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    SURVIVORS_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    @_builtins.property
+    def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        survivors: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["round", b"round", "survivors", b"survivors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmRequest: _TypeAlias = ConfirmRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    signature: _builtins.bytes
+    """identity signature over (job, round, survivors, request digest)"""
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["round", b"round", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmReply: _TypeAlias = ConfirmReply  # noqa: Y015
+
+@_typing.final
 class UnmaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -497,10 +556,31 @@ class UnmaskRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ConfirmationsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ROUND_FIELD_NUMBER: _builtins.int
     SURVIVORS_FIELD_NUMBER: _builtins.int
     DROPPED_FIELD_NUMBER: _builtins.int
     SHARES_FOR_YOU_FIELD_NUMBER: _builtins.int
+    CONFIRMATIONS_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     @_builtins.property
     def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
@@ -510,6 +590,10 @@ class UnmaskRequest(_message.Message):
     def shares_for_you(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
         """sender -> encrypted share addressed to this party"""
 
+    @_builtins.property
+    def confirmations(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """survivor -> its ConfirmReply signature"""
+
     def __init__(
         self,
         *,
@@ -517,10 +601,11 @@ class UnmaskRequest(_message.Message):
         survivors: _abc.Iterable[_builtins.int] | None = ...,
         dropped: _abc.Iterable[_builtins.int] | None = ...,
         shares_for_you: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        confirmations: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "round", b"round", "shares_for_you", b"shares_for_you", "survivors", b"survivors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmations", b"confirmations", "dropped", b"dropped", "round", b"round", "shares_for_you", b"shares_for_you", "survivors", b"survivors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

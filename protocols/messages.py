@@ -13,6 +13,7 @@ PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 MAX_VECTOR_LENGTH = 50_000_000
 RECORD_KEY = "fedsynth"  # the ConfigRecord entry that carries the serialized Envelope
+HELLO_KEY = "fedsynth-hello"  # a node's answer to "which party are you?" (its public name)
 
 Envelope = pb.Envelope
 

@@ -1,7 +1,9 @@
 """One secure-sum round, both halves: what a party sends and what the coordinator does with it.
 
-A round is two exchanges. Measure: each party replies with its masked vector and encrypted
-Shamir shares of a fresh self-mask seed (crypto.secagg). Unmask: the coordinator names the
+A round is three exchanges. Measure: each party replies with its masked vector and encrypted
+Shamir shares of a fresh self-mask seed (crypto.secagg). Confirm (Bonawitz et al.'s
+consistency check): each survivor signs the survivor list with a digest of the request it
+answered, once per round. Unmask: carrying t such signatures, the coordinator names the
 survivors U2 (replies received) and the dropped D (asked, not received); each party releases,
 for every survivor, its share of that survivor's self-mask seed, and for every dropped party,
 this round's pair seed with it. A party checks that U2 and D are disjoint, that U2 holds at
@@ -121,11 +123,17 @@ class CoordinatorRound:
     def dropped(self) -> list[int]:
         return sorted(set(self.participants) - set(self.masked))
 
-    def unmask_requests(self) -> dict[int, pb.UnmaskRequest]:
+    def unmask_requests(self, confirmations: Mapping[int, bytes] | None = None,
+                        ) -> dict[int, pb.UnmaskRequest]:
+        """One request per confirming survivor (default: every survivor), carrying every
+        survivor's confirmation."""
+        confirmations = confirmations or {}
         out = {}
-        for v in self.survivors:
+        for v in sorted(confirmations) or self.survivors:
             req = pb.UnmaskRequest(round=self.round_id, survivors=self.survivors,
                                    dropped=self.dropped)
+            for u, sig in confirmations.items():
+                req.confirmations[u] = sig
             for u, blob in self.shares_to.get(v, {}).items():
                 if u in self.masked:
                     req.shares_for_you[u] = blob

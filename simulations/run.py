@@ -337,7 +337,7 @@ def run_flower(policies: dict[int, NodePolicy], spec: JobSpec, opts: JobOptions,
 
     say("starting Flower simulation engine")
     _quiet_flower()
-    run_simulation(server_app=make_server_app(job, len(policies)),
+    run_simulation(server_app=make_server_app(job, spec.party_names),
                    client_app=make_client_app(policy_for), num_supernodes=len(policies),
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": min(2, os.cpu_count() or 1),

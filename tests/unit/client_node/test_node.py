@@ -724,3 +724,77 @@ def test_setups_are_rate_limited(tmp_path: Path) -> None:
         assert _body(reply) == "setup_reply"
     reply, _ = node.handle(_setup_bytes("j9", 1, _spec()), None)
     assert "at most 2 job setups an hour" in _refusal_text(reply)
+
+
+# --- the consistency check: one survivor list per round, t signatures over it ------------------
+
+
+def _measured(tmp_path: Path) -> tuple[Joined, dict[int, bytes | None]]:
+    j = _join(tmp_path, noise_seed=None)
+    states = {}
+    for p in (1, 2, 3):
+        reply, states[p] = j.nodes[p].handle(_measure_bytes(j, p), j.states[p])
+        assert _body(reply) == "measure_reply"
+    return j, states
+
+
+def _confirm(j: Joined, states: dict[int, bytes | None], p: int, survivors: list[int],
+             step: int = 3) -> tuple[bytes, bytes | None]:
+    env = pb.Envelope(job_id=j.job_id, step=step, party=p)
+    env.confirm_request.round = 1
+    env.confirm_request.survivors.extend(survivors)
+    return j.nodes[p].handle(pack(env), states[p])
+
+
+def _unmask(j: Joined, states: dict[int, bytes | None], p: int, survivors: list[int],
+            dropped: list[int], confirmations: dict[int, bytes], step: int = 4) -> bytes:
+    env = pb.Envelope(job_id=j.job_id, step=step, party=p)
+    u = env.unmask_request
+    u.round = 1
+    u.survivors.extend(survivors)
+    u.dropped.extend(dropped)
+    for q, sig in confirmations.items():
+        u.confirmations[q] = sig
+    reply, _ = j.nodes[p].handle(pack(env), states[p])
+    return reply
+
+
+def test_a_party_confirms_one_survivor_list_per_round(tmp_path: Path) -> None:
+    j, states = _measured(tmp_path)
+    reply, states[1] = _confirm(j, states, 1, [1, 2, 3])
+    assert _body(reply) == "confirm_reply"
+    again, _ = _confirm(j, states, 1, [1, 2, 3], step=4)
+    assert "already confirmed" in _refusal_text(again)
+
+
+def test_unmask_needs_t_confirmations_of_the_same_list(tmp_path: Path) -> None:
+    """Shown before this check: different survivor lists opened the sum of two honest parties
+    with a fraction of the noise every ledger charged."""
+    j, states = _measured(tmp_path)
+    sigs = {}
+    for p in (1, 2, 3):
+        reply, states[p] = _confirm(j, states, p, [1, 2, 3])
+        sigs[p] = _parse(reply).confirm_reply.signature
+    two = {p: sigs[p] for p in (1, 2)}  # below t = 3
+    assert "below t=3" in _refusal_text(_unmask(j, states, 1, [1, 2, 3], [], two))
+    forged = {**two, 3: sigs[1]}
+    assert "below t=3" in _refusal_text(_unmask(j, states, 1, [1, 2, 3], [], forged))
+    assert "not the one this party confirmed" in _refusal_text(
+        _unmask(j, states, 1, [1, 2], [3], sigs))
+    # with t confirmations of its own list the party goes on to the shares (none relayed here)
+    assert "no share from survivor" in _refusal_text(_unmask(j, states, 1, [1, 2, 3], [], sigs))
+
+
+def test_confirmations_bind_the_request_each_party_answered(tmp_path: Path) -> None:
+    """A coordinator that asks parties for different noise variances gets confirmations over
+    different digests, which no party accepts."""
+    j = _join(tmp_path, noise_seed=None, epsilon_cap=100.0)
+    states = {}
+    for p, var in ((1, 400.0), (2, 40.0), (3, 40.0)):
+        reply, states[p] = j.nodes[p].handle(_measure_bytes(j, p, variance=var), j.states[p])
+        assert _body(reply) == "measure_reply"
+    sigs = {}
+    for p in (1, 2, 3):
+        reply, states[p] = _confirm(j, states, p, [1, 2, 3])
+        sigs[p] = _parse(reply).confirm_reply.signature
+    assert "below t=3" in _refusal_text(_unmask(j, states, 1, [1, 2, 3], [], sigs))
