@@ -370,6 +370,9 @@ class Node:
         if epsilon is None and pol.evaluation != "exact":
             raise ProtocolError("this party releases only DP evaluation statistics (its policy "
                                 "does not allow exact sums); ask for an evaluation ε")
+        if epsilon is not None and options.delta > pol.delta:
+            raise ProtocolError(f"evaluation δ={options.delta} is above this party's "
+                                f"δ={pol.delta}")
         if epsilon is None and (spec.channel == "plain" or spec.threshold < 2):
             raise ProtocolError("exact evaluation sums are released only through secure "
                                 "aggregation with at least two parties in every sum")

@@ -46,7 +46,8 @@ def federated_evaluation(ex: Exchange, *, round_id: int, spec: JobSpec,
                         channel=spec.channel, threshold=spec.threshold,
                         participants=participants, keys=keys, length=plan.length)
     out = measure(plan, res.total, table)
-    out["evaluation"] = {"mode": "federated", "parties": res.contributors,
+    out["evaluation"] = {**out.get("evaluation", {}), "mode": "federated",
+                         "parties": res.contributors,
                          "options": options.__dict__, "statistics": plan.length,
                          "synthetic_bytes_sent_to_each_party": len(data), "reveals": REVEALS,
                          "differentially_private": epsilon is not None,

@@ -9,6 +9,8 @@ from typing import Any
 
 import pandas as pd
 
+from fedsynth.crypto.noise import secure_generator
+from fedsynth.evaluation.dp import add_noise
 from fedsynth.evaluation.measures import measure
 from fedsynth.evaluation.plan import EvalOptions, EvaluationPlan
 from fedsynth.evaluation.report import render
@@ -24,6 +26,9 @@ def evaluate_tables(real: pd.DataFrame, synthetic: pd.DataFrame, *,
 
     Without a schema one is drafted from all tables together (bounds spanning every table).
     Returns the report's measures as a JSON-serialisable dict, with the time each part took.
+    With `options.epsilon` set the evaluation is DP (evaluation.dp): only `real` is scored
+    (`train` is not read: TRTR and membership inference have no per-row bound) and the
+    statistics get Skellam noise from the operating system's entropy before the measures.
     """
     opts = options or EvalOptions()
     t0 = time.perf_counter()
@@ -34,14 +39,22 @@ def evaluate_tables(real: pd.DataFrame, synthetic: pd.DataFrame, *,
     checked = {name: validate_frame(t, schema, source=f"{name} table") for name, t in tables}
     plan = EvaluationPlan.build(schema, checked["synthetic"], opts)
     t1 = time.perf_counter()
-    vector = node_statistics(plan, checked["synthetic"], train=checked.get("train"),
-                             test=checked["real"])
+    if plan.dp:
+        vector = add_noise(plan, node_statistics(plan, checked["synthetic"], train=None,
+                                                 test=checked["real"]), secure_generator())
+    else:
+        vector = node_statistics(plan, checked["synthetic"], train=checked.get("train"),
+                                 test=checked["real"])
     t2 = time.perf_counter()
     out = measure(plan, vector, checked["synthetic"])
     t3 = time.perf_counter()
-    out["evaluation"] = {"mode": "local", "parties": 1, "options": opts.__dict__,
+    out["evaluation"] = {**out.get("evaluation", {}), "mode": "local", "parties": 1,
+                         "options": opts.__dict__,
                          "seconds": {"validate_and_plan": t1 - t0, "real_statistics": t2 - t1,
                                      "measures": t3 - t2, "total": t3 - t0}}
+    if plan.dp and train is not None:
+        out["evaluation"]["train_table"] = ("not read: DP evaluation scores the held-out rows "
+                                            "only")
     return out
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,20 @@ from fedsynth.synthesis.schema import Schema
 MAX_CATEGORICAL_NUMERIC = 20  # numeric columns with at most this many synthetic values: exact bins
 FIXED_POINT = float(1 << 32)  # scale of the fixed-point sums (values are first mapped into [0, 1])
 DCR_BINS = 64  # distance histograms: bin 0 is distance 0 exactly, then log-spaced up to 1
+# DP evaluation (options.epsilon set; see evaluation.dp): fixed-point sums on a coarser scale
+# (the noise on a sum is this scale times the noise on a count, and must stay within what a
+# Poisson sampler draws), and model scores in few bins placed at public score quantiles.
+DP_FIXED_POINT = float(1 << 16)
+DP_SCORE_BINS = 8  # per label: 4 below the 0.5 threshold and 4 above (measured: see dp.py)
+# Budget weight of each kind of block in a DP plan (renormalised over the kinds a plan holds);
+# a kind with weight 0 is left out of DP plans. The zeros are measured, not assumed:
+# benchmarks/evaluation_dp.py (see evaluation.dp) found their measures drowned in noise at
+# every evaluation epsilon up to 3 on the bundled tables, so they would only take budget
+# from the measures that survive.
+DP_WEIGHTS: dict[str, float] = {
+    "one": 0.45, "ml": 0.35, "pair": 0.10, "match": 0.05, "dcr": 0.03, "bias": 0.10,
+    "tri": 0.0, "fine": 0.0, "mom": 0.0, "pear": 0.0, "imp": 0.0,
+}
 
 
 class EvalOptionsError(ValueError):
@@ -39,6 +54,11 @@ class EvalOptions:
     max_triples: int = 60  # 3-way marginals: a seeded random subset of at most this many
     distance_rows: int = 1000  # rows sampled per side for distance-based privacy measures
     score_bins: int = 256  # model score histogram resolution (AUC, F1)
+    # None: exact sums (a policy opt-in, outside any DP guarantee); a number: the statistics
+    # vector is released with Skellam noise for (epsilon, delta)-DP per held-out row (see
+    # evaluation.dp), and the plan holds only blocks of bounded sensitivity
+    epsilon: float | None = None
+    delta: float = 1e-6
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -64,6 +84,14 @@ class EvalOptions:
         for role, col in (("target", self.target), ("sensitive", self.sensitive)):
             if col is not None and not isinstance(col, str):
                 bad.append(f"{role}={col!r} is not a column name")
+        if self.epsilon is not None and (
+                isinstance(self.epsilon, bool) or not isinstance(self.epsilon, (int, float))
+                or not math.isfinite(self.epsilon) or self.epsilon <= 0):
+            bad.append(f"epsilon={self.epsilon!r} is not a positive number (None: exact "
+                       "evaluation)")
+        if (isinstance(self.delta, bool) or not isinstance(self.delta, (int, float))
+                or not 0 < self.delta < 1):
+            bad.append(f"delta={self.delta!r} is not a number strictly between 0 and 1")
         if self.sensitive is not None and self.target is None:
             bad.append("the bias measures need a target as well as a sensitive column")
         if schema is not None:
@@ -86,6 +114,7 @@ class ColumnPlan:
     lower: float
     upper: float
     clip: tuple[float, float]  # numeric: range the distance measure clips to (1st-99th pct)
+    nullable: bool = True  # the schema allows missing values (else the missing code is empty)
 
     @property
     def size(self) -> int:
@@ -122,6 +151,13 @@ class ColumnPlan:
         span = self.upper - self.lower
         return np.clip((x - self.lower) / span, 0.0, 1.0) if span > 0 else np.where(
             np.isnan(x), np.nan, 0.0)
+
+    def structural(self) -> np.ndarray:
+        """Per code, True where no validated row can land (the missing code of a column the
+        schema declares non-nullable): public knowledge, so noise there can be discarded."""
+        out = np.zeros(self.size, dtype=bool)
+        out[-1] = not self.nullable
+        return out
 
     def label(self, code: int) -> str:
         if code == self.size - 1:
@@ -163,6 +199,22 @@ class EvaluationPlan:
     features: tuple[int, ...]
     synthetic_rows: int
     layout: tuple[tuple[str, int], ...] = field(default=())
+    tstr_fits: bool = True  # the synthetic table's labels hold both classes (public)
+
+    @property
+    def dp(self) -> bool:
+        """True when the vector is released with DP noise (options.epsilon is set)."""
+        return self.options.epsilon is not None
+
+    @property
+    def fixed_point(self) -> float:
+        """Scale of the fixed-point sums: values in [0, 1] become integers up to this."""
+        return DP_FIXED_POINT if self.dp else FIXED_POINT
+
+    @property
+    def score_bins(self) -> int:
+        """Score bins per label of the model histograms."""
+        return DP_SCORE_BINS if self.dp else self.options.score_bins
 
     @property
     def names(self) -> list[str]:
@@ -189,8 +241,9 @@ class EvaluationPlan:
         names = schema.names
         if len(synthetic) == 0:
             raise EvalOptionsError("the synthetic table has no rows; nothing to evaluate")
-        cols = tuple(_column_plan(c.name, c.kind, c.categories, c.lower, c.upper,
-                                  synthetic[c.name], options) for c in schema.columns)
+        cols = tuple(replace(_column_plan(c.name, c.kind, c.categories, c.lower, c.upper,
+                                          synthetic[c.name], options), nullable=c.nullable)
+                     for c in schema.columns)
         d = len(cols)
         pairs = tuple(itertools.combinations(range(d), 2))
         triples = list(itertools.combinations(range(d), 3))
@@ -198,14 +251,17 @@ class EvaluationPlan:
             pick = np.random.default_rng(options.seed).choice(len(triples), options.max_triples,
                                                               replace=False)
             triples = [triples[i] for i in sorted(pick.tolist())]
-        target = None
+        target, fits = None, True
         if options.target is not None:
             target = _target(names.index(options.target), cols, synthetic[options.target])
+            y = target.labels(synthetic[options.target])
+            fits = len(np.unique(y[y >= 0])) >= 2  # as statistics.fit_model decides
         sensitive = names.index(options.sensitive) if options.sensitive is not None else None
         features = tuple(j for j in range(d) if target is None or j != target.index)
         plan = cls(options, cols, pairs, tuple(triples), target, sensitive, features,
-                   len(synthetic))
-        return cls(**{**plan.__dict__, "layout": tuple(_layout(plan))})
+                   len(synthetic), tstr_fits=fits)
+        layout = _dp_layout(plan) if plan.dp else _layout(plan)
+        return cls(**{**plan.__dict__, "layout": tuple(layout)})
 
 
 def _column_plan(name: str, kind: str, categories: tuple[str, ...], lower: float | None,
@@ -280,6 +336,48 @@ def _layout(plan: EvaluationPlan) -> list[tuple[str, int]]:
     out.append(("match", plan.synthetic_rows))
     out += [("dcr:synthetic", DCR_BINS), ("dcr:holdout", DCR_BINS), ("mia:member", DCR_BINS),
             ("mia:non_member", DCR_BINS), ("mia:parties", 1)]
+    return out
+
+
+def _dp_layout(plan: EvaluationPlan) -> list[tuple[str, int]]:
+    """The DP plan: only blocks to which one held-out row adds a bounded amount (see
+    evaluation.dp for each block's sensitivity), and of those only the kinds with a positive
+    weight in DP_WEIGHTS. Never in it, with their reason in the report: the row count
+    (derived from the count blocks), TRTR and its importances and bias counts (a model of the
+    party's rows), permutation importance that shuffles real rows among themselves, the
+    per-synthetic-row exact-match flags, and distance histograms whose reference set is the
+    party's rows (and membership inference, which needs the synthesis rows)."""
+    cols = plan.columns
+    out: list[tuple[str, int]] = []
+
+    def add(kind: str, name: str, size: int) -> None:
+        if DP_WEIGHTS.get(kind, 0.0) > 0:
+            out.append((name, size))
+
+    for j, c in enumerate(cols):
+        add("one", f"one:{j}", c.size)
+        if c.numeric:
+            add("fine", f"fine:{j}", c.fine_size)
+            add("mom", f"mom:{j}", 3)
+    for a, b in plan.pairs:
+        add("pair", f"pair:{a},{b}", cols[a].size * cols[b].size)
+        if cols[a].numeric and cols[b].numeric:
+            add("pear", f"pear:{a},{b}", 6)
+    for t in plan.triples:
+        add("tri", f"tri:{','.join(map(str, t))}", int(np.prod([cols[i].size for i in t])))
+    if plan.target is not None:
+        hist = 2 * DP_SCORE_BINS
+        if plan.tstr_fits:
+            add("ml", "ml:tstr", hist)
+            for f in plan.features:
+                add("imp", f"imp:tstr:{f}", hist)
+        if plan.sensitive is not None:
+            g = cols[plan.sensitive].size
+            add("bias", "bias:real", g * 2)
+            if plan.tstr_fits:
+                add("bias", "bias:tstr", g * 2 * 2)
+    add("match", "match:real", 1)
+    add("dcr", "dcr:real_to_synthetic", DCR_BINS)
     return out
 
 

@@ -27,6 +27,8 @@ def render(metrics: dict[str, Any], *, title: str = "fedsynth evaluation report"
     if "bias" in metrics:
         parts.append(_bias(metrics["bias"]))
     parts.append(_privacy(metrics["privacy"], privacy, metrics.get("ledger_epsilon_per_party")))
+    if metrics.get("evaluation", {}).get("dp"):
+        parts.append(_not_released(metrics["evaluation"]))
     if len({r.get("epsilon") for r in runs}) >= 2:
         parts.append(_curve(runs))
     parts.append(_scalability(metrics))
@@ -82,25 +84,52 @@ def _card(label: str, value: object, note: str = "") -> str:
 
 
 def _summary(m: dict[str, Any], privacy: dict[str, Any] | None) -> str:
+    ev = m.get("evaluation", {})
+    dp = bool(ev.get("dp"))
+    unc = m.get("uncertainty", {})
+    floor = m["tvd"].get("noise_floor") or {}
     cards = [_card("real rows", m["rows_real"]), _card("synthetic rows", m["rows_synthetic"]),
-             _card("2-way TVD", m["tvd"]["2way"], "lower is better"),
-             _card("histogram similarity", m["similarity"]["histogram"], "1 is best")]
+             _card("2-way TVD", m["tvd"]["2way"], "lower is better" + (
+                 f"; noise alone shows {_f(floor.get('2way'))}" if dp else "")),
+             _card("histogram similarity", m["similarity"]["histogram"], "1 is best" + (
+                 f"; ± {_f(unc.get('similarity.histogram'))}" if dp else ""))]
     if "ml_efficacy" in m:
         ml = m["ml_efficacy"]
-        cards.append(_card("TSTR / TRTR AUC", f"{_f(ml['tstr_auc'])} / {_f(ml['trtr_auc'])}"))
+        if dp:
+            cards.append(_card("TSTR AUC", ml["tstr_auc"],
+                               f"± {_f(unc.get('ml_efficacy.tstr_auc'))}"))
+        else:
+            cards.append(_card("TSTR / TRTR AUC",
+                               f"{_f(ml['tstr_auc'])} / {_f(ml['trtr_auc'])}"))
     p = m["privacy"]
-    cards.append(_card("exact matches", p["exact_match_rate"], "share; 0 is best"))
+    if dp:
+        cards.append(_card("held-out rows with a synthetic twin",
+                           p.get("real_exact_match_rate"), "share; 0 is best"))
+    else:
+        cards.append(_card("exact matches", p["exact_match_rate"], "share; 0 is best"))
     if p.get("membership_inference_auc") is not None:
         cards.append(_card("membership attack AUC", p["membership_inference_auc"], "0.5 is best"))
     if privacy:
         cards.append(_card("ε spent", privacy.get("epsilon_spent"),
                            f"δ={privacy.get('delta')}"))
-    ev = m.get("evaluation", {})
     mode = ev.get("mode", "local")
     note = ("Federated evaluation: every party scored the synthetic table against its own rows; "
             "only the sum over parties of each statistic reached the coordinator."
             if mode == "federated" else "Local evaluation against the given real table.")
+    if dp:
+        note += (f" Differentially private evaluation (ε={ev.get('epsilon')}, "
+                 f"δ={ev.get('delta')} per held-out row): every statistic carried noise, "
+                 "numbers are rounded to their noise, ± is a noise standard deviation, and "
+                 "what a DP evaluation does not release is listed at the end.")
     return f"<p class=note>{_e(note)}</p><div class=cards>{''.join(cards)}</div>"
+
+
+def _not_released(ev: dict[str, Any]) -> str:
+    rows = [[k, v] for k, v in (ev.get("not_released") or {}).items()]
+    return ("<h2>Not released by a DP evaluation</h2>" + _table(["measure", "why"], rows)
+            + "<p class=note>Noise standard deviation of one count, by kind of statistic: "
+            + _e(", ".join(f"{k} {v}" for k, v in (ev.get("noise_sd_per_count") or {}).items()))
+            + ".</p>")
 
 
 def _hist_plot(col: dict[str, Any]) -> str:
@@ -139,19 +168,29 @@ def _similarity(m: dict[str, Any]) -> str:
                  [[c["name"], c["histogram_similarity"], c.get("ks_complement")]
                   for c in m["columns"]])
     t = m["tvd"]
-    tvd = _table(["measure", "value"], [["mean 1-way TVD", t["1way"]],
-                                        ["mean 2-way TVD", t["2way"]],
-                                        [f"mean 3-way TVD ({t['3way_marginals']} marginals)",
-                                         t["3way"]]])
+    floor, unc = t.get("noise_floor"), m.get("uncertainty", {})
+    if floor is None:
+        tvd = _table(["measure", "value"], [["mean 1-way TVD", t["1way"]],
+                                            ["mean 2-way TVD", t["2way"]],
+                                            [f"mean 3-way TVD ({t['3way_marginals']} "
+                                             "marginals)", t["3way"]]])
+    else:
+        tvd = _table(["measure", "value", "± (noise sd)", "noise alone shows"],
+                     [[f"mean {w[0]}-way TVD", t[w], unc.get(f"tvd.{w}"), floor.get(w)]
+                      for w in ("1way", "2way", "3way")])
     plots = "".join(_hist_plot(c) for c in m["columns"])
     return (
         "<h2>Statistical similarity</h2>" + tvd
         + f"<p class=note>Binning: {_e(t['binning'])}. Similarity = 1 − TVD of the column's "
         "histogram; KS complement = 1 − the largest gap between the CDFs (fine bins).</p>" + sim
         + "<h3>Distributions, real vs synthetic</h3><div class=grid>" + plots + "</div>"
-        + "<h3>Column statistics, side by side</h3><p class=note>Quantiles, minimum and maximum "
-        "come from fine bins (exact for integer columns with a small range); distinct counts are "
-        "given only where they are exact.</p>"
+        + "<h3>Column statistics, side by side</h3><p class=note>" + (
+            "DP evaluation: the real rows' quartiles come from the evaluation bins, their mean "
+            "and std from the evaluation bins with the synthetic values' mean in each bin; "
+            "minimum, maximum and distinct counts are not released."
+            if m.get("evaluation", {}).get("dp") else
+            "Quantiles, minimum and maximum come from fine bins (exact for integer columns with "
+            "a small range); distinct counts are given only where they are exact.") + "</p>"
         + _table(["column", "table", "count", "missing", "distinct", "mean", "std", "min", "q1",
                   "median", "q3", "max"], rows)
         + ("<h3>Category counts (most frequent 12)</h3>" + "".join(cats) if cats else ""))
@@ -203,6 +242,8 @@ def _ml(ml: dict[str, Any]) -> str:
     rows = [["TSTR (train synthetic, test real)", ml["tstr_auc"], ml["tstr_f1"],
              ml["tstr_parties"]],
             ["TRTR (train real, test real)", ml["trtr_auc"], ml["trtr_f1"], ml["trtr_parties"]]]
+    why = "".join(f"<p class=note>{_e(k)}: {_e(v)}</p>"
+                  for k, v in (ml.get("not_released") or {}).items())
     imp = ml["feature_importance"]
     plot = ""
     if len(imp) == 2:
@@ -223,7 +264,7 @@ def _ml(ml: dict[str, Any]) -> str:
             + "<p>Feature-importance agreement (Spearman rank correlation of "
             f"{_e(ml['importance'])}): <b>{_f(ml['feature_importance_agreement'])}</b></p>" + plot
             + "<p class=note>In a federation TRTR is each party's own model on its own rows (no "
-            "party holds the pooled rows); the parties' score histograms are summed.</p>")
+            "party holds the pooled rows); the parties' score histograms are summed.</p>" + why)
 
 
 def _bias(b: dict[str, Any]) -> str:
@@ -247,6 +288,8 @@ def _bias(b: dict[str, Any]) -> str:
 
 def _privacy(p: dict[str, Any], privacy: dict[str, Any] | None,
              ledgers: dict[str, float] | None = None) -> str:
+    if "real_rows_with_exact_match" in p:
+        return _dp_privacy(p, privacy, ledgers)
     rows = [["exact matches (synthetic rows equal to a real row)", p["exact_matches"]],
             ["exact-match rate", p["exact_match_rate"]],
             ["median distance to closest real row, synthetic rows", p["dcr_synthetic_median"]],
@@ -268,6 +311,35 @@ def _privacy(p: dict[str, Any], privacy: dict[str, Any] | None,
     ax.set_xlabel("distance to closest real row (Gower)", fontsize=8)
     ax.set_ylabel("share of rows", fontsize=8)
     ax.legend(fontsize=8)
+    return ("<h2>Privacy</h2>" + _table(["measure", "value"], rows)
+            + f"<p class=note>{_e(p['distance'])}. {_e(p['membership_inference'])}.</p>"
+            + "<div class=wide>" + _svg(fig) + "</div>" + _spent(privacy, ledgers))
+
+
+def _dp_privacy(p: dict[str, Any], privacy: dict[str, Any] | None,
+                ledgers: dict[str, float] | None) -> str:
+    rows = [["held-out real rows equal to a synthetic row", p["real_rows_with_exact_match"]],
+            ["share of held-out real rows equal to a synthetic row", p["real_exact_match_rate"]],
+            ["median distance of held-out real rows to the closest synthetic row",
+             p["dcr_real_to_synthetic_median"]]]
+    rows += [[k, f"not released: {v}"] for k, v in (p.get("not_released") or {}).items()]
+    edges = np.asarray(p["dcr_bin_edges"])
+    fig = Figure(figsize=(6, 2.6))
+    ax = fig.add_subplot()
+    mids = np.sqrt(np.maximum(edges[:-1], 1e-5) * edges[1:])
+    h = np.asarray(p["dcr_histogram_real_to_synthetic"], float)
+    if h.sum():
+        ax.plot(mids, np.cumsum(h) / h.sum(), label="held-out real rows", color=REAL)
+        ax.legend(fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("distance to closest synthetic row (Gower)", fontsize=8)
+    ax.set_ylabel("share of rows", fontsize=8)
+    return ("<h2>Privacy</h2>" + _table(["measure", "value"], rows)
+            + f"<p class=note>{_e(p['distance'])}. {_e(p['membership_inference'])}.</p>"
+            + "<div class=wide>" + _svg(fig) + "</div>" + _spent(privacy, ledgers))
+
+
+def _spent(privacy: dict[str, Any] | None, ledgers: dict[str, float] | None) -> str:
     dp = ""
     if privacy:
         # as each party reported from its own ledger, else as the coordinator accounted
@@ -279,9 +351,7 @@ def _privacy(p: dict[str, Any], privacy: dict[str, Any] | None,
                        + [[f"party {k} (its ledger)", v, privacy.get("delta")]
                           for k, v in per.items()])
               + f"<p class=note>{_e(privacy.get('accounting', ''))}</p>")
-    return ("<h2>Privacy</h2>" + _table(["measure", "value"], rows)
-            + f"<p class=note>{_e(p['distance'])}. {_e(p['membership_inference'])}.</p>"
-            + "<div class=wide>" + _svg(fig) + "</div>" + dp)
+    return dp
 
 
 def _curve(runs: Sequence[dict[str, Any]]) -> str:

@@ -1,19 +1,26 @@
 """A node's evaluation statistics: sums over its own rows, laid out as one integer vector.
 
 Every measure of the report is a function of sums over real rows, so a federation can add the
-nodes' vectors through the secure channel and the coordinator learns only the totals. What a
-vector holds (see `plan._layout`): counts per evaluation bin, per pair and per sampled triple of
-columns; fixed-point sums of values, squares and products (numeric columns, mapped into [0, 1]
-by the public bounds); histograms of model scores by true label; counts by sensitive group,
-label and prediction; one 0/1 flag per synthetic row (it equals one of the node's rows); and
-histograms of distances to the closest record. None of these is differentially private: they
-are exact aggregates, which is why a node releases them only under its own policy and only
-summed with at least t - 1 other nodes (secure aggregation). The synthetic table itself is
-public (a DP output), so statistics of it alone carry no extra risk.
+nodes' vectors through the secure channel and the coordinator learns only the totals. What an
+exact plan's vector holds (see `plan._layout`): counts per evaluation bin, per pair and per
+sampled triple of columns; fixed-point sums of values, squares and products (numeric columns,
+mapped into [0, 1] by the public bounds); histograms of model scores by true label; counts by
+sensitive group, label and prediction; one 0/1 flag per synthetic row (it equals one of the
+node's rows); and histograms of distances to the closest record. None of these is
+differentially private: they are exact aggregates, which is why exact evaluation is an
+explicit policy opt-in, released only summed with at least t - 1 other nodes (secure
+aggregation). The synthetic table itself is public (a DP output), so statistics of it alone
+carry no extra risk.
 
 Models (TSTR on the synthetic table, TRTR on the node's rows) are trained at the node; only
 their score histograms leave it. All nodes train the same TSTR model (same data, seed and one
 thread), so its score histograms add up to those of one model over the union of test rows.
+
+With `plan.dp` (options.epsilon set) the node scores its held-out rows only and the vector
+holds only blocks to which one row adds a bounded amount (evaluation.dp argues each bound):
+every block is a sum over rows of something that depends on that row and on public inputs
+alone. Nothing here adds the noise: the node adds its Skellam share of
+`evaluation.dp.element_variances(plan)` before masking.
 """
 
 from __future__ import annotations
@@ -39,6 +46,11 @@ def node_statistics(plan: EvaluationPlan, synthetic: pd.DataFrame, *,
     schema. Similarity is measured on `test` when there is one, else on `train`."""
     if train is None and test is None:
         raise ValueError("a node needs its synthesis rows, its held-out rows, or both")
+    if plan.dp:
+        if train is not None or test is None:
+            raise ValueError("DP evaluation scores held-out rows only: pass train=None and the "
+                             "held-out rows as test")
+        return assemble(plan, dp_blocks(plan, synthetic, test))
     evaluated = test if test is not None else train
     assert evaluated is not None
     blocks = table_blocks(plan, evaluated)
@@ -63,7 +75,7 @@ def assemble(plan: EvaluationPlan, blocks: dict[str, np.ndarray]) -> np.ndarray:
 
 def table_blocks(plan: EvaluationPlan, df: pd.DataFrame) -> dict[str, np.ndarray]:
     """Counts and fixed-point sums of one table (applied to real and synthetic rows alike)."""
-    cols = plan.columns
+    cols, fp = plan.columns, plan.fixed_point
     codes = [c.codes(df[c.name]) for c in cols]
     units = [c.unit(df[c.name]) if c.numeric else None for c in cols]
     out: dict[str, np.ndarray] = {"rows": np.array([len(df)])}
@@ -74,7 +86,7 @@ def table_blocks(plan: EvaluationPlan, df: pd.DataFrame) -> dict[str, np.ndarray
             u = units[j]
             assert u is not None
             ok = ~np.isnan(u)
-            out[f"mom:{j}"] = np.array([ok.sum(), _fx(u[ok]), _fx(u[ok] ** 2)])
+            out[f"mom:{j}"] = np.array([ok.sum(), _fx(u[ok], fp), _fx(u[ok] ** 2, fp)])
     for a, b in plan.pairs:
         flat = codes[a] * cols[b].size + codes[b]
         out[f"pair:{a},{b}"] = np.bincount(flat, minlength=cols[a].size * cols[b].size)
@@ -82,8 +94,8 @@ def table_blocks(plan: EvaluationPlan, df: pd.DataFrame) -> dict[str, np.ndarray
         if ua is not None and ub is not None:
             ok = ~np.isnan(ua) & ~np.isnan(ub)
             x, y = ua[ok], ub[ok]
-            out[f"pear:{a},{b}"] = np.array([ok.sum(), _fx(x), _fx(y), _fx(x * x), _fx(y * y),
-                                             _fx(x * y)])
+            out[f"pear:{a},{b}"] = np.array([ok.sum(), *(_fx(v, fp) for v in (
+                x, y, x * x, y * y, x * y))])
     for t in plan.triples:
         flat, n = np.zeros(len(df), dtype=np.int64), 1
         for i in t:
@@ -92,9 +104,10 @@ def table_blocks(plan: EvaluationPlan, df: pd.DataFrame) -> dict[str, np.ndarray
     return out
 
 
-def _fx(v: np.ndarray) -> int:
-    """Fixed-point sum of values in [0, 1]: each value rounded to a multiple of 2^-32."""
-    return int(np.rint(v * FIXED_POINT).astype(np.int64).sum())
+def _fx(v: np.ndarray, scale: float = FIXED_POINT) -> int:
+    """Fixed-point sum of values in [0, 1]: each value rounded to a multiple of 1 / scale
+    (2^-32 for exact evaluation), so one value adds at most `scale`."""
+    return int(np.rint(v * scale).astype(np.int64).sum())
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -140,9 +153,15 @@ def fit_model(plan: EvaluationPlan, df: pd.DataFrame) -> Model | None:
     return predict
 
 
-def _score_hist(plan: EvaluationPlan, scores: np.ndarray, y: np.ndarray) -> np.ndarray:
-    b = plan.options.score_bins
-    bins = np.clip((scores * b).astype(np.int64), 0, b - 1)
+def _score_hist(plan: EvaluationPlan, scores: np.ndarray, y: np.ndarray,
+                edges: np.ndarray | None = None) -> np.ndarray:
+    """Scores binned by label (negatives first): equal-width bins, or bins cut at the
+    interior `edges` (DP mode), whose bin plan.score_bins // 2 starts at score 0.5."""
+    b = plan.score_bins
+    if edges is None:
+        bins = np.clip((scores * b).astype(np.int64), 0, b - 1)
+    else:
+        bins = np.searchsorted(edges, scores, side="right").astype(np.int64)
     return np.bincount(y * b + bins, minlength=2 * b)
 
 
@@ -164,15 +183,20 @@ def _train_test(plan: EvaluationPlan, train: pd.DataFrame | None,
 
 def _model_blocks(plan: EvaluationPlan, synthetic: pd.DataFrame, train: pd.DataFrame | None,
                   test: pd.DataFrame | None) -> dict[str, np.ndarray]:
+    """TSTR (trained on the public synthetic table) is tested on every evaluated row, so its
+    histograms add up over parties to those of the pooled rows; TRTR, with only one table, is
+    trained on one half of it and tested on the other."""
     assert plan.target is not None
-    fit_rows, test_rows = _train_test(plan, train, test)
-    y = plan.target.labels(test_rows[plan.target.name])
-    keep = y >= 0
-    test_rows, y = test_rows[keep].reset_index(drop=True), y[keep]
-    x = feature_matrix(plan, test_rows)
+    fit_rows, trtr_rows = _train_test(plan, train, test)
+    evaluated = test if test is not None else train
+    assert evaluated is not None
     rng = np.random.default_rng([plan.options.seed, 7])
     out: dict[str, np.ndarray] = {}
-    for name, rows in (("tstr", synthetic), ("trtr", fit_rows)):
+    for name, rows, tested in (("tstr", synthetic, evaluated), ("trtr", fit_rows, trtr_rows)):
+        y = plan.target.labels(tested[plan.target.name])
+        keep = y >= 0
+        test_rows, y = tested[keep].reset_index(drop=True), y[keep]
+        x = feature_matrix(plan, test_rows)
         model = fit_model(plan, rows)
         if model is None or len(y) == 0:
             continue
@@ -265,4 +289,113 @@ def _privacy_blocks(plan: EvaluationPlan, synthetic: pd.DataFrame, train: pd.Dat
         out["mia:non_member"] = dcr_hist(closest_distances(plan, _sample(test, m, [seed, 4]),
                                                            synthetic))
         out["mia:parties"] = np.array([1])
+    return out
+
+
+# --- DP evaluation: held-out rows only, every block bounded per row ---------------------------
+
+def dp_blocks(plan: EvaluationPlan, synthetic: pd.DataFrame,
+              test: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The DP plan's blocks over the held-out rows `test`. Each block is a sum over rows of a
+    term that depends on the row and on public inputs only (the synthetic table, the schema
+    and the options), which is what bounds its sensitivity (evaluation.dp)."""
+    blocks = table_blocks(plan, test)
+    if plan.target is not None:
+        blocks.update(_dp_model_blocks(plan, synthetic, test))
+    names = plan.names
+    if len(test):
+        syn_keys = row_hashes(synthetic[names], synthetic[names])
+        real_keys = row_hashes(test[names], synthetic[names])
+        # held-out rows that have an identical synthetic row: a count, one per row at most
+        blocks["match:real"] = np.array([int(np.isin(real_keys, syn_keys).sum())])
+        reference = _sample(synthetic, plan.options.distance_rows, [plan.options.seed, 1])
+        # every held-out row's distance to the closest of a public sample of synthetic rows
+        blocks["dcr:real_to_synthetic"] = dcr_hist(closest_distances(plan, test, reference))
+    return blocks
+
+
+def dp_score_edges(plan: EvaluationPlan, synthetic_scores: np.ndarray,
+                   synthetic_labels: np.ndarray) -> np.ndarray:
+    """Interior edges of the DP score bins: half the bins below 0.5 and half above, each half
+    cut at class-balanced quantiles of the TSTR model's scores on the synthetic table (public;
+    both classes weigh the same, so a rare class gets bins of its own). 0.5 is an edge, so
+    F1 at 0.5 stays exact."""
+    half = plan.score_bins // 2
+    keep = synthetic_labels >= 0
+    s, y = synthetic_scores[keep], synthetic_labels[keep]
+    w = np.where(y == 1, 1.0 / max(int((y == 1).sum()), 1), 1.0 / max(int((y == 0).sum()), 1))
+    parts = []
+    for lo, hi, inside in ((0.0, 0.5, s < 0.5), (0.5, 1.0, s >= 0.5)):
+        if inside.any():
+            order = np.argsort(s[inside], kind="stable")
+            v, cw = s[inside][order], np.cumsum(w[inside][order])
+            cut = np.interp(np.linspace(0.0, 1.0, half + 1)[1:-1] * cw[-1], cw, v)
+        else:
+            cut = np.linspace(lo, hi, half + 1)[1:-1]
+        parts.append(np.clip(cut, lo, hi))
+    return np.concatenate([parts[0], [0.5], parts[1]])
+
+
+def row_keys(plan: EvaluationPlan, df: pd.DataFrame) -> np.ndarray:
+    """A 64-bit key of each row computed from that row's values alone (uint64)."""
+    parts: dict[str, np.ndarray] = {}
+    for j, c in enumerate(plan.columns):
+        if c.numeric:
+            x = df[c.name].to_numpy(dtype=float, na_value=np.nan)
+            parts[str(j)] = np.where(np.isnan(x), np.inf, x)  # one key for missing
+        else:
+            parts[str(j)] = c.codes(df[c.name])
+    frame = pd.DataFrame(parts, index=pd.RangeIndex(len(df)))
+    return np.asarray(pd.util.hash_pandas_object(frame, index=False).to_numpy(), dtype=np.uint64)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 values (wrapping arithmetic)."""
+    x = np.asarray(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return np.asarray(x ^ (x >> np.uint64(31)), dtype=np.uint64)
+
+
+def replacement_rows(plan: EvaluationPlan, df: pd.DataFrame, feature: int,
+                     synthetic_rows: int) -> np.ndarray:
+    """For each row of `df`, the synthetic row whose value replaces its `feature` in the DP
+    importance: a hash of the row's own values, the public seed and the feature, so a row's
+    draw never depends on the other rows (unlike a permutation of the real rows)."""
+    salt = _mix(np.array([plan.options.seed * 1_000_003 + feature + 1], dtype=np.uint64))
+    return np.asarray(_mix(row_keys(plan, df) ^ salt) % np.uint64(synthetic_rows),
+                      dtype=np.int64)
+
+
+def _dp_model_blocks(plan: EvaluationPlan, synthetic: pd.DataFrame,
+                     test: pd.DataFrame) -> dict[str, np.ndarray]:
+    assert plan.target is not None
+    y = plan.target.labels(test[plan.target.name])
+    keep = y >= 0
+    rows, y = test[keep].reset_index(drop=True), y[keep]
+    out: dict[str, np.ndarray] = {}
+    g = plan.columns[plan.sensitive] if plan.sensitive is not None else None
+    if g is not None:
+        out["bias:real"] = np.bincount(g.codes(rows[g.name]) * 2 + y, minlength=g.size * 2)
+    if not plan.tstr_fits or len(rows) == 0:
+        return out
+    model = fit_model(plan, synthetic)  # trained on the public synthetic table only
+    assert model is not None  # plan.tstr_fits: the synthetic labels hold both classes
+    xs = feature_matrix(plan, synthetic)
+    edges = dp_score_edges(plan, model(xs), plan.target.labels(synthetic[plan.target.name]))
+    x = feature_matrix(plan, rows)
+    scores = model(x)
+    out["ml:tstr"] = _score_hist(plan, scores, y, edges)
+    have = {name for name, _ in plan.layout}
+    for k, f in enumerate(plan.features):  # importance: the feature replaced by a synthetic draw
+        if f"imp:tstr:{f}" not in have:
+            continue
+        xp = x.copy()
+        xp[:, k] = xs[replacement_rows(plan, rows, f, len(xs)), k]
+        out[f"imp:tstr:{f}"] = _score_hist(plan, model(xp), y, edges)
+    if g is not None:
+        pred = (scores >= 0.5).astype(np.int64)
+        out["bias:tstr"] = np.bincount((g.codes(rows[g.name]) * 2 + y) * 2 + pred,
+                                       minlength=g.size * 4)
     return out

@@ -43,7 +43,7 @@ def test_default_options_are_valid_and_survive_a_json_round_trip() -> None:
     text = opts.to_json()
     assert json.loads(text) == {"target": "y", "sensitive": "g", "seed": 3, "bins": 8,
                                 "fine_bins": 200, "max_triples": 60, "distance_rows": 1000,
-                                "score_bins": 256}
+                                "score_bins": 256, "epsilon": None, "delta": 1e-6}
     assert EvalOptions.from_json(text) == opts
     assert EvalOptions.from_json("{}") == EvalOptions()
 
