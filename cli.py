@@ -156,8 +156,11 @@ def _print_summary(m: dict[str, object]) -> None:
         print(f"ML efficacy ({ml['target']} = {ml['positive_class']}): TSTR AUC "
               f"{ml['tstr_auc']:.3f} vs TRTR {'-' if trtr is None else f'{trtr:.3f}'}")
     mia = priv.get("membership_inference_auc")
-    print(f"privacy: exact-match rate {priv['exact_match_rate']:.4f}, membership attack AUC "
-          f"{'-' if mia is None else f'{mia:.3f}'}")
+    rate = priv.get("exact_match_rate")
+    if rate is None:  # a DP evaluation: held-out rows that have a synthetic twin
+        rate = priv.get("real_exact_match_rate")
+    print(f"privacy: exact-match rate {'-' if rate is None else f'{rate:.4f}'}, membership "
+          f"attack AUC {'-' if mia is None else f'{mia:.3f}'}")
 
 
 def _simulate(args: argparse.Namespace) -> int:
