@@ -144,23 +144,43 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_summary(m: dict[str, object]) -> None:
-    """A few headline numbers of an evaluation on standard output."""
+    """A few headline numbers of an evaluation on standard output; under a DP evaluation each
+    carries its noise level, and a TVD no larger than its noise floor is said to be so."""
     tvd, priv = m["tvd"], m["privacy"]
     assert isinstance(tvd, dict) and isinstance(priv, dict)
-    print("similarity: TVD 1-way {:.3f}, 2-way {:.3f}, 3-way {}".format(
-        tvd["1way"], tvd["2way"] if tvd["2way"] is not None else float("nan"),
-        "-" if tvd["3way"] is None else f"{tvd['3way']:.3f}"))
+    sd = m.get("uncertainty")
+    sd = sd if isinstance(sd, dict) else {}
+    floor = tvd.get("noise_floor") if isinstance(tvd.get("noise_floor"), dict) else {}
+
+    def shown(value: object, key: str, digits: int = 3) -> str:
+        if not isinstance(value, (int, float)):
+            return "-"
+        text = f"{value:.{digits}f}"
+        if key in sd:
+            text += f" ± {sd[key]:.{digits}f}"
+        way = key.removeprefix("tvd.")
+        if key.startswith("tvd.") and floor and floor.get(way) is not None \
+                and floor[way] > 0.5 * value:
+            text += f" (noise floor {floor[way]:.3f}: mostly noise at this ε and holdout size)"
+        return text
+
+    print(f"similarity: TVD 1-way {shown(tvd['1way'], 'tvd.1way')}, 2-way "
+          f"{shown(tvd['2way'], 'tvd.2way')}, 3-way {shown(tvd['3way'], 'tvd.3way')}")
     ml = m.get("ml_efficacy")
     if isinstance(ml, dict) and ml.get("tstr_auc") is not None:
-        trtr = ml.get("trtr_auc")
         print(f"ML efficacy ({ml['target']} = {ml['positive_class']}): TSTR AUC "
-              f"{ml['tstr_auc']:.3f} vs TRTR {'-' if trtr is None else f'{trtr:.3f}'}")
-    mia = priv.get("membership_inference_auc")
-    rate = priv.get("exact_match_rate")
+              f"{shown(ml['tstr_auc'], 'ml_efficacy.tstr_auc')} vs TRTR "
+              f"{shown(ml.get('trtr_auc'), 'ml_efficacy.trtr_auc')}")
+    ev = m.get("evaluation")
+    rows = m.get("rows_real")
+    if isinstance(ev, dict) and ev.get("dp") and isinstance(rows, (int, float)) and rows < 2000:
+        print(f"note: about {rows:.0f} held-out rows; a DP evaluation needs about 2,000 at ε=1 "
+              "(use --evaluation-epsilon 3, or a larger --holdout)")
+    rate, key = priv.get("exact_match_rate"), "privacy.exact_match_rate"
     if rate is None:  # a DP evaluation: held-out rows that have a synthetic twin
-        rate = priv.get("real_exact_match_rate")
-    print(f"privacy: exact-match rate {'-' if rate is None else f'{rate:.4f}'}, membership "
-          f"attack AUC {'-' if mia is None else f'{mia:.3f}'}")
+        rate, key = priv.get("real_exact_match_rate"), "privacy.real_exact_match_rate"
+    print(f"privacy: exact-match rate {shown(rate, key, 4)}, membership attack AUC "
+          f"{shown(priv.get('membership_inference_auc'), 'privacy.membership_inference_auc')}")
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -214,7 +234,7 @@ def _simulate(args: argparse.Namespace) -> int:
         print(f"WARNING: {res.privacy['warning']}")
     if "tvd" in m:
         ev = m.get("evaluation", {})
-        kind = (f"DP at ε={ev.get('epsilon')} per party" if ev.get("differentially_private")
+        kind = (f"DP at ε={ev.get('epsilon')} per party" if ev.get("dp")
                 else "exact sums, NOT differentially private")
         print(f"federated evaluation against the parties' held-out rows ({kind}):")
         _print_summary(m)

@@ -186,22 +186,16 @@ class Ledger:
 
     def record(self, kind: str, **fields: object) -> None:
         """Append an audit line (not a DP release, costs nothing), locked and fsynced."""
-        if kind in RESERVED_KINDS or not kind:
-            raise ValueError(f"kind {kind!r} is reserved for the ledger itself; audit lines "
-                             "need another kind (e.g. 'evaluation', 'setup')")
-        entry: dict[str, Any] = {"kind": kind, **fields}
-        entry.setdefault("time", time.time())
-        with self._exclusive():
-            self._repaired(self._read_locked())
-            self._append([entry])
+        self.record_limited(kind, limit=math.inf, same=lambda _e: True, **fields)
 
-    def record_limited(self, kind: str, *, limit: int, same: Callable[[dict[str, Any]], bool],
+    def record_limited(self, kind: str, *, limit: float, same: Callable[[dict[str, Any]], bool],
                        **fields: object) -> int:
         """Append an audit line only if fewer than `limit` lines of `kind` satisfy `same`, all
         under the exclusive lock (two concurrent requests cannot both pass); returns how many
         there were before. Raises LimitReached otherwise and writes nothing."""
         if kind in RESERVED_KINDS or not kind:
-            raise ValueError(f"kind {kind!r} is reserved for the ledger itself")
+            raise ValueError(f"kind {kind!r} is reserved for the ledger itself; audit lines "
+                             "need another kind (e.g. 'evaluation', 'setup')")
         entry: dict[str, Any] = {"kind": kind, **fields}
         entry.setdefault("time", time.time())
         with self._exclusive():

@@ -366,7 +366,7 @@ class Node:
             raise ProtocolError(f"synthetic table of {len(req.synthetic_parquet)} bytes is over "
                                 f"this party's limit of {MAX_SYNTHETIC_BYTES}")
         options = EvalOptions.from_json(req.options_json)
-        epsilon = getattr(options, "epsilon", None)
+        epsilon = options.epsilon
         if epsilon is None and pol.evaluation != "exact":
             raise ProtocolError("this party releases only DP evaluation statistics (its policy "
                                 "does not allow exact sums); ask for an evaluation ε")

@@ -36,7 +36,7 @@ REVEALS = ("each party, over its held-out rows only (never the rows the synthesi
 def federated_evaluation(ex: Exchange, *, round_id: int, spec: JobSpec,
                          participants: Sequence[int], keys: PartyKeys,
                          synthetic: pd.DataFrame, options: EvalOptions) -> dict[str, Any]:
-    epsilon = getattr(options, "epsilon", None)
+    epsilon = options.epsilon
     data = synthetic_to_parquet(synthetic)
     table = synthetic_from_parquet(data, spec.schema)  # what every party will see
     plan = EvaluationPlan.build(spec.schema, table, options)
@@ -50,10 +50,8 @@ def federated_evaluation(ex: Exchange, *, round_id: int, spec: JobSpec,
                          "parties": res.contributors,
                          "options": options.__dict__, "statistics": plan.length,
                          "synthetic_bytes_sent_to_each_party": len(data), "reveals": REVEALS,
-                         "differentially_private": epsilon is not None,
-                         "epsilon": epsilon,
                          "guarantee": (f"DP: each party's held-out rows at ε={epsilon}, "
-                                       f"δ={getattr(options, 'delta', None)} (a separate "
+                                       f"δ={options.delta} (a separate "
                                        "evaluation budget in each party's ledger)")
                          if epsilon is not None else
                          "NOT differentially private: exact sums over the parties' held-out rows",

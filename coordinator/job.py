@@ -224,7 +224,7 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     evaluation, error = None, None
     if opt.evaluate is not None:
         with meter.step("evaluate", rows=len(synthetic)):
-            say("evaluating: each party scores the synthetic table against its own rows")
+            say("evaluating: each party scores the synthetic table against its own held-out rows")
             try:
                 evaluation = federated_evaluation(
                     ex, round_id=rounds.round_id + 1, spec=spec,

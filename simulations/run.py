@@ -202,11 +202,11 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
                                                   epsilon=evaluation_epsilon, delta=delta))
     if opts.evaluate is not None:
         opts.evaluate.check(schema)  # a typo in a column name fails before any budget is spent
+    ev = opts.evaluate
+    ev_eps = None if ev is None else ev.epsilon
     with tempfile.TemporaryDirectory(prefix="fedsynth-parties-") as tmp:
         work = Path(shared.setdefault("work", tmp))
         if "policies" not in shared:
-            ev = opts.evaluate
-            ev_eps = None if ev is None else getattr(ev, "epsilon", None)
             evaluations = int(shared.get("evaluations", 1))
             shared["policies"] = write_parties(
                 work, tables, spec, identities, _deal(hold, n, seed),
@@ -218,8 +218,7 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
         result = _run(engine, policies, spec, opts, say)
         ledgers = {str(p): pol.ledger() for p, pol in policies.items()}
         spent = {p: led.spent() for p, led in ledgers.items()}
-        if result.evaluation is not None and opts.evaluate is not None and getattr(
-                opts.evaluate, "epsilon", None) is not None:
+        if result.evaluation is not None and ev_eps is not None:
             result.evaluation.setdefault("evaluation", {})["epsilon_spent_per_party_ledger"] = {
                 p: led.spent("evaluation") for p, led in ledgers.items()}
         torn = {p: led.torn() for p, led in ledgers.items() if led.torn()}

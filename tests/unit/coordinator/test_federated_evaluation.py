@@ -61,7 +61,7 @@ def test_federated_evaluation_equals_pooled_evaluation(tmp_path: Path) -> None:
     assert 0.5 < fed["ml_efficacy"]["trtr_auc"] <= 1.0
     # no training row is ever evaluated, so there is no membership measure
     assert fed["privacy"]["membership_inference_auc"] is None
-    assert fed["evaluation"]["differentially_private"] is False
+    assert fed["evaluation"]["dp"] is False
     assert set(fed["ledger_epsilon_per_party"]) == {"1", "2", "3", "4"}
     assert all(0 < e <= 2.0 + 1e-9 for e in fed["ledger_epsilon_per_party"].values())
     steps = [s["step"] for s in res.steps]
