@@ -4,77 +4,185 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
-EXIT_USAGE, EXIT_INPUT, EXIT_JOB = 2, 3, 4
+EXIT_USAGE, EXIT_INPUT, EXIT_JOB, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 4, 5, 130
+
+EXIT_CODES = """exit codes:
+  0    done
+  2    usage: an unknown option or a value of the wrong type
+  3    bad input: a file, column, value or output folder; the message says how to fix it
+  4    the job stopped: a party refused it, or too few parties answered
+  5    internal error: a bug; the message says where the full trace was written
+  130  interrupted (Ctrl-C): everything stopped, nothing written"""
+
+SIMULATE_EXAMPLES = """examples:
+  fedsynth simulate                                  # ISLR/Default, 5 parties, ε=1
+  fedsynth simulate --data bank.csv --target fraud --parties 3 --out runs/bank
+  fedsynth simulate --dataset AER/CPS1988 --epsilon 0.5 1 3 --out runs/sweep
+  fedsynth simulate --partition column:region --engine local
+"""
+
+EVALUATE_EXAMPLES = """examples:
+  fedsynth evaluate --real fedsynth-out/real-heldout.csv \\
+      --synthetic fedsynth-out/synthetic.csv --target default
+  fedsynth evaluate --real holdout.csv --synthetic e0.5/synthetic.csv e1/synthetic.csv
+"""
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option that has one; examples and exit codes kept as
+    written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.nargs == 0 or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _count(what: str, least: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `least`, refused with the fix otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of {what}") \
+                from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} {what}: give at least {least}{why}")
+        return value
+    return parse
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedsynth")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedsynth", description=(
-        "Federated differentially private synthetic data: parties keep their rows, the "
-        "consortium gets one synthetic table."))
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(
+        prog="fedsynth", formatter_class=_Help, epilog=EXIT_CODES, description=(
+            "Federated differentially private synthetic data: parties keep their rows, the "
+            "consortium gets one synthetic table."))
+    p.add_argument("--version", action="version", version=f"fedsynth {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("simulate", help="run a local multi-party job on a bundled dataset or file")
+    s = sub.add_parser("simulate", formatter_class=_Help,
+                       epilog=SIMULATE_EXAMPLES + "\n" + EXIT_CODES,
+                       help="run a local multi-party job on a bundled dataset or a file",
+                       description="Split a table among simulated parties, run the federated "
+                       "DP job among them on this machine, and write the synthetic table, "
+                       "its privacy report and a federated evaluation into --out.")
     src = s.add_mutually_exclusive_group()
-    src.add_argument("--data", type=Path, help="pooled table to split into parties (CSV/Parquet)")
-    src.add_argument("--dataset", help="bundled dataset (default ISLR/Default; see --list)")
+    src.add_argument("--data", type=Path, metavar="FILE",
+                     help="pooled table to split into parties (CSV or Parquet)")
+    src.add_argument("--dataset", metavar="NAME",
+                     help="bundled dataset (default ISLR/Default; see --list)")
     s.add_argument("--list", action="store_true", help="list the bundled datasets and exit")
-    s.add_argument("--schema", type=Path, help="public schema JSON (default: drafted from data)")
-    s.add_argument("--target", help="target column for the ML-efficacy metrics")
-    s.add_argument("--sensitive", help="sensitive attribute for the bias measures of the report")
+    s.add_argument("--schema", type=Path, metavar="FILE",
+                   help="public schema JSON (default: drafted from the data; see "
+                   "`fedsynth schema infer`)")
+    s.add_argument("--target", metavar="COLUMN",
+                   help="target column for the ML-efficacy measures (bundled datasets have one)")
+    s.add_argument("--sensitive", metavar="COLUMN",
+                   help="sensitive attribute for the report's bias measures")
     s.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                    help="skip the federated evaluation (no report.html)")
-    s.add_argument("--evaluation-epsilon", type=float, default=1.0,
+    s.add_argument("--evaluation-epsilon", type=float, default=1.0, metavar="ε",
                    help="ε of the DP evaluation, per party's held-out rows, charged to a "
-                   "separate evaluation budget (default 1)")
+                   "separate evaluation budget")
     s.add_argument("--exact-evaluation", action="store_true",
                    help="evaluate with exact sums (NOT differentially private; each party's "
                    "policy must allow it)")
-    s.add_argument("--parties", type=int, default=5, help="number of parties (default 5)")
-    s.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | column:NAME")
-    s.add_argument("--epsilon", type=float, nargs="+", default=[1.0],
-                   help="total ε (default 1); several values run one job each and add a "
-                   "privacy-utility curve to the report")
-    s.add_argument("--delta", type=float, default=1e-6, help="δ (default 1e-6)")
+    s.add_argument("--parties", default=5, metavar="N", type=_count(
+                       "parties", 2, " (one party gains nothing from a federation: it could "
+                       "synthesize alone at the same ε)"),
+                   help="number of parties (2 or more)")
+    s.add_argument("--partition", default="iid", metavar="SPEC",
+                   help="how rows are split: iid (at random), dirichlet:ALPHA (the target's "
+                   "label mix skewed; smaller ALPHA, more skew), column:NAME (each party gets "
+                   "the rows of some values of column NAME, e.g. column:region)")
+    s.add_argument("--epsilon", type=float, nargs="+", default=[1.0], metavar="ε",
+                   help="total ε; several values run one job each on the same rows (the "
+                   "sweep's ε add up) and add a privacy-utility curve to the report")
+    s.add_argument("--delta", type=float, default=1e-6, metavar="δ", help="δ")
     s.add_argument("--channel", default="secagg", choices=["secagg", "plain"],
-                   help="secagg (default) or plain (unprotected; simulation only)")
-    s.add_argument("--threshold", type=int, help="t: fewest surviving parties (default 80%%)")
-    s.add_argument("--colluders", type=int, default=0, help="c: parties that may collude with "
-                   "the coordinator (default 0)")
-    s.add_argument("--rows", type=int, help="synthetic rows (default: about the real count)")
-    s.add_argument("--holdout", type=float, default=0.2,
-                   help="fraction held out before partitioning, for evaluation only (0.2)")
+                   help="secagg: secure aggregation; plain: unprotected, the coordinator "
+                   "sees each party's noisy counts (simulation only)")
+    s.add_argument("--threshold", type=_count("parties", 2), metavar="T",
+                   help="t: fewest parties that must survive (default: 80%% of the parties, "
+                   "at least the secure minimum)")
+    s.add_argument("--colluders", type=_count("parties", 0), default=0, metavar="C",
+                   help="c: parties that may collude with the coordinator")
+    s.add_argument("--rows", type=_count("rows", 1), metavar="N",
+                   help="synthetic rows (default: about the real row count, estimated "
+                   "under DP)")
+    s.add_argument("--holdout", type=float, default=0.2, metavar="FRACTION",
+                   help="fraction of rows held out before partitioning, for evaluation only")
     s.add_argument("--seed", type=int, default=0,
-                   help="seed of the partition, holdout and synthetic sampling (default 0); "
-                   "never of the DP noise, which always comes from the OS")
+                   help="seed of the partition, holdout and synthetic sampling; never of the "
+                   "DP noise, which always comes from the operating system")
     s.add_argument("--engine", default="flower", choices=["flower", "local"],
-                   help="flower (default: Flower simulation engine) or local (in-process)")
-    s.add_argument("--out", type=Path, default=Path("fedsynth-out"), help="output folder")
+                   help="flower: Flower's simulation engine (one client app per party); "
+                   "local: the same code in-process, faster to start")
+    s.add_argument("--out", type=Path, default=Path("fedsynth-out"), metavar="FOLDER",
+                   help="output folder; must be new or empty (see --overwrite)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it holds an earlier fedsynth output (never another "
+                   "folder)")
 
-    e = sub.add_parser("evaluate", help="score synthetic tables against real rows; writes "
-                       "report.html and metrics.json")
-    e.add_argument("--real", type=Path, required=True,
-                   help="real rows the synthesizer did not see (held out), CSV/Parquet")
-    e.add_argument("--synthetic", type=Path, required=True, nargs="+",
+    e = sub.add_parser("evaluate", formatter_class=_Help,
+                       epilog=EVALUATE_EXAMPLES + "\n" + EXIT_CODES,
+                       help="score synthetic tables against real rows; writes report.html and "
+                       "metrics.json", description="Score synthetic tables against real rows "
+                       "the synthesizer did not see.")
+    e.add_argument("--real", type=Path, required=True, metavar="FILE",
+                   help="real rows the synthesizer did not see (held out), CSV or Parquet; a "
+                   "simulation writes them as real-heldout.csv")
+    e.add_argument("--synthetic", type=Path, required=True, nargs="+", metavar="FILE",
                    help="synthetic table(s); several (e.g. one per ε) add a privacy-utility "
                    "curve. A privacy.json beside a table is read for its ε")
-    e.add_argument("--train", type=Path, help="the rows the synthesizer saw: enables the "
-                   "membership-inference measure and is used to train the TRTR model")
-    e.add_argument("--target", help="target column for ML efficacy (TSTR vs TRTR)")
-    e.add_argument("--sensitive", help="sensitive attribute for the bias measures (needs "
-                   "--target)")
-    e.add_argument("--schema", type=Path, help="public schema JSON (default: schema.json beside "
-                   "the first synthetic table, else drafted from the tables)")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--out", type=Path, default=Path("fedsynth-evaluation"), help="output folder")
+    e.add_argument("--train", type=Path, metavar="FILE",
+                   help="the rows the synthesizer saw: enables the membership-inference "
+                   "measure and trains the TRTR model")
+    e.add_argument("--target", metavar="COLUMN", help="target column for ML efficacy (TSTR "
+                   "vs TRTR)")
+    e.add_argument("--sensitive", metavar="COLUMN",
+                   help="sensitive attribute for the bias measures (needs --target)")
+    e.add_argument("--schema", type=Path, metavar="FILE",
+                   help="public schema JSON (default: schema.json beside the first synthetic "
+                   "table, else drafted from the tables)")
+    e.add_argument("--seed", type=int, default=0,
+                   help="seed of the evaluation's random splits and models")
+    e.add_argument("--out", type=Path, default=Path("fedsynth-evaluation"), metavar="FOLDER",
+                   help="output folder; must be new or empty (see --overwrite)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it holds an earlier fedsynth output")
 
-    sc = sub.add_parser("schema", help="schema tools")
-    scs = sc.add_subparsers(dest="schema_command", required=True)
-    inf = scs.add_parser("infer", help="draft a schema from a party's file, to review and share")
-    inf.add_argument("file", type=Path)
-    inf.add_argument("--out", type=Path, help="write here instead of standard output")
+    sc = sub.add_parser("schema", help="schema tools", formatter_class=_Help)
+    scs = sc.add_subparsers(dest="schema_command", required=True, metavar="COMMAND")
+    inf = scs.add_parser("infer", formatter_class=_Help,
+                         help="draft a schema from a party's file, to review and share",
+                         description="Draft a public schema (column kinds, bounds, "
+                         "categories) from FILE. Its bounds and categories are facts of "
+                         "the file: review them and replace them with public knowledge "
+                         "before sharing.",
+                         epilog="examples:\n  fedsynth schema infer bank.csv --out "
+                         "schema.json\n\n" + EXIT_CODES)
+    inf.add_argument("file", type=Path, metavar="FILE", help="a CSV or Parquet table")
+    inf.add_argument("--out", type=Path, metavar="FILE",
+                     help="write here instead of standard output (a new file)")
+    inf.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return p
 
 
@@ -83,24 +191,107 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("fedsynth").setLevel(logging.INFO)  # our progress, not libraries' chatter
-    if args.command == "schema":
-        return _schema_infer(args)
-    if args.command == "evaluate":
-        return _evaluate(args)
-    return _simulate(args)
+    with _interrupts_stop_everything():
+        try:
+            if args.command == "schema":
+                return _schema_infer(args)
+            if args.command == "evaluate":
+                return _evaluate(args)
+            return _simulate(args)
+        except OSError as exc:  # a file or folder of the user's that cannot be read or written
+            where = f" {exc.filename}" if exc.filename else ""
+            print(f"error: cannot use{where or ' a file'}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return EXIT_INPUT
+        except Exception as exc:
+            return _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> int:
+    """A bug, not the user's mistake: one line on screen, the full trace in a file."""
+    import tempfile
+    import time
+    import traceback
+
+    path = Path(tempfile.gettempdir()) / (f"fedsynth-error-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                          f"{os.getpid()}.log")
+    try:
+        path.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+        where = f"the full trace is in {path}"
+    except OSError:
+        where = "the trace could not be written"
+    first = (str(exc).splitlines() or [""])[0][:200]
+    print(f"internal error: {type(exc).__name__}: {first} ({where}; please report it)",
+          file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+@contextmanager
+def _interrupts_stop_everything() -> Iterator[None]:
+    """One Ctrl-C stops the command at once: worker threads (Flower's server app, thread
+    pools) and engine processes (Ray) are not unwound, which can hang; instead the temporary
+    folders are removed, child processes are killed, one line is printed, and the process
+    exits with 130. Nothing is half-written: outputs appear by one rename at the very end,
+    and a party's ledger repairs a torn last line (counting it as spent)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        print("\ninterrupted: stopped everything; no output was written", file=sys.stderr,
+              flush=True)
+        from fedsynth import scratch
+
+        scratch.remove_all()
+        _kill_children()
+        sys.stdout.flush()
+        os._exit(EXIT_INTERRUPTED)
+
+    old = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _kill_children() -> None:
+    """Kill every process descended from this one (Ray's server, raylet and workers)."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat") if Path("/proc").is_dir() else []:
+        try:
+            stat = entry.read_text()
+            parent[int(entry.parent.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    ours: set[int] = set()
+    frontier = {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, pp in parent.items() if pp in frontier} - ours
+        ours |= frontier
+    for pid in ours:
+        with suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _schema_infer(args: argparse.Namespace) -> int:
     from fedsynth.client_node.data import DataFileError, read_table
     from fedsynth.synthesis.schema import infer_schema
 
+    if args.out and args.out.exists() and not (args.overwrite and args.out.is_file()):
+        what = "a folder" if args.out.is_dir() else "an existing file"
+        print(f"error: --out {args.out} is {what}: give a new file name"
+              f"{'' if args.out.is_dir() else ', or add --overwrite to replace it'}",
+              file=sys.stderr)
+        return EXIT_INPUT
     try:
         text = infer_schema(read_table(args.file)).to_json()
     except DataFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     if args.out:
-        args.out.write_text(text + "\n")
+        tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
+        tmp.write_text(text + "\n", encoding="utf-8")
+        tmp.replace(args.out)
         print(f"wrote {args.out}; review the bounds and categories before sharing it",
               file=sys.stderr)
     else:
@@ -113,12 +304,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from fedsynth.client_node.data import DataFileError, read_table
     from fedsynth.evaluation.local import Run, evaluate_runs
-    from fedsynth.evaluation.output import write_folder
+    from fedsynth.evaluation.output import check_out, write_folder
     from fedsynth.evaluation.plan import EvalOptions
     from fedsynth.synthesis.schema import DataValidationError, Schema, SchemaError
 
     log = logging.getLogger("fedsynth")
     try:
+        check_out(args.out, overwrite=args.overwrite)
         schema_file = args.schema or args.synthetic[0].parent / "schema.json"
         schema = Schema.load(schema_file) if args.schema or schema_file.exists() else None
         if schema is not None:
@@ -137,7 +329,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     out = write_folder(args.out, {"metrics.json": json.dumps(doc, indent=2) + "\n",
-                                  "report.html": html})
+                                  "report.html": html}, overwrite=args.overwrite)
     _print_summary(doc)
     print(f"report: {out}/report.html")
     return 0
@@ -202,7 +394,8 @@ def _simulate(args: argparse.Namespace) -> int:
                   channel=args.channel, rows=args.rows, holdout=args.holdout, seed=args.seed,
                   threshold=args.threshold, colluders=args.colluders, engine=args.engine,
                   sensitive=args.sensitive, evaluate=args.evaluate,
-                  evaluation_epsilon=None if args.exact_evaluation else args.evaluation_epsilon)
+                  evaluation_epsilon=None if args.exact_evaluation else args.evaluation_epsilon,
+                  overwrite=args.overwrite)
     try:
         kwargs["schema"] = Schema.load(args.schema) if args.schema else None
         if len(args.epsilon) > 1:
@@ -229,7 +422,11 @@ def _simulate(args: argparse.Namespace) -> int:
     m = res.metrics
     print(f"\nsynthetic table: {len(res.synthetic)} rows -> {res.out}/synthetic.csv")
     print(f"privacy: ε={res.privacy['epsilon_spent']:.4f} of {args.epsilon[0]}, δ={args.delta}, "
-          f"t={res.privacy['threshold_t']}, c={res.privacy['colluders_c']}")
+          f"t={res.privacy['threshold_t']}, c={res.privacy['colluders_c']}, channel "
+          f"{res.privacy['channel']}")
+    if res.privacy["channel"] == "plain":
+        print("WARNING: channel plain: the coordinator saw each party's noisy counts in the "
+              "clear (no secure aggregation); each party's own ε is in privacy.json")
     if not res.privacy.get("differentially_private", True):
         print(f"WARNING: {res.privacy['warning']}")
     if "tvd" in m:
@@ -238,7 +435,8 @@ def _simulate(args: argparse.Namespace) -> int:
                 else "exact sums, NOT differentially private")
         print(f"federated evaluation against the parties' held-out rows ({kind}):")
         _print_summary(m)
-        print(f"report: {res.out}/report.html")
+        print(f"report: {res.out}/report.html; held-out real rows (private, for fedsynth "
+              f"evaluate): {res.out}/real-heldout.csv")
     elif "evaluation_error" in m:
         print(f"the evaluation did not finish: {m['evaluation_error']}")
     print(f"time: {m['timings_seconds']['simulation_total']:.1f} s; log: {res.out}/job.log")

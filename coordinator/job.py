@@ -35,6 +35,7 @@ from fedsynth.crypto.accountant import (
 )
 from fedsynth.evaluation.meter import StepMeter
 from fedsynth.evaluation.plan import EvalOptions, EvalOptionsError
+from fedsynth.progress import task as step_progress
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.secure_sum import RoundFailed
 from fedsynth.protocols.spec import JobSpec
@@ -103,10 +104,13 @@ class _Rounds:
         sizes = [g.size for g in groupings]
         length = marginals.vector_length(cliques, sizes)
         var = self.variances[label]
-        res = secure_sum(self.ex, round_id=self.round_id, label=label,
-                         channel=self.spec.channel, threshold=self.spec.threshold,
-                         participants=self.participants, keys=self.keys,
-                         groupings=groupings, cliques=cliques, length=length, noise_variance=var)
+        with step_progress(f"round {self.round_id} ({label}): waiting for "
+                           f"{len(self.participants)} parties"):
+            res = secure_sum(self.ex, round_id=self.round_id, label=label,
+                             channel=self.spec.channel, threshold=self.spec.threshold,
+                             participants=self.participants, keys=self.keys,
+                             groupings=groupings, cliques=cliques, length=length,
+                             noise_variance=var)
         # charged as soon as the parties release, whatever happens next
         self.acc.add(step=label, count=len(cliques), variance=var)
         self.seeded_noise.update(res.seeded_noise)
@@ -192,8 +196,10 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
         tree = add_pairs(tree, scores, limit=int(opt.extra_pairs * (d - 1)),
                          fits=_pair_budget(rounds, scores, [g.size for g in model_groups], opt))
         names = spec.schema.names
-        say("selected pairs: " + ", ".join(f"{names[a]}~{names[b]}" for a, b in tree))
-        say(f"measuring {len(tree)} selected pairs")
+        chosen = [[names[a], names[b]] for a, b in tree]
+        shown = ", ".join(f"{a}~{b}" for a, b in chosen[:4])
+        say(f"measuring {len(tree)} selected pairs ({shown}"
+            f"{', ...; all in privacy.json' if len(tree) > 4 else ''})")
         rounds.variances["pairs"] = remaining_variance(rounds.acc, count=len(tree),
                                                        epsilon=spec.epsilon, delta=spec.delta)
         pair_tabs, var3 = rounds.measure("pairs", model_groups, tree)
@@ -221,15 +227,18 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     if eps > spec.epsilon * (1 + 1e-9):  # calibrate() guarantees this; never report above ask
         raise RuntimeError(f"internal error: spent ε={eps} above the requested {spec.epsilon}")
     privacy = _privacy_report(spec, rounds, eps, plan, total)
+    privacy["marginals"] = [[spec.schema.names[j] for j in m.clique] for m in measurements
+                            if len(m.clique) > 1 and m.groups is None]
     evaluation, error = None, None
     if opt.evaluate is not None:
         with meter.step("evaluate", rows=len(synthetic)):
             say("evaluating: each party scores the synthetic table against its own held-out rows")
             try:
-                evaluation = federated_evaluation(
-                    ex, round_id=rounds.round_id + 1, spec=spec,
-                    participants=rounds.participants, keys=keys, synthetic=synthetic,
-                    options=opt.evaluate)
+                with step_progress("evaluating"):
+                    evaluation = federated_evaluation(
+                        ex, round_id=rounds.round_id + 1, spec=spec,
+                        participants=rounds.participants, keys=keys, synthetic=synthetic,
+                        options=opt.evaluate)
             except (JobRefused, RoundFailed, EvalOptionsError) as exc:
                 error = str(exc)  # the synthetic table and its privacy report stand
                 log.warning("the evaluation did not finish: %s", exc)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,11 +25,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedsynth import progress, scratch
 from fedsynth.client_node.data import read_table
 from fedsynth.client_node.node import Node, NodePolicy
 from fedsynth.coordinator.job import JobOptions, JobResult, run_job
 from fedsynth.evaluation.metrics import marginal_tvd
-from fedsynth.evaluation.output import write_folder
+from fedsynth.evaluation.output import check_out, write_folder
 from fedsynth.evaluation.plan import EvalOptions
 from fedsynth.evaluation.report import render
 from fedsynth.protocols.spec import JobSpec
@@ -41,6 +41,8 @@ from fedsynth.simulations.parties import job_spec, make_identities, write_partie
 from fedsynth.synthesis.schema import Schema, infer_schema, validate_frame
 
 log = logging.getLogger("fedsynth")
+HELDOUT_FILE = "real-heldout.csv"  # the held-out real rows, for `fedsynth evaluate`
+MAX_PARTIES = 1000  # NodePolicy's default max_parties
 DEFAULT_EVALUATION_EPSILON = 1.0  # DP evaluation: each party's held-out rows, its own budget
 DRAFTED = ("drafted from the pooled data (simulation convenience, not private): its categories "
            "and bounds are exact facts of the data; a real consortium fixes them from public "
@@ -57,6 +59,7 @@ class SimulationResult:
     timings: dict[str, float] = field(default_factory=dict)
     report: str | None = None  # report.html, when the job was evaluated
     log: list[str] = field(default_factory=list)  # job.log's lines
+    heldout: pd.DataFrame | None = None  # the real rows held out for evaluation
 
 
 def _pooled(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
@@ -82,16 +85,23 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
              progress: Callable[[str], None] | None = None,
              sensitive: str | None = None,
              evaluation_epsilon: float | None = DEFAULT_EVALUATION_EPSILON,
+             overwrite: bool = False,
              _shared: dict[str, Any] | None = None) -> SimulationResult:
     """Run one federated synthesis job locally and return the synthetic table and reports.
 
-    `parties` (one DataFrame per party, kept as given) or `data`/`dataset` (split into
-    `n_parties` by `partition_spec`). With `evaluate`, the parties score the synthetic table
-    against their held-out rows in a federated evaluation (`target`, `sensitive` as in
-    `fedsynth evaluate`), DP at `evaluation_epsilon` per party (None: exact sums, not DP).
-    Parties given as tables also have `holdout` of their rows held out. Writes synthetic.csv,
-    privacy.json, metrics.json, report.html, schema.json and job.log to `out` if given,
-    atomically: all or nothing.
+    `parties` (one DataFrame per party) or `data`/`dataset` (a pooled table, split into
+    `n_parties` by `partition_spec`). Either way a `holdout` fraction of the rows (default
+    20%, drawn at random from each party's table, or from the pooled table before it is split)
+    is held out: never used for synthesis, only to evaluate. With `evaluate`, the parties score
+    the synthetic table against their held-out rows in a federated evaluation (`target`,
+    `sensitive` as in `fedsynth evaluate`), DP at `evaluation_epsilon` per party (None: exact
+    sums, not DP).
+
+    With `out`, writes synthetic.csv, privacy.json, metrics.json, report.html, schema.json,
+    job.log and real-heldout.csv (the held-out real rows, for `fedsynth evaluate`; real data:
+    keep it private) into a new folder, all or nothing. An existing non-empty folder is
+    refused before any work unless `overwrite` and fedsynth wrote it. Progress of long steps
+    is shown on standard error (`fedsynth.progress.show("off")` silences it).
     """
     lines: list[str] = []
     handler = _ListHandler(lines)
@@ -108,7 +118,7 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
         return _simulate(parties, data, dataset, target, n_parties, partition_spec, epsilon,
                          delta, channel, rows, holdout, seed, out, threshold, colluders, schema,
                          engine, evaluate, options, progress, lines, sensitive,
-                         evaluation_epsilon, _shared)
+                         evaluation_epsilon, overwrite, _shared)
     finally:
         logger.removeHandler(handler)
         logger.removeHandler(forward)
@@ -148,7 +158,7 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
               seed: int, out: str | Path | None, threshold: int | None, colluders: int,
               schema: Schema | None, engine: str, evaluate: bool, options: JobOptions | None,
               progress: Callable[[str], None] | None, lines: list[str],
-              sensitive: str | None, evaluation_epsilon: float | None,
+              sensitive: str | None, evaluation_epsilon: float | None, overwrite: bool,
               shared: dict[str, Any] | None) -> SimulationResult:
     def say(msg: str) -> None:
         if progress is None:
@@ -158,10 +168,10 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
             lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}")
 
     t0 = time.perf_counter()
-    if engine not in ("flower", "local"):
-        raise ValueError(f"engine {engine!r} is not one of flower, local")
-    if not 0 <= holdout < 1:
-        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    if out is not None and shared is None:  # a sweep checks its folder itself
+        check_out(Path(out), overwrite=overwrite)
+    _check_arguments(engine, holdout, rows, n_parties if parties is None else len(parties),
+                     channel)
     pooled, target, source = _pooled(parties, data, dataset, target)
     if target is not None and target not in pooled.columns:
         raise ValueError(f"target column {target!r} is not in {source} (columns: "
@@ -185,6 +195,7 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
         hold, train = pooled[is_hold].reset_index(drop=True), pooled[~is_hold].reset_index(
             drop=True)
         tables = partition.split(train, n_parties, partition_spec, target=target, seed=seed)
+    _check_every_party_has_rows(tables, len(pooled), holdout, partition_spec)
     n = len(tables)
     shared = shared if shared is not None else {}
     identities = shared.setdefault("identities", make_identities(n))
@@ -193,6 +204,9 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
     # No party's exact row count goes into the job's log or outputs: only the pooled table's
     # shape, which the simulation's user gave.
     say(f"{source}: {len(schema.columns)} columns, {n} parties; ε={epsilon}, δ={delta}")
+    if channel == "plain":
+        log.warning("channel plain: the coordinator sees each party's noisy counts in the "
+                    "clear (no secure aggregation); for simulations only")
 
     opts = options or JobOptions(rows=rows, seed=seed)
     if rows is not None and opts.rows != rows:
@@ -204,7 +218,7 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
         opts.evaluate.check(schema)  # a typo in a column name fails before any budget is spent
     ev = opts.evaluate
     ev_eps = None if ev is None else ev.epsilon
-    with tempfile.TemporaryDirectory(prefix="fedsynth-parties-") as tmp:
+    with scratch.folder("fedsynth-parties-") as tmp:
         work = Path(shared.setdefault("work", tmp))
         if "policies" not in shared:
             evaluations = int(shared.get("evaluations", 1))
@@ -234,6 +248,8 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
         # the anchors' measure (DESIGN.md): needs the pooled train rows, which only a
         # simulation holds; not part of what a federation can compute
         metrics["tvd_2way_vs_train"] = marginal_tvd(train, result.synthetic, way=2)
+    metrics["job"] = _settings(result.privacy, partition_spec if parties is None else
+                               "given tables", holdout, n, epsilon, delta, len(hold))
     metrics["steps"] = result.steps
     metrics["timings_seconds"] = {**result.timings, "simulation_total": time.perf_counter() - t0}
     metrics["bytes_sent_per_party"] = {str(k): v for k, v in result.bytes_from_party.items()}
@@ -242,9 +258,9 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
         report = render(metrics, privacy=result.privacy,
                         title=f"fedsynth: {source}, {n} parties, ε={epsilon}")
     res = SimulationResult(result.synthetic, result.privacy, metrics, schema,
-                           timings=result.timings, report=report, log=lines)
+                           timings=result.timings, report=report, log=lines, heldout=hold)
     if out is not None:
-        res.out = write_folder(Path(out), output_files(res))
+        res.out = write_folder(Path(out), output_files(res), overwrite=overwrite)
         say(f"wrote {res.out}")
     return res
 
@@ -258,10 +274,16 @@ def simulate_sweep(epsilons: Sequence[float], *, out: str | Path | None = None,
     sweep: its total ε (reported) is what the rows have spent, not any single run's ε."""
     if len(set(epsilons)) != len(epsilons) or not epsilons:
         raise ValueError(f"give distinct ε values, got {list(epsilons)}")
-    with tempfile.TemporaryDirectory(prefix="fedsynth-sweep-") as work:
-        shared: dict[str, Any] = {"work": work, "epsilon_cap": float(sum(epsilons)),
+    overwrite = bool(kwargs.pop("overwrite", False))
+    if out is not None:
+        check_out(Path(out), overwrite=overwrite)
+    with scratch.folder("fedsynth-sweep-") as work:
+        shared: dict[str, Any] = {"work": str(work), "epsilon_cap": float(sum(epsilons)),
                                   "evaluations": len(epsilons)}
-        results = [simulate(epsilon=e, _shared=shared, **kwargs) for e in epsilons]
+        results = []
+        for i, e in enumerate(epsilons):
+            log.info("run %d of %d: ε=%g", i + 1, len(epsilons), e)
+            results.append(simulate(epsilon=e, _shared=shared, **kwargs))
     total = max(results[-1].privacy["epsilon_spent_per_party_ledger"].values())
     for r in results:
         r.privacy["epsilon_total_over_sweep"] = total
@@ -275,7 +297,11 @@ def simulate_sweep(epsilons: Sequence[float], *, out: str | Path | None = None,
     if out is not None:
         files: dict[str, str | bytes] = {}
         for e, r in zip(epsilons, results, strict=True):
-            files.update({f"epsilon-{e:g}/{k}": v for k, v in output_files(r).items()})
+            own = output_files(r)
+            heldout = own.pop(HELDOUT_FILE, None)  # the same rows in every run: written once
+            if heldout is not None:
+                files[HELDOUT_FILE] = heldout
+            files.update({f"epsilon-{e:g}/{k}": v for k, v in own.items()})
         files["privacy_utility.json"] = json.dumps(
             {"epsilon_total_over_sweep": total, "delta": kwargs.get("delta", 1e-6),
              "note": "the runs share the same rows: the sweep as a whole spent "
@@ -287,10 +313,56 @@ def simulate_sweep(epsilons: Sequence[float], *, out: str | Path | None = None,
                                           title=f"fedsynth: ε sweep {list(epsilons)} (total "
                                                 f"ε={total:.3g} over the sweep); details at "
                                                 f"ε={epsilons[-1]:g}")
-        where = write_folder(Path(out), files)
+        where = write_folder(Path(out), files, overwrite=overwrite)
         for e, r in zip(epsilons, results, strict=True):
             r.out = where / f"epsilon-{e:g}"
     return results, curve
+
+
+def _check_arguments(engine: str, holdout: float, rows: int | None, n: int,
+                     channel: str) -> None:
+    """Mistakes found before any data is read or any party started, each with its fix."""
+    if engine not in ("flower", "local"):
+        raise ValueError(f"engine {engine!r} is not one of flower, local")
+    if not 0 <= holdout < 1:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, (int, np.integer))
+                             or rows < 1):
+        raise ValueError(f"rows must be a whole number of synthetic rows, at least 1 (got "
+                         f"{rows!r}); leave it out for about as many rows as the real table")
+    if n < 1:  # one party is allowed: it is the central and local-only baselines' setting
+        raise ValueError(f"{n} parties: give at least 2 (one for a baseline)")
+    if n > MAX_PARTIES:
+        raise ValueError(f"{n} parties: at most {MAX_PARTIES} in one job (each party's "
+                         "default policy)")
+    if channel not in ("secagg", "plain"):
+        raise ValueError(f"channel {channel!r} is not one of secagg, plain")
+
+
+def _check_every_party_has_rows(tables: Sequence[pd.DataFrame], pooled: int, holdout: float,
+                                spec: str) -> None:
+    """Every party needs rows; found here, before any party is started."""
+    empty = [i + 1 for i, t in enumerate(tables) if len(t) == 0]
+    if not empty:
+        return
+    kept = sum(len(t) for t in tables)
+    hint = (f"at most {kept} parties for this table" if spec == "iid" else
+            "a larger dirichlet ALPHA or fewer parties" if spec.startswith("dirichlet") else
+            "fewer parties")
+    raise ValueError(f"{len(empty)} of {len(tables)} parties would get no rows ({pooled} rows, "
+                     f"{kept} after the {holdout:.0%} holdout, split by {spec}): use {hint}")
+
+
+def _settings(privacy: dict[str, Any], partition_spec: str, holdout: float, n: int,
+              epsilon: float, delta: float, held: int) -> dict[str, Any]:
+    """The job's settings, for the report: what ran and which rows the evaluation used."""
+    return {"parties": n, "partition": partition_spec, "threshold_t": privacy["threshold_t"],
+            "colluders_c": privacy["colluders_c"], "channel": privacy["channel"],
+            "holdout_fraction": holdout, "marginals": privacy.get("marginals", []),
+            "epsilon": epsilon, "delta": delta,
+            "real_rows": (f"the parties' held-out rows ({holdout:.0%} of the rows, drawn at "
+                          "random before synthesis and never used for it)") if held else
+                         "none: no rows were held out, so nothing was evaluated"}
 
 
 def _deal(hold: pd.DataFrame, n: int, seed: int) -> list[pd.DataFrame | None]:
@@ -328,7 +400,10 @@ def run_flower(policies: dict[int, NodePolicy], spec: JobSpec, opts: JobOptions,
 
     box: dict[str, Any] = {}
 
+    engine_start = progress.start("starting the Flower engine")
+
     def job(transport: GridTransport) -> None:
+        engine_start.close()
         try:
             box["result"] = run_job(transport, spec, opts, say)
         except BaseException as exc:  # carried out of Flower's server thread intact
@@ -336,12 +411,15 @@ def run_flower(policies: dict[int, NodePolicy], spec: JobSpec, opts: JobOptions,
 
     say("starting Flower simulation engine")
     _quiet_flower()
-    run_simulation(server_app=make_server_app(job, spec.party_names),
-                   client_app=make_client_app(policy_for), num_supernodes=len(policies),
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": min(2, os.cpu_count() or 1),
-                                                 "include_dashboard": False,
-                                                 "log_to_driver": False}})
+    try:
+        run_simulation(server_app=make_server_app(job, spec.party_names),
+                       client_app=make_client_app(policy_for), num_supernodes=len(policies),
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": min(2, os.cpu_count() or 1),
+                                                     "include_dashboard": False,
+                                                     "log_to_driver": False}})
+    finally:
+        engine_start.close(failed=True)  # no-op when the job started
     if "error" in box:
         raise box["error"]
     if "result" not in box:
@@ -351,9 +429,21 @@ def run_flower(policies: dict[int, NodePolicy], spec: JobSpec, opts: JobOptions,
 
 
 def _quiet_flower() -> None:
+    """Flower's and Ray's chatter off; and one warning that does not apply to us.
+
+    Ray starts its processes (GCS server, raylet, agents) with subprocess.Popen and a
+    `preexec_fn`, which makes Python run its at-fork hooks; once JAX has run (the estimation
+    of an earlier job in this process: an ε sweep, a notebook) its hook warns that os.fork()
+    in a multithreaded process may deadlock. That warning is for a child that goes on
+    running Python. Here the child only blocks SIGINT and sets PR_SET_PDEATHSIG, then calls
+    exec: no JAX state is used, Python re-initialises its own locks after fork, and glibc's
+    malloc takes its arena locks across fork. So this message only, from this call site, is
+    filtered; every other RuntimeWarning stays visible."""
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called",
+                            category=RuntimeWarning, module="subprocess")
     logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
@@ -368,6 +458,8 @@ def output_files(res: SimulationResult) -> dict[str, str | bytes]:
     }
     if res.report is not None:
         files["report.html"] = res.report
+    if res.heldout is not None and len(res.heldout):
+        files[HELDOUT_FILE] = res.heldout.to_csv(index=False)
     return files
 
 

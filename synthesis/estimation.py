@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from fedsynth import progress
+
 os.environ.setdefault("JAX_ENABLE_X64", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -101,9 +103,14 @@ def fit_and_sample(sizes: Sequence[int], measurements: Sequence[Measurement], *,
                                 query=_query(m, sizes))
           for m in measurements]
     total = noisy_total(measurements) if total is None else total
-    model = mbi.estimation.MirrorDescent().estimate(domain, ms, known_total=total, iters=iters)
+    every = int(mbi.estimation.CALLBACK_EVERY)  # mbi calls back once per block of iterations
+    with progress.task("estimating the model", total=iters, unit="iter") as bar:
+        model = mbi.estimation.MirrorDescent().estimate(
+            domain, ms, known_total=total, iters=iters,
+            callback_fn=lambda _: bar.advance(min(every, iters - bar.done)))
     np.random.seed(seed % 2**32)  # mbi draws with numpy's global generator
-    data = model.synthetic_data(rows=rows)
+    with progress.task(f"sampling {rows:,} rows"):
+        data = model.synthetic_data(rows=rows)
     # Free jax's compiled programs: each new clique set compiles new ones, and a process that
     # runs many jobs (a notebook, a benchmark) otherwise runs out of memory maps (seen here as
     # LLVM "Cannot allocate memory" after a few dozen jobs).

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedsynth.cli import EXIT_INPUT, EXIT_JOB, main
+from fedsynth.cli import EXIT_INPUT, main
 from fedsynth.synthesis.schema import Schema, infer_schema
 
 
@@ -110,13 +110,13 @@ def test_unparsable_number_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
     assert "--epsilon" in capsys.readouterr().err
 
 
-def test_job_refused_by_empty_parties_exits_4(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_parties_without_rows_are_found_before_the_job_exits_3(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _table(3).to_csv(tmp_path / "tiny.csv", index=False)  # 3 rows for 5 parties
     rc, _, err = _run(["simulate", "--engine", "local", "--data", "tiny.csv", "--holdout", "0",
                        "--out", "run"], capsys)
-    assert rc == EXIT_JOB == 4
-    assert "nothing was written" in err and "refused" in err and "no rows" in err
+    assert rc == EXIT_INPUT
+    assert "2 of 5 parties would get no rows" in err and "at most 3 parties" in err
     _only(tmp_path, "tiny.csv")
 
 
@@ -129,7 +129,8 @@ def test_simulate_success_writes_the_output_folder(tmp_path: Path,
     assert "synthetic table:" in out and "privacy: ε=" in out
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} == {"synthetic.csv", "privacy.json", "metrics.json",
-                                               "schema.json", "job.log", "report.html"}
+                                               "schema.json", "job.log", "report.html",
+                                               "real-heldout.csv", ".fedsynth-output"}
     assert json.loads((run / "privacy.json").read_text())["epsilon_spent"] <= 1.0
     assert "setup: 3 parties" in (run / "job.log").read_text()
     _only(tmp_path, "t.csv", "run")
@@ -189,7 +190,8 @@ def test_evaluate_writes_report_and_metrics(tmp_path: Path,
                          "--out", "ev"], capsys)
     assert rc == 0, err
     assert "TSTR AUC" in out and "membership attack AUC" in out
-    assert {p.name for p in (tmp_path / "ev").iterdir()} == {"report.html", "metrics.json"}
+    assert {p.name for p in (tmp_path / "ev").iterdir()} == {"report.html", "metrics.json",
+                                                             ".fedsynth-output"}
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["rows_real"] == 300 and m["rows_synthetic"] == 400
     assert m["privacy"]["exact_match_rate"] == 1.0  # the "synthetic" rows are copies

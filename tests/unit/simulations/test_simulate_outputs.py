@@ -11,10 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedsynth.evaluation.output import MARKER, OutputError
 from fedsynth.simulations.run import simulate, simulate_sweep
 from fedsynth.synthesis.schema import Schema
 
-FILES = {"synthetic.csv", "privacy.json", "metrics.json", "schema.json", "job.log", "report.html"}
+FILES = {"synthetic.csv", "privacy.json", "metrics.json", "schema.json", "job.log", "report.html",
+         "real-heldout.csv", MARKER}
 
 
 def _parties(n_parties: int = 3, rows: int = 200) -> list[pd.DataFrame]:
@@ -57,11 +59,19 @@ def test_simulate_writes_all_outputs(tmp_path: Path) -> None:
     assert [x.name for x in tmp_path.iterdir()] == ["run"]  # no temporary siblings left
 
 
-def test_simulate_replaces_an_existing_output_folder(tmp_path: Path) -> None:
+def test_simulate_replaces_only_its_own_output_folder(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "stale.txt").write_text("old")
-    simulate(parties=_parties(), engine="local", evaluate=False, out=out)
+    for overwrite in (False, True):  # a folder fedsynth did not write is never replaced
+        with pytest.raises(OutputError, match=r"already exists|not written by fedsynth"):
+            simulate(parties=_parties(), engine="local", evaluate=False, out=out,
+                     overwrite=overwrite)
+    assert [p.name for p in out.iterdir()] == ["stale.txt"]
+    (out / "stale.txt").unlink()
+    simulate(parties=_parties(), engine="local", evaluate=False, out=out)  # empty: used
+    (out / "extra.txt").write_text("from an earlier run")
+    simulate(parties=_parties(), engine="local", evaluate=False, out=out, overwrite=True)
     assert {p.name for p in out.iterdir()} == FILES - {"report.html"}  # no evaluation, no report
     assert [x.name for x in tmp_path.iterdir()] == ["run"]
 
@@ -69,9 +79,10 @@ def test_simulate_replaces_an_existing_output_folder(tmp_path: Path) -> None:
 def test_invalid_request_leaves_existing_output_untouched(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
+    (out / MARKER).write_text("")
     (out / "keep.txt").write_text("mine")
     with pytest.raises(ValueError, match="epsilon"):
-        simulate(parties=_parties(), engine="local", epsilon=-1.0, out=out)
+        simulate(parties=_parties(), engine="local", epsilon=-1.0, out=out, overwrite=True)
     assert (out / "keep.txt").read_text() == "mine"
 
 
@@ -106,9 +117,10 @@ def test_epsilon_sweep_writes_one_folder_per_epsilon_and_the_curve(tmp_path: Pat
     results, curve = simulate_sweep([0.5, 4.0], parties=_parties(), engine="local", rows=300,
                                     out=out)
     assert {p.name for p in out.iterdir()} == {"epsilon-0.5", "epsilon-4", "report.html",
-                                               "privacy_utility.json"}
+                                               "privacy_utility.json", "real-heldout.csv",
+                                               MARKER}
     for name in ("epsilon-0.5", "epsilon-4"):
-        assert {p.name for p in (out / name).iterdir()} == FILES
+        assert {p.name for p in (out / name).iterdir()} == FILES - {"real-heldout.csv", MARKER}
     assert [r.out for r in results] == [out.resolve() / "epsilon-0.5", out.resolve() / "epsilon-4"]
     saved = json.loads((out / "privacy_utility.json").read_text())
     assert saved["runs"] == curve
