@@ -197,6 +197,10 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
         tables = partition.split(train, n_parties, partition_spec, target=target, seed=seed)
     _check_every_party_has_rows(tables, len(pooled), holdout, partition_spec)
     n = len(tables)
+    if evaluate and len(hold) == 0:
+        log.warning("no rows held out (holdout 0): the evaluation is skipped, since it uses "
+                    "held-out rows only (never the rows the synthesizer saw)")
+        evaluate = False
     shared = shared if shared is not None else {}
     identities = shared.setdefault("identities", make_identities(n))
     spec = job_spec(schema, identities, epsilon=epsilon, delta=delta, threshold=threshold,

@@ -253,3 +253,21 @@ def test_one_ctrl_c_stops_the_flower_engine_and_its_processes(project: Path) -> 
     assert _session_alive(proc.pid) == []  # no engine process left behind
     assert not (project / "run").exists()
     assert not [p for p in tmp.iterdir() if p.name.startswith("fedsynth-")]
+
+
+def test_holdout_zero_skips_the_evaluation_and_never_calls_training_rows_held_out(
+        project: Path) -> None:
+    r = _cli(["simulate", "--engine", "local", "--data", "t.csv", "--parties", "2",
+              "--holdout", "0", "--out", "run"], project)
+    assert r.returncode == 0, r.stderr
+    assert "no rows held out" in r.stderr and "evaluation is skipped" in r.stderr
+    files = {p.name for p in (project / "run").iterdir()}
+    assert "report.html" not in files and "real-heldout.csv" not in files
+    assert "tvd" not in json.loads((project / "run" / "metrics.json").read_text())
+
+
+def test_plain_channel_is_called_unprotected_on_screen(project: Path) -> None:
+    r = _cli(["simulate", "--engine", "local", "--data", "t.csv", "--parties", "2",
+              "--channel", "plain", "--no-evaluate", "--out", "run"], project)
+    assert r.returncode == 0, r.stderr
+    assert "WARNING: channel plain" in r.stdout and "in the clear" in r.stdout
