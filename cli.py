@@ -183,6 +183,41 @@ def _parser() -> argparse.ArgumentParser:
     inf.add_argument("--out", type=Path, metavar="FILE",
                      help="write here instead of standard output (a new file)")
     inf.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    hs = scs.add_parser("hash", formatter_class=_Help,
+                        help="print a schema's sha256, the value a party pins in its policy",
+                        epilog="examples:\n  fedsynth schema hash schema.json\n\n" + EXIT_CODES)
+    hs.add_argument("file", type=Path, metavar="SCHEMA", help="a schema JSON file")
+
+    k = sub.add_parser("keys", help="key material for a deployed consortium",
+                       formatter_class=_Help)
+    ks = k.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    ki = ks.add_parser(
+        "init", formatter_class=_Help,
+        help="make a consortium's CA, the coordinator's TLS certificate and every party's keys",
+        description="Make, in a new folder: ca.pem and ca.key (the operator keeps ca.key "
+        "offline), coordinator/ (TLS certificate and key), and one folder per party (its "
+        "identity and node keys, ca.pem, consortium.toml and a policy.toml to fill in). Hand "
+        "each party its folder over a secure channel.",
+        epilog="examples:\n  fedsynth keys init --out consortium --coordinator-address "
+        "link.example.org:8000 \\\n      --parties bank_a bank_b bank_c\n\n" + EXIT_CODES)
+    ki.add_argument("--out", type=Path, required=True, metavar="FOLDER",
+                    help="a new folder for the key material")
+    ki.add_argument("--coordinator-address", required=True, metavar="HOST:PORT",
+                    help="where the parties' nodes reach the coordinator (its certificate "
+                    "names HOST)")
+    ki.add_argument("--parties", nargs="+", required=True, metavar="NAME",
+                    help="the parties' names, two or more")
+
+    nd = sub.add_parser("node", help="a party's node", formatter_class=_Help)
+    nds = nd.add_subparsers(dest="node_command", required=True, metavar="COMMAND")
+    nc = nds.add_parser("check", formatter_class=_Help,
+                        help="check a party's policy file and say what it allows",
+                        epilog="examples:\n  fedsynth node check --policy bank_a/policy.toml"
+                        "\n\n" + EXIT_CODES)
+    nc.add_argument("--policy", type=Path, required=True, metavar="FILE",
+                    help="the party's policy (TOML)")
+    nc.add_argument("--keys", type=Path, metavar="FOLDER",
+                    help="the party's key folder (default: the policy's `keys`)")
     return p
 
 
@@ -194,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     with _interrupts_stop_everything():
         try:
             if args.command == "schema":
-                return _schema_infer(args)
+                return _schema_hash(args) if args.schema_command == "hash" \
+                    else _schema_infer(args)
+            if args.command == "keys":
+                return _keys_init(args)
+            if args.command == "node":
+                return _node_check(args)
             if args.command == "evaluate":
                 return _evaluate(args)
             return _simulate(args)
@@ -271,6 +311,56 @@ def _kill_children() -> None:
     for pid in ours:
         with suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+
+
+def _schema_hash(args: argparse.Namespace) -> int:
+    from fedsynth.protocols.spec import schema_sha256
+    from fedsynth.synthesis.schema import Schema, SchemaError
+
+    try:
+        print(schema_sha256(Schema.load(args.file)))
+    except SchemaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    return 0
+
+
+def _keys_init(args: argparse.Namespace) -> int:
+    from fedsynth.client_node.policy_file import template
+    from fedsynth.crypto.keyfiles import KeyFileError, init_consortium
+
+    if args.out.exists():
+        print(f"error: --out {args.out} exists: key material goes into a new folder (never "
+              "over old keys)", file=sys.stderr)
+        return EXIT_INPUT
+    try:
+        init_consortium(args.out, args.coordinator_address, list(args.parties))
+    except KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    for name in args.parties:
+        (args.out / name / "policy.toml").write_text(template(name), encoding="utf-8")
+    print(f"wrote {args.out}/: ca.pem, ca.key (keep it offline), coordinator/, "
+          f"{', '.join(n + '/' for n in args.parties)}")
+    print("hand each party its folder over a secure channel; each fills in its policy.toml")
+    return 0
+
+
+def _node_check(args: argparse.Namespace) -> int:
+    from fedsynth.client_node.policy_file import PolicyFileError, load_policy
+
+    try:
+        pol = load_policy(args.policy, keys=args.keys)
+    except PolicyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"policy of {pol.party_name}: data {pol.data_path}, ledger {pol.ledger_path}")
+    spent = pol.ledger().spent()
+    print(f"ε cap {pol.epsilon_cap:g} (spent so far {spent:.4f}), δ {pol.delta:g}, channels "
+          f"{', '.join(pol.channels)}, at most {pol.max_parties} parties, assumes "
+          f"{pol.assume_colluders} colluders, evaluation {pol.evaluation}")
+    print(f"consortium: {', '.join(pol.consortium)}; schema sha256 {pol.schema_sha256}")
+    return 0
 
 
 def _schema_infer(args: argparse.Namespace) -> int:

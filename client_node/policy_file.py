@@ -42,8 +42,8 @@ from fedsynth.crypto.keyfiles import (
 
 CHANNELS = ("secagg", "plain")
 EVALUATION = ("off", "dp", "exact")
-REQUIRED = ("party", "data", "ledger", "schema_sha256", "epsilon_cap", "delta", "keys")
-KNOWN = {*REQUIRED, "holdout", "channels", "assume_colluders", "max_parties", "evaluation",
+REQUIRED = ("party", "data", "ledger", "schema_sha256", "epsilon_cap", "delta")
+KNOWN = {*REQUIRED, "keys", "holdout", "channels", "assume_colluders", "max_parties", "evaluation",
          "evaluation_epsilon_cap", "max_evaluations", "max_setups_per_hour"}
 
 
@@ -57,8 +57,11 @@ class PolicyFileError(ValueError):
                          + "\n".join(f"  - {p}" for p in problems))
 
 
-def load_policy(path: Path) -> NodePolicy:
-    """The party's NodePolicy from its TOML file, or PolicyFileError with every problem."""
+def load_policy(path: Path, *, keys: Path | None = None) -> NodePolicy:
+    """The party's NodePolicy from its TOML file, or PolicyFileError with every problem.
+
+    `keys` (the party's key folder, e.g. from `fedsynth node start --keys`) takes the place of
+    the file's `keys` entry."""
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -95,7 +98,16 @@ def load_policy(path: Path) -> NodePolicy:
     if evaluation != "off" and holdout is None:
         problems.append(f"'evaluation' is {evaluation!r} but no 'holdout' file is given: "
                         "evaluation uses held-out rows only")
-    keys = get.path("keys", base, must_exist=True)
+    if keys is not None:
+        keys = Path(keys).expanduser().resolve()
+        if not keys.is_dir():
+            problems.append(f"key folder {keys} does not exist")
+            keys = None
+    elif "keys" in doc:
+        keys = get.path("keys", base, must_exist=True)
+    else:
+        problems.append("missing 'keys' (the folder with identity.key, consortium.toml and "
+                        "ca.pem), or give it with --keys")
     identity, consortium = b"", None
     if keys is not None:
         try:
@@ -184,3 +196,24 @@ class _Getter:
                                  f"got {v!r}")
             return default
         return [str(x) for x in v]
+
+
+def template(party: str) -> str:
+    """A policy file for `party` to fill in (written by `fedsynth keys init` into its folder);
+    the values that depend on the party's data are left for it to set."""
+    return f'''# {party}'s policy, read on this machine only: no coordinator request changes it.
+# Paths are relative to this file. Check it with: fedsynth node check --policy policy.toml
+party = "{party}"
+keys = "."                                # identity.key, consortium.toml, ca.pem
+data = "data.csv"                         # this party's rows (CSV or Parquet): set it
+# holdout = "holdout.csv"                 # rows kept out of synthesis, to evaluate against
+ledger = "ledger.jsonl"                   # every release this party makes, kept for good
+schema_sha256 = "SET-ME"                  # fedsynth schema hash SCHEMA.json
+epsilon_cap = 1.0                         # total ε over all jobs on these rows
+delta = 1e-6
+channels = ["secagg"]
+assume_colluders = 0                      # parties that may collude with the coordinator
+max_parties = 100
+evaluation = "off"                        # off | dp | exact (exact is not DP)
+# evaluation_epsilon_cap = 1.0
+'''
