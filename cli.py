@@ -365,7 +365,7 @@ def _node_check(args: argparse.Namespace) -> int:
 
 def _schema_infer(args: argparse.Namespace) -> int:
     from fedsynth.client_node.data import DataFileError, read_table
-    from fedsynth.synthesis.schema import infer_schema
+    from fedsynth.synthesis.schema import SchemaError, draft_schema_with_notes
 
     if args.out and args.out.exists() and not (args.overwrite and args.out.is_file()):
         what = "a folder" if args.out.is_dir() else "an existing file"
@@ -374,10 +374,13 @@ def _schema_infer(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_INPUT
     try:
-        text = infer_schema(read_table(args.file)).to_json()
-    except DataFileError as exc:
+        schema, notes = draft_schema_with_notes(read_table(args.file))
+    except (DataFileError, SchemaError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    for note in notes:
+        print(f"review: {note}", file=sys.stderr)  # stderr: stdout may be the JSON
+    text = schema.to_json()
     if args.out:
         tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
         tmp.write_text(text + "\n", encoding="utf-8")

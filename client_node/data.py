@@ -14,6 +14,11 @@ class DataFileError(ValueError):
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet table; `attrs["source"]` names the file, for messages about it.
+
+    A CSV is typed from the whole file at once (`low_memory=False`): read in chunks, a column
+    with a few words among numbers comes back as numbers from some chunks and text from others.
+    """
     p = Path(path)
     kind = SUFFIXES.get(p.suffix.lower())
     if kind is None:
@@ -22,9 +27,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if not p.exists():
         raise DataFileError(f"{p}: no such file")
     try:
-        if kind == "csv":
-            return pd.read_csv(p)
-        return pd.read_parquet(p)
+        df = pd.read_csv(p, low_memory=False) if kind == "csv" else pd.read_parquet(p)
     except Exception as exc:
         raise DataFileError(f"{p}: could not be read as {kind.upper()} ({exc}); check that the "
                             f"file really is {kind.upper()}") from None
+    df.attrs["source"] = str(p)
+    return df

@@ -38,9 +38,10 @@ from fedsynth.protocols.transport import Transport
 from fedsynth.simulations import datasets, partition
 from fedsynth.simulations.local import LocalTransport
 from fedsynth.simulations.parties import job_spec, make_identities, write_parties
-from fedsynth.synthesis.schema import Schema, infer_schema, validate_frame
+from fedsynth.synthesis.schema import Schema, draft_schema_with_notes, validate_frame
 
 log = logging.getLogger("fedsynth")
+REVIEW_LOG = "fedsynth.review"  # notes on a drafted schema; they quote the data
 HELDOUT_FILE = "real-heldout.csv"  # the held-out real rows, for `fedsynth evaluate`
 MAX_PARTIES = 1000  # NodePolicy's default max_parties
 DEFAULT_EVALUATION_EPSILON = 1.0  # DP evaluation: each party's held-out rows, its own budget
@@ -140,7 +141,7 @@ class _NotPartyLog(logging.Filter):
     """The parties' own log lines (their detail, their data) stay out of the job's job.log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.startswith("fedsynth.node")
+        return not record.name.startswith(("fedsynth.node", REVIEW_LOG))
 
 
 class _Forward(logging.Handler):
@@ -177,7 +178,10 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
         raise ValueError(f"target column {target!r} is not in {source} (columns: "
                          f"{', '.join(map(str, pooled.columns))})")
     drafted = schema is None
-    schema = schema or infer_schema(pooled)
+    if schema is None:
+        schema, notes = draft_schema_with_notes(pooled)
+        for note in notes:  # they quote the data: the user's terminal, not job.log
+            logging.getLogger(REVIEW_LOG).warning("schema draft: %s", note)
     if drafted:
         schema = Schema(schema.columns, meta={**schema.meta, "provenance": DRAFTED})
     pooled = validate_frame(pooled, schema, source=source)

@@ -1,9 +1,11 @@
 """The public schema of a job: columns, their types and public domains, and data validation.
 
 The schema is public metadata every party agrees on before a job: category lists and numeric
-bounds. It never comes from another party's raw data. `infer_schema` drafts one from a party's
-own file for that party to review (`fedsynth schema infer FILE`); simulations draft it from the
-pooled file as a documented convenience.
+bounds. It never comes from another party's raw data. `draft_schema_with_notes` drafts one
+from a party's own file for that party to review (`fedsynth schema infer FILE`), with notes on
+what to check; simulations draft it from the pooled file as a documented convenience. A draft
+leaves out columns whose values it must not make public (identifiers): the schema lists them
+under "ignored_columns", and tables holding them still validate (those columns are not read).
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ Kind = Literal["categorical", "integer", "continuous"]
 KINDS: tuple[str, ...] = ("categorical", "integer", "continuous")
 MAX_CATEGORIES = 100
 OTHER = "__other__"
+IGNORED = "ignored_columns"  # schema key: columns a table may hold that the job does not read
+# Drafting (see draft_schema_with_notes): a column with at least this many distinct values, more
+# than half as many as its rows, is taken for an identifier; in a category list longer than
+# MAX_CATEGORIES a value held by fewer rows than MIN_CATEGORY_ROWS is not made public.
+MIN_IDENTIFIER_VALUES = 20
+MIN_CATEGORY_ROWS = 3
 
 
 class SchemaError(ValueError):
@@ -97,8 +105,14 @@ class Schema:
             problems.append("column names must be unique")
         if not self.columns:
             problems.append("the schema has no columns")
+        problems += _ignored_problems(self.meta.get(IGNORED, []), names)
         if problems:
             raise SchemaError(problems)
+
+    @property
+    def ignored(self) -> list[str]:
+        """Columns a table may hold that the job does not read (declared in the schema)."""
+        return [str(c) for c in self.meta.get(IGNORED, [])]
 
     @property
     def names(self) -> list[str]:
@@ -162,36 +176,183 @@ class Schema:
         return cls.from_json(Path(path).read_text(), source=str(path))
 
 
-def infer_schema(df: pd.DataFrame, *, max_categories: int = MAX_CATEGORIES) -> Schema:
-    """Draft a schema from a table, for its owner to review before any job.
+def draft_schema_with_notes(df: pd.DataFrame, *, max_categories: int = MAX_CATEGORIES
+                            ) -> tuple[Schema, list[str]]:
+    """Draft a schema from a table, with review notes for its owner (one line each).
 
-    Strings, booleans and pandas categoricals become categorical (the most frequent
-    `max_categories - 1` values kept, the rest folded into "__other__"); integer columns become
-    integer, floats continuous, with the observed minimum and maximum as bounds. Widen bounds
-    and add categories you know to exist before sharing the schema: it is public.
+    The notes say where the draft guessed or left something out (a column of mostly numbers
+    with some text, an identifier, a long category list cut short, a column with no values),
+    naming the column and what was seen. They quote the table's own values and counts, so
+    they are for the owner's eyes: print them, never put them in the schema, which is public.
+    Columns left out are listed in the schema's "ignored_columns", so the same table (and
+    each party's table with those columns) still validates against the draft.
     """
+    if df.shape[1] == 0:
+        raise SchemaError(["the table has no columns: there is nothing to draft"],
+                          source="schema draft")
+    if len(df) == 0:
+        raise SchemaError(["the table has no rows: a schema is drafted from values, and there "
+                           "are none"], source="schema draft")
     cols: list[Column] = []
+    notes: list[str] = []
+    ignored: list[str] = []
     for name in df.columns:
-        s = df[name]
-        nullable = bool(s.isna().any())
-        if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
-            counts = s.dropna().astype(str).value_counts()
-            cats = list(counts.index)
-            if len(cats) > max_categories:
-                cats = [*cats[: max_categories - 1], OTHER]
-            cols.append(Column(str(name), "categorical", tuple(sorted(cats)), nullable=nullable))
+        col, note = _draft_column(str(name), df[name], max_categories)
+        notes += [note] if note else []
+        if col is None:
+            ignored.append(str(name))
         else:
-            vals = s.dropna()
-            lo = float(vals.min()) if len(vals) else 0.0
-            hi = float(vals.max()) if len(vals) else 1.0
-            is_int = pd.api.types.is_integer_dtype(s) or bool(
-                len(vals) and np.all(np.mod(vals.to_numpy(dtype=float), 1) == 0))
-            cols.append(Column(str(name), "integer" if is_int else "continuous",
-                               lower=lo, upper=hi, nullable=nullable))
-    return Schema(tuple(cols))
+            cols.append(col)
+    if not cols:
+        raise SchemaError(["every column was left out of the draft, so nothing is left to "
+                           "synthesise: declare the columns you need in a schema", *notes],
+                          source="schema draft")
+    return Schema(tuple(cols), meta={IGNORED: ignored} if ignored else {}), notes
 
 
-def _rows(mask: np.ndarray) -> str:
+def infer_schema(df: pd.DataFrame, *, max_categories: int = MAX_CATEGORIES) -> Schema:
+    """Draft a schema from a table, for its owner to review before any job (without the
+    review notes: see `draft_schema_with_notes`, which a person-facing caller should use).
+
+    Widen bounds and add categories you know to exist before sharing the schema: it is public.
+    """
+    return draft_schema_with_notes(df, max_categories=max_categories)[0]
+
+
+def _draft_column(name: str, s: pd.Series, max_categories: int
+                  ) -> tuple[Column | None, str | None]:
+    """One column's draft and its review note: each decision is a function of its own."""
+    values = s.dropna()
+    nullable = len(values) < len(s)
+    if len(values) == 0:
+        return _all_missing(name)
+    if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
+        return _categorical(name, values, nullable, max_categories, _mixed(values))
+    return _numeric(name, values, nullable)
+
+
+def _all_missing(name: str) -> tuple[Column, str]:
+    """A column with no value at all is valid data (a field nobody filled in): it is kept, so
+    the table validates and the synthetic table has the column too, as a nullable continuous
+    column with bounds [0, 0]. A kind and domain cannot be learnt from no values, and [0, 0]
+    invents none: a synthetic value that noise makes non-missing can only be 0."""
+    return (Column(name, "continuous", lower=0.0, upper=0.0, nullable=True),
+            f"column {name!r}: every value is missing: drafted as continuous with bounds "
+            "[0, 0]; declare its kind and domain in a schema if it can hold values, or drop it")
+
+
+def _mixed(values: pd.Series) -> str | None:
+    """Why a text column may be a numeric one (most of its values are numbers), or None.
+
+    Mostly: more than half. Below that a few number-like labels ("1st", "10") in a category
+    column are ordinary, and the reviewer would only be told what the draft already shows."""
+    num = pd.to_numeric(values.astype(object).map(_cat_str), errors="coerce")
+    bad = values[num.isna().to_numpy()]
+    if len(bad) == 0 or len(bad) * 2 >= len(values):
+        return None
+    shown = ", ".join(repr(str(v)) for v in bad.astype(str).unique()[:3])
+    return (f"mostly numbers, but {len(bad):,} of {len(values):,} values are not "
+            f"({shown}{', ...' if bad.astype(str).nunique() > 3 else ''})")
+
+
+def _categorical(name: str, values: pd.Series, nullable: bool, max_categories: int,
+                 mixed: str | None) -> tuple[Column | None, str | None]:
+    """Text, booleans and pandas categoricals: a category list, unless that list would make
+    an identifier's values public (then the column is left out)."""
+    counts = values.astype(object).map(_cat_str).value_counts()
+    distinct, rows = len(counts), len(values)
+    if _identifier_like(distinct, rows):
+        return None, _identifier_note(name, distinct, rows, mixed)
+    cats = _public_categories(counts, max_categories)
+    if not cats:
+        return None, (f"column {name!r}: {distinct:,} distinct values, none held by "
+                      f"{MIN_CATEGORY_ROWS} rows or more: left out, so none of its values "
+                      "becomes public. Drop it, or declare it in a schema")
+    col = Column(name, "categorical", tuple(sorted(cats)), nullable=nullable)
+    return col, _categorical_note(name, col, distinct, mixed)
+
+
+def _identifier_like(distinct: int, rows: int) -> bool:
+    """More distinct values than half the rows: most values name one or two rows (an id, a
+    name, free text), so as categories they would put real rows' values into the public
+    schema and the synthetic table. Short lists (fewer than MIN_IDENTIFIER_VALUES values) are
+    left to the reviewer, who sees them whole in the draft."""
+    return distinct >= MIN_IDENTIFIER_VALUES and distinct * 2 > rows
+
+
+def _public_categories(counts: pd.Series, max_categories: int) -> list[str]:
+    """The values that become public categories (most frequent first).
+
+    Up to `max_categories` values: all of them, for the owner to review. A longer list keeps
+    at most `max_categories - 1` values, only those held by MIN_CATEGORY_ROWS rows or more,
+    and folds the rest into "__other__": a rare value is close to naming the row that holds
+    it, and the synthesizer could not learn it under noise anyway. Empty: nothing frequent.
+    """
+    if len(counts) <= max_categories:
+        return [str(v) for v in counts.index]
+    frequent = [str(v) for v, k in counts.items() if k >= MIN_CATEGORY_ROWS and v != OTHER]
+    return [*frequent[: max_categories - 1], OTHER] if frequent else []
+
+
+def _identifier_note(name: str, distinct: int, rows: int, mixed: str | None) -> str:
+    if mixed:
+        return (f"column {name!r}: {mixed}; as text it has {distinct:,} distinct values in "
+                f"{rows:,} rows, too many to make public: left out. Clean those values, or "
+                "declare it numeric in a schema")
+    return (f"column {name!r}: {distinct:,} distinct values in {rows:,} rows: looks like an "
+            "identifier or free text; left out, so none of its values becomes public. Drop "
+            "it, or declare it in a schema")
+
+
+def _categorical_note(name: str, col: Column, distinct: int, mixed: str | None) -> str | None:
+    kept = len(col.categories) - (OTHER in col.categories)
+    folded = (f"{distinct:,} distinct values: the {kept} most frequent (each held by at least "
+              f"{MIN_CATEGORY_ROWS} rows) are categories, the other {distinct - kept:,} fold "
+              f"into {OTHER!r}") if OTHER in col.categories and distinct > kept else None
+    if mixed:
+        return (f"column {name!r}: {mixed}: drafted as categorical with {kept} categories"
+                f"{f' ({folded})' if folded else ''}; clean those values, or declare it "
+                "numeric")
+    if folded:
+        return f"column {name!r}: {folded}; add the categories you know to be public"
+    return None
+
+
+def _numeric(name: str, values: pd.Series, nullable: bool) -> tuple[Column | None, str | None]:
+    """Numbers: integer if every value is whole, else continuous; the observed minimum and
+    maximum are the bounds. A whole-number column that counts rows is left out."""
+    arr = values.to_numpy(dtype=float)
+    whole = pd.api.types.is_integer_dtype(values) or bool(np.all(np.mod(arr, 1) == 0))
+    unique = whole and len(arr) >= MIN_IDENTIFIER_VALUES and len(np.unique(arr)) == len(arr)
+    if unique and _sequence_like(arr):
+        return None, (f"column {name!r}: {len(arr):,} distinct whole numbers in {len(arr):,} "
+                      "rows, close together: looks like a row number or identifier; left out. "
+                      "Drop it, or declare it in a schema")
+    col = Column(name, "integer" if whole else "continuous", lower=float(arr.min()),
+                 upper=float(arr.max()), nullable=nullable)
+    note = (f"column {name!r}: every value is distinct ({len(arr):,} whole numbers): drafted as "
+            "integer; if it is an identifier, drop it") if unique else None
+    return col, note
+
+
+def _sequence_like(arr: np.ndarray) -> bool:
+    """Distinct whole numbers within a range under twice their count: numbers handed out one
+    per row (row numbers, sequential ids, with gaps where rows were removed). A measure (an
+    amount, an age, a duration) taking n values in a range that narrow would repeat some of
+    them: about n / 4 repeats are expected even if it were spread evenly over the range."""
+    return float(arr.max() - arr.min()) + 1 < 2 * len(arr)
+
+
+def _ignored_problems(ignored: object, names: list[str]) -> list[str]:
+    if not isinstance(ignored, (list, tuple)) or not all(isinstance(c, str) for c in ignored):
+        return [f"{IGNORED!r} must be a list of column names"]
+    both = [c for c in ignored if c in names]
+    return [f"{IGNORED!r} lists column(s) {both} that the schema also declares: keep them in "
+            "one place only"] if both else []
+
+
+def describe_rows(mask: np.ndarray) -> str:
+    """How many rows a problem has and where, as a person finds them in the file."""
     idx = np.flatnonzero(mask)
     shown = ", ".join(str(i + 2) for i in idx[:5])  # +2: header line and 1-based rows
     more = f" and {len(idx) - 5} more" if len(idx) > 5 else ""
@@ -199,12 +360,16 @@ def _rows(mask: np.ndarray) -> str:
 
 
 def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
-                   show_values: bool = True) -> pd.DataFrame:
+                   show_values: bool = True, fold_unknown: bool = True) -> pd.DataFrame:
     """Check a table against the schema and return it with typed columns in schema order.
 
     Every problem is reported at once: missing or extra columns, empty table, values of the
     wrong type, outside the declared domain, or missing where the column is not nullable.
-    With `show_values=False` the offending values are left out (for reports that leave a party).
+    Columns the schema lists as ignored may be present and are dropped unread. With
+    `show_values=False` the offending values are left out (for reports that leave a party).
+    Categories the schema does not list fold into "__other__" when it has one: real rows may
+    hold rare values the public list left out. `fold_unknown=False` refuses them instead, for
+    a table that can only hold listed values (a synthetic table made with this schema).
     """
     problems: list[str] = []
     kinds: list[str] = []
@@ -214,7 +379,7 @@ def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
 
     df = df.rename(columns=str)  # schemas name columns by string, as CSV headers do
     missing = [n for n in schema.names if n not in df.columns]
-    extra = [str(c) for c in df.columns if c not in schema.names]
+    extra = [str(c) for c in df.columns if c not in schema.names and c not in schema.ignored]
     if missing:
         problems.append(f"missing column(s) {missing}: add them, or remove them from the schema")
         for m in missing:
@@ -232,21 +397,24 @@ def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
         s = df[col.name]
         na = s.isna().to_numpy()
         if na.any() and not col.nullable:
-            problems.append(f"column {col.name!r}: missing values in {_rows(na)}; fill them, or "
-                            "declare the column nullable in the schema")
+            problems.append(f"column {col.name!r}: missing values in {describe_rows(na)}; fill "
+                            "them, or declare the column nullable in the schema")
             kind(col.name, "missing values in a column the schema declares not nullable")
         if col.kind == "categorical":
             as_str = s.astype(object).where(~na, None)
             as_str = as_str.map(lambda v: None if v is None else _cat_str(v))
             allowed = set(col.categories)
             bad = (~na) & ~as_str.isin(allowed).to_numpy()
-            if OTHER in allowed:
+            if OTHER in allowed and fold_unknown:
                 as_str = as_str.where(~bad, OTHER)
             elif bad.any():
                 vals = sorted({str(v) for v in as_str[bad].unique()})[:5]
                 shown = f" (values {vals})" if show_values else ""
-                problems.append(f"column {col.name!r}: {_rows(bad)} hold categories not in the "
-                                f"schema{shown}; add them to its category list")
+                fix = "add them to its category list" if fold_unknown else (
+                    "a table made with this schema holds only its categories: check that it is "
+                    "the schema of the job that made the table, or add them to its list")
+                problems.append(f"column {col.name!r}: {describe_rows(bad)} hold categories not in "
+                                f"the schema{shown}; {fix}")
                 kind(col.name, "categories that are not in the schema")
             out[col.name] = as_str
         else:
@@ -255,8 +423,8 @@ def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
             if bad_type.any():
                 vals = [str(v) for v in s[bad_type].unique()[:5]]
                 shown = f" (values {vals})" if show_values else ""
-                problems.append(f"column {col.name!r}: {_rows(bad_type)} are not numbers{shown}; "
-                                f"the schema declares it {col.kind}")
+                problems.append(f"column {col.name!r}: {describe_rows(bad_type)} are not numbers"
+                                f"{shown}; the schema declares it {col.kind}")
                 kind(col.name, f"values that are not numbers (declared {col.kind})")
             arr = num.to_numpy(dtype=float)
             assert col.lower is not None and col.upper is not None  # checked by Schema
@@ -265,16 +433,16 @@ def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
             if out_of.any():
                 vals = [repr(float(v)) for v in np.unique(arr[out_of])[:5]]
                 shown = f" (values {vals})" if show_values else ""
-                problems.append(f"column {col.name!r}: {_rows(out_of)} lie outside the declared "
-                                f"bounds [{col.lower}, {col.upper}]{shown}; widen the bounds in "
-                                "the schema or clip the data")
+                problems.append(f"column {col.name!r}: {describe_rows(out_of)} lie outside the "
+                                f"declared bounds [{col.lower}, {col.upper}]{shown}; widen the "
+                                "bounds in the schema or clip the data")
                 kind(col.name, "values outside the declared bounds")
             if col.kind == "integer":
                 with np.errstate(invalid="ignore"):
                     frac = (~np.isnan(arr)) & (np.mod(arr, 1) != 0)
                 if frac.any():
-                    problems.append(f"column {col.name!r}: {_rows(frac)} are not whole numbers; "
-                                    "declare it continuous or round the data")
+                    problems.append(f"column {col.name!r}: {describe_rows(frac)} are not whole "
+                                    "numbers; declare it continuous or round the data")
                     kind(col.name, "values that are not whole numbers (declared integer)")
             out[col.name] = num
     if problems:
