@@ -1,0 +1,120 @@
+"""The analyst's job file (TOML) for a deployed consortium: what to run, among whom.
+
+    schema = "schema.json"            # the public schema every party pinned (by its hash)
+    parties = ["bank_a", "bank_b", "bank_c"]   # names in consortium.toml; all must take part
+    epsilon = 1.0
+    delta = 1e-6
+    channel = "secagg"
+    threshold = 2                     # optional: fewest survivors (default: 80%, secure min)
+    colluders = 0
+    rows = 10000                      # optional: synthetic rows (default: about the real count)
+    seed = 0                          # sampling of synthetic rows only; never the DP noise
+    target = "default"                # optional: the evaluation's ML-efficacy target
+    evaluate = false                  # federated DP evaluation on the parties' held-out rows
+    evaluation_epsilon = 1.0
+
+The identity keys come from the coordinator's consortium.toml, never from the job file: the
+spec names each party with the key the consortium agreed on, and each party checks that list
+against its own copy. Every problem in the file is reported at once.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedsynth.coordinator.job import JobOptions
+from fedsynth.crypto.keyfiles import Consortium
+from fedsynth.evaluation.plan import EvalOptions
+from fedsynth.protocols.spec import JobSpec, JobSpecError, default_threshold
+from fedsynth.synthesis.schema import Schema, SchemaError
+
+KNOWN = {"schema", "parties", "epsilon", "delta", "channel", "threshold", "colluders", "rows",
+         "seed", "target", "sensitive", "evaluate", "evaluation_epsilon"}
+
+
+class JobFileError(ValueError):
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path, self.problems = path, problems
+        super().__init__(f"job file {path} has {len(problems)} problem"
+                         f"{'s' if len(problems) > 1 else ''}:\n"
+                         + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Job:
+    spec: JobSpec
+    options: JobOptions
+    source: Path
+
+
+def load_job(path: Path, consortium: Consortium) -> Job:
+    path = Path(path)
+    try:
+        doc: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise JobFileError(path, [f"cannot read it: {exc.strerror or exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise JobFileError(path, [f"not valid TOML: {exc}"]) from None
+    problems = [f"unknown key {k!r} (known: {', '.join(sorted(KNOWN))})"
+                for k in doc if k not in KNOWN]
+    schema = None
+    if not isinstance(doc.get("schema"), str):
+        problems.append("missing 'schema' (the public schema JSON file)")
+    else:
+        sp = Path(doc["schema"]).expanduser()
+        sp = sp if sp.is_absolute() else path.resolve().parent / sp
+        try:
+            schema = Schema.load(sp)
+        except (SchemaError, OSError) as exc:
+            problems.append(f"'schema': {exc}")
+    names = doc.get("parties")
+    if not isinstance(names, list) or len(names) < 2 or \
+            not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        problems.append("'parties' must list two or more distinct party names")
+        names = []
+    unknown = [n for n in names if n not in consortium.identities]
+    if unknown:
+        problems.append(f"parties {unknown} are not in consortium.toml (it lists "
+                        f"{', '.join(consortium.identities)})")
+    eps, delta = doc.get("epsilon"), doc.get("delta", 1e-6)
+    if not _positive(eps):
+        problems.append(f"'epsilon' must be a positive number, got {eps!r}")
+    if not _positive(delta) or not delta < 1:
+        problems.append(f"'delta' must lie strictly between 0 and 1, got {delta!r}")
+    ints = {k: doc.get(k) for k in ("threshold", "colluders", "rows", "seed") if k in doc}
+    problems += [f"{k!r} must be a whole number, got {v!r}" for k, v in ints.items()
+                 if not isinstance(v, int) or isinstance(v, bool) or v < 0]
+    if problems or schema is None:
+        raise JobFileError(path, problems)
+    colluders = int(doc.get("colluders", 0))
+    evaluate = None
+    if doc.get("evaluate", False):
+        evaluate = EvalOptions(target=doc.get("target"), sensitive=doc.get("sensitive"),
+                               seed=int(doc.get("seed", 0)),
+                               epsilon=float(doc.get("evaluation_epsilon", 1.0)),
+                               delta=float(delta))
+    try:
+        assert isinstance(eps, (int, float))
+        spec = JobSpec(schema=schema, epsilon=float(eps), delta=float(delta),
+                       parties=len(names),
+                       threshold=int(doc.get("threshold", default_threshold(len(names),
+                                                                            colluders))),
+                       colluders=colluders, channel=str(doc.get("channel", "secagg")),
+                       method="marginals", party_names=tuple(names),
+                       identity_keys=tuple(consortium.identities[n] for n in names))
+        if evaluate is not None:
+            evaluate.check(schema)
+    except (JobSpecError, ValueError) as exc:
+        raise JobFileError(path, [str(exc)]) from None
+    rows = doc.get("rows")
+    options = JobOptions(rows=int(rows) if rows else None, seed=int(doc.get("seed", 0)),
+                         evaluate=evaluate)
+    return Job(spec, options, path)
+
+
+def _positive(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0

@@ -1,0 +1,55 @@
+"""The analyst's job file: a spec naming the consortium's parties with the consortium's keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedsynth.coordinator.job_file import JobFileError, load_job
+from fedsynth.crypto.keyfiles import CONSORTIUM, Consortium, init_consortium
+from fedsynth.simulations import datasets
+from fedsynth.synthesis.schema import Schema, infer_schema
+
+
+@pytest.fixture
+def consortium(tmp_path: Path) -> Consortium:
+    init_consortium(tmp_path / "c", "127.0.0.1:8000", ["a", "b", "c"])
+    df, _ = datasets.load("ISLR/Default")
+    (tmp_path / "schema.json").write_text(infer_schema(df).to_json())
+    return Consortium.load(tmp_path / "c" / CONSORTIUM)
+
+
+def _job(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "job.toml"
+    p.write_text(text)
+    return p
+
+
+def test_a_job_file_gives_the_spec_with_the_consortiums_keys(tmp_path: Path,
+                                                               consortium: Consortium) -> None:
+    job = load_job(_job(tmp_path, 'schema = "schema.json"\nparties = ["a", "c"]\n'
+                                  'epsilon = 1.5\nrows = 100\nevaluate = true\n'
+                                  'target = "default"\n'), consortium)
+    assert job.spec.party_names == ("a", "c") and job.spec.epsilon == 1.5
+    assert job.spec.identity_keys == (consortium.identities["a"], consortium.identities["c"])
+    assert job.spec.threshold == 2 and job.options.rows == 100
+    assert job.options.evaluate is not None and job.options.evaluate.target == "default"
+    assert isinstance(job.spec.schema, Schema)
+
+
+def test_every_problem_is_listed(tmp_path: Path, consortium: Consortium) -> None:
+    with pytest.raises(JobFileError) as info:
+        load_job(_job(tmp_path, 'schema = "none.json"\nparties = ["a", "zed"]\nepsilon = 0\n'
+                                'delta = 3\nrows = -1\nflavour = 1\n'), consortium)
+    text = str(info.value)
+    for needle in ("unknown key 'flavour'", "none.json", "['zed'] are not in consortium.toml",
+                   "'epsilon' must be a positive number", "'delta' must lie strictly",
+                   "'rows' must be a whole number"):
+        assert needle in text, needle
+
+
+def test_an_insecure_threshold_is_refused(tmp_path: Path, consortium: Consortium) -> None:
+    with pytest.raises(JobFileError, match="threshold"):
+        load_job(_job(tmp_path, 'schema = "schema.json"\nparties = ["a", "b", "c"]\n'
+                                'epsilon = 1\nthreshold = 1\n'), consortium)
