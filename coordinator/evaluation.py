@@ -27,10 +27,11 @@ from fedsynth.protocols.spec import JobSpec
 log = logging.getLogger("fedsynth.coordinator")
 
 REVEALS = ("each party, over its held-out rows only (never the rows the synthesis used): counts "
-           "per evaluation bin, pair and sampled triple of columns; fixed-point sums of numeric "
-           "values; model score histograms by label; group x label x prediction counts; and "
-           "the other blocks of the evaluation plan. The coordinator sees only the sum over the "
-           "contributing parties (secure aggregation)")
+           "per evaluation bin, pair and sampled triple of columns; exact evaluations also per "
+           "fine and display bin of numeric columns and of values equal to a public bound, and "
+           "fixed-point sums of numeric values; model score histograms by label; group x label "
+           "x prediction counts; and the other blocks of the evaluation plan. The coordinator "
+           "sees only the sum over the contributing parties (secure aggregation)")
 
 
 def federated_evaluation(ex: Exchange, *, round_id: int, spec: JobSpec,
@@ -47,6 +48,9 @@ def federated_evaluation(ex: Exchange, *, round_id: int, spec: JobSpec,
                         participants=participants, keys=keys, length=plan.length)
     out = measure(plan, res.total, table)
     out["evaluation"] = {**out.get("evaluation", {}), "mode": "federated",
+                         # the real side: a party evaluates its held-out rows and nothing else
+                         "real_side": "held_out",
+                         "real_rows": "the parties' held-out rows (never used for synthesis)",
                          "parties": res.contributors,
                          "options": options.__dict__, "statistics": plan.length,
                          "synthetic_bytes_sent_to_each_party": len(data), "reveals": REVEALS,

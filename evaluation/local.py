@@ -89,6 +89,7 @@ def _score(inputs: _Inputs, synthetic: _Table, opts: EvalOptions) -> dict[str, A
     out = measure(plan, vector, checked["synthetic"])
     t3 = time.perf_counter()
     out["evaluation"] = {**out.get("evaluation", {}), "mode": "local", "parties": 1,
+                         "real_side": "given",
                          "options": opts.__dict__,
                          "seconds": {"validate_and_plan": t1 - t0, "real_statistics": t2 - t1,
                                      "measures": t3 - t2, "total": t3 - t0}}

@@ -50,32 +50,46 @@ def measure(plan: EvaluationPlan, real_sum: np.ndarray, synthetic: pd.DataFrame,
     syn = table_blocks(plan, synthetic)
     if not plan.dp:
         out = _measures(plan, raw, syn, synthetic)
-        out["evaluation"] = {"dp": False, "epsilon": None, "delta": None}
+        out["evaluation"] = {"dp": False, "epsilon": None, "delta": None,
+                             "synthesis_rows_read": _synthesis_rows_read(raw)}
         return out
     return _dp_measure(plan, raw, syn, synthetic, replicates)
+
+
+def _synthesis_rows_read(real: Blocks) -> bool:
+    """True when the evaluated nodes also read the rows the synthesizer used (an exact local
+    evaluation given them): then TRTR is trained on them, distances are measured to them and
+    the membership attack runs. A federation reads held-out rows only, so never."""
+    return bool(int(real.get("mia:parties", np.zeros(1))[0]))
 
 
 def _measures(plan: EvaluationPlan, real: Blocks, syn: Blocks, synthetic: pd.DataFrame,
               tvd_of: TvdOf | None = None, min_group_rows: float = 0.0) -> dict[str, Any]:
     tvd = tvd_of or (lambda k: _tvd(real[k], syn[k]))
-    triples = sum(1 for name, _ in plan.layout if name.startswith("tri:"))
+    columns = [_column(plan, j, real, syn, tvd, synthetic) for j in range(len(plan.columns))]
+    empty = frozenset(j for j, c in enumerate(columns) if c["no_values"])
+    triples = sum(1 for name, _ in plan.layout if name.startswith("tri:")
+                  and not empty & {int(i) for i in name[4:].split(",")})
     out: dict[str, Any] = {
         "rows_real": int(real["rows"][0]),
         "rows_synthetic": len(synthetic),
-        "columns": [_column(plan, j, real, syn, tvd, synthetic)
-                    for j in range(len(plan.columns))],
-        "pairs": [_pair(plan, a, b, real, syn, tvd) for a, b in plan.pairs],
+        "columns": columns,
+        "pairs": [_pair(plan, a, b, real, syn, tvd, empty) for a, b in plan.pairs],
     }
     out["tvd"] = {
         "1way": _mean([1 - c["histogram_similarity"] for c in out["columns"]
                        if c["histogram_similarity"] is not None]),
         "2way": _mean([1 - p["contingency_similarity"] for p in out["pairs"]
                        if p["contingency_similarity"] is not None]),
-        "3way": _tvd_means(plan, tvd, ways=(3,))["3way"] if triples else None,
+        "3way": _tvd_means(plan, tvd, ways=(3,), skip=empty)["3way"] if triples else None,
         "3way_marginals": triples,
         "binning": f"up to {plan.options.bins} quantile bins of the synthetic table per numeric "
                    "column, categories as in the schema, missing values their own bin",
     }
+    if empty:
+        out["tvd"]["not_measured"] = {
+            "columns": [plan.columns[j].name for j in sorted(empty)],
+            "why": NO_VALUES + "; their columns, pairs and triples are left out of the means"}
     corr = [p["correlation_similarity"] for p in out["pairs"]
             if p["correlation_similarity"] is not None]
     out["similarity"] = {
@@ -84,19 +98,20 @@ def _measures(plan: EvaluationPlan, real: Blocks, syn: Blocks, synthetic: pd.Dat
         "correlation": _mean(corr),
     }
     if plan.target is not None:
-        out["ml_efficacy"] = _dp_ml(plan, real) if plan.dp else _ml(plan, real)
+        out["ml_efficacy"] = _dp_ml(plan, real) if plan.dp else _ml(plan, real, synthetic)
         if plan.sensitive is not None:
             out["bias"] = _bias(plan, real, synthetic, min_group_rows)
     out["privacy"] = _dp_privacy(plan, real) if plan.dp else _privacy(plan, real)
     return out
 
 
-def _tvd_means(plan: EvaluationPlan, tvd: TvdOf,
-               ways: tuple[int, ...] = (1, 2, 3)) -> dict[str, float | None]:
-    """Mean 1-, 2- and 3-way TVD over the plan's columns, pairs and triples."""
-    keys = {1: [f"one:{j}" for j in range(len(plan.columns))],
-            2: [f"pair:{a},{b}" for a, b in plan.pairs],
-            3: ["tri:" + ",".join(map(str, t)) for t in plan.triples]}
+def _tvd_means(plan: EvaluationPlan, tvd: TvdOf, ways: tuple[int, ...] = (1, 2, 3),
+               skip: frozenset[int] = frozenset()) -> dict[str, float | None]:
+    """Mean 1-, 2- and 3-way TVD over the plan's columns, pairs and triples, leaving out those
+    with a column in `skip` (columns without any value)."""
+    keys = {1: [f"one:{j}" for j in range(len(plan.columns)) if j not in skip],
+            2: [f"pair:{a},{b}" for a, b in plan.pairs if not skip & {a, b}],
+            3: ["tri:" + ",".join(map(str, t)) for t in plan.triples if not skip & set(t)]}
     have = {name for name, _ in plan.layout}
     return {f"{w}way": _mean([tvd(k) for k in keys[w] if k in have]) for w in ways}
 
@@ -114,19 +129,24 @@ def _tvd(p: np.ndarray, q: np.ndarray) -> float | None:
 
 # --- columns ---------------------------------------------------------------------------------
 
-def _order_stats(c: ColumnPlan, fine: np.ndarray, ks: np.ndarray) -> np.ndarray:
-    """Approximate k-th smallest values from fine counts (exact for one-value-per-bin columns):
-    the rows of a bin are taken as evenly spread over it."""
-    counts = fine[:-1].astype(float)  # drop missing
+_QUANTILES = (("min", 0.0), ("q1", 0.25), ("median", 0.5), ("q3", 0.75), ("max", 1.0))
+NO_VALUES = "no values in the real rows nor in the synthetic table (every value missing)"
+
+
+def _order_stats(counts: np.ndarray, edges: np.ndarray, exact: bool,
+                 ks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate k-th smallest values from binned counts of values, and the width of the
+    bin each one comes from: the rows of a bin are taken as evenly spread over it. With
+    `exact` every bin holds one value (its midpoint), so the order statistics are exact; a bin
+    of zero width (the values equal to a public bound) is exact too (width 0)."""
     cum = np.cumsum(counts)
-    edges = np.asarray(c.fine_edges)
-    b = np.searchsorted(cum, ks, side="right")
-    b = np.clip(b, 0, len(counts) - 1)
-    if c.exact_fine:
-        return (edges[b] + edges[b + 1]) / 2.0
+    b = np.clip(np.searchsorted(cum, ks, side="right"), 0, len(counts) - 1)
+    if exact:
+        return (edges[b] + edges[b + 1]) / 2.0, np.zeros(len(b))
     before = cum[b] - counts[b]
     frac = (ks - before + 0.5) / np.maximum(counts[b], 1.0)
-    return np.asarray(edges[b] + np.clip(frac, 0, 1) * (edges[b + 1] - edges[b]))
+    width = edges[b + 1] - edges[b]
+    return np.asarray(edges[b] + np.clip(frac, 0, 1) * width), np.asarray(width)
 
 
 def coarse(c: ColumnPlan) -> ColumnPlan:
@@ -138,23 +158,49 @@ def coarse(c: ColumnPlan) -> ColumnPlan:
     return replace(c, fine_edges=(lo, *e, hi), exact_fine=False)
 
 
-def _quantiles(c: ColumnPlan, fine: np.ndarray, qs: list[float]) -> list[float | None]:
-    n = float(fine[:-1].sum())
+def _binned(c: ColumnPlan, fine: np.ndarray,
+            ends: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of values per fine bin (missing dropped) and all bin edges; with `ends` (values
+    equal to the lower and the upper bound), those values become two bins of zero width at the
+    bounds, taken out of the first and the last fine bin."""
+    counts = np.asarray(fine[:-1], dtype=np.float64)
+    edges = np.asarray(c.fine_edges, dtype=np.float64)
+    if ends is None or len(counts) == 0:
+        return counts, edges
+    at_lo, at_hi = (float(v) for v in ends)
+    counts = np.concatenate([[at_lo], counts, [at_hi]])
+    counts[1] -= at_lo
+    counts[-2] -= at_hi
+    return np.maximum(counts, 0.0), np.concatenate([[edges[0]], edges, [edges[-1]]])
+
+
+def _quantiles(counts: np.ndarray, edges: np.ndarray, exact: bool,
+               qs: list[float]) -> list[tuple[float, float] | None]:
+    """(value, width of the bin it was interpolated in; 0: exact) for each quantile."""
+    n = float(counts.sum())
     if n == 0:
         return [None] * len(qs)
     h = np.array(qs) * (n - 1)  # numpy's default (linear) quantile on order statistics
     lo, hi = np.floor(h), np.ceil(h)
-    vlo, vhi = _order_stats(c, fine, lo), _order_stats(c, fine, hi)
-    return [float(v) for v in vlo + (h - lo) * (vhi - vlo)]
+    (vlo, wlo), (vhi, whi) = _order_stats(counts, edges, exact, lo), _order_stats(
+        counts, edges, exact, hi)
+    width = np.where(h > lo, np.maximum(wlo, whi), wlo)
+    return [(float(v), float(w)) for v, w in zip(vlo + (h - lo) * (vhi - vlo), width,
+                                                 strict=True)]
 
 
 def _stats(c: ColumnPlan, blocks: Blocks, j: int, scale: float = FIXED_POINT,
            dp: bool = False,
            bin_moments: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
-    """Column statistics; `dp`: of denoised blocks, without what noise makes meaningless
-    (distinct counts, minimum and maximum). Without fine bins, quantiles come from the
-    evaluation bins; without moment sums, mean and std come from the evaluation bins with
-    `bin_moments` (mean and mean square of the synthetic values in each bin)."""
+    """Statistics of the real rows from their summed blocks; `dp`: of denoised blocks, without
+    what noise makes meaningless (distinct counts, minimum and maximum), marked "noisy".
+
+    Quantiles, minimum and maximum come from the fine bins, and from the values counted at the
+    public bounds; "about" gives, for each that was interpolated inside a bin, that bin's width
+    (absent: exact, e.g. one fine bin per integer, or a minimum at the lower bound). Without
+    fine bins (DP) quantiles come from the evaluation bins; without moment sums, mean and std
+    come from the evaluation bins with `bin_moments` (mean and mean square of the synthetic
+    values in each bin), "about" with no width."""
     one = blocks[f"one:{j}"]
     n = int(blocks["rows"][0])
     out: dict[str, Any] = {"count": n - int(one[-1]), "missing": int(one[-1])}
@@ -162,6 +208,7 @@ def _stats(c: ColumnPlan, blocks: Blocks, j: int, scale: float = FIXED_POINT,
         counts = one[:-1]
         out["distinct"] = None if dp else int((counts > 0).sum())
         return out
+    about: dict[str, float | None] = {}
     out["mean"] = out["std"] = None
     if f"mom:{j}" in blocks:
         k, s1, s2 = (float(v) for v in blocks[f"mom:{j}"])
@@ -177,15 +224,46 @@ def _stats(c: ColumnPlan, blocks: Blocks, j: int, scale: float = FIXED_POINT,
             mu = float(counts @ bin_moments[0]) / k
             var = max(float(counts @ bin_moments[1]) / k - mu * mu, 0.0)
             out["mean"], out["std"] = mu, math.sqrt(var * (k / (k - 1) if k > 1 else 0.0))
+            about["mean"] = about["std"] = None
     if f"fine:{j}" in blocks:
-        fine = blocks[f"fine:{j}"]
+        counts, edges = _binned(c, blocks[f"fine:{j}"], blocks.get(f"ends:{j}"))
+        exact = c.exact_fine
+        out["distinct"] = int((blocks[f"fine:{j}"][:-1] > 0).sum()) if exact else None
     else:  # a DP plan has no fine bins: quantiles from the evaluation bins
-        c, fine = coarse(c), one
-    out["min"], out["q1"], out["median"], out["q3"], out["max"] = _quantiles(
-        c, fine, [0.0, 0.25, 0.5, 0.75, 1.0])
-    out["distinct"] = int((fine[:-1] > 0).sum()) if c.exact_fine else None
+        counts, edges = _binned(coarse(c), one)
+        exact = False
+        out["distinct"] = None
+    for (key, _), q in zip(_QUANTILES, _quantiles(counts, edges, exact,
+                                                  [q for _, q in _QUANTILES]), strict=True):
+        out[key] = None if q is None else q[0]
+        if q is not None and q[1] > 0:
+            about[key] = q[1]
     if dp:
         out["min"] = out["max"] = out["distinct"] = None
+        about.pop("min", None)
+        about.pop("max", None)
+        out["noisy"] = True
+    if about:
+        out["about"] = about
+    return out
+
+
+def _table_stats(c: ColumnPlan, s: pd.Series) -> dict[str, Any]:
+    """Exact statistics of a table at hand (the synthetic table, which is public)."""
+    na = s.isna().to_numpy()
+    out: dict[str, Any] = {"count": int((~na).sum()), "missing": int(na.sum())}
+    if not c.numeric:
+        present = np.bincount(c.codes(s), minlength=c.size)[:-1]
+        out["distinct"] = int((present > 0).sum())
+        return out
+    x = s.to_numpy(dtype=float, na_value=np.nan)
+    x = x[~np.isnan(x)]
+    out["mean"] = float(x.mean()) if len(x) else None
+    out["std"] = (float(x.std(ddof=1)) if len(x) > 1 else 0.0) if len(x) else None
+    qs = np.quantile(x, [q for _, q in _QUANTILES]) if len(x) else [None] * len(_QUANTILES)
+    for (key, _), v in zip(_QUANTILES, qs, strict=True):
+        out[key] = None if v is None else float(v)
+    out["distinct"] = len(np.unique(x))
     return out
 
 
@@ -205,21 +283,41 @@ def _bin_moments(c: ColumnPlan, s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return m1, m2
 
 
+def _display(c: ColumnPlan, j: int, real: Blocks, syn: Blocks) -> dict[str, Any]:
+    """The report's histogram of a numeric column: counts per display bin (equal width on the
+    public bounds) in an exact plan; a DP plan releases only the evaluation bins, which differ
+    in width, so those are drawn as densities."""
+    if f"disp:{j}" in real:
+        return {"edges": list(c.display_edges), "real": real[f"disp:{j}"].tolist(),
+                "synthetic": syn[f"disp:{j}"].tolist(), "density": False,
+                "bins": "equal width on the public bounds"}
+    return {"edges": list(coarse(c).fine_edges), "real": real[f"one:{j}"][:-1].tolist(),
+            "synthetic": syn[f"one:{j}"][:-1].tolist(), "density": True,
+            "bins": "the evaluation bins (quantiles of the synthetic table), as densities"}
+
+
 def _column(plan: EvaluationPlan, j: int, real: Blocks, syn: Blocks,
             tvd_of: TvdOf, synthetic: pd.DataFrame) -> dict[str, Any]:
     c = plan.columns[j]
     r, s = real[f"one:{j}"], syn[f"one:{j}"]
-    tvd = tvd_of(f"one:{j}")
+    # a column with no value on either side: its similarity is that of two columns of
+    # missing values, 1 whatever the synthesizer did; it is not measured (nor its pairs)
+    empty = int(r[:-1].sum()) == 0 and int(s[:-1].sum()) == 0
+    tvd = None if empty else tvd_of(f"one:{j}")
     out: dict[str, Any] = {
         "name": c.name, "kind": "numeric" if c.numeric else "categorical",
         "real": _stats(c, real, j, plan.fixed_point, plan.dp,
                        _bin_moments(c, synthetic[c.name]) if plan.dp and c.numeric else None),
-        "synthetic": _stats(c, syn, j, plan.fixed_point),
+        "synthetic": _table_stats(c, synthetic[c.name]),
         "histogram_similarity": None if tvd is None else 1.0 - tvd,
+        "no_values": empty,
         "bins": [c.label(i) for i in range(c.size)],
         "histogram_real": r.tolist(), "histogram_synthetic": s.tolist(),
     }
+    if empty:
+        out["note"] = NO_VALUES + ": not measured"
     if c.numeric:
+        out["display"] = _display(c, j, real, syn)
         fine = "fine" if f"fine:{j}" in real else "one"  # a DP plan: the evaluation bins
         fr = real[f"{fine}:{j}"][:-1].astype(float)
         fs = syn[f"{fine}:{j}"][:-1].astype(float)
@@ -258,17 +356,21 @@ def cramers_v(table: np.ndarray) -> float | None:
 
 
 def _pair(plan: EvaluationPlan, a: int, b: int, real: Blocks, syn: Blocks,
-          tvd_of: TvdOf) -> dict[str, Any]:
+          tvd_of: TvdOf, empty: frozenset[int] = frozenset()) -> dict[str, Any]:
     key = f"{a},{b}"
     shape = (plan.columns[a].size, plan.columns[b].size)
     r, s = real[f"pair:{key}"], syn[f"pair:{key}"]
-    tvd = tvd_of(f"pair:{key}")
+    # with a column without values the pair's table is the other column's: not a pair measure
+    tvd = None if empty & {a, b} else tvd_of(f"pair:{key}")
     out: dict[str, Any] = {"columns": [plan.columns[a].name, plan.columns[b].name],
                            "contingency_similarity": None if tvd is None else 1.0 - tvd,
                            "cramers_v_real": cramers_v(r.reshape(shape)),
                            "cramers_v_synthetic": cramers_v(s.reshape(shape)),
                            "correlation_real": None, "correlation_synthetic": None,
                            "correlation_similarity": None}
+    if empty & {a, b}:
+        out["note"] = NO_VALUES + " in " + " and ".join(
+            plan.columns[i].name for i in sorted(empty & {a, b})) + ": not measured"
     if f"pear:{key}" in real:
         fp = plan.fixed_point
         rr, rs = pearson(real[f"pear:{key}"], fp), pearson(syn[f"pear:{key}"], fp)
@@ -298,11 +400,19 @@ def f1_from_hist(hist: np.ndarray) -> float | None:
     return None if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
-def _ml(plan: EvaluationPlan, real: Blocks) -> dict[str, Any]:
+def _ml(plan: EvaluationPlan, real: Blocks, synthetic: pd.DataFrame) -> dict[str, Any]:
     assert plan.target is not None
+    labels = plan.target.labels(synthetic[plan.target.name])
     out: dict[str, Any] = {"target": plan.target.name, "positive_class": plan.target.positive,
                            "model": "HistGradientBoostingClassifier (scikit-learn)",
-                           "f1_threshold": 0.5}
+                           "f1_threshold": 0.5,
+                           # rows each model learnt from and was scored on (labelled rows)
+                           "tstr_train_rows": int((labels >= 0).sum()),
+                           "tstr_test_rows": int(real["ml:tstr"].sum()),
+                           "trtr_test_rows": int(real["ml:trtr"].sum()),
+                           "trtr_trained_on": (
+                               "the rows used for synthesis" if _synthesis_rows_read(real) else
+                               "one half of each party's real rows (tested on the other half)")}
     imps: dict[str, list[float]] = {}
     for m in ("tstr", "trtr"):
         hist = real[f"ml:{m}"]
@@ -422,8 +532,11 @@ def _privacy(plan: EvaluationPlan, real: Blocks) -> dict[str, Any]:
         above = non.sum() - np.cumsum(non)
         out["membership_inference_auc"] = float(
             (mem * (above + 0.5 * non)).sum() / (mem.sum() * non.sum()))
-    out["membership_inference"] = ("distance-to-closest-synthetic-record attack, rows used for "
-                                   "synthesis vs held-out rows (0.5: no better than a coin)")
+    out["membership_inference"] = (
+        "distance-to-closest-synthetic-record attack, rows used for synthesis vs the evaluated "
+        "rows (0.5: no better than a coin)" if _synthesis_rows_read(real) else
+        "not measured: the attack needs the rows used for synthesis, which this evaluation did "
+        "not read")
     return out
 
 
@@ -435,7 +548,7 @@ _WHY = {
     "agreement": "needs TRTR importances, which a DP evaluation does not release",
     "tstr_one_class": "the synthetic table's labels hold one class: no TSTR model",
     "match_flags": "not in a DP evaluation: one flag per synthetic row names real rows; see "
-                   "real_rows_with_exact_match (held-out rows that have an identical "
+                   "real_rows_with_exact_match (evaluated real rows that have an identical "
                    "synthetic row, a count)",
     "dcr_real": "not in a DP evaluation: distances to the closest of a party's own rows change "
                 "for many rows when one row is added; see dcr_real_to_synthetic_median",
@@ -586,11 +699,12 @@ def _dp_privacy(plan: EvaluationPlan, real: Blocks) -> dict[str, Any]:
         "dcr_histogram_real_to_synthetic": h.tolist(),
         "dcr_histogram_synthetic": [], "dcr_histogram_real": [],
         "dcr_bin_edges": _EDGES.tolist(),
-        "distance": "Gower distance from each held-out real row to the closest row of a "
+        "distance": "Gower distance from each evaluated real row to the closest row of a "
                     f"sample of {min(plan.options.distance_rows, plan.synthetic_rows)} "
                     "synthetic rows (numeric differences scaled by the synthetic 1st-99th "
                     "percentile range, categories 0/1)",
-        "membership_inference": "not measured (DP evaluation reads held-out rows only)",
+        "membership_inference": "not measured (a DP evaluation reads the evaluated real rows only, "
+                                "never the rows used for synthesis)",
         "not_released": {"exact_matches": _WHY["match_flags"],
                          "exact_match_rate": _WHY["match_flags"],
                          "dcr_synthetic_median": _WHY["dcr_real"],
@@ -661,6 +775,7 @@ def _dp_measure(plan: EvaluationPlan, raw: Blocks, syn: Blocks, synthetic: pd.Da
     # below about 0.1)
     min_rows = 10.0 * math.sqrt(var["bias:real"]) if "bias:real" in var else 0.0
     out = _measures(plan, real, syn, synthetic, _dp_tvd_of(raw, var, n, syn), min_rows)
+    empty = frozenset(j for j, c in enumerate(out["columns"]) if c["no_values"])
     # parametric bootstrap around the denoised estimate (post-processing only: the released
     # sum is already DP, so this generator needs no secrecy)
     rng = np.random.default_rng(0)
@@ -674,7 +789,7 @@ def _dp_measure(plan: EvaluationPlan, raw: Blocks, syn: Blocks, synthetic: pd.Da
         null = _zero_structural(plan, {
             k: _rint(n * syn[k] / max(syn[k].sum(), 1)) + skellam(var[k], len(raw[k]), rng)
             for k in raw if block_group(k) in _COUNT_GROUPS})
-        floors.append(_tvd_means(plan, _dp_tvd_of(null, var, n, syn)))
+        floors.append(_tvd_means(plan, _dp_tvd_of(null, var, n, syn), skip=empty))
     sds = _leaf_sds(out, reps)
     if replicates >= 2:
         _round_leaves(out, sds)
@@ -685,7 +800,9 @@ def _dp_measure(plan: EvaluationPlan, raw: Blocks, syn: Blocks, synthetic: pd.Da
                               for p in HEADLINE if p in sds}
     out["evaluation"] = {
         "dp": True, "epsilon": plan.options.epsilon, "delta": plan.options.delta,
-        "unit": "one held-out row of one party, added or removed",
+        "unit": "one evaluated real row of one party (in a federation, one of its held-out "
+                "rows), added or removed",
+        "synthesis_rows_read": False,
         "noise": "Skellam on every statistic, calibrated per block to its sensitivity (see "
                  "evaluation.dp); numbers are rounded to the first digit of their noise "
                  "standard deviation ('uncertainty', from re-noised copies of the estimate); "

@@ -254,6 +254,12 @@ def _auc(
     present, counts = np.unique(y_train, return_counts=True)
     if len(present) < 2:
         return None
+    # a feature with no value in the training rows cannot be binned by scikit-learn; as a
+    # constant it is never split on, so the predictions do not depend on it
+    empty = np.isnan(x_train).all(axis=0)
+    if empty.any():
+        x_train, x_test = x_train.copy(), x_test.copy()
+        x_train[:, empty] = x_test[:, empty] = 0.0
     model = HistGradientBoostingClassifier(
         random_state=seed,
         categorical_features=np.asarray(categorical, dtype=bool) if any(categorical) else None,

@@ -115,6 +115,17 @@ class ColumnPlan:
     upper: float
     clip: tuple[float, float]  # numeric: range the distance measure clips to (1st-99th pct)
     nullable: bool = True  # the schema allows missing values (else the missing code is empty)
+    # numeric: all edges of the display bins (equal width with a round width, covering the
+    # public bounds; one bin per value for integers with a small range), for the report's
+    # histograms only: no measure uses them
+    display_edges: tuple[float, ...] = ()
+
+    @property
+    def ends(self) -> bool:
+        """Numeric columns binned by interval (not one bin per value) with a public range:
+        they count values equal to each bound exactly (e.g. "no debt": 0, or a top code), so a
+        minimum or maximum at a bound is exact rather than interpolated within a fine bin."""
+        return self.numeric and not self.exact_fine and self.upper > self.lower
 
     @property
     def size(self) -> int:
@@ -137,6 +148,18 @@ class ColumnPlan:
         out = np.asarray(out, dtype=np.int64)
         out[na] = self.size - 1
         return out
+
+    def display_codes(self, s: pd.Series) -> np.ndarray:
+        """Display bin of each non-missing value (missing values are dropped)."""
+        x = s.to_numpy(dtype=float, na_value=np.nan)
+        x = x[~np.isnan(x)]
+        inner = np.asarray(self.display_edges[1:-1])
+        return np.searchsorted(inner, x, side="right").astype(np.int64)
+
+    def end_counts(self, s: pd.Series) -> np.ndarray:
+        """Values equal to the lower bound, and to the upper bound."""
+        x = s.to_numpy(dtype=float, na_value=np.nan)
+        return np.array([int((x == self.lower).sum()), int((x == self.upper).sum())])
 
     def fine_codes(self, s: pd.Series) -> np.ndarray:
         x = s.to_numpy(dtype=float, na_value=np.nan)
@@ -290,7 +313,51 @@ def _column_plan(name: str, kind: str, categories: tuple[str, ...], lower: float
     if c99 <= c1:
         c1, c99 = lo, (hi if hi > lo else lo + 1.0)
     return ColumnPlan(name, True, tuple(float(e) for e in edges), (),
-                      tuple(float(e) for e in fine), exact, lo, hi, (c1, c99))
+                      tuple(float(e) for e in fine), exact, lo, hi, (c1, c99),
+                      display_edges=display_edges(lo, hi, integer=kind == "integer"))
+
+
+DISPLAY_BINS = 20  # the report's histograms: at most about this many equal-width bins
+_ROUND_STEPS = (1.0, 2.0, 2.5, 5.0)
+
+
+def round_width(span: float, bins: int = DISPLAY_BINS) -> float:
+    """The smallest width of the form {1, 2, 2.5, 5} x 10^k that covers `span` in `bins` bins."""
+    if span <= 0:
+        return 1.0
+    raw = span / bins
+    power = 10.0 ** math.floor(math.log10(raw))
+    for step in (*_ROUND_STEPS, 10.0):
+        if step * power >= raw * (1 - 1e-12):
+            return step * power
+    return 10.0 * power  # pragma: no cover (10 always qualifies)
+
+
+def display_edges(lo: float, hi: float, *, integer: bool) -> tuple[float, ...]:
+    """Edges of the report's histogram bins for a numeric column with public bounds [lo, hi]:
+    the public bounds, and between them every multiple of a round width (so bins line up with
+    ticks such as 0, 500, 1k); an end bin narrower than half that width joins its neighbour.
+    End bins may be narrower than the others: the report draws shares per width. Integers
+    with at most 40 values get one bin per value, centred on it; other integers get bins that
+    hold whole numbers (edges half way between them)."""
+    if hi <= lo:
+        return (lo - 0.5, lo + 0.5)
+    if integer and hi - lo + 1 <= 2 * DISPLAY_BINS:
+        return tuple(float(v) for v in np.arange(lo - 0.5, hi + 1.0, 1.0))
+    shift = 0.5 if integer else 0.0
+    a, b = lo - shift, hi + shift
+    w = round_width(b - a)
+    if integer:
+        w = max(w, 1.0)
+    digits = max(0, 1 - math.floor(math.log10(w)))
+    inner = [round(k * w - shift, digits + 1)
+             for k in range(math.floor(a / w) + 1, math.ceil(b / w) + 1)]
+    inner = [e for e in inner if a < e < b]
+    if inner and inner[0] - a < w / 2:
+        inner = inner[1:]
+    if inner and b - inner[-1] < w / 2:
+        inner = inner[:-1]
+    return (float(a), *(float(e) for e in inner), float(b))
 
 
 def _target(index: int, cols: tuple[ColumnPlan, ...], s: pd.Series) -> Target:
@@ -317,7 +384,10 @@ def _layout(plan: EvaluationPlan) -> list[tuple[str, int]]:
     for j, c in enumerate(cols):
         out.append((f"one:{j}", c.size))
         if c.numeric:
-            out += [(f"fine:{j}", c.fine_size), (f"mom:{j}", 3)]
+            out += [(f"fine:{j}", c.fine_size), (f"mom:{j}", 3),
+                    (f"disp:{j}", len(c.display_edges) - 1)]
+            if c.ends:
+                out.append((f"ends:{j}", 2))
     for a, b in plan.pairs:
         out.append((f"pair:{a},{b}", cols[a].size * cols[b].size))
         if cols[a].numeric and cols[b].numeric:

@@ -3,14 +3,15 @@
 Every measure of the report is a function of sums over real rows, so a federation can add the
 nodes' vectors through the secure channel and the coordinator learns only the totals. What an
 exact plan's vector holds (see `plan._layout`): counts per evaluation bin, per pair and per
-sampled triple of columns; fixed-point sums of values, squares and products (numeric columns,
-mapped into [0, 1] by the public bounds); histograms of model scores by true label; counts by
-sensitive group, label and prediction; one 0/1 flag per synthetic row (it equals one of the
-node's rows); and histograms of distances to the closest record. None of these is
-differentially private: they are exact aggregates, which is why exact evaluation is an
-explicit policy opt-in, released only summed with at least t - 1 other nodes (secure
-aggregation). The synthetic table itself is public (a DP output), so statistics of it alone
-carry no extra risk.
+sampled triple of columns; per numeric column, counts per fine bin, per display bin of the
+report's histograms and of values equal to each public bound; fixed-point sums of values,
+squares and products (numeric columns, mapped into [0, 1] by the public bounds); histograms
+of model scores by true label; counts by sensitive group, label and prediction; one 0/1 flag
+per synthetic row (it equals one of the node's rows); and histograms of distances to the
+closest record. None of these is differentially private: they are exact aggregates, which is
+why exact evaluation is an explicit policy opt-in, released only summed with at least t - 1
+other nodes (secure aggregation). The synthetic table itself is public (a DP output), so
+statistics of it alone carry no extra risk.
 
 Models (TSTR on the synthetic table, TRTR on the node's rows) are trained at the node; only
 their score histograms leave it. All nodes train the same TSTR model (same data, seed and one
@@ -79,8 +80,14 @@ def table_blocks(plan: EvaluationPlan, df: pd.DataFrame) -> dict[str, np.ndarray
     codes = [c.codes(df[c.name]) for c in cols]
     units = [c.unit(df[c.name]) if c.numeric else None for c in cols]
     out: dict[str, np.ndarray] = {"rows": np.array([len(df)])}
+    have = {name for name, _ in plan.layout}
     for j, c in enumerate(cols):
         out[f"one:{j}"] = np.bincount(codes[j], minlength=c.size)
+        if f"disp:{j}" in have:  # the report's histogram bins (exact plans)
+            out[f"disp:{j}"] = np.bincount(c.display_codes(df[c.name]),
+                                           minlength=len(c.display_edges) - 1)
+        if f"ends:{j}" in have:  # values at the public bounds exactly (exact plans)
+            out[f"ends:{j}"] = c.end_counts(df[c.name])
         if c.numeric:
             out[f"fine:{j}"] = np.bincount(c.fine_codes(df[c.name]), minlength=c.fine_size)
             u = units[j]
@@ -140,12 +147,20 @@ def fit_model(plan: EvaluationPlan, df: pd.DataFrame) -> Model | None:
                                            categorical_features=cat if cat.any() else None,
                                            early_stopping="auto" if counts.min() >= 2 else False)
     x = feature_matrix(plan, df)[keep]
+    # A feature without a single value in the training rows (every value missing) carries no
+    # information, and scikit-learn cannot bin it: it becomes a constant, which the model
+    # never splits on, so the predictions do not depend on it (nor its importance).
+    empty = np.isnan(x).all(axis=0) if len(x) else np.zeros(x.shape[1], dtype=bool)
+    x[:, empty] = 0.0
     # One OpenMP thread: the same model at every node, and no oversubscription of the cores
     # once jax or Ray ran in the process (a 3-party run went from 100 s to 25 s).
     with threadpool_limits(limits=1, user_api="openmp"):
         model.fit(x, y[keep])
 
     def predict(xm: np.ndarray) -> np.ndarray:
+        if empty.any():
+            xm = xm.copy()
+            xm[:, empty] = 0.0
         with threadpool_limits(limits=1, user_api="openmp"):
             proba = model.predict_proba(xm)
         return np.asarray(proba[:, list(model.classes_).index(1)], dtype=np.float64)

@@ -367,7 +367,7 @@ def _settings(privacy: dict[str, Any], partition_spec: str, holdout: float, n: i
     return {"parties": n, "partition": partition_spec, "threshold_t": privacy["threshold_t"],
             "colluders_c": privacy["colluders_c"], "channel": privacy["channel"],
             "holdout_fraction": holdout, "marginals": privacy.get("marginals", []),
-            "epsilon": epsilon, "delta": delta,
+            "epsilon": epsilon, "delta": delta, "real_side": "held_out",
             "real_rows": (f"the parties' held-out rows ({holdout:.0%} of the rows, drawn at "
                           "random before synthesis and never used for it)") if held else
                          "none: no rows were held out, so nothing was evaluated"}

@@ -233,20 +233,20 @@ def test_one_ctrl_c_stops_a_local_job_cleanly(project: Path) -> None:
 def test_one_ctrl_c_stops_the_flower_engine_and_its_processes(project: Path) -> None:
     tmp = project / "tmp"
     tmp.mkdir()
-    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "fedsynth.cli", "simulate", "--data", "t.csv",
-                             "--out", "run"], cwd=project, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "starting Flower" in line:
-            break
+    # our temporary folders go to `tmp`; Ray's stay in /tmp (its socket paths must be short)
+    env = {**os.environ, "TMPDIR": str(tmp), "RAY_TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1"}
+    log = project / "err.log"  # a file, not a pipe: an unread pipe could fill and block
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "fedsynth.cli", "simulate", "--data",
+                                 "t.csv", "--out", "run"], cwd=project, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     deadline = time.monotonic() + 120
     while len(_session_alive(proc.pid)) < 3 and time.monotonic() < deadline:
         time.sleep(0.5)  # wait until the engine has started its processes
     assert len(_session_alive(proc.pid)) >= 3
     os.killpg(proc.pid, signal.SIGINT)
-    _, rest = proc.communicate(timeout=30)
+    proc.wait(timeout=30)
+    rest = log.read_text()
     assert proc.returncode == EXIT_INTERRUPTED, rest
     assert "interrupted" in rest and "Traceback" not in rest
     time.sleep(2)

@@ -317,7 +317,8 @@ def test_exact_measures_say_they_are_exact() -> None:
     syn = _synthetic()
     plan = _plan(syn, **TARGETED)
     m = measure(plan, node_statistics(plan, syn, train=None, test=_synthetic(30, 4)), syn)
-    assert m["evaluation"] == {"dp": False, "epsilon": None, "delta": None}
+    assert m["evaluation"] == {"dp": False, "epsilon": None, "delta": None,
+                               "synthesis_rows_read": False}  # held-out rows only
     assert m["ml_efficacy"]["trtr_auc"] is not None or m["ml_efficacy"]["trtr_parties"] == 0
 
 

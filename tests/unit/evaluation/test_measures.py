@@ -132,14 +132,19 @@ def test_continuous_column_moments_exact_and_quantiles_within_a_fine_bin() -> No
         stats = col[side]
         assert stats["mean"] == pytest.approx(s.mean(), rel=1e-6)
         assert stats["std"] == pytest.approx(s.std(ddof=1), rel=1e-6)
-        assert stats["distinct"] is None
         xs = np.sort(s.to_numpy())
         for key, q in (("min", 0.0), ("q1", 0.25), ("median", 0.5), ("q3", 0.75), ("max", 1.0)):
+            if side == "synthetic":  # the synthetic table is public: exact
+                assert stats[key] == pytest.approx(np.quantile(xs, q), abs=1e-12), key
+                continue
             h = q * (len(xs) - 1)
             ranks = [math.floor(h), math.ceil(h)]
             bins = np.searchsorted(edges[1:-1], xs[ranks], side="right")
             width = float(np.max(edges[bins + 1] - edges[bins]))
             assert abs(stats[key] - np.quantile(xs, q)) <= width + 1e-12, (side, key)
+            assert stats["about"][key] == pytest.approx(width), key  # the width is reported
+    assert col["real"]["distinct"] is None  # not exact from fine bins of a continuous column
+    assert col["synthetic"]["distinct"] == syn.nunique()
 
 
 def test_identical_continuous_columns_have_similarity_one() -> None:

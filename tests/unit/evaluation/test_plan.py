@@ -274,7 +274,10 @@ def test_layout_sizes_by_hand() -> None:
     assert layout["tri:0,1,2"] == 45
     assert layout["match"] == 4
     assert not any(k.startswith(("pear:", "ml:", "bias:")) for k in layout)
-    assert plan.length == 1 + 11 + 5 + 3 + 39 + 45 + 4 + 4 * DCR_BINS + 1
+    # k's histogram in the report: one display bin per value 0..3; no bound counts (its fine
+    # bins are exact already)
+    assert layout["disp:1"] == 4 and "ends:1" not in layout
+    assert plan.length == 1 + 11 + 5 + 3 + 4 + 39 + 45 + 4 + 4 * DCR_BINS + 1
 
     with_target = _plan(schema, syn, target="y", sensitive="g", score_bins=16)
     extra = dict(with_target.layout)
