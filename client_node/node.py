@@ -3,11 +3,15 @@ noises and masks.
 
 Transport-free: `Node.handle(request, state) -> (reply, state)` takes and returns bytes, so the
 same code serves the Flower ClientApp, local tests and any future transport. What leaves the
-party: at setup, its X25519 key signed by its identity key; per round a vector that is (counts
-+ its Skellam noise share) masked by secure aggregation; in the unmask step, shares and seeds as
-in protocols.secure_sum; every reply signed by its identity key. Raw rows, unnoised or unmasked
-counts never leave (except under channel "plain", which a party only accepts when its policy
-lists it, i.e. in tests and simulations).
+party: at setup, its X25519 job key signed by its identity key; before the first masked round
+(mask_keys_request) and then with every round's reply, its one-shot mask key for the next round,
+signed, with encrypted Shamir shares of the private half; per round a vector that is (counts +
+its Skellam noise share) masked by secure aggregation; in the unmask step, shares as in
+protocols.secure_sum (self-mask shares of survivors, mask-key shares of dropped parties, never
+both for one party and round); every reply signed by its identity key. A round's mask key is
+deleted as soon as it has masked that round's vector. Raw rows, unnoised or unmasked counts
+never leave (except under channel "plain", which a party only accepts when its policy lists
+it, i.e. in tests and simulations).
 
 What a refusal tells the coordinator: the kind of problem and, for data problems, the column
 (never counts, values, row or line numbers, or the names of the party's own extra columns: an
@@ -44,7 +48,12 @@ from fedsynth.evaluation.statistics import node_statistics
 from fedsynth.evaluation.transfer import synthetic_from_parquet
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import ProtocolError, pack, refusal, sign, unpack
-from fedsynth.protocols.secure_sum import party_measure_reply, party_unmask_reply
+from fedsynth.protocols.secure_sum import (
+    party_mask_key,
+    party_measure_reply,
+    party_unmask_reply,
+    verified_mask_keys,
+)
 from fedsynth.protocols.spec import JobSpec, JobSpecError, schema_sha256
 from fedsynth.synthesis import marginals
 from fedsynth.synthesis.encoding import Encoding, Grouping
@@ -53,7 +62,13 @@ from fedsynth.synthesis.schema import DataValidationError, Schema, SchemaError, 
 log = logging.getLogger("fedsynth.node")
 MAX_CELLS = 20_000_000
 REQUESTS = ("setup_request", "measure_request", "confirm_request", "unmask_request",
-            "evaluate_request")
+            "evaluate_request", "mask_keys_request")
+# the steps of a round in order, for injected dropouts (NodePolicy.fail_at)
+STEPS = {"keys": 0, "measure": 1, "confirm": 2, "unmask": 3}
+STEP_OF = {"mask_keys_request": "keys", "measure_request": "measure",
+           "evaluate_request": "measure", "confirm_request": "confirm",
+           "unmask_request": "unmask"}
+MAX_PENDING_MASK_KEYS = 2  # announced keys of rounds not yet measured
 MAX_SYNTHETIC_BYTES = 256 << 20  # largest synthetic table a party accepts to evaluate
 MAX_VARIANCE = 1e15  # far above any useful noise; numpy's Poisson sampler fails past ~1e19
 EVALUATION_MODES = ("off", "dp", "exact")
@@ -102,11 +117,24 @@ class NodePolicy:
     max_evaluations: int = 1  # evaluations of the same held-out rows
     holdout_path: Path | None = None  # rows kept out of synthesis, to evaluate against
     fail_at_round: int | None = None  # tests and benchmarks: injected dropout
+    # tests: silent from (round, step) on, step one of STEPS ("measure" covers evaluations)
+    fail_at: tuple[int, str] | None = None
     noise_seed: int | None = None  # TESTS ONLY: reproducible noise, which is not private
+
+    def __post_init__(self) -> None:
+        if self.fail_at is not None and self.fail_at[1] not in STEPS:
+            raise ValueError(f"fail_at step {self.fail_at[1]!r} is not one of {list(STEPS)}")
 
     def ledger(self) -> Ledger:
         return Ledger(self.ledger_path, self.epsilon_cap, self.delta,
                       evaluation_epsilon_cap=self.evaluation_epsilon_cap)
+
+    def drops_at(self, body: str, round_id: int) -> bool:
+        """Whether the injected dropout `fail_at` silences this request (tests only)."""
+        if self.fail_at is None or body not in STEP_OF:
+            return False
+        at_round, at_step = self.fail_at
+        return (round_id, STEPS[STEP_OF[body]]) >= (at_round, STEPS[at_step])
 
 
 @lru_cache(maxsize=4)
@@ -133,11 +161,16 @@ class Node:
             try:
                 env = unpack(request, sender="coordinator", expect=REQUESTS)
                 body = env.WhichOneof("body")
+                if body and self.policy.drops_at(body, int(getattr(getattr(env, body), "round",
+                                                                   0))):
+                    raise DropOut(f"party {env.party} drops out at {body} (injected)")
                 if body == "setup_request":
                     reply, session = self._setup(env, session)
                 else:
                     self._check_session(env, session)
-                    if body == "measure_request":
+                    if body == "mask_keys_request":
+                        reply = self._mask_keys(env, session)
+                    elif body == "measure_request":
                         reply = self._measure(env, session)
                     elif body == "evaluate_request":
                         reply = self._evaluate(env, session)
@@ -236,7 +269,7 @@ class Node:
         session = {"job_id": env.job_id, "party": env.party,
                    "spec": base64.b64encode(env.setup_request.spec.SerializeToString()).decode(),
                    "private": keys.private.hex(), "public": keys.public.hex(), "publics": {},
-                   "rounds": {}, "step": env.step}
+                   "rounds": {}, "mask_keys": {}, "step": env.step}
         out = pb.Envelope(job_id=env.job_id, step=env.step, party=env.party)
         out.setup_reply.public_key = keys.public
         out.setup_reply.key_signature = sign_key(self.policy.identity_key, job_id=env.job_id,
@@ -267,14 +300,22 @@ class Node:
         return noise.seeded_generator([self.policy.noise_seed, me, round_id])
 
     def _masked_reply(self, env: pb.Envelope, session: dict[str, Any], spec: JobSpec,
-                      round_id: int, participants: list[int], vector: np.ndarray) -> pb.Envelope:
-        """Mask a noised vector for this round and remember the own share for the unmask."""
+                      round_id: int, participants: list[int], vector: np.ndarray,
+                      mask_publics: dict[int, bytes]) -> pb.Envelope:
+        """Mask a noised vector for this round and remember the own share for the unmask; the
+        round's mask key is deleted and the next round's kept in its place."""
         me = int(session["party"])
         publics = {int(k): bytes.fromhex(v) for k, v in session["publics"].items()}
-        reply, own = party_measure_reply(
+        pending: dict[str, str] = session.setdefault("mask_keys", {})
+        reply, own, next_key = party_measure_reply(
             vector, channel=spec.channel, job_id=env.job_id, me=me, round_id=round_id,
             participants=participants, threshold=spec.threshold,
-            private=bytes.fromhex(session["private"]), publics=publics)
+            private=bytes.fromhex(session["private"]), publics=publics,
+            mask_private=bytes.fromhex(pending.get(str(round_id), "")),
+            mask_publics=mask_publics, identity_key=self.policy.identity_key)
+        if spec.channel != "plain":
+            session["mask_keys"] = {r: k for r, k in pending.items() if int(r) > round_id}
+            session["mask_keys"][str(round_id + 1)] = next_key.hex()
         reply.seeded_noise = self.policy.noise_seed is not None
         reply.ledger_epsilon = self._ledger().spent()
         body = getattr(env, env.WhichOneof("body") or "")
@@ -284,6 +325,36 @@ class Node:
                                             "confirmed": None}
         out = pb.Envelope(job_id=env.job_id, step=env.step, party=me)
         out.measure_reply.CopyFrom(reply)
+        return out
+
+    def _mask_keys(self, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
+        """Announce this party's one-shot mask key for a coming round (secure_sum step 0).
+
+        Sent before the job's first masked round; later rounds' keys come with the previous
+        round's reply. One key per round, never for a round already opened or passed, and the
+        share holders are the request's participants, checked like a round's."""
+        req = env.mask_keys_request
+        spec = self._spec(session)
+        me = int(session["party"])
+        if spec.channel == "plain":
+            raise ProtocolError("a job over the plain channel has no mask keys")
+        participants = self._participants(req, spec, me)
+        self._pin_keys(req, session, participants, spec, me)
+        pending: dict[str, str] = session.setdefault("mask_keys", {})
+        if str(req.round) in pending or any(int(r) >= req.round for r in session["rounds"]):
+            raise ProtocolError(f"round {req.round}: this party already announced a mask key for "
+                                "it or has gone past it; a party announces one key per round")
+        if len(pending) >= MAX_PENDING_MASK_KEYS:
+            raise ProtocolError(f"this party already holds mask keys for rounds "
+                                f"{sorted(int(r) for r in pending)}, none measured yet")
+        publics = {int(k): bytes.fromhex(v) for k, v in session["publics"].items()}
+        ann, private = party_mask_key(job_id=env.job_id, me=me, round_id=req.round,
+                                      holders=participants, threshold=spec.threshold,
+                                      private=bytes.fromhex(session["private"]), publics=publics,
+                                      identity_key=self.policy.identity_key)
+        pending[str(req.round)] = private.hex()
+        out = pb.Envelope(job_id=env.job_id, step=env.step, party=me)
+        out.mask_keys_reply.CopyFrom(ann)
         return out
 
     def _confirm(self, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
@@ -319,7 +390,7 @@ class Node:
         req = env.measure_request
         spec = self._spec(session)
         me = int(session["party"])
-        participants = self._open_round(req, session, spec, me, "measured")
+        participants, mask_publics = self._open_round(req, session, spec, me, "measured")
         groupings = self._groupings(req, spec)
         sizes = [g.size for g in groupings]
         cliques = [tuple(int(i) for i in c.columns) for c in req.cliques]
@@ -337,7 +408,8 @@ class Node:
                                       count=len(cliques), variance=req.noise_variance)
         log.info("party %d round %d (%s): spent ε=%.4f of %.4f", me, req.round, req.label, spent,
                  self.policy.epsilon_cap)
-        return self._masked_reply(env, session, spec, req.round, participants, noised)
+        return self._masked_reply(env, session, spec, req.round, participants, noised,
+                                  mask_publics)
 
     def _evaluate(self, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
         """Score the synthetic table against this party's HELD-OUT rows; reply with masked sums.
@@ -376,7 +448,7 @@ class Node:
         if epsilon is None and (spec.channel == "plain" or spec.threshold < 2):
             raise ProtocolError("exact evaluation sums are released only through secure "
                                 "aggregation with at least two parties in every sum")
-        participants = self._open_round(req, session, spec, me, "answered")
+        participants, mask_publics = self._open_round(req, session, spec, me, "answered")
         digest = hashlib.sha256(pol.holdout_path.read_bytes()).hexdigest()
         ledger = self._ledger()
 
@@ -404,7 +476,8 @@ class Node:
         log.info("party %d round %d (evaluation, %s): %d statistics of its held-out rows", me,
                  req.round, "exact, not DP" if epsilon is None else f"DP at ε={epsilon}",
                  len(vector))
-        return self._masked_reply(env, session, spec, req.round, participants, vector)
+        return self._masked_reply(env, session, spec, req.round, participants, vector,
+                                  mask_publics)
 
     def _evaluation_noise(self, env: pb.Envelope, plan: EvaluationPlan, spec: JobSpec, me: int,
                           round_id: int, ledger: Ledger) -> np.ndarray:
@@ -459,14 +532,37 @@ class Node:
                                 f"list and request, below t={spec.threshold}; refusing to unmask")
 
     def _open_round(self, req: pb.MeasureRequest | pb.EvaluateRequest, session: dict[str, Any],
-                    spec: JobSpec, me: int, verb: str) -> list[int]:
+                    spec: JobSpec, me: int, verb: str) -> tuple[list[int], dict[int, bytes]]:
         """Checks of every masked round: injected dropout (tests), one answer per round, at
         least t participants including this party, all of them among the job's parties and
-        among those whose keys were pinned."""
+        among those whose keys were pinned; every participant's mask key for this round signed
+        by its identity key, this party's own among them. Returns the participants and their
+        mask keys."""
         if self.policy.fail_at_round is not None and req.round >= self.policy.fail_at_round:
             raise DropOut(f"party {me} drops out at round {req.round} (injected)")
         if str(req.round) in session["rounds"]:
             raise ProtocolError(f"round {req.round} was already {verb}; a repeat is refused")
+        participants = self._participants(req, spec, me)
+        if spec.channel == "plain":
+            return participants, {}
+        self._pin_keys(req, session, participants, spec, me)
+        pending = session.setdefault("mask_keys", {})
+        if str(req.round) not in pending:
+            raise ProtocolError(f"round {req.round}: this party announced no mask key for this "
+                                "round (keys are announced one round ahead); refusing")
+        if str(req.round + 1) in pending:
+            raise ProtocolError(f"round {req.round + 1}: this party already announced a mask "
+                                "key for it; a party announces one key per round")
+        mask_publics = verified_mask_keys(
+            req.mask_keys, req.mask_key_signatures, job_id=str(session["job_id"]),
+            round_id=req.round, participants=participants, identity_of=spec.identity_of)
+        if mask_publics[me] != secagg.public_of(bytes.fromhex(pending[str(req.round)])):
+            raise ProtocolError(f"round {req.round}: this party's own mask key was not relayed "
+                                "faithfully; refusing")
+        return participants, mask_publics
+
+    def _participants(self, req: pb.MeasureRequest | pb.EvaluateRequest | pb.MaskKeysRequest,
+                      spec: JobSpec, me: int) -> list[int]:
         participants = sorted(set(req.participants))
         strangers = [p for p in participants if not 1 <= p <= spec.parties]
         if strangers:
@@ -475,11 +571,10 @@ class Node:
         if me not in participants or len(participants) < spec.threshold:
             raise ProtocolError(f"round {req.round}: {len(participants)} participants (t="
                                 f"{spec.threshold}), this party included: {me in participants}")
-        if spec.channel != "plain":
-            self._pin_keys(req, session, participants, spec, me)
         return participants
 
-    def _pin_keys(self, req: pb.MeasureRequest | pb.EvaluateRequest, session: dict[str, Any],
+    def _pin_keys(self, req: pb.MeasureRequest | pb.EvaluateRequest | pb.MaskKeysRequest,
+                  session: dict[str, Any],
                   participants: list[int], spec: JobSpec, me: int) -> None:
         """Pin every party's X25519 key at once, at the first round, each verified against its
         identity key; afterwards participants must be pinned parties with unchanged keys."""

@@ -1,4 +1,11 @@
-"""The coordinator's side of the wire: numbered steps, validated replies, secure-sum rounds."""
+"""The coordinator's side of the wire: numbered steps, validated replies, secure-sum rounds.
+
+Mask keys (protocols.secure_sum) travel one round ahead: the replies of round r carry the
+parties' keys for round r + 1, which the Exchange keeps in `round_keys`. Before a masked round
+whose keys it does not hold for every participant (the job's first one), `secure_sum_of` asks
+the parties without one for it in an extra exchange (mask_keys_request); a party that does not
+deliver a usable key sits that round out.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ import numpy as np
 from fedsynth.crypto.keys import verify_key
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import PartyRefused, ProtocolError, pack, unpack, verify
-from fedsynth.protocols.secure_sum import CoordinatorRound, RoundFailed
+from fedsynth.protocols.secure_sum import CoordinatorRound, RoundFailed, RoundKeys
 from fedsynth.protocols.transport import Transport
 from fedsynth.synthesis.encoding import Grouping
 
@@ -35,6 +42,7 @@ class Exchange:
     step: int = 0
     identities: Mapping[int, bytes] = field(default_factory=dict)  # party -> identity key
     bytes_sent: dict[int, int] = field(default_factory=dict)  # party -> bytes it sent us
+    round_keys: dict[int, RoundKeys] = field(default_factory=dict)  # round -> its mask keys
 
     def call(self, bodies: Mapping[int, tuple[str, object]], expect: str) -> dict[int, pb.Envelope]:
         """Send one request per party; return the valid replies (missing = dropped)."""
@@ -107,13 +115,32 @@ def secure_sum_of(ex: Exchange, body: str, req: pb.MeasureRequest | pb.EvaluateR
     """Send `req` (a request answered by a masked vector) and run the round to its sum.
 
     Every request carries the whole key set from setup with its identity signatures: a party
-    pins all of it at its first round and checks it is unchanged afterwards."""
+    pins all of it at its first round and checks it is unchanged afterwards. Under secagg it
+    also carries every participant's signed mask key for this round; participants without
+    one (none after the first round, in a job whose rounds are numbered 1, 2, ...) are left
+    out of the round, and the request's participant list says so."""
+    round_keys = None
     if channel != "plain":
         for p, key in keys.publics.items():
             req.public_keys[p] = key
             req.key_signatures[p] = keys.signatures[p]
+        round_keys = distribute_mask_keys(ex, round_id=round_id, participants=participants,
+                                          keys=keys)
+        keyed = [p for p in participants if p in round_keys.publics]
+        if len(keyed) < len(participants):
+            log.warning("round %d (%s): parties %s have no mask key for this round and sit it "
+                        "out", round_id, label, sorted(set(participants) - set(keyed)))
+        if len(keyed) < threshold:
+            raise RoundFailed(f"round {round_id}: {len(keyed)} parties delivered a mask key, "
+                              f"below the threshold t={threshold}; the job stops and no sum is "
+                              "revealed")
+        participants = keyed
+        del req.participants[:]
+        req.participants.extend(participants)
+        round_keys.fill(req, participants)
     rnd = CoordinatorRound(round_id=round_id, channel=channel, participants=list(participants),
-                           length=length, threshold=threshold)
+                           length=length, threshold=threshold, job_id=ex.job_id,
+                           keys=round_keys, identities=ex.identities)
     replies = ex.call({p: (body, req) for p in participants}, "measure_reply")
     survivors = rnd.collect({p: e.measure_reply for p, e in replies.items()})
     if rnd.dropped:
@@ -132,7 +159,34 @@ def secure_sum_of(ex: Exchange, body: str, req: pb.MeasureRequest | pb.EvaluateR
     unmask = ex.call({p: ("unmask_request", r)
                       for p, r in rnd.unmask_requests(confirmations).items()}, "unmask_reply")
     total = rnd.finish({p: e.unmask_reply for p, e in unmask.items()})
-    return RoundResult(total, survivors, sorted(unmask), ledgers, seeded)
+    ex.round_keys.pop(round_id, None)  # used up: each mask key serves one round
+    ex.round_keys[round_id + 1] = rnd.next_keys
+    # the next round asks those who finished this one and announced a usable key for it
+    responsive = sorted(p for p in unmask if p in rnd.next_keys.publics)
+    return RoundResult(total, survivors, responsive, ledgers, seeded)
+
+
+def distribute_mask_keys(ex: Exchange, *, round_id: int, participants: Sequence[int],
+                         keys: PartyKeys) -> RoundKeys:
+    """The mask keys of `round_id`, asking the participants that have none yet (with the
+    participants as share holders). Round r's keys normally come with round r - 1's replies,
+    so this exchange happens once, before the job's first masked round."""
+    book = ex.round_keys.setdefault(round_id, RoundKeys(round_id))
+    missing = [p for p in participants if p not in book.publics]
+    if not missing:
+        return book
+    req = pb.MaskKeysRequest(round=round_id, participants=list(participants))
+    for p, key in keys.publics.items():
+        req.public_keys[p] = key
+        req.key_signatures[p] = keys.signatures[p]
+    replies = ex.call({p: ("mask_keys_request", req) for p in missing}, "mask_keys_reply")
+    for p, env in replies.items():
+        try:
+            book.add(p, env.mask_keys_reply, job_id=ex.job_id,
+                     identity=ex.identities.get(p, b""), holders=participants)
+        except ProtocolError as exc:
+            log.warning("%s; the party sits out round %d", exc, round_id)
+    return book
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ class Envelope(_message.Message):
     EVALUATE_REQUEST_FIELD_NUMBER: _builtins.int
     CONFIRM_REQUEST_FIELD_NUMBER: _builtins.int
     CONFIRM_REPLY_FIELD_NUMBER: _builtins.int
+    MASK_KEYS_REQUEST_FIELD_NUMBER: _builtins.int
+    MASK_KEYS_REPLY_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     job_id: _builtins.str
@@ -67,6 +69,14 @@ class Envelope(_message.Message):
     def confirm_request(self) -> Global___ConfirmRequest: ...
     @_builtins.property
     def confirm_reply(self) -> Global___ConfirmReply: ...
+    @_builtins.property
+    def mask_keys_request(self) -> Global___MaskKeysRequest:
+        """before the first masked round (and any round"""
+
+    @_builtins.property
+    def mask_keys_reply(self) -> Global___MaskKeyAnnouncement:
+        """whose keys the coordinator does not hold)"""
+
     def __init__(
         self,
         *,
@@ -84,13 +94,15 @@ class Envelope(_message.Message):
         evaluate_request: Global___EvaluateRequest | None = ...,
         confirm_request: Global___ConfirmRequest | None = ...,
         confirm_reply: Global___ConfirmReply | None = ...,
+        mask_keys_request: Global___MaskKeysRequest | None = ...,
+        mask_keys_reply: Global___MaskKeyAnnouncement | None = ...,
         signature: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "confirm_reply", b"confirm_reply", "confirm_request", b"confirm_request", "evaluate_request", b"evaluate_request", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "confirm_reply", b"confirm_reply", "confirm_request", b"confirm_request", "evaluate_request", b"evaluate_request", "mask_keys_reply", b"mask_keys_reply", "mask_keys_request", b"mask_keys_request", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "confirm_reply", b"confirm_reply", "confirm_request", b"confirm_request", "evaluate_request", b"evaluate_request", "job_id", b"job_id", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "party", b"party", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "signature", b"signature", "step", b"step", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "confirm_reply", b"confirm_reply", "confirm_request", b"confirm_request", "evaluate_request", b"evaluate_request", "job_id", b"job_id", "mask_keys_reply", b"mask_keys_reply", "mask_keys_request", b"mask_keys_request", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "party", b"party", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "signature", b"signature", "step", b"step", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["setup_request", "setup_reply", "measure_request", "measure_reply", "unmask_request", "unmask_reply", "refusal", "evaluate_request", "confirm_request", "confirm_reply"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["setup_request", "setup_reply", "measure_request", "measure_reply", "unmask_request", "unmask_reply", "refusal", "evaluate_request", "confirm_request", "confirm_reply", "mask_keys_request", "mask_keys_reply"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -284,6 +296,46 @@ class MeasureRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class MaskKeysEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class MaskKeySignaturesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ROUND_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     GROUPINGS_FIELD_NUMBER: _builtins.int
@@ -292,6 +344,8 @@ class MeasureRequest(_message.Message):
     PARTICIPANTS_FIELD_NUMBER: _builtins.int
     PUBLIC_KEYS_FIELD_NUMBER: _builtins.int
     KEY_SIGNATURES_FIELD_NUMBER: _builtins.int
+    MASK_KEYS_FIELD_NUMBER: _builtins.int
+    MASK_KEY_SIGNATURES_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     """aggregation round id"""
     label: _builtins.str
@@ -316,6 +370,14 @@ class MeasureRequest(_message.Message):
     def key_signatures(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
         """party -> its identity signature of that key"""
 
+    @_builtins.property
+    def mask_keys(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """participant -> its X25519 mask key for this round"""
+
+    @_builtins.property
+    def mask_key_signatures(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """participant -> identity signature (job, party, round)"""
+
     def __init__(
         self,
         *,
@@ -327,14 +389,152 @@ class MeasureRequest(_message.Message):
         participants: _abc.Iterable[_builtins.int] | None = ...,
         public_keys: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
         key_signatures: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        mask_keys: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        mask_key_signatures: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cliques", b"cliques", "groupings", b"groupings", "key_signatures", b"key_signatures", "label", b"label", "noise_variance", b"noise_variance", "participants", b"participants", "public_keys", b"public_keys", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cliques", b"cliques", "groupings", b"groupings", "key_signatures", b"key_signatures", "label", b"label", "mask_key_signatures", b"mask_key_signatures", "mask_keys", b"mask_keys", "noise_variance", b"noise_variance", "participants", b"participants", "public_keys", b"public_keys", "round", b"round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MeasureRequest: _TypeAlias = MeasureRequest  # noqa: Y015
+
+@_typing.final
+class MaskKeyAnnouncement(_message.Message):
+    """A party's one-shot X25519 mask key for one later round: the public half signed with its
+    identity key (bound to job, party and round) and t-out-of-n Shamir shares of the private
+    half, each encrypted to its holder under their pair secret (secure_sum's docstring).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EncryptedSharesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    ENCRYPTED_SHARES_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    """the round the key is for"""
+    public_key: _builtins.bytes
+    """X25519, 32 bytes"""
+    signature: _builtins.bytes
+    """identity signature over (job, party, round, key)"""
+    @_builtins.property
+    def encrypted_shares(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """holder -> its encrypted share of the private key"""
+
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        public_key: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        encrypted_shares: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_shares", b"encrypted_shares", "public_key", b"public_key", "round", b"round", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MaskKeyAnnouncement: _TypeAlias = MaskKeyAnnouncement  # noqa: Y015
+
+@_typing.final
+class MaskKeysRequest(_message.Message):
+    """Asks each party for its mask key of `round` (answered by a mask_keys_reply)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PublicKeysEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class KeySignaturesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEYS_FIELD_NUMBER: _builtins.int
+    KEY_SIGNATURES_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    @_builtins.property
+    def participants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """the share holders (this round's participants)"""
+
+    @_builtins.property
+    def public_keys(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """party -> X25519 job key, as in MeasureRequest"""
+
+    @_builtins.property
+    def key_signatures(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        participants: _abc.Iterable[_builtins.int] | None = ...,
+        public_keys: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        key_signatures: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_signatures", b"key_signatures", "participants", b"participants", "public_keys", b"public_keys", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MaskKeysRequest: _TypeAlias = MaskKeysRequest  # noqa: Y015
 
 @_typing.final
 class MeasureReply(_message.Message):
@@ -365,6 +565,7 @@ class MeasureReply(_message.Message):
     ENCRYPTED_SHARES_FIELD_NUMBER: _builtins.int
     LEDGER_EPSILON_FIELD_NUMBER: _builtins.int
     SEEDED_NOISE_FIELD_NUMBER: _builtins.int
+    NEXT_MASK_KEY_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     masked: _builtins.bytes
     """little-endian uint64 vector"""
@@ -376,6 +577,10 @@ class MeasureReply(_message.Message):
     def encrypted_shares(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
         """recipient -> its encrypted share of the self-mask seed"""
 
+    @_builtins.property
+    def next_mask_key(self) -> Global___MaskKeyAnnouncement:
+        """this party's mask key for round + 1"""
+
     def __init__(
         self,
         *,
@@ -384,10 +589,11 @@ class MeasureReply(_message.Message):
         encrypted_shares: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
         ledger_epsilon: _builtins.float = ...,
         seeded_noise: _builtins.bool = ...,
+        next_mask_key: Global___MaskKeyAnnouncement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_mask_key", b"next_mask_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_shares", b"encrypted_shares", "ledger_epsilon", b"ledger_epsilon", "masked", b"masked", "round", b"round", "seeded_noise", b"seeded_noise"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_shares", b"encrypted_shares", "ledger_epsilon", b"ledger_epsilon", "masked", b"masked", "next_mask_key", b"next_mask_key", "round", b"round", "seeded_noise", b"seeded_noise"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -442,12 +648,54 @@ class EvaluateRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class MaskKeysEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class MaskKeySignaturesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ROUND_FIELD_NUMBER: _builtins.int
     SYNTHETIC_PARQUET_FIELD_NUMBER: _builtins.int
     OPTIONS_JSON_FIELD_NUMBER: _builtins.int
     PARTICIPANTS_FIELD_NUMBER: _builtins.int
     PUBLIC_KEYS_FIELD_NUMBER: _builtins.int
     KEY_SIGNATURES_FIELD_NUMBER: _builtins.int
+    MASK_KEYS_FIELD_NUMBER: _builtins.int
+    MASK_KEY_SIGNATURES_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     synthetic_parquet: _builtins.bytes
     """the synthetic table (Parquet: no code, only data)"""
@@ -463,6 +711,12 @@ class EvaluateRequest(_message.Message):
     def key_signatures(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
         """party -> its identity signature of that key"""
 
+    @_builtins.property
+    def mask_keys(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """as in MeasureRequest"""
+
+    @_builtins.property
+    def mask_key_signatures(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]: ...
     def __init__(
         self,
         *,
@@ -472,10 +726,12 @@ class EvaluateRequest(_message.Message):
         participants: _abc.Iterable[_builtins.int] | None = ...,
         public_keys: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
         key_signatures: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        mask_keys: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        mask_key_signatures: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_signatures", b"key_signatures", "options_json", b"options_json", "participants", b"participants", "public_keys", b"public_keys", "round", b"round", "synthetic_parquet", b"synthetic_parquet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_signatures", b"key_signatures", "mask_key_signatures", b"mask_key_signatures", "mask_keys", b"mask_keys", "options_json", b"options_json", "participants", b"participants", "public_keys", b"public_keys", "round", b"round", "synthetic_parquet", b"synthetic_parquet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -576,11 +832,32 @@ class UnmaskRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class KeySharesForYouEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ROUND_FIELD_NUMBER: _builtins.int
     SURVIVORS_FIELD_NUMBER: _builtins.int
     DROPPED_FIELD_NUMBER: _builtins.int
     SHARES_FOR_YOU_FIELD_NUMBER: _builtins.int
     CONFIRMATIONS_FIELD_NUMBER: _builtins.int
+    KEY_SHARES_FOR_YOU_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     @_builtins.property
     def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
@@ -594,6 +871,10 @@ class UnmaskRequest(_message.Message):
     def confirmations(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
         """survivor -> its ConfirmReply signature"""
 
+    @_builtins.property
+    def key_shares_for_you(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """dropped party -> encrypted share of its round mask key"""
+
     def __init__(
         self,
         *,
@@ -602,10 +883,11 @@ class UnmaskRequest(_message.Message):
         dropped: _abc.Iterable[_builtins.int] | None = ...,
         shares_for_you: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
         confirmations: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        key_shares_for_you: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmations", b"confirmations", "dropped", b"dropped", "round", b"round", "shares_for_you", b"shares_for_you", "survivors", b"survivors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmations", b"confirmations", "dropped", b"dropped", "key_shares_for_you", b"key_shares_for_you", "round", b"round", "shares_for_you", b"shares_for_you", "survivors", b"survivors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -636,7 +918,7 @@ class UnmaskReply(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     @_typing.final
-    class DroppedPairSeedsEntry(_message.Message):
+    class DroppedKeySharesEntry(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
         KEY_FIELD_NUMBER: _builtins.int
@@ -657,26 +939,26 @@ class UnmaskReply(_message.Message):
 
     ROUND_FIELD_NUMBER: _builtins.int
     SELF_MASK_SHARES_FIELD_NUMBER: _builtins.int
-    DROPPED_PAIR_SEEDS_FIELD_NUMBER: _builtins.int
+    DROPPED_KEY_SHARES_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     @_builtins.property
     def self_mask_shares(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
         """survivor -> share of its self-mask seed"""
 
     @_builtins.property
-    def dropped_pair_seeds(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
-        """dropped party -> this round's pair seed with it"""
+    def dropped_key_shares(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """dropped party -> share of its round mask key"""
 
     def __init__(
         self,
         *,
         round: _builtins.int = ...,
         self_mask_shares: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
-        dropped_pair_seeds: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        dropped_key_shares: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped_pair_seeds", b"dropped_pair_seeds", "round", b"round", "self_mask_shares", b"self_mask_shares"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped_key_shares", b"dropped_key_shares", "round", b"round", "self_mask_shares", b"self_mask_shares"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,28 +1,63 @@
 """One secure-sum round, both halves: what a party sends and what the coordinator does with it.
 
-A round is three exchanges. Measure: each party replies with its masked vector and encrypted
-Shamir shares of a fresh self-mask seed (crypto.secagg). Confirm (Bonawitz et al.'s
-consistency check): each survivor signs the survivor list with a digest of the request it
-answered, once per round. Unmask: carrying t such signatures, the coordinator names the
-survivors U2 (replies received) and the dropped D (asked, not received); each party releases,
-for every survivor, its share of that survivor's self-mask seed, and for every dropped party,
-this round's pair seed with it. A party checks that U2 and D are disjoint, that U2 holds at
-least t parties (so at least t - c honest noise shares are in the sum), and answers each round
-once, so for no (party, round) are both its self-mask and its pair masks released.
-With channel "plain" (simulation and tests only) the vector goes unmasked and there is no
+Messages, in order (crypto.secagg has the keys and the masking):
+
+0. Mask keys, once before the first masked round (and for any round whose keys the coordinator
+   does not hold): MaskKeysRequest(round r, participants, job keys) -> each party answers with a
+   MaskKeyAnnouncement for round r: its fresh X25519 mask key M_u(r), signed with its identity
+   key over (job, u, r), and Shamir shares (threshold t, holders: the participants) of the
+   private half m_u(r), each encrypted to its holder under their pair secret (kind "mask-key").
+1. Measure (MeasureRequest or EvaluateRequest of round r, carrying every participant's signed
+   M_v(r)): each party checks every signature, masks its vector with its pair seeds s_uv(r)
+   (from m_u(r) and M_v(r)) and a fresh self-mask b_u(r), then deletes m_u(r). It replies with
+   the masked vector, encrypted Shamir shares of b_u(r), and the announcement of its next
+   round's mask key M_u(r + 1) with encrypted shares of m_u(r + 1): keys travel one round ahead.
+2. Confirm (Bonawitz et al.'s consistency check): each survivor signs the survivor list with a
+   digest of the request it answered, once per round.
+3. Unmask: carrying t such signatures, the coordinator names the survivors U2 (replies
+   received) and the dropped D (asked, not received) and relays to each survivor the shares
+   addressed to it. Each party releases, for every survivor u, its share of b_u(r), and for
+   every dropped d, its share of m_d(r), never the reverse. The coordinator recovers m_d(r)
+   (checked against the signed M_d(r)), computes s_dv(r) with every survivor v and removes
+   them; it needs nothing of v for that, so a survivor that also leaves during unmasking no
+   longer stops the round: any t answers suffice.
+
+A party checks that U2 and D are disjoint, that U2 holds at least t parties (so at least
+t - c honest noise shares are in the sum) and that t survivors signed exactly the list it
+confirmed, and it answers each round's unmask once. So for no (party, round) are both its
+self-mask and its mask key released: each honest party releases one of the two for each party,
+all honest parties that unmask see the same lists, and even a coordinator lying to different
+parties would need t - c honest releases of each, more than the n - c honest parties when
+2t >= n + c + 2 (protocols.spec). Who learns what (crypto.secagg has the full argument):
+- the coordinator: masked vectors, encrypted shares, public keys, and per round the sum over
+  U2 and the mask keys m_d(r) of the dropped. A dropped party sent no vector that round and
+  its round-r key masks nothing else, so m_d(r) reveals no vector; a survivor's vector keeps
+  its pair masks with the other honest survivors, whose mask keys nobody releases. Mask keys
+  are one-shot: reconstructing a job-long key would open the pair masks of d's earlier
+  rounds, in which its self-mask was released, and with them d's earlier vectors.
+- a coordinator colluding with c < t parties: also the colluders' keys, seeds and their
+  fewer-than-t shares of every honest secret, which reveal nothing (Shamir); beyond the
+  survivors' sum, only what the colluders' own inputs let it subtract (the noise is sized for
+  t - c honest survivors).
+- each party: its own secrets, its pair secrets, its pair seeds with each peer of a round in
+  which it takes part, and one share of each peer's self-mask seed and mask key.
+With channel "plain" (simulation and tests only) the vector goes unmasked, without keys or an
 unmask exchange.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedsynth.crypto import secagg
+from fedsynth.crypto import secagg, shamir
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import ProtocolError, bytes_vector, vector_bytes
+
+log = logging.getLogger("fedsynth.coordinator")
 
 
 class RoundFailed(RuntimeError):
@@ -35,26 +70,83 @@ def pair_secrets(private: bytes, publics: Mapping[int, bytes], *, job_id: str, m
             for v in peers if v != me}
 
 
+# --- the party's side ------------------------------------------------------------------------
+
+
+def party_mask_key(*, job_id: str, me: int, round_id: int, holders: Sequence[int],
+                   threshold: int, private: bytes, publics: Mapping[int, bytes],
+                   identity_key: bytes) -> tuple[pb.MaskKeyAnnouncement, bytes]:
+    """A fresh mask key for round `round_id`: its announcement and the private half to keep.
+
+    The private half is Shamir-shared with threshold t among `holders` (the participants of
+    the round in which it is announced, this party included); the own share is discarded."""
+    pairs = pair_secrets(private, publics, job_id=job_id, me=me, peers=holders)
+    key = secagg.new_mask_key(me=me, round_id=round_id, job_id=job_id, threshold=threshold,
+                              pairs=pairs)
+    ann = pb.MaskKeyAnnouncement(round=round_id, public_key=key.keys.public,
+                                 signature=secagg.sign_mask_key(
+                                     identity_key, job_id=job_id, party=me, round_id=round_id,
+                                     public_key=key.keys.public))
+    for v, blob in key.encrypted_shares.items():
+        ann.encrypted_shares[v] = blob
+    return ann, key.keys.private
+
+
+def verified_mask_keys(keys: Mapping[int, bytes], signatures: Mapping[int, bytes], *,
+                       job_id: str, round_id: int, participants: Sequence[int],
+                       identity_of: Callable[[int], bytes]) -> dict[int, bytes]:
+    """Every participant's round mask key, each checked against its identity signature."""
+    out: dict[int, bytes] = {}
+    for p in participants:
+        key = keys.get(p, b"")
+        if not secagg.verify_mask_key(identity_of(p), signatures.get(p, b""), job_id=job_id,
+                                      party=p, round_id=round_id, public_key=key):
+            raise ProtocolError(f"round {round_id}: the mask key of party {p} is missing or "
+                                "does not carry its identity signature for this round; "
+                                "refusing (possible key substitution)")
+        out[p] = bytes(key)
+    return out
+
+
 def party_measure_reply(values: np.ndarray, *, channel: str, job_id: str, me: int, round_id: int,
                         participants: Sequence[int], threshold: int, private: bytes,
-                        publics: Mapping[int, bytes]) -> tuple[pb.MeasureReply, bytes]:
-    """The party's reply for a noised vector, and its own self-mask share to keep."""
+                        publics: Mapping[int, bytes], mask_private: bytes = b"",
+                        mask_publics: Mapping[int, bytes] | None = None,
+                        identity_key: bytes = b"") -> tuple[pb.MeasureReply, bytes, bytes]:
+    """The party's reply for a noised vector: (reply, own self-mask share to keep, private half
+    of its next round's mask key to keep). `mask_private` is this party's round mask key and
+    `mask_publics` every participant's (verified); the caller deletes `mask_private` after."""
     if channel == "plain":
         return pb.MeasureReply(round=round_id, masked=vector_bytes(
-            values.astype(np.int64).view(np.uint64))), b""
+            values.astype(np.int64).view(np.uint64))), b"", b""
+    mask_publics = mask_publics or {}
+    if set(mask_publics) != set(participants):
+        raise ProtocolError(f"round {round_id}: mask keys of parties {sorted(mask_publics)}, "
+                            f"participants {sorted(participants)}")
+    if secagg.public_of(mask_private) != mask_publics[me]:
+        raise ProtocolError(f"round {round_id}: this party's own mask key was not relayed "
+                            "faithfully; refusing")
     pairs = pair_secrets(private, publics, job_id=job_id, me=me, peers=participants)
+    seeds = secagg.round_pair_seeds(mask_private, mask_publics, job_id=job_id, round_id=round_id,
+                                    me=me)
     m = secagg.mask(values, me=me, round_id=round_id, job_id=job_id, threshold=threshold,
-                    pairs=pairs)
+                    pairs=pairs, seeds=seeds)
     reply = pb.MeasureReply(round=round_id, masked=vector_bytes(m.masked))
     for v, blob in m.encrypted_shares.items():
         reply.encrypted_shares[v] = blob
-    return reply, m.own_share
+    ann, next_private = party_mask_key(job_id=job_id, me=me, round_id=round_id + 1,
+                                       holders=participants, threshold=threshold,
+                                       private=private, publics=publics,
+                                       identity_key=identity_key)
+    reply.next_mask_key.CopyFrom(ann)
+    return reply, m.own_share, next_private
 
 
 def party_unmask_reply(req: pb.UnmaskRequest, *, job_id: str, me: int, threshold: int,
                        participants: Sequence[int], private: bytes,
                        publics: Mapping[int, bytes], own_share: bytes) -> pb.UnmaskReply:
-    """Release self-mask shares for survivors and pair seeds for dropped parties, never both."""
+    """Release self-mask shares for survivors and mask-key shares for dropped parties, never
+    both for one party (the lists must be disjoint; the caller answers each round once)."""
     survivors, dropped = set(req.survivors), set(req.dropped)
     if survivors & dropped:
         raise ProtocolError(f"round {req.round}: parties {sorted(survivors & dropped)} are named "
@@ -67,7 +159,7 @@ def party_unmask_reply(req: pb.UnmaskRequest, *, job_id: str, me: int, threshold
     if me not in survivors:
         raise ProtocolError(f"round {req.round}: this party is not listed as a survivor")
     reply = pb.UnmaskReply(round=req.round)
-    for u in survivors:
+    for u in sorted(survivors):
         if u == me:
             reply.self_mask_shares[u] = own_share
             continue
@@ -75,24 +167,82 @@ def party_unmask_reply(req: pb.UnmaskRequest, *, job_id: str, me: int, threshold
             raise ProtocolError(f"round {req.round}: no share from survivor {u} was relayed")
         pair = secagg.pair_secret(private, publics[u], job_id=job_id, me=me, peer=u)
         reply.self_mask_shares[u] = secagg.decrypt_share(
-            pair, req.shares_for_you[u], job_id=job_id, round_id=req.round, sender=u, recipient=me)
-    for d in dropped:
+            pair, req.shares_for_you[u], job_id=job_id, round_id=req.round, sender=u, recipient=me,
+            kind=secagg.SELF_MASK)
+    for d in sorted(dropped):
+        if d not in req.key_shares_for_you:
+            raise ProtocolError(f"round {req.round}: no share of dropped party {d}'s mask key "
+                                "was relayed")
         pair = secagg.pair_secret(private, publics[d], job_id=job_id, me=me, peer=d)
-        reply.dropped_pair_seeds[d] = secagg.round_seed(pair, req.round)
+        reply.dropped_key_shares[d] = secagg.decrypt_share(
+            pair, req.key_shares_for_you[d], job_id=job_id, round_id=req.round, sender=d,
+            recipient=me, kind=secagg.MASK_KEY)
     return reply
+
+
+# --- the coordinator's side ------------------------------------------------------------------
+
+
+@dataclass
+class RoundKeys:
+    """The mask keys of one round as the coordinator holds them: each party's signed public
+    half and the encrypted shares of its private half (sender -> holder -> blob)."""
+
+    round_id: int
+    publics: dict[int, bytes] = field(default_factory=dict)
+    signatures: dict[int, bytes] = field(default_factory=dict)
+    shares: dict[int, dict[int, bytes]] = field(default_factory=dict)
+
+    def add(self, party: int, ann: pb.MaskKeyAnnouncement, *, job_id: str, identity: bytes,
+            holders: Sequence[int]) -> None:
+        """Check and keep one party's announcement (ProtocolError if it is not usable)."""
+        if ann.round != self.round_id:
+            raise ProtocolError(f"party {party}: mask key for round {ann.round}, expected "
+                                f"{self.round_id}")
+        if not secagg.verify_mask_key(identity, ann.signature, job_id=job_id, party=party,
+                                      round_id=self.round_id, public_key=ann.public_key):
+            raise ProtocolError(f"party {party}: its round-{self.round_id} mask key does not "
+                                "carry its identity signature")
+        missing = set(holders) - {party} - set(ann.encrypted_shares)
+        if missing:
+            raise ProtocolError(f"party {party}: no encrypted mask-key share for parties "
+                                f"{sorted(missing)}")
+        self.publics[party] = bytes(ann.public_key)
+        self.signatures[party] = bytes(ann.signature)
+        self.shares[party] = {int(v): bytes(b) for v, b in ann.encrypted_shares.items()}
+
+    def fill(self, req: pb.MeasureRequest | pb.EvaluateRequest,
+             participants: Sequence[int]) -> None:
+        """Put the participants' signed mask keys into a round's request."""
+        for p in participants:
+            req.mask_keys[p] = self.publics[p]
+            req.mask_key_signatures[p] = self.signatures[p]
 
 
 @dataclass
 class CoordinatorRound:
-    """The coordinator's state for one round: it only ever holds masked vectors and the sum."""
+    """The coordinator's state for one round: it only ever holds masked vectors and the sum.
+
+    `keys` are this round's mask keys (secagg); `identities` the parties' identity keys, to
+    check the next round's announcements, which `collect` gathers into `next_keys`."""
 
     round_id: int
     channel: str
     participants: list[int]
     length: int
     threshold: int
+    job_id: str = ""
+    keys: RoundKeys | None = None
+    identities: Mapping[int, bytes] = field(default_factory=dict)
     masked: dict[int, np.ndarray] = field(default_factory=dict)
     shares_to: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    next_keys: RoundKeys = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.next_keys = RoundKeys(self.round_id + 1)
+        if self.channel != "plain" and (self.keys is None or not set(self.participants) <= set(
+                self.keys.publics)):
+            raise ProtocolError(f"round {self.round_id}: no mask keys for every participant")
 
     def collect(self, replies: Mapping[int, pb.MeasureReply]) -> list[int]:
         """Take the measure replies; return the survivors. Raises RoundFailed below t."""
@@ -108,6 +258,13 @@ class CoordinatorRound:
                                         f"{sorted(missing)}")
                 for v, blob in r.encrypted_shares.items():
                     self.shares_to.setdefault(v, {})[u] = blob
+                try:  # a party without a usable next key just sits out the next round
+                    self.next_keys.add(u, r.next_mask_key, job_id=self.job_id,
+                                       identity=self.identities.get(u, b""),
+                                       holders=self.participants)
+                except ProtocolError as exc:
+                    log.warning("%s; the party cannot take part in round %d", exc,
+                                self.round_id + 1)
         survivors = sorted(self.masked)
         if len(survivors) < self.threshold:
             raise RoundFailed(f"round {self.round_id}: {len(survivors)} of "
@@ -126,8 +283,10 @@ class CoordinatorRound:
     def unmask_requests(self, confirmations: Mapping[int, bytes] | None = None,
                         ) -> dict[int, pb.UnmaskRequest]:
         """One request per confirming survivor (default: every survivor), carrying every
-        survivor's confirmation."""
+        survivor's confirmation, the self-mask shares of the survivors and the mask-key shares
+        of the dropped parties addressed to it."""
         confirmations = confirmations or {}
+        key_shares = self.keys.shares if self.keys is not None else {}
         out = {}
         for v in sorted(confirmations) or self.survivors:
             req = pb.UnmaskRequest(round=self.round_id, survivors=self.survivors,
@@ -137,6 +296,9 @@ class CoordinatorRound:
             for u, blob in self.shares_to.get(v, {}).items():
                 if u in self.masked:
                     req.shares_for_you[u] = blob
+            for d in self.dropped:
+                if v in key_shares.get(d, {}):
+                    req.key_shares_for_you[d] = key_shares[d][v]
             out[v] = req
         return out
 
@@ -147,22 +309,37 @@ class CoordinatorRound:
         return total.view(np.int64)
 
     def finish(self, replies: Mapping[int, pb.UnmaskReply]) -> np.ndarray:
-        """Remove all masks using the released shares and seeds; return the exact sum."""
+        """Remove all masks using the released shares; return the exact sum.
+
+        Any t answers suffice, whoever else dropped in the measure or the unmask step."""
         if len(replies) < self.threshold:
             raise RoundFailed(f"round {self.round_id}: {len(replies)} parties answered the unmask "
                               f"step, below the threshold t={self.threshold}; the job stops")
         shares: dict[int, dict[int, bytes]] = {}
-        seeds: dict[tuple[int, int], bytes] = {}
+        key_shares: dict[int, dict[int, bytes]] = {d: {} for d in self.dropped}
         for v, r in replies.items():
+            if r.round != self.round_id:
+                raise ProtocolError(f"party {v}: unmask reply for round {r.round}, expected "
+                                    f"{self.round_id}")
             for u, s in r.self_mask_shares.items():
-                shares.setdefault(u, {})[v] = s
-            for d, s in r.dropped_pair_seeds.items():
-                seeds[(d, v)] = s
-        lost = [(d, v) for d in self.dropped for v in self.survivors if (d, v) not in seeds]
-        if lost:
-            raise RoundFailed(
-                f"round {self.round_id}: survivors {sorted({v for _, v in lost})} left during "
-                f"unmasking while {sorted({d for d, _ in lost})} had dropped earlier; their pair "
-                "masks cannot be removed, so the job stops (no partial sum is revealed)")
-        return secagg.unmask_sum(self.masked, self_shares=shares, dropped_seeds=seeds,
-                                 threshold=self.threshold)
+                if u in self.masked:
+                    shares.setdefault(u, {})[v] = s
+            for d, s in r.dropped_key_shares.items():
+                if d in key_shares:
+                    key_shares[d][v] = s
+        short = sorted(d for d, ks in key_shares.items() if len(ks) < self.threshold)
+        if short:
+            raise RoundFailed(f"round {self.round_id}: fewer than t={self.threshold} shares of "
+                              f"the mask keys of dropped parties {short}; the job stops (no "
+                              "partial sum is revealed)")
+        if key_shares and self.keys is None:
+            raise RoundFailed(f"round {self.round_id}: no mask keys for the dropped parties")
+        try:
+            seeds = secagg.dropped_pair_seeds(
+                key_shares, self.keys.publics if self.keys is not None else {}, self.survivors,
+                job_id=self.job_id, round_id=self.round_id, threshold=self.threshold)
+            return secagg.unmask_sum(self.masked, self_shares=shares, dropped_seeds=seeds,
+                                     threshold=self.threshold)
+        except (secagg.SecAggError, shamir.ShamirError) as exc:
+            raise RoundFailed(f"round {self.round_id}: the released shares do not unmask the "
+                              f"sum ({exc}); the job stops (no partial sum is revealed)") from exc

@@ -6,14 +6,14 @@ coordinator can neither add a party of its own making nor swap one party's keys.
 
 Why 2t >= n + c + 2: with semi-honest parties a deviating coordinator may send different
 survivor lists to different parties in one round's unmask step. To open party u's vector it
-needs t shares of u's self-mask (from parties told "u survived", plus the c colluders) and u's
-pair seeds with every honest party (from parties told "u dropped", or from u itself when u is
-told the others dropped). Each list an honest party accepts has at least t survivors; adding
-the constraints of u's list and of the lists of those told "u survived" gives
-n + c + 1 >= 2t for the attack to exist (shown on a 5-party job with t = 3). So the spec, and
-every party's own check of it, require 2t >= n + c + 2 for secagg whenever n >= 2; no choice
-of survivor lists then opens one party's vector, without the extra round trip of signed
-consistency checks (Bonawitz et al. 2017, Sec. 4). A one-party job has nothing to unmask.
+needs t shares of u's self-mask (from parties told "u survived", plus the c colluders) and t
+shares of u's round mask key (from parties told "u dropped", plus the colluders): 2(t - c)
+releases by distinct honest parties, of which there are n - c, so the attack needs
+2t <= n + c. (With job-long pair seeds, before per-round mask keys, the bound was
+n + c + 1 >= 2t, shown on a 5-party job with t = 3.) The spec, and every party's own check of
+it, require 2t >= n + c + 2 for secagg whenever n >= 2, which excludes both; the signed
+consistency check (Bonawitz et al. 2017, Sec. 4) is a second, independent line. A one-party
+job has nothing to unmask.
 """
 
 from __future__ import annotations

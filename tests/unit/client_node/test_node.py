@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,22 +84,73 @@ class Joined:
     job_id: str
     spec: JobSpec
     signatures: dict[int, bytes]
+    # round -> party -> (its signed mask key for the round, the signature)
+    mask: dict[int, dict[int, tuple[bytes, bytes]]] = field(default_factory=dict)
 
 
-def _join(tmp: Path, spec: JobSpec | None = None, **policy_kw: Any) -> Joined:
-    spec = spec or _spec()
-    job_id = uuid.uuid4().hex
-    nodes = {p: Node(_policy(tmp, p, _frame(60, p), **policy_kw))
-             for p in range(1, spec.parties + 1)}
-    states: dict[int, bytes | None] = {}
-    publics, signatures = {}, {}
-    for p, node in nodes.items():
-        reply, states[p] = node.handle(_setup_bytes(job_id, p, spec), None)
+def _keys_bytes(j: Joined, party: int, *, step: int = 1, round_id: int = 1) -> bytes:
+    env = pb.Envelope(job_id=j.job_id, step=step, party=party)
+    k = env.mask_keys_request
+    k.round = round_id
+    k.participants.extend(sorted(j.nodes))
+    for p, key in j.publics.items():
+        k.public_keys[p] = key
+        k.key_signatures[p] = j.signatures.get(p, b"")
+    return pack(env)
+
+
+def _announce(j: Joined, *, round_id: int = 1, step: int = 1) -> None:
+    """The key exchange before the first masked round: every party's round mask key."""
+    for p, node in j.nodes.items():
+        reply, j.states[p] = node.handle(_keys_bytes(j, p, step=step, round_id=round_id),
+                                         j.states[p])
+        env = _parse(reply)
+        assert env.WhichOneof("body") == "mask_keys_reply", env.refusal.reason
+        j.mask.setdefault(round_id, {})[p] = (env.mask_keys_reply.public_key,
+                                              env.mask_keys_reply.signature)
+
+
+def _setup_all(j: Joined) -> None:
+    # setup runs at step 0 and the key exchange at step 1, so that the first round's request
+    # comes at step 2 as in a job without the key exchange
+    for p, node in j.nodes.items():
+        reply, j.states[p] = node.handle(_setup_bytes(j.job_id, p, j.spec, step=0), None)
         env = _parse(reply)
         assert env.WhichOneof("body") == "setup_reply", env.refusal.reason
-        publics[p] = env.setup_reply.public_key
-        signatures[p] = env.setup_reply.key_signature
-    return Joined(nodes, states, publics, job_id, spec, signatures)
+        j.publics[p] = env.setup_reply.public_key
+        j.signatures[p] = env.setup_reply.key_signature
+    if j.spec.channel != "plain":
+        _announce(j)
+
+
+def _join(tmp: Path, spec: JobSpec | None = None, *, announce: bool = True,
+          **policy_kw: Any) -> Joined:
+    """Set up a job at every party and (`announce`) run the mask-key exchange for round 1."""
+    spec = spec or _spec()
+    nodes = {p: Node(_policy(tmp, p, _frame(60, p), **policy_kw))
+             for p in range(1, spec.parties + 1)}
+    j = Joined(nodes, {}, {}, uuid.uuid4().hex, spec, {})
+    if announce:
+        _setup_all(j)
+        return j
+    for p, node in nodes.items():
+        reply, j.states[p] = node.handle(_setup_bytes(j.job_id, p, spec), None)
+        j.publics[p] = _parse(reply).setup_reply.public_key
+        j.signatures[p] = _parse(reply).setup_reply.key_signature
+    return j
+
+
+def _rejoin(j: Joined) -> Joined:
+    """A second job on the same nodes (and so the same ledgers and rows)."""
+    j2 = Joined(j.nodes, {}, {}, uuid.uuid4().hex, j.spec, {})
+    _setup_all(j2)
+    return j2
+
+
+def _add_mask_keys(req: pb.MeasureRequest | pb.EvaluateRequest, j: Joined, round_id: int) -> None:
+    for p, (key, sig) in j.mask.get(round_id, {}).items():
+        req.mask_keys[p] = key
+        req.mask_key_signatures[p] = sig
 
 
 def _measure_bytes(j: Joined, party: int, *, step: int = 2, round_id: int = 1,
@@ -115,6 +166,7 @@ def _measure_bytes(j: Joined, party: int, *, step: int = 2, round_id: int = 1,
         m.groupings.add().index.extend(range(size))
     for c in range(len(j.spec.schema.columns)):
         m.cliques.add().columns.append(c)
+    _add_mask_keys(m, j, round_id)
     return pack(env)
 
 
@@ -250,11 +302,7 @@ def test_cap_holds_across_jobs_on_the_same_data(tmp_path: Path) -> None:
     spent = Ledger(ledger_path, EPS, DELTA).spent()
     assert 0.5 < spent <= EPS
     # a second job on the same node and ledger: the same release no longer fits
-    j2 = Joined(j.nodes, {}, {}, uuid.uuid4().hex, j.spec, {})
-    for p in (1, 2, 3):
-        r, j2.states[p] = j.nodes[p].handle(_setup_bytes(j2.job_id, p, j.spec), None)
-        j2.publics[p] = _parse(r).setup_reply.public_key
-        j2.signatures[p] = _parse(r).setup_reply.key_signature
+    j2 = _rejoin(j)
     before = ledger_path.read_bytes()
     reply, _ = j.nodes[1].handle(_measure_bytes(j2, 1, variance=80.0), j2.states[1])
     assert "over its cap" in _refusal_text(reply)
@@ -433,6 +481,7 @@ def _evaluate_bytes(j: Joined, party: int, *, step: int = 2, round_id: int = 1,
     for p, key in j.publics.items():
         e.public_keys[p] = key
         e.key_signatures[p] = j.signatures[p]
+    _add_mask_keys(e, j, round_id)
     return pack(env)
 
 
@@ -529,11 +578,7 @@ def test_the_same_held_out_rows_are_evaluated_at_most_max_evaluations_times(
     reply, _ = j.nodes[1].handle(_evaluate_bytes(j, 1), j.states[1])
     assert _body(reply) == "measure_reply"
     # a second job on the same node and rows
-    j2 = Joined(j.nodes, {}, {}, uuid.uuid4().hex, j.spec, {})
-    for p in (1, 2, 3):
-        r, j2.states[p] = j.nodes[p].handle(_setup_bytes(j2.job_id, p, j.spec), None)
-        j2.publics[p] = _parse(r).setup_reply.public_key
-        j2.signatures[p] = _parse(r).setup_reply.key_signature
+    j2 = _rejoin(j)
     reply, _ = j.nodes[1].handle(_evaluate_bytes(j2, 1), j2.states[1])
     assert "already evaluated 1 time(s)" in _refusal_text(reply)
     assert len(Ledger(j.nodes[1].policy.ledger_path, EPS, DELTA).audits("evaluation")) == 1
@@ -640,7 +685,7 @@ def test_participants_outside_the_job_are_refused(tmp_path: Path) -> None:
 def test_keys_without_their_identity_signature_are_refused(tmp_path: Path) -> None:
     from fedsynth.crypto.secagg import KeyPair
 
-    j = _join(tmp_path)
+    j = _join(tmp_path, announce=False)  # the first request carrying keys pins them
     j.publics[2] = KeyPair.generate().public  # the coordinator relays a key of its own making
     reply, _ = j.nodes[1].handle(_measure_bytes(j, 1), j.states[1])
     assert "does not carry its identity signature" in _refusal_text(reply)
@@ -648,7 +693,7 @@ def test_keys_without_their_identity_signature_are_refused(tmp_path: Path) -> No
 
 
 def test_a_key_signed_for_another_job_or_party_is_refused(tmp_path: Path) -> None:
-    j = _join(tmp_path)
+    j = _join(tmp_path, announce=False)
     j.publics[2], j.signatures[2] = j.publics[3], j.signatures[3]  # party 3's key as party 2's
     reply, _ = j.nodes[1].handle(_measure_bytes(j, 1), j.states[1])
     assert "does not carry its identity signature" in _refusal_text(reply)
@@ -657,7 +702,7 @@ def test_a_key_signed_for_another_job_or_party_is_refused(tmp_path: Path) -> Non
 def test_the_key_set_is_pinned_at_once_at_the_first_round(tmp_path: Path) -> None:
     j = _join(tmp_path)
     two = Joined(j.nodes, j.states, {p: j.publics[p] for p in (1, 2, 3)}, j.job_id, j.spec,
-                 j.signatures)
+                 j.signatures, j.mask)
     _, state = j.nodes[1].handle(_measure_bytes(two, 1), j.states[1])
     # a later round naming a party whose key was not in the first round's set is refused
     env = pb.Envelope()
@@ -669,7 +714,7 @@ def test_the_key_set_is_pinned_at_once_at_the_first_round(tmp_path: Path) -> Non
 
 
 def test_own_key_must_be_relayed_faithfully(tmp_path: Path) -> None:
-    j = _join(tmp_path)
+    j = _join(tmp_path, announce=False)
     j.publics[1], j.signatures[1] = j.publics[2], j.signatures[2]
     reply, _ = j.nodes[1].handle(_measure_bytes(j, 1), j.states[1])
     assert "signature" in _refusal_text(reply) or "relayed faithfully" in _refusal_text(reply)
@@ -798,3 +843,110 @@ def test_confirmations_bind_the_request_each_party_answered(tmp_path: Path) -> N
         reply, states[p] = _confirm(j, states, p, [1, 2, 3])
         sigs[p] = _parse(reply).confirm_reply.signature
     assert "below t=3" in _refusal_text(_unmask(j, states, 1, [1, 2, 3], [], sigs))
+
+
+# --- one-shot mask keys: announced one round ahead, used once, deleted ----------------------------
+
+
+def test_a_round_without_an_announced_mask_key_is_refused_before_anything_is_charged(
+        tmp_path: Path) -> None:
+    j = _join(tmp_path, announce=False)
+    reply, _ = j.nodes[1].handle(_measure_bytes(j, 1), j.states[1])
+    assert "announced no mask key for this round" in _refusal_text(reply)
+    assert _ledger_lines(j.nodes[1].policy.ledger_path) == []
+
+
+@pytest.mark.parametrize("swap", ["foreign-signature", "other-partys-key", "missing"])
+def test_a_mask_key_without_its_round_signature_is_refused(tmp_path: Path, swap: str) -> None:
+    j = _join(tmp_path)
+    keys = j.mask[1]
+    if swap == "foreign-signature":
+        keys[2] = (keys[2][0], keys[3][1])
+    elif swap == "other-partys-key":
+        keys[2] = keys[3]
+    else:
+        del keys[2]
+    reply, _ = j.nodes[1].handle(_measure_bytes(j, 1), j.states[1])
+    assert "mask key of party 2 is missing or does not carry" in _refusal_text(reply)
+    assert _ledger_lines(j.nodes[1].policy.ledger_path) == []
+
+
+def test_a_mask_key_signed_for_another_round_is_refused(tmp_path: Path) -> None:
+    j = _join(tmp_path)
+    _announce(j, round_id=5, step=2)  # valid keys, signed for round 5
+    j.mask[1] = j.mask[5]
+    reply, _ = j.nodes[1].handle(_measure_bytes(j, 1, step=3), j.states[1])
+    assert "does not carry its identity signature for this round" in _refusal_text(reply)
+
+
+def test_a_party_announces_one_mask_key_per_round_and_none_for_past_rounds(
+        tmp_path: Path) -> None:
+    j = _join(tmp_path)
+    reply, _ = j.nodes[1].handle(_keys_bytes(j, 1, step=2), j.states[1])
+    assert "already announced a mask key" in _refusal_text(reply)
+    reply, state = j.nodes[1].handle(_measure_bytes(j, 1, step=2), j.states[1])
+    assert _body(reply) == "measure_reply"
+    # round 2's key came with the reply: neither round 1 nor round 2 can be announced again
+    for round_id in (1, 2):
+        reply, _ = j.nodes[1].handle(_keys_bytes(j, 1, step=3, round_id=round_id), state)
+        assert "already announced a mask key" in _refusal_text(reply)
+    # nor can a coordinator pile up keys for far rounds
+    state_now = state
+    reply, state_now = j.nodes[1].handle(_keys_bytes(j, 1, step=3, round_id=7), state_now)
+    assert _body(reply) == "mask_keys_reply"
+    reply, _ = j.nodes[1].handle(_keys_bytes(j, 1, step=4, round_id=8), state_now)
+    assert "already holds mask keys for rounds [2, 7]" in _refusal_text(reply)
+
+
+def test_a_rounds_mask_key_is_deleted_once_it_has_masked_and_the_next_is_announced(
+        tmp_path: Path) -> None:
+    from fedsynth.crypto import secagg
+
+    j = _join(tmp_path)
+    before = json.loads(j.states[1] or b"{}")
+    assert sorted(before["mask_keys"]) == ["1"]
+    assert secagg.public_of(bytes.fromhex(before["mask_keys"]["1"])) == j.mask[1][1][0]
+    reply, state = j.nodes[1].handle(_measure_bytes(j, 1), j.states[1])
+    nxt = _parse(reply).measure_reply.next_mask_key
+    after = json.loads(state or b"{}")
+    assert sorted(after["mask_keys"]) == ["2"]  # round 1's key is gone
+    assert before["mask_keys"]["1"] not in (state or b"").decode()
+    assert nxt.round == 2 and secagg.public_of(bytes.fromhex(after["mask_keys"]["2"])) == \
+        nxt.public_key
+    assert secagg.verify_mask_key(IDS[0].public, nxt.signature, job_id=j.job_id, party=1,
+                                  round_id=2, public_key=nxt.public_key)
+    assert sorted(nxt.encrypted_shares) == [2, 3]
+
+
+def test_the_key_exchange_pins_the_job_keys_like_a_round(tmp_path: Path) -> None:
+    from fedsynth.crypto.secagg import KeyPair
+
+    j = _join(tmp_path, announce=False)
+    j.publics[3] = KeyPair.generate().public
+    reply, _ = j.nodes[1].handle(_keys_bytes(j, 1, step=2), j.states[1])
+    assert "does not carry its identity signature" in _refusal_text(reply)
+
+
+def test_a_plain_job_has_no_mask_keys(tmp_path: Path) -> None:
+    j = _join(tmp_path, _spec(channel="plain"), channels=("secagg", "plain"))
+    reply, _ = j.nodes[1].handle(_keys_bytes(j, 1, step=2), j.states[1])
+    assert "plain channel has no mask keys" in _refusal_text(reply)
+
+
+def test_injected_dropout_at_a_rounds_unmask_step(tmp_path: Path) -> None:
+    j = _join(tmp_path, fail_at=(1, "unmask"))
+    reply, state = j.nodes[1].handle(_measure_bytes(j, 1), j.states[1])
+    assert _body(reply) == "measure_reply"
+    env = pb.Envelope(job_id=j.job_id, step=3, party=1)
+    env.confirm_request.round = 1
+    env.confirm_request.survivors.extend([1, 2, 3])
+    reply, state = j.nodes[1].handle(pack(env), state)
+    assert _body(reply) == "confirm_reply"
+    env = pb.Envelope(job_id=j.job_id, step=4, party=1)
+    env.unmask_request.round = 1
+    with pytest.raises(DropOut):
+        j.nodes[1].handle(pack(env), state)
+    with pytest.raises(DropOut):  # and silent from then on
+        j.nodes[1].handle(_measure_bytes(j, 1, step=5, round_id=2), state)
+    with pytest.raises(ValueError, match="not one of"):
+        _policy(tmp_path / "x", 1, _frame(5, 1), fail_at=(1, "later"))

@@ -26,22 +26,33 @@ def _pairs(keys: Mapping[int, KeyPair], me: int, *, job_id: str = JOB) -> dict[i
             for v in keys if v != me}
 
 
+def _seeds(mask_keys: Mapping[int, secagg.MaskKey], me: int, round_id: int) -> dict[int, bytes]:
+    return secagg.round_pair_seeds(mask_keys[me].keys.private,
+                                   {v: k.keys.public for v, k in mask_keys.items()},
+                                   job_id=JOB, round_id=round_id, me=me)
+
+
 def secure_round(values: Mapping[int, np.ndarray], *, threshold: int, round_id: int = 7,
                  dropped: Collection[int] = (), unmaskers: Collection[int] | None = None,
                  keys: Mapping[int, KeyPair] | None = None) -> np.ndarray:
     """One full round: every party masks, `dropped` never send, survivors reveal what is needed.
 
-    Shares are encrypted by the sender and decrypted by their recipient, as on the wire.
-    `unmaskers` (default: all survivors) are the survivors that answer the unmask step.
+    Each party's round mask key was drawn and shared beforehand (as one round ahead on the
+    wire). Shares are encrypted by the sender and decrypted by their recipient, as on the wire.
+    `unmaskers` (default: all survivors) are the survivors that answer the unmask step: they
+    release their shares of the survivors' self-masks and of the dropped parties' mask keys.
     """
     parties = sorted(values)
     keys = keys or _keys(parties)
     pairs = {u: _pairs(keys, u) for u in parties}
+    mask_keys = {u: secagg.new_mask_key(me=u, round_id=round_id, job_id=JOB, threshold=threshold,
+                                        pairs=pairs[u]) for u in parties}
     sent = {u: secagg.mask(values[u], me=u, round_id=round_id, job_id=JOB, threshold=threshold,
-                           pairs=pairs[u])
+                           pairs=pairs[u], seeds=_seeds(mask_keys, u, round_id))
             for u in parties if u not in dropped}
     survivors = sorted(sent)
     helpers = survivors if unmaskers is None else sorted(unmaskers)
+    assert set(helpers) <= set(survivors)
     self_shares: dict[int, dict[int, bytes]] = {}
     for u in survivors:
         got: dict[int, bytes] = {}
@@ -53,9 +64,13 @@ def secure_round(values: Mapping[int, np.ndarray], *, threshold: int, round_id: 
                                               job_id=JOB, round_id=round_id, sender=u,
                                               recipient=v)
         self_shares[u] = got
-    dropped_seeds = {(d, v): secagg.round_seed(
-        secagg.pair_secret(keys[v].private, keys[d].public, job_id=JOB, me=v, peer=d), round_id)
-        for d in dropped for v in survivors}
+    key_shares = {d: {v: secagg.decrypt_share(pairs[v][d], mask_keys[d].encrypted_shares[v],
+                                              job_id=JOB, round_id=round_id, sender=d,
+                                              recipient=v, kind=secagg.MASK_KEY)
+                      for v in helpers} for d in dropped}
+    publics = {u: k.keys.public for u, k in mask_keys.items()}
+    dropped_seeds = secagg.dropped_pair_seeds(key_shares, publics, survivors, job_id=JOB,
+                                              round_id=round_id, threshold=threshold)
     masked = {u: m.masked for u, m in sent.items()}
     return secagg.unmask_sum(masked, self_shares=self_shares, dropped_seeds=dropped_seeds,
                              threshold=threshold)
@@ -125,19 +140,61 @@ def test_exactly_t_unmaskers_suffice():
     np.testing.assert_array_equal(got, _exact_sum(values, [1, 3, 4, 5]))
 
 
+@settings(max_examples=40, deadline=None)
+@given(values=party_vectors(min_parties=2, max_parties=8), data=st.data())
+def test_sum_is_exact_with_measure_and_unmask_dropouts_while_t_answer(values, data):
+    """Parties drop in the measure step (D) and other parties, survivors of measure, leave
+    during unmasking: as long as t survivors answer, the sum over all measure survivors is
+    exact (the dropped parties' pair masks come from their reconstructed round mask keys)."""
+    parties = sorted(values)
+    t = data.draw(st.integers(1, len(parties)), label="t")
+    order = data.draw(st.permutations(parties), label="order")
+    n_drop = data.draw(st.integers(0, len(parties) - t), label="measure dropouts")
+    dropped, survivors = sorted(order[:n_drop]), sorted(order[n_drop:])
+    n_leave = data.draw(st.integers(0, len(survivors) - t), label="unmask dropouts")
+    unmaskers = sorted(order[n_drop + n_leave:])
+    assert len(unmaskers) >= t
+    got = secure_round(values, threshold=t, dropped=dropped, unmaskers=unmaskers,
+                       round_id=data.draw(st.integers(0, 2**32 - 1), label="round"))
+    np.testing.assert_array_equal(got, _exact_sum(values, survivors))
+
+
+@settings(max_examples=20, deadline=None)
+@given(values=party_vectors(min_parties=2, max_parties=8), data=st.data())
+def test_fewer_than_t_unmaskers_recover_nothing(values, data):
+    parties = sorted(values)
+    t = data.draw(st.integers(2, len(parties)), label="t")
+    order = data.draw(st.permutations(parties), label="order")
+    n_drop = data.draw(st.integers(0, len(parties) - t), label="measure dropouts")
+    unmaskers = order[n_drop:][: data.draw(st.integers(0, t - 1), label="unmaskers")]
+    with pytest.raises((shamir.ShamirError, SecAggError)):
+        secure_round(values, threshold=t, dropped=order[:n_drop], unmaskers=unmaskers)
+
+
 def test_fewer_than_t_unmaskers_cannot_remove_self_masks():
     values = {u: np.arange(4, dtype=np.int64) for u in range(1, 5)}
     with pytest.raises(shamir.ShamirError):
         secure_round(values, threshold=3, unmaskers=[1, 2])
 
 
+def _masked_round(keys: Mapping[int, KeyPair], values: Mapping[int, np.ndarray], *,
+                  round_id: int, threshold: int, senders: Collection[int],
+                  ) -> tuple[dict[int, dict[int, bytes]], dict[int, secagg.MaskKey],
+                             dict[int, secagg.MaskedInput]]:
+    pairs = {u: _pairs(keys, u) for u in keys}
+    mask_keys = {u: secagg.new_mask_key(me=u, round_id=round_id, job_id=JOB, threshold=threshold,
+                                        pairs=pairs[u]) for u in keys}
+    sent = {u: secagg.mask(values[u], me=u, round_id=round_id, job_id=JOB, threshold=threshold,
+                           pairs=pairs[u], seeds=_seeds(mask_keys, u, round_id))
+            for u in senders}
+    return pairs, mask_keys, sent
+
+
 def test_dropout_without_revealed_pair_seeds_leaves_garbage():
     """Sanity check of the test harness: the pair seeds really are needed."""
     keys = _keys(range(1, 5))
     values = {u: np.zeros(16, dtype=np.int64) for u in range(1, 5)}
-    pairs = {u: _pairs(keys, u) for u in keys}
-    sent = {u: secagg.mask(values[u], me=u, round_id=1, job_id=JOB, threshold=2, pairs=pairs[u])
-            for u in (1, 2, 3)}
+    pairs, _, sent = _masked_round(keys, values, round_id=1, threshold=2, senders=(1, 2, 3))
     shares = {u: {u: sent[u].own_share,
                   **{v: secagg.decrypt_share(pairs[v][u], sent[u].encrypted_shares[v],
                                              job_id=JOB, round_id=1, sender=u, recipient=v)
@@ -150,8 +207,9 @@ def test_dropout_without_revealed_pair_seeds_leaves_garbage():
 def test_lone_masked_vector_hides_the_input_and_looks_uniform():
     keys = _keys(range(1, 4))
     length = 20_000
-    m = secagg.mask(np.zeros(length, dtype=np.int64), me=2, round_id=0, job_id=JOB, threshold=2,
-                    pairs=_pairs(keys, 2))
+    _, _, sent = _masked_round(keys, {u: np.zeros(length, dtype=np.int64) for u in keys},
+                               round_id=0, threshold=2, senders=(2,))
+    m = sent[2]
     assert m.masked.dtype == np.uint64
     assert np.count_nonzero(m.masked) > length - 5
     bits = np.unpackbits(m.masked.view(np.uint8))
@@ -166,8 +224,10 @@ def test_lone_masked_vector_changes_every_round_and_is_not_the_input():
     keys = _keys(range(1, 4))
     x = np.arange(-50, 50, dtype=np.int64)
     pairs = _pairs(keys, 1)
-    a = secagg.mask(x, me=1, round_id=3, job_id=JOB, threshold=2, pairs=pairs)
-    b = secagg.mask(x, me=1, round_id=3, job_id=JOB, threshold=2, pairs=pairs)  # fresh self-seed
+    seeds = {v: secagg.new_seed() for v in pairs}
+    a = secagg.mask(x, me=1, round_id=3, job_id=JOB, threshold=2, pairs=pairs, seeds=seeds)
+    b = secagg.mask(x, me=1, round_id=3, job_id=JOB, threshold=2, pairs=pairs,
+                    seeds=seeds)  # same pair seeds, fresh self-seed
     assert not np.array_equal(a.masked.view(np.int64), x)
     assert not np.array_equal(a.masked, b.masked)
     assert a.own_share != b.own_share
@@ -175,12 +235,18 @@ def test_lone_masked_vector_changes_every_round_and_is_not_the_input():
 
 def test_mask_shares_one_encrypted_share_per_peer_and_rejects_floats():
     keys = _keys(range(1, 5))
+    pairs = _pairs(keys, 3)
+    seeds = {v: secagg.new_seed() for v in pairs}
     m = secagg.mask(np.zeros(3, dtype=np.int32), me=3, round_id=1, job_id=JOB, threshold=2,
-                    pairs=_pairs(keys, 3))
+                    pairs=pairs, seeds=seeds)
     assert sorted(m.encrypted_shares) == [1, 2, 4]
     assert len(set(m.encrypted_shares.values())) == 3
     with pytest.raises(SecAggError, match="integer"):
-        secagg.mask(np.zeros(3), me=3, round_id=1, job_id=JOB, threshold=2, pairs=_pairs(keys, 3))
+        secagg.mask(np.zeros(3), me=3, round_id=1, job_id=JOB, threshold=2, pairs=pairs,
+                    seeds=seeds)
+    with pytest.raises(SecAggError, match="same other parties"):
+        secagg.mask(np.zeros(3, dtype=np.int64), me=3, round_id=1, job_id=JOB, threshold=2,
+                    pairs=pairs, seeds={1: seeds[1]})
 
 
 def test_pair_secret_is_symmetric_and_bound_to_job_and_pair():
@@ -215,13 +281,78 @@ def test_pair_secret_rejects_self_and_bad_public_key():
         secagg.pair_secret(a.private, a.public[:31], job_id=JOB, me=1, peer=2)
 
 
-def test_round_seeds_differ_across_rounds_and_are_deterministic():
-    pair = secagg.new_seed()
-    seeds = [secagg.round_seed(pair, r) for r in range(50)]
-    assert len(set(seeds)) == 50
-    assert secagg.round_seed(pair, 17) == seeds[17]
-    assert secagg.round_seed(secagg.new_seed(), 17) != seeds[17]
-    assert pair not in seeds
+def test_round_pair_seed_is_symmetric_and_bound_to_job_round_and_pair():
+    a, b, c = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    ab = secagg.round_pair_seed(a.private, b.public, job_id=JOB, round_id=4, me=1, peer=2)
+    assert ab == secagg.round_pair_seed(b.private, a.public, job_id=JOB, round_id=4, me=2,
+                                        peer=1)
+    assert len(ab) == secagg.SEED_BYTES
+    others = [secagg.round_pair_seed(a.private, b.public, job_id=JOB, round_id=5, me=1, peer=2),
+              secagg.round_pair_seed(a.private, b.public, job_id=JOB + "x", round_id=4, me=1,
+                                     peer=2),
+              secagg.round_pair_seed(a.private, b.public, job_id=JOB, round_id=4, me=1, peer=3),
+              secagg.round_pair_seed(a.private, c.public, job_id=JOB, round_id=4, me=1, peer=2),
+              secagg.pair_secret(a.private, b.public, job_id=JOB, me=1, peer=2)]
+    assert ab not in others
+    with pytest.raises(SecAggError, match="itself"):
+        secagg.round_pair_seed(a.private, b.public, job_id=JOB, round_id=4, me=1, peer=1)
+
+
+def test_mask_key_shares_reconstruct_the_key_and_are_checked_against_it():
+    keys = _keys(range(1, 6))
+    pairs = _pairs(keys, 2)
+    mk = secagg.new_mask_key(me=2, round_id=9, job_id=JOB, threshold=3, pairs=pairs)
+    assert sorted(mk.encrypted_shares) == [1, 3, 4, 5]  # no own share: it is never needed
+    shares = {v: secagg.decrypt_share(_pairs(keys, v)[2], blob, job_id=JOB, round_id=9,
+                                      sender=2, recipient=v, kind=secagg.MASK_KEY)
+              for v, blob in mk.encrypted_shares.items()}
+    three = {v: shares[v] for v in (1, 4, 5)}
+    assert secagg.recover_mask_key(three, threshold=3, public=mk.keys.public,
+                                   party=2) == mk.keys.private
+    with pytest.raises(SecAggError, match="cannot be recovered"):
+        secagg.recover_mask_key({1: shares[1], 4: shares[4]}, threshold=3,
+                                public=mk.keys.public, party=2)
+    bad = dict(three)
+    bad[4] = shamir.split(secagg.new_seed(), threshold=1, holders=[4])[4]  # a wrong share
+    with pytest.raises(SecAggError):
+        secagg.recover_mask_key(bad, threshold=3, public=mk.keys.public, party=2)
+    with pytest.raises(SecAggError, match="survivor"):
+        secagg.dropped_pair_seeds({2: three}, {2: mk.keys.public}, [1, 2], job_id=JOB,
+                                  round_id=9, threshold=3)
+
+
+def test_a_self_mask_share_cannot_pass_for_a_mask_key_share():
+    """The share kind is authenticated: a coordinator cannot relay u's self-mask share as u's
+    mask-key share (or the reverse) to have both halves released for one party and round."""
+    pair_ab, _, share, blob = _share_setup()
+    with pytest.raises(SecAggError, match="does not authenticate"):
+        secagg.decrypt_share(pair_ab, blob, job_id=JOB, round_id=4, sender=1, recipient=2,
+                             kind=secagg.MASK_KEY)
+    key_blob = secagg.encrypt_share(pair_ab, share, job_id=JOB, round_id=4, sender=1,
+                                    recipient=2, kind=secagg.MASK_KEY)
+    with pytest.raises(SecAggError, match="does not authenticate"):
+        secagg.decrypt_share(pair_ab, key_blob, job_id=JOB, round_id=4, sender=1, recipient=2)
+    with pytest.raises(SecAggError, match="unknown share kind"):
+        secagg.encrypt_share(pair_ab, share, job_id=JOB, round_id=4, sender=1, recipient=2,
+                             kind="pair-seed")
+
+
+def test_mask_key_signature_is_bound_to_job_party_round_and_key():
+    from fedsynth.crypto.keys import Identity, sign_key, verify_key
+
+    me = Identity.generate("p")
+    key = KeyPair.generate().public
+    sig = secagg.sign_mask_key(me.private, job_id=JOB, party=3, round_id=2, public_key=key)
+    ok = {"job_id": JOB, "party": 3, "round_id": 2, "public_key": key}
+    assert secagg.verify_mask_key(me.public, sig, **ok)
+    for change in ({"job_id": JOB + "x"}, {"party": 4}, {"round_id": 3},
+                   {"public_key": KeyPair.generate().public}, {"public_key": key[:31]}):
+        assert not secagg.verify_mask_key(me.public, sig, **{**ok, **change})
+    assert not secagg.verify_mask_key(Identity.generate("q").public, sig, **ok)
+    # a job-key signature is no mask-key signature, nor the reverse
+    job_sig = sign_key(me.private, job_id=JOB, party=3, public_key=key)
+    assert not secagg.verify_mask_key(me.public, job_sig, **ok)
+    assert not verify_key(me.public, sig, job_id=JOB, party=3, public_key=key)
 
 
 def test_prg_is_deterministic_uint64_and_checks_seed_length():

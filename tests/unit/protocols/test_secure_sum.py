@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedsynth.crypto.keys import Identity
 from fedsynth.crypto.secagg import KeyPair, SecAggError
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import ProtocolError, bytes_vector
 from fedsynth.protocols.secure_sum import (
     CoordinatorRound,
     RoundFailed,
+    RoundKeys,
+    party_mask_key,
     party_measure_reply,
     party_unmask_reply,
 )
@@ -23,6 +26,7 @@ from fedsynth.protocols.secure_sum import (
 JOB = "job-secure-sum"
 PARTIES = [1, 2, 3, 4, 5]
 LENGTH = 24
+IDS = {u: Identity.generate(f"party-{u}") for u in PARTIES}
 
 
 def _wire(msg):
@@ -37,6 +41,8 @@ class Federation:
     threshold: int
     round_id: int = 3
     channel: str = "secagg"
+    round_keys: RoundKeys | None = None  # as the coordinator holds them
+    mask_private: dict[int, bytes] = field(default_factory=dict)  # as each party holds its own
 
     @classmethod
     def make(cls, *, threshold: int = 3, seed: int = 0, channel: str = "secagg",
@@ -44,8 +50,23 @@ class Federation:
         rng = np.random.default_rng(seed)
         values = {u: rng.integers(-(2**40), 2**40, LENGTH) for u in parties}
         values[min(parties)][:3] = [2**60, -(2**60), 0]  # large magnitudes too
-        return cls(keys={u: KeyPair.generate() for u in parties}, values=values,
-                   threshold=threshold, channel=channel)
+        fed = cls(keys={u: KeyPair.generate() for u in parties}, values=values,
+                  threshold=threshold, channel=channel)
+        if channel != "plain":
+            fed.announce()
+        return fed
+
+    def announce(self) -> None:
+        """Step 0: every party announces its mask key for the round, the coordinator checks it."""
+        book = RoundKeys(self.round_id)
+        for u in self.participants:
+            ann, self.mask_private[u] = party_mask_key(
+                job_id=JOB, me=u, round_id=self.round_id, holders=self.participants,
+                threshold=self.threshold, private=self.keys[u].private, publics=self.publics,
+                identity_key=IDS[u].private)
+            book.add(u, _wire(ann), job_id=JOB, identity=IDS[u].public,
+                     holders=self.participants)
+        self.round_keys = book
 
     @property
     def publics(self) -> dict[int, bytes]:
@@ -56,10 +77,13 @@ class Federation:
         return sorted(self.keys)
 
     def measure(self, u: int) -> tuple[pb.MeasureReply, bytes]:
-        reply, own = party_measure_reply(
+        reply, own, _ = party_measure_reply(
             self.values[u], channel=self.channel, job_id=JOB, me=u, round_id=self.round_id,
             participants=self.participants, threshold=self.threshold,
-            private=self.keys[u].private, publics=self.publics)
+            private=self.keys[u].private, publics=self.publics,
+            mask_private=self.mask_private.get(u, b""),
+            mask_publics=self.round_keys.publics if self.round_keys else None,
+            identity_key=IDS[u].private)
         return _wire(reply), own
 
     def unmask(self, u: int, req: pb.UnmaskRequest, own: bytes) -> pb.UnmaskReply:
@@ -71,7 +95,8 @@ class Federation:
     def coordinator(self) -> CoordinatorRound:
         return CoordinatorRound(round_id=self.round_id, channel=self.channel,
                                 participants=self.participants, length=LENGTH,
-                                threshold=self.threshold)
+                                threshold=self.threshold, job_id=JOB, keys=self.round_keys,
+                                identities={u: IDS[u].public for u in self.participants})
 
     def run(self, *, drop_measure: Collection[int] = (),
             drop_unmask: Collection[int] = ()) -> np.ndarray:
@@ -138,10 +163,26 @@ def test_survivor_leaving_during_unmask_without_earlier_dropout_still_sums_exact
     np.testing.assert_array_equal(fed.run(drop_unmask=[4]), fed.expected(PARTIES))
 
 
-def test_survivor_leaving_during_unmask_after_a_dropout_fails_cleanly():
+def test_survivor_leaving_during_unmask_after_a_measure_dropout_still_sums_exactly():
+    """The known gap of the pair-seed design: 5 drops in measure, 4 leaves during unmasking.
+    The pair mask of (4, 5) in 4's vector now comes off with 5's reconstructed mask key."""
     fed = Federation.make(threshold=3)
-    with pytest.raises(RoundFailed, match="cannot be removed"):
-        fed.run(drop_measure=[5], drop_unmask=[4])
+    np.testing.assert_array_equal(fed.run(drop_measure=[5], drop_unmask=[4]),
+                                  fed.expected([1, 2, 3, 4]))
+
+
+@pytest.mark.parametrize(("drop_measure", "drop_unmask"), [([5], [4, 1]), ([2, 5], [4])])
+def test_exactly_t_unmask_answers_after_measure_dropouts_suffice(drop_measure, drop_unmask):
+    fed = Federation.make(threshold=2)  # both leave exactly t = 2 answers
+    survivors = [u for u in PARTIES if u not in drop_measure]
+    np.testing.assert_array_equal(fed.run(drop_measure=drop_measure, drop_unmask=drop_unmask),
+                                  fed.expected(survivors))
+
+
+def test_round_fails_below_t_unmask_answers_after_a_measure_dropout():
+    fed = Federation.make(threshold=3)
+    with pytest.raises(RoundFailed, match="below the threshold t=3"):
+        fed.run(drop_measure=[5], drop_unmask=[4, 1])
 
 
 def test_measure_reply_is_masked_and_carries_a_share_for_every_peer():
@@ -152,18 +193,78 @@ def test_measure_reply_is_masked_and_carries_a_share_for_every_peer():
     assert not np.array_equal(masked.view(np.int64), fed.values[2])
     assert sorted(reply.encrypted_shares) == [1, 3, 4, 5]
     assert own and own not in reply.encrypted_shares.values()
+    # and the announcement of its next round's mask key, one share per peer
+    nxt = reply.next_mask_key
+    assert nxt.round == fed.round_id + 1 and len(nxt.public_key) == 32
+    assert sorted(nxt.encrypted_shares) == [1, 3, 4, 5]
+    assert nxt.public_key != fed.round_keys.publics[2]  # a fresh key every round
 
 
-def test_unmask_reply_releases_self_shares_for_survivors_and_seeds_for_dropped_never_both():
+def test_unmask_reply_releases_self_shares_for_survivors_and_key_shares_for_dropped():
     fed = Federation.make(threshold=3)
     coord = fed.coordinator()
     sent = {u: fed.measure(u) for u in (1, 2, 3, 4)}
     coord.collect({u: r for u, (r, _) in sent.items()})
     assert coord.dropped == [5]
-    reply = fed.unmask(3, coord.unmask_requests()[3], sent[3][1])
+    req = coord.unmask_requests()[3]
+    assert sorted(req.key_shares_for_you) == [5]
+    reply = fed.unmask(3, req, sent[3][1])
     assert sorted(reply.self_mask_shares) == [1, 2, 3, 4]
-    assert sorted(reply.dropped_pair_seeds) == [5]
+    assert sorted(reply.dropped_key_shares) == [5]
     assert reply.round == fed.round_id
+
+
+def test_a_party_never_releases_a_mask_key_share_of_a_survivor():
+    """Even when the coordinator relays them, shares of survivors' mask keys stay unreleased:
+    a survivor's self-mask is released, so its mask key must not be."""
+    fed = Federation.make(threshold=3)
+    coord = fed.coordinator()
+    sent = {u: fed.measure(u) for u in (1, 2, 3, 4)}
+    coord.collect({u: r for u, (r, _) in sent.items()})
+    req = coord.unmask_requests()[3]
+    assert fed.round_keys is not None
+    for u in (1, 2, 4):
+        req.key_shares_for_you[u] = fed.round_keys.shares[u][3]
+    reply = fed.unmask(3, req, sent[3][1])
+    assert sorted(reply.dropped_key_shares) == [5]
+
+
+def test_party_unmask_reply_refuses_without_the_dropped_partys_key_share():
+    fed = Federation.make(threshold=3)
+    coord = fed.coordinator()
+    sent = {u: fed.measure(u) for u in (1, 2, 3, 4)}
+    coord.collect({u: r for u, (r, _) in sent.items()})
+    req = coord.unmask_requests()[3]
+    del req.key_shares_for_you[5]
+    with pytest.raises(ProtocolError, match="no share of dropped party 5's mask key"):
+        fed.unmask(3, req, sent[3][1])
+
+
+def test_a_self_mask_share_relayed_as_a_key_share_is_rejected():
+    """A coordinator that claims 5 dropped though it has 5's vector cannot have 5's self-mask
+    share released in place of a mask-key share: the kind is authenticated."""
+    fed = Federation.make(threshold=3)
+    coord = fed.coordinator()
+    sent = {u: fed.measure(u) for u in PARTIES}
+    coord.collect({u: r for u, (r, _) in sent.items() if u != 5})
+    req = coord.unmask_requests()[3]
+    req.key_shares_for_you[5] = sent[5][0].encrypted_shares[3]
+    with pytest.raises(SecAggError, match="does not authenticate"):
+        fed.unmask(3, req, sent[3][1])
+
+
+def test_a_corrupted_key_share_stops_the_round_instead_of_a_wrong_sum():
+    fed = Federation.make(threshold=3)
+    coord = fed.coordinator()
+    sent = {u: fed.measure(u) for u in (1, 2, 3, 4)}
+    coord.collect({u: r for u, (r, _) in sent.items()})
+    reqs = coord.unmask_requests()
+    replies = {v: fed.unmask(v, reqs[v], sent[v][1]) for v in (1, 2, 3)}
+    bad = bytearray(replies[2].dropped_key_shares[5])
+    bad[-1] ^= 0x01
+    replies[2].dropped_key_shares[5] = bytes(bad)
+    with pytest.raises(RoundFailed, match="do not unmask"):
+        coord.finish(replies)
 
 
 def _request(fed: Federation, survivors, dropped, *, round_id=None):
@@ -244,6 +345,35 @@ def test_collect_rejects_wrong_round_length_and_missing_shares():
     del missing.encrypted_shares[3]
     with pytest.raises(ProtocolError, match=r"no encrypted share for parties \[3\]"):
         fed.coordinator().collect({1: missing})
+
+
+def test_a_bad_next_key_announcement_only_keeps_the_party_out_of_the_next_round():
+    fed = Federation.make(threshold=3)
+    sent = {u: fed.measure(u) for u in PARTIES}
+    sent[2][0].next_mask_key.signature = sent[3][0].next_mask_key.signature
+    del sent[4][0].next_mask_key.encrypted_shares[1]
+    sent[5][0].next_mask_key.round = fed.round_id + 2
+    coord = fed.coordinator()
+    coord.collect({u: r for u, (r, _) in sent.items()})
+    assert coord.survivors == PARTIES  # their vectors count in this round
+    assert sorted(coord.next_keys.publics) == [1, 3]
+    assert coord.next_keys.round_id == fed.round_id + 1
+
+
+def test_a_secagg_round_needs_every_participants_mask_key():
+    fed = Federation.make(threshold=3)
+    assert fed.round_keys is not None
+    del fed.round_keys.publics[4]
+    with pytest.raises(ProtocolError, match="no mask keys for every participant"):
+        fed.coordinator()
+
+
+def test_measure_refuses_a_substituted_own_mask_key():
+    fed = Federation.make(threshold=3)
+    assert fed.round_keys is not None
+    fed.round_keys.publics[2] = KeyPair.generate().public
+    with pytest.raises(ProtocolError, match="own mask key was not relayed faithfully"):
+        fed.measure(2)
 
 
 def test_coordinator_relays_to_each_survivor_only_the_shares_addressed_to_it():
