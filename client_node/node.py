@@ -69,6 +69,17 @@ STEP_OF = {"mask_keys_request": "keys", "measure_request": "measure",
            "evaluate_request": "measure", "confirm_request": "confirm",
            "unmask_request": "unmask"}
 MAX_PENDING_MASK_KEYS = 2  # announced keys of rounds not yet measured
+MAX_ROUND = 2**32 - 2  # round ids are uint32 and a reply announces round + 1's key
+
+
+@dataclass(frozen=True)
+class OpenRound:
+    """A round this party has opened: who takes part, their mask keys, and its own round mask
+    key (already removed from the session)."""
+
+    participants: list[int]
+    mask_publics: dict[int, bytes]
+    mask_private: bytes = field(repr=False)
 MAX_SYNTHETIC_BYTES = 256 << 20  # largest synthetic table a party accepts to evaluate
 MAX_VARIANCE = 1e15  # far above any useful noise; numpy's Poisson sampler fails past ~1e19
 EVALUATION_MODES = ("off", "dp", "exact")
@@ -300,29 +311,25 @@ class Node:
         return noise.seeded_generator([self.policy.noise_seed, me, round_id])
 
     def _masked_reply(self, env: pb.Envelope, session: dict[str, Any], spec: JobSpec,
-                      round_id: int, participants: list[int], vector: np.ndarray,
-                      mask_publics: dict[int, bytes]) -> pb.Envelope:
-        """Mask a noised vector for this round and remember the own share for the unmask; the
-        round's mask key is deleted and the next round's kept in its place."""
+                      round_id: int, vector: np.ndarray, opened: OpenRound) -> pb.Envelope:
+        """Mask a noised vector for this round (with the round's mask key, which `_open_round`
+        already took out of the session) and keep the next round's key. The caller charges the
+        ledger after this and before the reply leaves: a failure here charges nothing."""
         me = int(session["party"])
         publics = {int(k): bytes.fromhex(v) for k, v in session["publics"].items()}
-        pending: dict[str, str] = session.setdefault("mask_keys", {})
-        reply, own, next_key = party_measure_reply(
-            vector, channel=spec.channel, job_id=env.job_id, me=me, round_id=round_id,
-            participants=participants, threshold=spec.threshold,
-            private=bytes.fromhex(session["private"]), publics=publics,
-            mask_private=bytes.fromhex(pending.get(str(round_id), "")),
-            mask_publics=mask_publics, identity_key=self.policy.identity_key)
-        if spec.channel != "plain":
-            session["mask_keys"] = {r: k for r, k in pending.items() if int(r) > round_id}
-            session["mask_keys"][str(round_id + 1)] = next_key.hex()
-        reply.seeded_noise = self.policy.noise_seed is not None
-        reply.ledger_epsilon = self._ledger().spent()
         body = getattr(env, env.WhichOneof("body") or "")
         digest = hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
-        session["rounds"][str(round_id)] = {"own_share": own.hex(), "digest": digest,
-                                            "participants": participants, "unmasked": False,
-                                            "confirmed": None}
+        reply, own, next_key = party_measure_reply(
+            vector, channel=spec.channel, job_id=env.job_id, me=me, round_id=round_id,
+            participants=opened.participants, threshold=spec.threshold,
+            private=bytes.fromhex(session["private"]), publics=publics,
+            mask_private=opened.mask_private, mask_publics=opened.mask_publics,
+            identity_key=self.policy.identity_key, request_digest=bytes.fromhex(digest))
+        if spec.channel != "plain":
+            session.setdefault("mask_keys", {})[str(round_id + 1)] = next_key.hex()
+        reply.seeded_noise = self.policy.noise_seed is not None
+        session["rounds"][str(round_id)].update(own_share=own.hex(), digest=digest,
+                                                answered=True)
         out = pb.Envelope(job_id=env.job_id, step=env.step, party=me)
         out.measure_reply.CopyFrom(reply)
         return out
@@ -341,6 +348,8 @@ class Node:
         participants = self._participants(req, spec, me)
         self._pin_keys(req, session, participants, spec, me)
         pending: dict[str, str] = session.setdefault("mask_keys", {})
+        if req.round >= MAX_ROUND:
+            raise ProtocolError(f"round {req.round} is out of range")
         if str(req.round) in pending or any(int(r) >= req.round for r in session["rounds"]):
             raise ProtocolError(f"round {req.round}: this party already announced a mask key for "
                                 "it or has gone past it; a party announces one key per round")
@@ -364,11 +373,14 @@ class Node:
         exactly this statement. Two different lists would each need t signers, and honest
         parties sign one, so with 2t >= n + c + 2 no two lists can both be accepted: every
         honest party that unmasks sees the same survivors and dropped parties, and every
-        signer received the same request (same noise variance, marginals and groupings)."""
+        signer received the same request (same noise variance, marginals and groupings). A
+        survivor that did not sign is covered too: its self-mask shares were encrypted with the
+        digest of the request it answered in their associated data, so a holder can decrypt
+        (and release) them only if it answered the very same request."""
         req = env.confirm_request
         spec = self._spec(session)
         rnd = session["rounds"].get(str(req.round))
-        if rnd is None:
+        if rnd is None or not rnd.get("answered"):
             raise ProtocolError(f"round {req.round} was never measured by this party")
         survivors = sorted(set(req.survivors))
         me = int(session["party"])
@@ -390,7 +402,7 @@ class Node:
         req = env.measure_request
         spec = self._spec(session)
         me = int(session["party"])
-        participants, mask_publics = self._open_round(req, session, spec, me, "measured")
+        opened = self._open_round(req, session, spec, me, "measured")
         groupings = self._groupings(req, spec)
         sizes = [g.size for g in groupings]
         cliques = [tuple(int(i) for i in c.columns) for c in req.cliques]
@@ -403,13 +415,16 @@ class Node:
         counts = marginals.count(encoded_table(self.policy, spec.schema), groupings, cliques)
         share = noise.share_variance(req.noise_variance, honest_min=spec.noise_divisor)
         noised = counts + noise.skellam(share, len(counts), self._rng(me, req.round))
-        # recorded (fsynced) before the value can leave; refused past the cap
-        spent = self._ledger().charge(job_id=env.job_id, round_id=req.round, label=req.label,
-                                      count=len(cliques), variance=req.noise_variance)
+        out = self._masked_reply(env, session, spec, req.round, noised, opened)
+        # recorded (fsynced) after every check and before the value can leave; refused past
+        # the cap (the round stays closed: its mask key is gone, so it is never answered)
+        ledger = self._ledger()
+        spent = ledger.charge(job_id=env.job_id, round_id=req.round, label=req.label,
+                              count=len(cliques), variance=req.noise_variance)
+        out.measure_reply.ledger_epsilon = spent
         log.info("party %d round %d (%s): spent ε=%.4f of %.4f", me, req.round, req.label, spent,
                  self.policy.epsilon_cap)
-        return self._masked_reply(env, session, spec, req.round, participants, noised,
-                                  mask_publics)
+        return out
 
     def _evaluate(self, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
         """Score the synthetic table against this party's HELD-OUT rows; reply with masked sums.
@@ -448,7 +463,7 @@ class Node:
         if epsilon is None and (spec.channel == "plain" or spec.threshold < 2):
             raise ProtocolError("exact evaluation sums are released only through secure "
                                 "aggregation with at least two parties in every sum")
-        participants, mask_publics = self._open_round(req, session, spec, me, "answered")
+        opened = self._open_round(req, session, spec, me, "answered")
         digest = hashlib.sha256(pol.holdout_path.read_bytes()).hexdigest()
         ledger = self._ledger()
 
@@ -463,6 +478,11 @@ class Node:
         holdout = validate_frame(read_table(pol.holdout_path), spec.schema,
                                  source=str(pol.holdout_path), show_values=False)
         vector = node_statistics(plan, synthetic, train=None, test=holdout)
+        releases: list[Any] = []
+        if epsilon is not None:
+            releases, extra = self._evaluation_noise(plan, spec, me, req.round)
+            vector = vector + extra
+        out = self._masked_reply(env, session, spec, req.round, vector, opened)
         try:  # checked and recorded under the ledger's lock, before any budget or release
             ledger.record_limited("evaluation", limit=pol.max_evaluations, same=same,
                                   job_id=env.job_id, round=req.round, holdout_sha256=digest,
@@ -471,31 +491,32 @@ class Node:
             raise ProtocolError(f"these held-out rows were already evaluated {exc.count} "
                                 f"time(s), the most this party's policy allows "
                                 f"({pol.max_evaluations})") from None
-        if epsilon is not None:
-            vector = vector + self._evaluation_noise(env, plan, spec, me, req.round, ledger)
+        if releases:  # charged to the evaluation budget before the reply leaves
+            ledger.charge_many([{"label": f"evaluation:{r.name}", "count": 1,
+                                 "variance": r.variance, "l1": r.l1, "l2": r.l2}
+                                for r in releases],
+                               job_id=env.job_id, round_id=req.round, budget="evaluation")
+        out.measure_reply.ledger_epsilon = ledger.spent()
         log.info("party %d round %d (evaluation, %s): %d statistics of its held-out rows", me,
                  req.round, "exact, not DP" if epsilon is None else f"DP at ε={epsilon}",
                  len(vector))
-        return self._masked_reply(env, session, spec, req.round, participants, vector,
-                                  mask_publics)
+        return out
 
-    def _evaluation_noise(self, env: pb.Envelope, plan: EvaluationPlan, spec: JobSpec, me: int,
-                          round_id: int, ledger: Ledger) -> np.ndarray:
-        """This party's share of the DP evaluation noise, charged to its evaluation budget."""
+    def _evaluation_noise(self, plan: EvaluationPlan, spec: JobSpec, me: int,
+                          round_id: int) -> tuple[list[Any], np.ndarray]:
+        """This party's share of the DP evaluation noise, and the releases to charge for it
+        (the caller charges them to the evaluation budget before the reply leaves)."""
         from fedsynth.evaluation.dp import element_variances, evaluation_releases
 
         releases = evaluation_releases(plan)
-        ledger.charge_many([{"label": f"evaluation:{r.name}", "count": 1, "variance": r.variance,
-                             "l1": r.l1, "l2": r.l2} for r in releases],
-                           job_id=env.job_id, round_id=round_id, budget="evaluation")
         share = noise.share_variance(element_variances(plan), honest_min=spec.noise_divisor)
-        return noise.skellam(share, plan.length, self._rng(me, round_id))
+        return list(releases), noise.skellam(share, plan.length, self._rng(me, round_id))
 
     def _unmask(self, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
         req = env.unmask_request
         spec = self._spec(session)
         rnd = session["rounds"].get(str(req.round))
-        if rnd is None:
+        if rnd is None or not rnd.get("answered"):
             raise ProtocolError(f"round {req.round} was never measured by this party")
         if rnd["unmasked"]:
             raise ProtocolError(f"round {req.round} was already unmasked; a repeat is refused")
@@ -505,7 +526,8 @@ class Node:
         reply = party_unmask_reply(req, job_id=env.job_id, me=me, threshold=spec.threshold,
                                    participants=rnd["participants"],
                                    private=bytes.fromhex(session["private"]), publics=publics,
-                                   own_share=bytes.fromhex(rnd["own_share"]))
+                                   own_share=bytes.fromhex(rnd["own_share"]),
+                                   request_digest=bytes.fromhex(rnd["digest"]))
         rnd["unmasked"] = True
         out = pb.Envelope(job_id=env.job_id, step=env.step, party=me)
         out.unmask_reply.CopyFrom(reply)
@@ -532,7 +554,7 @@ class Node:
                                 f"list and request, below t={spec.threshold}; refusing to unmask")
 
     def _open_round(self, req: pb.MeasureRequest | pb.EvaluateRequest, session: dict[str, Any],
-                    spec: JobSpec, me: int, verb: str) -> tuple[list[int], dict[int, bytes]]:
+                    spec: JobSpec, me: int, verb: str) -> OpenRound:
         """Checks of every masked round: injected dropout (tests), one answer per round, at
         least t participants including this party, all of them among the job's parties and
         among those whose keys were pinned; every participant's mask key for this round signed
@@ -542,9 +564,12 @@ class Node:
             raise DropOut(f"party {me} drops out at round {req.round} (injected)")
         if str(req.round) in session["rounds"]:
             raise ProtocolError(f"round {req.round} was already {verb}; a repeat is refused")
+        if req.round >= MAX_ROUND:
+            raise ProtocolError(f"round {req.round} is out of range")
         participants = self._participants(req, spec, me)
         if spec.channel == "plain":
-            return participants, {}
+            self._close_round(session, req.round, participants)
+            return OpenRound(participants, {}, b"")
         self._pin_keys(req, session, participants, spec, me)
         pending = session.setdefault("mask_keys", {})
         if str(req.round) not in pending:
@@ -559,7 +584,21 @@ class Node:
         if mask_publics[me] != secagg.public_of(bytes.fromhex(pending[str(req.round)])):
             raise ProtocolError(f"round {req.round}: this party's own mask key was not relayed "
                                 "faithfully; refusing")
-        return participants, mask_publics
+        mask_private = bytes.fromhex(pending.pop(str(req.round)))
+        self._close_round(session, req.round, participants)
+        return OpenRound(participants, mask_publics, mask_private)
+
+    @staticmethod
+    def _close_round(session: dict[str, Any], round_id: int, participants: list[int]) -> None:
+        """From here on the round is this party's to answer once: whatever happens next (a
+        refusal, the budget cap, an error) it is never opened again, and its mask key, taken
+        out of the session, is never used again. A round key that the coordinator may since
+        have rebuilt (by naming this party dropped) therefore never masks a vector."""
+        session["mask_keys"] = {r: k for r, k in session.get("mask_keys", {}).items()
+                                if int(r) > round_id}
+        session["rounds"][str(round_id)] = {"own_share": "", "digest": "", "answered": False,
+                                            "participants": participants, "unmasked": False,
+                                            "confirmed": None}
 
     def _participants(self, req: pb.MeasureRequest | pb.EvaluateRequest | pb.MaskKeysRequest,
                       spec: JobSpec, me: int) -> list[int]:

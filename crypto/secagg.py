@@ -170,13 +170,25 @@ def sign_mask_key(identity_private: bytes, *, job_id: str, party: int, round_id:
 
 def verify_mask_key(identity: bytes, signature: bytes, *, job_id: str, party: int,
                     round_id: int, public_key: bytes) -> bool:
-    """Whether `signature` is party `party`'s identity signature of its round mask key."""
-    if len(public_key) != 32:
+    """Whether `signature` is party `party`'s identity signature of its round mask key, and
+    the key a usable X25519 point (a low-order point, signed by a colluding party, would make
+    every honest peer's key agreement fail after it had done its work)."""
+    if len(public_key) != 32 or not usable_x25519(public_key):
         return False
     try:
         Ed25519PublicKey.from_public_bytes(identity).verify(
             signature, _mask_key_statement(job_id, party, round_id, public_key))
     except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def usable_x25519(public_key: bytes) -> bool:
+    """Whether key agreement with this public key gives a non-zero secret (RFC 7748 sec. 6.1:
+    low-order points give the all-zero secret, which the library refuses)."""
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public_key))
+    except ValueError:
         return False
     return True
 
@@ -197,26 +209,27 @@ def new_seed() -> bytes:
     return secrets.token_bytes(SEED_BYTES)
 
 
-def _aad(kind: str, job_id: str, round_id: int, sender: int, recipient: int) -> bytes:
+def _aad(kind: str, job_id: str, round_id: int, sender: int, recipient: int,
+         context: bytes = b"") -> bytes:
     if kind not in SHARE_KINDS:
         raise SecAggError(f"unknown share kind {kind!r}")
-    return b"fedsynth/%s|%s|%d|%d|%d" % (kind.encode(), job_id.encode(), round_id, sender,
-                                        recipient)
+    return b"fedsynth/%s|%s|%d|%d|%d|%s" % (kind.encode(), job_id.encode(), round_id, sender,
+                                           recipient, context.hex().encode())
 
 
 def encrypt_share(pair: bytes, share: bytes, *, job_id: str, round_id: int, sender: int,
-                  recipient: int, kind: str = SELF_MASK) -> bytes:
+                  recipient: int, kind: str = SELF_MASK, context: bytes = b"") -> bytes:
     """Encrypt a Shamir share for `recipient`; the kind (self-mask seed or mask key), job,
     round and both ends are authenticated."""
     nonce = secrets.token_bytes(12)
-    aad = _aad(kind, job_id, round_id, sender, recipient)
+    aad = _aad(kind, job_id, round_id, sender, recipient, context)
     return nonce + ChaCha20Poly1305(_share_key(pair)).encrypt(nonce, share, aad)
 
 
 def decrypt_share(pair: bytes, blob: bytes, *, job_id: str, round_id: int, sender: int,
-                  recipient: int, kind: str = SELF_MASK) -> bytes:
+                  recipient: int, kind: str = SELF_MASK, context: bytes = b"") -> bytes:
     """Decrypt a share; one replayed from another job, round, pair or kind fails."""
-    aad = _aad(kind, job_id, round_id, sender, recipient)
+    aad = _aad(kind, job_id, round_id, sender, recipient, context)
     try:
         return ChaCha20Poly1305(_share_key(pair)).decrypt(blob[:12], blob[12:], aad)
     except (InvalidTag, ValueError) as exc:
@@ -239,12 +252,13 @@ def pair_mask_sum(pair_seeds: Mapping[int, bytes], *, me: int, length: int) -> n
 
 
 def _share_out(secret: bytes, *, me: int, round_id: int, job_id: str, threshold: int,
-               pairs: Mapping[int, bytes], kind: str) -> tuple[dict[int, bytes], bytes]:
+               pairs: Mapping[int, bytes], kind: str,
+               context: bytes = b"") -> tuple[dict[int, bytes], bytes]:
     """t-out-of-n shares of `secret` among `me` and its peers, each encrypted to its holder."""
     holders = sorted([me, *pairs])
     shares = shamir.split(secret, threshold=threshold, holders=holders)
     enc = {v: encrypt_share(pairs[v], shares[v], job_id=job_id, round_id=round_id, sender=me,
-                            recipient=v, kind=kind) for v in pairs}
+                            recipient=v, kind=kind, context=context) for v in pairs}
     return enc, shares[me]
 
 
@@ -277,7 +291,8 @@ class MaskedInput:
 
 
 def mask(values: np.ndarray, *, me: int, round_id: int, job_id: str, threshold: int,
-         pairs: Mapping[int, bytes], seeds: Mapping[int, bytes]) -> MaskedInput:
+         pairs: Mapping[int, bytes], seeds: Mapping[int, bytes],
+         context: bytes = b"") -> MaskedInput:
     """Mask a signed integer vector for one round with a fresh self-seed shared among all peers.
 
     `pairs` maps every other participating party to its pair secret (to encrypt the shares);
@@ -293,7 +308,7 @@ def mask(values: np.ndarray, *, me: int, round_id: int, job_id: str, threshold: 
     y += prg(b, length)
     y += pair_mask_sum(seeds, me=me, length=length)
     enc, own = _share_out(b, me=me, round_id=round_id, job_id=job_id, threshold=threshold,
-                          pairs=pairs, kind=SELF_MASK)
+                          pairs=pairs, kind=SELF_MASK, context=context)
     return MaskedInput(masked=y, encrypted_shares=enc, own_share=own)
 
 

@@ -22,16 +22,23 @@ Messages, in order (crypto.secagg has the keys and the masking):
    them; it needs nothing of v for that, so a survivor that also leaves during unmasking no
    longer stops the round: any t answers suffice.
 
-A party checks that U2 and D are disjoint, that U2 holds at least t parties (so at least
-t - c honest noise shares are in the sum) and that t survivors signed exactly the list it
-confirmed, and it answers each round's unmask once. So for no (party, round) are both its
+A party checks that U2 and D are disjoint, that U2 holds at least t parties and that t
+survivors signed exactly the list it confirmed (with the digest of the request it answered),
+and it answers each round's unmask once. A survivor that did not sign may have been sent
+another request (another noise level, or groupings that isolate it): its self-mask shares are
+encrypted with the digest of the request it answered in their associated data, so a holder
+can open them only if it answered that same request, and the coordinator never gets b_u(r) of
+a survivor whose request differs from the signers'. So at least t - c honest noise shares of
+one request are in every sum it can open. So for no (party, round) are both its
 self-mask and its mask key released: each honest party releases one of the two for each party,
 all honest parties that unmask see the same lists, and even a coordinator lying to different
 parties would need t - c honest releases of each, more than the n - c honest parties when
 2t >= n + c + 2 (protocols.spec). Who learns what (crypto.secagg has the full argument):
 - the coordinator: masked vectors, encrypted shares, public keys, and per round the sum over
-  U2 and the mask keys m_d(r) of the dropped. A dropped party sent no vector that round and
-  its round-r key masks nothing else, so m_d(r) reveals no vector; a survivor's vector keeps
+  U2 and the mask keys m_d(r) of the dropped. A party takes its round-r key out of its state
+  the moment it opens round r, whatever follows (an answer, a refusal, an error), and never
+  uses it again; if d did answer and is named dropped anyway, its self-mask b_d(r) is never
+  released (one signed list per round), so m_d(r) reveals no vector; a survivor's vector keeps
   its pair masks with the other honest survivors, whose mask keys nobody releases. Mask keys
   are one-shot: reconstructing a job-long key would open the pair masks of d's earlier
   rounds, in which its self-mask was released, and with them d's earlier vectors.
@@ -112,7 +119,8 @@ def party_measure_reply(values: np.ndarray, *, channel: str, job_id: str, me: in
                         participants: Sequence[int], threshold: int, private: bytes,
                         publics: Mapping[int, bytes], mask_private: bytes = b"",
                         mask_publics: Mapping[int, bytes] | None = None,
-                        identity_key: bytes = b"") -> tuple[pb.MeasureReply, bytes, bytes]:
+                        identity_key: bytes = b"", request_digest: bytes = b"",
+                        ) -> tuple[pb.MeasureReply, bytes, bytes]:
     """The party's reply for a noised vector: (reply, own self-mask share to keep, private half
     of its next round's mask key to keep). `mask_private` is this party's round mask key and
     `mask_publics` every participant's (verified); the caller deletes `mask_private` after."""
@@ -130,7 +138,7 @@ def party_measure_reply(values: np.ndarray, *, channel: str, job_id: str, me: in
     seeds = secagg.round_pair_seeds(mask_private, mask_publics, job_id=job_id, round_id=round_id,
                                     me=me)
     m = secagg.mask(values, me=me, round_id=round_id, job_id=job_id, threshold=threshold,
-                    pairs=pairs, seeds=seeds)
+                    pairs=pairs, seeds=seeds, context=request_digest)
     reply = pb.MeasureReply(round=round_id, masked=vector_bytes(m.masked))
     for v, blob in m.encrypted_shares.items():
         reply.encrypted_shares[v] = blob
@@ -144,7 +152,8 @@ def party_measure_reply(values: np.ndarray, *, channel: str, job_id: str, me: in
 
 def party_unmask_reply(req: pb.UnmaskRequest, *, job_id: str, me: int, threshold: int,
                        participants: Sequence[int], private: bytes,
-                       publics: Mapping[int, bytes], own_share: bytes) -> pb.UnmaskReply:
+                       publics: Mapping[int, bytes], own_share: bytes,
+                       request_digest: bytes = b"") -> pb.UnmaskReply:
     """Release self-mask shares for survivors and mask-key shares for dropped parties, never
     both for one party (the lists must be disjoint; the caller answers each round once)."""
     survivors, dropped = set(req.survivors), set(req.dropped)
@@ -168,7 +177,7 @@ def party_unmask_reply(req: pb.UnmaskRequest, *, job_id: str, me: int, threshold
         pair = secagg.pair_secret(private, publics[u], job_id=job_id, me=me, peer=u)
         reply.self_mask_shares[u] = secagg.decrypt_share(
             pair, req.shares_for_you[u], job_id=job_id, round_id=req.round, sender=u, recipient=me,
-            kind=secagg.SELF_MASK)
+            kind=secagg.SELF_MASK, context=request_digest)
     for d in sorted(dropped):
         if d not in req.key_shares_for_you:
             raise ProtocolError(f"round {req.round}: no share of dropped party {d}'s mask key "

@@ -288,10 +288,11 @@ def test_release_over_the_cap_is_refused_and_not_recorded(tmp_path: Path) -> Non
     text = _refusal_text(reply)
     assert "over its cap" in text and "ε=1.0" in text
     assert _ledger_lines(ledger) == []
-    # the refused round was not marked as measured: a fitting request still goes through
+    # the refused round stays closed: its one-shot mask key is gone (the coordinator may have
+    # rebuilt it by naming this party dropped), so even a fitting request is refused
     reply, _ = j.nodes[1].handle(_measure_bytes(j, 1, step=3, variance=400.0), state)
-    assert _body(reply) == "measure_reply"
-    assert len(_ledger_lines(ledger)) == 1
+    assert "already" in _refusal_text(reply)
+    assert _ledger_lines(ledger) == []
 
 
 def test_cap_holds_across_jobs_on_the_same_data(tmp_path: Path) -> None:
@@ -359,18 +360,20 @@ def test_injected_dropout_raises_and_records_nothing(tmp_path: Path) -> None:
 # --- ledger --------------------------------------------------------------------------------------
 
 
-def test_ledger_is_written_before_the_reply_is_built(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ledger_is_written_before_the_reply_leaves(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reply is built first (so a failure while masking charges nothing), and charged to
+    the ledger before it is serialized and handed back."""
     j = _join(tmp_path)
     ledger_path = j.nodes[1].policy.ledger_path
     seen: list[list[str]] = []
-    real = node_module.party_measure_reply
+    real = node_module.pack
 
     def spy(*args: Any, **kw: Any) -> Any:
-        seen.append(_ledger_lines(ledger_path))  # what is on disk when the reply is made
+        seen.append(_ledger_lines(ledger_path))  # what is on disk when the reply leaves
         return real(*args, **kw)
 
-    monkeypatch.setattr(node_module, "party_measure_reply", spy)
+    monkeypatch.setattr(node_module, "pack", spy)
     reply, _ = j.nodes[1].handle(_measure_bytes(j, 1, variance=123.0), j.states[1])
     assert _body(reply) == "measure_reply"
     assert len(seen) == 1 and len(seen[0]) == 1
