@@ -39,6 +39,7 @@ from fedsynth.crypto.keyfiles import (
     check_identity,
     read_identity,
 )
+from fedsynth.errors import FileProblems
 
 CHANNELS = ("secagg", "plain")
 EVALUATION = ("off", "dp", "exact")
@@ -47,14 +48,11 @@ KNOWN = {*REQUIRED, "keys", "holdout", "channels", "assume_colluders", "max_part
          "evaluation_epsilon_cap", "max_evaluations", "max_setups_per_hour"}
 
 
-class PolicyFileError(ValueError):
+class PolicyFileError(FileProblems):
     """Every problem of a policy file, listed at once."""
 
     def __init__(self, path: Path, problems: list[str]) -> None:
-        self.path, self.problems = path, problems
-        super().__init__(f"policy file {path} has {len(problems)} problem"
-                         f"{'s' if len(problems) > 1 else ''}:\n"
-                         + "\n".join(f"  - {p}" for p in problems))
+        super().__init__("policy file", path, problems)
 
 
 def load_policy(path: Path, *, keys: Path | None = None) -> NodePolicy:

@@ -28,6 +28,7 @@ from typing import Any
 
 from fedsynth.coordinator.job import JobOptions
 from fedsynth.crypto.keyfiles import Consortium
+from fedsynth.errors import FileProblems
 from fedsynth.evaluation.plan import EvalOptions
 from fedsynth.protocols.spec import JobSpec, JobSpecError, default_threshold
 from fedsynth.synthesis.schema import Schema, SchemaError
@@ -36,12 +37,11 @@ KNOWN = {"schema", "parties", "epsilon", "delta", "channel", "threshold", "collu
          "seed", "target", "sensitive", "evaluate", "evaluation_epsilon"}
 
 
-class JobFileError(ValueError):
+class JobFileError(FileProblems):
+    """Every problem of a job file, listed at once."""
+
     def __init__(self, path: Path, problems: list[str]) -> None:
-        self.path, self.problems = path, problems
-        super().__init__(f"job file {path} has {len(problems)} problem"
-                         f"{'s' if len(problems) > 1 else ''}:\n"
-                         + "\n".join(f"  - {p}" for p in problems))
+        super().__init__("job file", path, problems)
 
 
 @dataclass(frozen=True)

@@ -57,9 +57,13 @@ def sign_key(private: bytes, *, job_id: str, party: int, public_key: bytes) -> b
 def verify_key(identity: bytes, signature: bytes, *, job_id: str, party: int,
                public_key: bytes) -> bool:
     """Whether `signature` is party `party`'s identity signature of `public_key` in this job."""
+    return verify_statement(identity, signature, _key_statement(job_id, party, public_key))
+
+
+def verify_statement(identity: bytes, signature: bytes, statement: bytes) -> bool:
+    """Whether `signature` is the identity key's signature of `statement` (never raises)."""
     try:
-        Ed25519PublicKey.from_public_bytes(identity).verify(
-            signature, _key_statement(job_id, party, public_key))
+        Ed25519PublicKey.from_public_bytes(identity).verify(signature, statement)
     except (InvalidSignature, ValueError):
         return False
     return True
@@ -80,9 +84,5 @@ def sign_round(private: bytes, *, job_id: str, round_id: int, survivors: list[in
 
 def verify_round(identity: bytes, signature: bytes, *, job_id: str, round_id: int,
                  survivors: list[int], digest: bytes) -> bool:
-    try:
-        Ed25519PublicKey.from_public_bytes(identity).verify(
-            signature, _round_statement(job_id, round_id, survivors, digest))
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+    return verify_statement(identity, signature,
+                            _round_statement(job_id, round_id, survivors, digest))

@@ -67,15 +67,16 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedsynth.crypto import shamir
+from fedsynth.crypto.keys import verify_statement
 
 SEED_BYTES = 32
 SELF_MASK = "self-mask"  # kinds of encrypted shares (part of their associated data)
@@ -175,12 +176,8 @@ def verify_mask_key(identity: bytes, signature: bytes, *, job_id: str, party: in
     every honest peer's key agreement fail after it had done its work)."""
     if len(public_key) != 32 or not usable_x25519(public_key):
         return False
-    try:
-        Ed25519PublicKey.from_public_bytes(identity).verify(
-            signature, _mask_key_statement(job_id, party, round_id, public_key))
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+    return verify_statement(identity, signature,
+                            _mask_key_statement(job_id, party, round_id, public_key))
 
 
 def usable_x25519(public_key: bytes) -> bool:
