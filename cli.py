@@ -12,7 +12,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-EXIT_USAGE, EXIT_INPUT, EXIT_JOB, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 4, 5, 130
+from fedsynth.errors import (  # noqa: F401 (re-exported for callers and tests)
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_JOB,
+    EXIT_USAGE,
+)
 
 EXIT_CODES = """exit codes:
   0    done
@@ -218,6 +224,70 @@ def _parser() -> argparse.ArgumentParser:
                     help="the party's policy (TOML)")
     nc.add_argument("--keys", type=Path, metavar="FOLDER",
                     help="the party's key folder (default: the policy's `keys`)")
+    ns = nds.add_parser(
+        "start", formatter_class=_Help,
+        help="run the party's node: connect to the coordinator and answer jobs under the "
+        "policy",
+        description="Start the party's Flower SuperNode (TLS, the party's node key, process "
+        "isolation) and the party's own runtime, which answers the coordinator with the "
+        "installed fedsynth app under the policy read from this machine. It only dials out "
+        "to the coordinator; it runs until Ctrl-C. The SuperNode's log goes to "
+        "supernode.log beside the policy.",
+        epilog="examples:\n  fedsynth node start --coordinator link.example.org:9443 "
+        "--keys consortium/bank_a \\\n      --policy bank_a/policy.toml\n\n" + EXIT_CODES)
+    ns.add_argument("--coordinator", required=True, metavar="HOST:PORT",
+                    help="the coordinator's address (consortium.toml's `coordinator`)")
+    ns.add_argument("--keys", type=Path, required=True, metavar="FOLDER",
+                    help="the party's key folder (node-auth.key, identity.key, ca.pem, "
+                    "consortium.toml)")
+    ns.add_argument("--policy", type=Path, required=True, metavar="FILE",
+                    help="the party's policy (TOML); check it with `fedsynth node check`")
+
+    co = sub.add_parser("coordinator", help="the consortium's coordinator",
+                        formatter_class=_Help)
+    cos = co.add_subparsers(dest="coordinator_command", required=True, metavar="COMMAND")
+    cs = cos.add_parser(
+        "start", formatter_class=_Help,
+        help="run the coordinator: accept the parties' nodes and run submitted jobs",
+        description="Start the Flower SuperLink (TLS, node authentication, process "
+        "isolation) on one port, register every party's node key from consortium.toml, "
+        "and run each job `fedsynth run` submits, writing its outputs on this machine. It "
+        "runs until Ctrl-C. Open only PORT to the parties; the same port serves the "
+        "Control API (job submission), so restrict who reaches it (see README, Deploying).",
+        epilog="examples:\n  fedsynth coordinator start --keys consortium --port 9443\n"
+        "  fedsynth coordinator start --keys consortium --host 0.0.0.0 --port 9443\n\n"
+        + EXIT_CODES)
+    cs.add_argument("--keys", type=Path, required=True, metavar="FOLDER",
+                    help="the consortium folder of `fedsynth keys init` (ca.pem, "
+                    "coordinator/)")
+    cs.add_argument("--port", type=_count("port", 1), default=9443, help="the one TCP port")
+    cs.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on; 0.0.0.0 for parties on other machines")
+    cs.add_argument("--state", type=Path, metavar="FOLDER",
+                    help="the SuperLink's database and log (default: KEYS/coordinator/state)")
+    cs.add_argument("--outputs", type=Path, metavar="FOLDER",
+                    help="where jobs' output folders are made; a job names only a new folder "
+                    "inside it (default: KEYS/coordinator/outputs)")
+
+    r = sub.add_parser(
+        "run", formatter_class=_Help,
+        help="submit a job file to a running coordinator and wait for it",
+        description="Check the job file against consortium.toml, submit it to the "
+        "coordinator, show its progress and wait for its end. The outputs (synthetic.csv, "
+        "privacy.json, metrics.json, schema.json, job.log, report.html when evaluated) are "
+        "written by the coordinator into --out ON THE COORDINATOR'S MACHINE (on loopback, "
+        "this machine); nothing is written when the job fails.",
+        epilog="examples:\n  fedsynth run job.toml --coordinator 127.0.0.1:9443 --keys "
+        "consortium --out runs/joint\n\n" + EXIT_CODES)
+    r.add_argument("job", type=Path, metavar="JOB", help="the job file (TOML)")
+    r.add_argument("--coordinator", required=True, metavar="HOST:PORT",
+                   help="the coordinator's address")
+    r.add_argument("--keys", type=Path, required=True, metavar="FOLDER",
+                   help="a folder with consortium.toml and ca.pem (the consortium's, or a "
+                   "party's)")
+    r.add_argument("--out", required=True, metavar="NAME",
+                   help="a new output folder, named relative to the coordinator's outputs "
+                   "folder (`fedsynth coordinator start --outputs`) on its machine")
     return p
 
 
@@ -234,7 +304,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "keys":
                 return _keys_init(args)
             if args.command == "node":
-                return _node_check(args)
+                return _node_start(args) if args.node_command == "start" \
+                    else _node_check(args)
+            if args.command == "coordinator":
+                return _coordinator_start(args)
+            if args.command == "run":
+                return _run(args)
             if args.command == "evaluate":
                 return _evaluate(args)
             return _simulate(args)
@@ -361,6 +436,53 @@ def _node_check(args: argparse.Namespace) -> int:
           f"{pol.assume_colluders} colluders, evaluation {pol.evaluation}")
     print(f"consortium: {', '.join(pol.consortium)}; schema sha256 {pol.schema_sha256}")
     return 0
+
+
+def _node_start(args: argparse.Namespace) -> int:
+    from fedsynth.client_node.deploy import NodeStartError, start_node
+    from fedsynth.client_node.policy_file import PolicyFileError
+
+    try:
+        start_node(args.coordinator, args.keys, args.policy)
+    except (PolicyFileError, NodeStartError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    return 0
+
+
+def _coordinator_start(args: argparse.Namespace) -> int:
+    from fedsynth.coordinator.deploy import CoordinatorError, start_coordinator
+    from fedsynth.crypto.keyfiles import KeyFileError
+
+    logging.getLogger("fedsynth.runtime").setLevel(logging.INFO)
+    try:
+        start_coordinator(args.keys, args.port, args.host, state_dir=args.state,
+                          outputs=args.outputs)
+    except (CoordinatorError, KeyFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fedsynth.coordinator.deploy import CoordinatorError, output_name, submit_job
+    from fedsynth.coordinator.job_file import JobFileError
+    from fedsynth.crypto.keyfiles import KeyFileError
+
+    try:
+        out = output_name(args.out)
+        run_id, sub, details = submit_job(args.job, args.coordinator, args.keys, Path(out),
+                                          progress=lambda m: print(m, flush=True))
+    except (ValueError, JobFileError, KeyFileError, CoordinatorError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    if sub == "completed":
+        print(f"run {run_id} finished: outputs in {out}/ inside the coordinator's outputs "
+              "folder, on its machine")
+        return 0
+    print(f"error: run {run_id} {sub}, nothing was written: {details or 'no reason given'}",
+          file=sys.stderr)
+    return EXIT_JOB
 
 
 def _schema_infer(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,31 @@ class Job:
 def load_job(path: Path, consortium: Consortium) -> Job:
     path = Path(path)
     try:
-        doc: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise JobFileError(path, [f"cannot read it: {exc.strerror or exc}"]) from None
+
+    def schema_of(name: str) -> Schema:
+        sp = Path(name).expanduser()
+        return Schema.load(sp if sp.is_absolute() else path.resolve().parent / sp)
+
+    return _job(text, path, consortium, schema_of)
+
+
+def job_from_text(text: str, schema_json: str, consortium: Consortium,
+                  source: Path = Path("job.toml")) -> Job:
+    """The job as `load_job` checks it, from the job file's text and the schema's JSON text
+    (as a deployed coordinator receives them); identity keys come from `consortium`."""
+    def schema_of(name: str) -> Schema:
+        return Schema.from_json(schema_json)
+
+    return _job(text, source, consortium, schema_of)
+
+
+def _job(text: str, path: Path, consortium: Consortium,
+         schema_of: Callable[[str], Schema]) -> Job:
+    try:
+        doc: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise JobFileError(path, [f"not valid TOML: {exc}"]) from None
     problems = [f"unknown key {k!r} (known: {', '.join(sorted(KNOWN))})"
@@ -65,11 +88,9 @@ def load_job(path: Path, consortium: Consortium) -> Job:
     if not isinstance(doc.get("schema"), str):
         problems.append("missing 'schema' (the public schema JSON file)")
     else:
-        sp = Path(doc["schema"]).expanduser()
-        sp = sp if sp.is_absolute() else path.resolve().parent / sp
         try:
-            schema = Schema.load(sp)
-        except (SchemaError, OSError) as exc:
+            schema = schema_of(doc["schema"])
+        except (SchemaError, OSError, ValueError) as exc:
             problems.append(f"'schema': {exc}")
     names = doc.get("parties")
     if not isinstance(names, list) or len(names) < 2 or \

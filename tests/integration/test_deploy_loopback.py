@@ -1,0 +1,184 @@
+"""Deployed on loopback: a real coordinator (SuperLink + coordinator runtime) and three party
+nodes (SuperNode + party runtime) as separate `fedsynth` processes on 127.0.0.1, a job
+submitted with `fedsynth run`. Every process is started and stopped by the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedsynth.protocols import flower_runtime as rt
+from fedsynth.protocols.spec import schema_sha256
+from fedsynth.simulations import datasets
+from fedsynth.synthesis.schema import draft_schema_with_notes
+
+PARTIES = ("bank_a", "bank_b", "bank_c")
+FEDSYNTH = [sys.executable, "-m", "fedsynth.cli"]
+
+pytestmark = [pytest.mark.slow, pytest.mark.deploy]
+
+
+class Processes:
+    def __init__(self, root: Path) -> None:
+        self.root, self.procs = root, []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        logf = (self.root / f"{name}.log").open("wb")
+        proc = subprocess.Popen([*FEDSYNTH, *args], cwd=self.root, stdout=logf,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
+                                     "PYTHONUNBUFFERED": "1"})
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self) -> None:
+        for _, p in self.procs:  # Ctrl-C: each stops its own SuperLink / SuperNode
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGINT)
+        for _, p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n}:\n{(self.root / f'{n}.log').read_text()[-3000:]}"
+                         for n, _ in self.procs)
+
+
+def run(root: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FEDSYNTH, *args], cwd=root, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+
+
+def _policy(root: Path, name: str, sha: str, epsilon_cap: float) -> Path:
+    folder = root / name
+    folder.mkdir(exist_ok=True)
+    path = folder / "policy.toml"
+    path.write_text(f'''party = "{name}"
+keys = "../consortium/{name}"
+data = "data.csv"
+holdout = "holdout.csv"
+ledger = "ledger.jsonl"
+schema_sha256 = "{sha}"
+epsilon_cap = {epsilon_cap}
+delta = 1e-6
+channels = ["secagg"]
+max_parties = 10
+evaluation = "off"
+''', encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, Processes]]:
+    root = tmp_path_factory.mktemp("deploy")
+    port = rt.free_port()
+    res = run(root, "keys", "init", "--out", "consortium", "--coordinator-address",
+              f"127.0.0.1:{port}", "--parties", *PARTIES)
+    assert res.returncode == 0, res.stderr
+    pooled, _ = datasets.load("ISLR/Default")
+    schema, _ = draft_schema_with_notes(pooled)
+    (root / "schema.json").write_text(schema.to_json(), encoding="utf-8")
+    sha = schema_sha256(schema)
+    rng = np.random.default_rng(0)
+    owner = rng.integers(0, len(PARTIES), len(pooled))
+    held = rng.random(len(pooled)) < 0.2
+    for i, name in enumerate(PARTIES):
+        _policy(root, name, sha, epsilon_cap=0.05 if name == "bank_c" else 10.0)
+        pooled[(owner == i) & ~held].to_csv(root / name / "data.csv", index=False)
+        pooled[(owner == i) & held].to_csv(root / name / "holdout.csv", index=False)
+    procs = Processes(root)
+    try:
+        coordinator = procs.start("coordinator", "coordinator", "start", "--keys",
+                                  "consortium", "--port", str(port), "--outputs", "outputs")
+        deadline = time.monotonic() + 60
+        while "coordinator listening" not in (root / "coordinator.log").read_text():
+            assert coordinator.poll() is None and time.monotonic() < deadline, procs.logs()
+            time.sleep(0.2)
+        for name in PARTIES:
+            procs.start(name, "node", "start", "--coordinator", f"127.0.0.1:{port}", "--keys",
+                        f"consortium/{name}", "--policy", f"{name}/policy.toml")
+        yield root, port, procs
+    finally:
+        procs.stop()
+
+
+def _job(root: Path, name: str, epsilon: float) -> Path:
+    path = root / f"{name}.toml"
+    path.write_text(f'''schema = "schema.json"
+parties = ["bank_a", "bank_b", "bank_c"]
+epsilon = {epsilon}
+delta = 1e-6
+''', encoding="utf-8")
+    return path
+
+
+def test_job_runs_end_to_end(consortium: tuple[Path, int, Processes]) -> None:
+    root, port, procs = consortium
+    # bank_c's policy allows ε 0.05 in all: this job (ε=0.04) is within it
+    _job(root, "job", 0.04)
+    t0 = time.monotonic()
+    res = run(root, "run", "job.toml", "--coordinator", f"127.0.0.1:{port}", "--keys",
+              "consortium", "--out", "runs/joint")
+    assert res.returncode == 0, res.stdout + res.stderr + procs.logs()
+    assert "submitted" in res.stdout and "running" in res.stdout and "finished" in res.stdout
+    out = root / "outputs" / "runs" / "joint"  # inside the coordinator's outputs folder
+    for f in ("synthetic.csv", "privacy.json", "metrics.json", "schema.json", "job.log"):
+        assert (out / f).is_file(), f
+    synth = pd.read_csv(out / "synthetic.csv")
+    schema = json.loads((root / "schema.json").read_text())
+    assert list(synth.columns) == [c["name"] for c in schema["columns"]]
+    assert len(synth) > 1000
+    privacy = json.loads((out / "privacy.json").read_text())
+    assert privacy["epsilon_spent"] <= 0.04 * (1 + 1e-9)
+    print(f"deployed job: {time.monotonic() - t0:.1f} s")
+
+
+def test_policy_refusal_fails_the_run(consortium: tuple[Path, int, Processes]) -> None:
+    root, port, procs = consortium
+    _job(root, "big", 1.0)  # above bank_c's ε cap
+    res = run(root, "run", "big.toml", "--coordinator", f"127.0.0.1:{port}", "--keys",
+              "consortium", "--out", "runs/big")
+    assert res.returncode == 4, res.stdout + res.stderr + procs.logs()
+    assert "bank_c refused" in res.stderr and "cap ε=0.05" in res.stderr, res.stderr
+    assert not (root / "outputs" / "runs" / "big").exists()
+
+
+@pytest.mark.parametrize("out", ["/tmp/elsewhere", "../outside", "runs/../../outside"])
+def test_a_job_names_only_a_folder_inside_the_coordinators_outputs(
+        consortium: tuple[Path, int, Processes], out: str) -> None:
+    root, port, _procs = consortium
+    _job(root, "job", 0.01)
+    res = run(root, "run", "job.toml", "--coordinator", f"127.0.0.1:{port}", "--keys",
+              "consortium", "--out", out)
+    assert res.returncode == 3 and "relative name" in res.stderr, res.stderr
+
+
+def test_other_app_bundle_is_refused(consortium: tuple[Path, int, Processes]) -> None:
+    root, port, _procs = consortium
+    fab, pin = rt.fedsynth_fab(version="0.0.0+modified")
+    assert pin != rt.fedsynth_fab()[1]
+    control = rt.control_client(f"127.0.0.1:{port}",
+                                (root / "consortium" / "ca.pem").read_bytes())
+    try:
+        run_id = rt.submit_run(control, {"job-toml": "", "schema-json": "", "out": ""}, fab)
+        deadline = time.monotonic() + 60
+        while (st := rt.run_status(control, run_id))[0] != "finished":
+            assert time.monotonic() < deadline, st
+            time.sleep(0.5)
+    finally:
+        control.close()
+    assert st[1] == "failed", st
+    assert "refused" in st[2], st
