@@ -76,6 +76,7 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from fedsynth.protocols import channels
     p = argparse.ArgumentParser(
         prog="fedsynth", formatter_class=_Help, epilog=EXIT_CODES, description=(
             "Federated differentially private synthetic data: parties keep their rows, the "
@@ -122,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="total ε; several values run one job each on the same rows (the "
                    "sweep's ε add up) and add a privacy-utility curve to the report")
     s.add_argument("--delta", type=float, default=1e-6, metavar="δ", help="δ")
-    s.add_argument("--channel", default="secagg", choices=["secagg", "plain"],
+    s.add_argument("--channel", default="secagg", choices=channels.names(),
                    help="secagg: secure aggregation; plain: unprotected, the coordinator "
                    "sees each party's noisy counts (simulation only)")
     s.add_argument("--threshold", type=_count("parties", 2), metavar="T",
@@ -639,9 +640,12 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"privacy: ε={res.privacy['epsilon_spent']:.4f} of {args.epsilon[0]}, δ={args.delta}, "
           f"t={res.privacy['threshold_t']}, c={res.privacy['colluders_c']}, channel "
           f"{res.privacy['channel']}")
-    if res.privacy["channel"] == "plain":
-        print("WARNING: channel plain: the coordinator saw each party's noisy counts in the "
-              "clear (no secure aggregation); each party's own ε is in privacy.json")
+    from fedsynth.protocols import channels
+
+    if not channels.get(res.privacy["channel"]).protected:
+        print(f"WARNING: channel {res.privacy['channel']}: the coordinator saw each party's "
+              "noisy counts in the clear (no secure aggregation); each party's own ε is in "
+              "privacy.json")
     if not res.privacy.get("differentially_private", True):
         print(f"WARNING: {res.privacy['warning']}")
     if "tvd" in m:

@@ -10,8 +10,9 @@ its Skellam noise share) masked by secure aggregation; in the unmask step, share
 protocols.secure_sum (self-mask shares of survivors, mask-key shares of dropped parties, never
 both for one party and round); every reply signed by its identity key. A round's mask key is
 deleted as soon as it has masked that round's vector. Raw rows, unnoised or unmasked counts
-never leave (except under channel "plain", which a party only accepts when its policy lists
-it, i.e. in tests and simulations).
+never leave (except under an unprotected channel, "plain", which a party only accepts when its
+policy lists it, i.e. in tests and simulations; protocols.channels declares what each channel
+shows the coordinator).
 
 What a refusal tells the coordinator: the kind of problem and, for data problems, the column
 (never counts, values, row or line numbers, or the names of the party's own extra columns: an
@@ -46,14 +47,10 @@ from fedsynth.crypto.keys import public_identity, sign_key, sign_round, verify_k
 from fedsynth.evaluation.plan import EvalOptions, EvalOptionsError, EvaluationPlan
 from fedsynth.evaluation.statistics import node_statistics
 from fedsynth.evaluation.transfer import synthetic_from_parquet
+from fedsynth.protocols import channels
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import ProtocolError, pack, refusal, sign, unpack
-from fedsynth.protocols.secure_sum import (
-    party_mask_key,
-    party_measure_reply,
-    party_unmask_reply,
-    verified_mask_keys,
-)
+from fedsynth.protocols.secure_sum import party_measure_reply, verified_mask_keys
 from fedsynth.protocols.spec import JobSpec, JobSpecError, schema_sha256
 from fedsynth.synthesis import marginals
 from fedsynth.synthesis.encoding import Encoding, Grouping
@@ -319,13 +316,14 @@ class Node:
         publics = {int(k): bytes.fromhex(v) for k, v in session["publics"].items()}
         body = getattr(env, env.WhichOneof("body") or "")
         digest = hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
+        # the channel's `contribute`, by way of the dispatcher (which tests watch)
         reply, own, next_key = party_measure_reply(
             vector, channel=spec.channel, job_id=env.job_id, me=me, round_id=round_id,
             participants=opened.participants, threshold=spec.threshold,
             private=bytes.fromhex(session["private"]), publics=publics,
             mask_private=opened.mask_private, mask_publics=opened.mask_publics,
             identity_key=self.policy.identity_key, request_digest=bytes.fromhex(digest))
-        if spec.channel != "plain":
+        if channels.get(spec.channel).round_keys:
             session.setdefault("mask_keys", {})[str(round_id + 1)] = next_key.hex()
         reply.seeded_noise = self.policy.noise_seed is not None
         session["rounds"][str(round_id)].update(own_share=own.hex(), digest=digest,
@@ -343,8 +341,9 @@ class Node:
         req = env.mask_keys_request
         spec = self._spec(session)
         me = int(session["party"])
-        if spec.channel == "plain":
-            raise ProtocolError("a job over the plain channel has no mask keys")
+        channel = channels.get(spec.channel)
+        if not channel.round_keys:
+            raise ProtocolError(f"a job over the {spec.channel} channel has no mask keys")
         participants = self._participants(req, spec, me)
         self._pin_keys(req, session, participants, spec, me)
         pending: dict[str, str] = session.setdefault("mask_keys", {})
@@ -357,10 +356,10 @@ class Node:
             raise ProtocolError(f"this party already holds mask keys for rounds "
                                 f"{sorted(int(r) for r in pending)}, none measured yet")
         publics = {int(k): bytes.fromhex(v) for k, v in session["publics"].items()}
-        ann, private = party_mask_key(job_id=env.job_id, me=me, round_id=req.round,
-                                      holders=participants, threshold=spec.threshold,
-                                      private=bytes.fromhex(session["private"]), publics=publics,
-                                      identity_key=self.policy.identity_key)
+        ann, private = channel.announce(job_id=env.job_id, me=me, round_id=req.round,
+                                        holders=participants, threshold=spec.threshold,
+                                        private=bytes.fromhex(session["private"]),
+                                        publics=publics, identity_key=self.policy.identity_key)
         pending[str(req.round)] = private.hex()
         out = pb.Envelope(job_id=env.job_id, step=env.step, party=me)
         out.mask_keys_reply.CopyFrom(ann)
@@ -460,7 +459,8 @@ class Node:
         if epsilon is not None and options.delta > pol.delta:
             raise ProtocolError(f"evaluation δ={options.delta} is above this party's "
                                 f"δ={pol.delta}")
-        if epsilon is None and (spec.channel == "plain" or spec.threshold < 2):
+        if epsilon is None and (not channels.get(spec.channel).protected
+                                or spec.threshold < 2):
             raise ProtocolError("exact evaluation sums are released only through secure "
                                 "aggregation with at least two parties in every sum")
         opened = self._open_round(req, session, spec, me, "answered")
@@ -523,11 +523,11 @@ class Node:
         me = int(session["party"])
         self._check_confirmations(req, rnd, spec, str(session["job_id"]))
         publics = {int(k): bytes.fromhex(v) for k, v in session["publics"].items()}
-        reply = party_unmask_reply(req, job_id=env.job_id, me=me, threshold=spec.threshold,
-                                   participants=rnd["participants"],
-                                   private=bytes.fromhex(session["private"]), publics=publics,
-                                   own_share=bytes.fromhex(rnd["own_share"]),
-                                   request_digest=bytes.fromhex(rnd["digest"]))
+        reply = channels.get(spec.channel).release(
+            req, job_id=env.job_id, me=me, threshold=spec.threshold,
+            participants=rnd["participants"], private=bytes.fromhex(session["private"]),
+            publics=publics, own_share=bytes.fromhex(rnd["own_share"]),
+            request_digest=bytes.fromhex(rnd["digest"]))
         rnd["unmasked"] = True
         out = pb.Envelope(job_id=env.job_id, step=env.step, party=me)
         out.unmask_reply.CopyFrom(reply)
@@ -567,10 +567,12 @@ class Node:
         if req.round >= MAX_ROUND:
             raise ProtocolError(f"round {req.round} is out of range")
         participants = self._participants(req, spec, me)
-        if spec.channel == "plain":
+        channel = channels.get(spec.channel)
+        if channel.setup_keys:
+            self._pin_keys(req, session, participants, spec, me)
+        if not channel.round_keys:
             self._close_round(session, req.round, participants)
             return OpenRound(participants, {}, b"")
-        self._pin_keys(req, session, participants, spec, me)
         pending = session.setdefault("mask_keys", {})
         if str(req.round) not in pending:
             raise ProtocolError(f"round {req.round}: this party announced no mask key for this "

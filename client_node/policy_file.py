@@ -40,8 +40,9 @@ from fedsynth.crypto.keyfiles import (
     read_identity,
 )
 from fedsynth.errors import FileProblems
+from fedsynth.protocols.channels import names as registered_channels
 
-CHANNELS = ("secagg", "plain")
+CHANNELS = registered_channels()  # what a policy may list: the registered channels
 EVALUATION = ("off", "dp", "exact")
 REQUIRED = ("party", "data", "ledger", "schema_sha256", "epsilon_cap", "delta")
 KNOWN = {*REQUIRED, "keys", "holdout", "channels", "assume_colluders", "max_parties", "evaluation",

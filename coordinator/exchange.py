@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedsynth.crypto.keys import verify_key
+from fedsynth.protocols import channels
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import PartyRefused, ProtocolError, pack, unpack, verify
 from fedsynth.protocols.secure_sum import CoordinatorRound, RoundFailed, RoundKeys
@@ -118,12 +119,15 @@ def secure_sum_of(ex: Exchange, body: str, req: pb.MeasureRequest | pb.EvaluateR
     pins all of it at its first round and checks it is unchanged afterwards. Under secagg it
     also carries every participant's signed mask key for this round; participants without
     one (none after the first round, in a job whose rounds are numbered 1, 2, ...) are left
-    out of the round, and the request's participant list says so."""
+    out of the round, and the request's participant list says so. A channel without a
+    follow-up exchange (plain) sums the measure replies at once."""
+    ch = channels.get(channel)
     round_keys = None
-    if channel != "plain":
+    if ch.setup_keys:
         for p, key in keys.publics.items():
             req.public_keys[p] = key
             req.key_signatures[p] = keys.signatures[p]
+    if ch.round_keys:
         round_keys = distribute_mask_keys(ex, round_id=round_id, participants=participants,
                                           keys=keys)
         keyed = [p for p in participants if p in round_keys.publics]
@@ -148,8 +152,8 @@ def secure_sum_of(ex: Exchange, body: str, req: pb.MeasureRequest | pb.EvaluateR
                     label, rnd.dropped, len(survivors))
     ledgers = {p: e.measure_reply.ledger_epsilon for p, e in replies.items()}
     seeded = sorted(p for p, e in replies.items() if e.measure_reply.seeded_noise)
-    if channel == "plain":
-        return RoundResult(rnd.plain_sum(), survivors, survivors, ledgers, seeded)
+    if not ch.follow_up:
+        return RoundResult(rnd.finish({}), survivors, survivors, ledgers, seeded)
     confirm = pb.ConfirmRequest(round=round_id, survivors=survivors)
     signed = ex.call({p: ("confirm_request", confirm) for p in survivors}, "confirm_reply")
     confirmations = {p: e.confirm_reply.signature for p, e in signed.items()}
@@ -159,10 +163,12 @@ def secure_sum_of(ex: Exchange, body: str, req: pb.MeasureRequest | pb.EvaluateR
     unmask = ex.call({p: ("unmask_request", r)
                       for p, r in rnd.unmask_requests(confirmations).items()}, "unmask_reply")
     total = rnd.finish({p: e.unmask_reply for p, e in unmask.items()})
-    ex.round_keys.pop(round_id, None)  # used up: each mask key serves one round
-    ex.round_keys[round_id + 1] = rnd.next_keys
-    # the next round asks those who finished this one and announced a usable key for it
-    responsive = sorted(p for p in unmask if p in rnd.next_keys.publics)
+    responsive = sorted(unmask)
+    if ch.round_keys:
+        ex.round_keys.pop(round_id, None)  # used up: each mask key serves one round
+        ex.round_keys[round_id + 1] = rnd.next_keys
+        # the next round asks those who finished this one and announced a usable key for it
+        responsive = [p for p in responsive if p in rnd.next_keys.publics]
     return RoundResult(total, survivors, responsive, ledgers, seeded)
 
 

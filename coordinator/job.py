@@ -36,6 +36,7 @@ from fedsynth.crypto.accountant import (
 from fedsynth.evaluation.meter import StepMeter
 from fedsynth.evaluation.plan import EvalOptions, EvalOptionsError
 from fedsynth.progress import task as step_progress
+from fedsynth.protocols import channels
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.secure_sum import RoundFailed
 from fedsynth.protocols.spec import JobSpec
@@ -320,7 +321,7 @@ def _privacy_report(spec: JobSpec, rounds: _Rounds, eps: float, plan: list[StepB
         "outside_the_guarantee": OUTSIDE_THE_GUARANTEE,
         "mechanism": ("each party adds Skellam noise of variance noise_variance (plain: the "
                       "coordinator sees each party's own vector, so each carries it all)"
-                      if spec.channel == "plain" else
+                      if not channels.get(spec.channel).protected else
                       "each party adds Skellam noise of variance noise_variance / (t - c); any "
                       "t - c honest survivors together reach noise_variance"),
         "threshold_t": spec.threshold,

@@ -48,8 +48,8 @@ parties would need t - c honest releases of each, more than the n - c honest par
   t - c honest survivors).
 - each party: its own secrets, its pair secrets, its pair seeds with each peer of a round in
   which it takes part, and one share of each peer's self-mask seed and mask key.
-With channel "plain" (simulation and tests only) the vector goes unmasked, without keys or an
-unmask exchange.
+This is the "secagg" channel of protocols.channels; with channel "plain" (simulation and tests
+only) the vector goes unmasked, without keys or an unmask exchange.
 """
 
 from __future__ import annotations
@@ -57,12 +57,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedsynth.crypto import secagg, shamir
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import ProtocolError, bytes_vector, vector_bytes
+
+if TYPE_CHECKING:
+    from fedsynth.protocols.channels import Channel
 
 log = logging.getLogger("fedsynth.coordinator")
 
@@ -121,12 +125,23 @@ def party_measure_reply(values: np.ndarray, *, channel: str, job_id: str, me: in
                         mask_publics: Mapping[int, bytes] | None = None,
                         identity_key: bytes = b"", request_digest: bytes = b"",
                         ) -> tuple[pb.MeasureReply, bytes, bytes]:
+    """The party's measure reply over `channel` (`protocols.channels`, `Channel.contribute`);
+    under secagg, `secagg_measure_reply`."""
+    return _channel(channel).contribute(
+        values, job_id=job_id, me=me, round_id=round_id, participants=participants,
+        threshold=threshold, private=private, publics=publics, mask_private=mask_private,
+        mask_publics=mask_publics, identity_key=identity_key, request_digest=request_digest)
+
+
+def secagg_measure_reply(values: np.ndarray, *, job_id: str, me: int, round_id: int,
+                         participants: Sequence[int], threshold: int, private: bytes,
+                         publics: Mapping[int, bytes], mask_private: bytes = b"",
+                         mask_publics: Mapping[int, bytes] | None = None,
+                         identity_key: bytes = b"", request_digest: bytes = b"",
+                         ) -> tuple[pb.MeasureReply, bytes, bytes]:
     """The party's reply for a noised vector: (reply, own self-mask share to keep, private half
     of its next round's mask key to keep). `mask_private` is this party's round mask key and
     `mask_publics` every participant's (verified); the caller deletes `mask_private` after."""
-    if channel == "plain":
-        return pb.MeasureReply(round=round_id, masked=vector_bytes(
-            values.astype(np.int64).view(np.uint64))), b"", b""
     mask_publics = mask_publics or {}
     if set(mask_publics) != set(participants):
         raise ProtocolError(f"round {round_id}: mask keys of parties {sorted(mask_publics)}, "
@@ -232,7 +247,9 @@ class RoundKeys:
 class CoordinatorRound:
     """The coordinator's state for one round: it only ever holds masked vectors and the sum.
 
-    `keys` are this round's mask keys (secagg); `identities` the parties' identity keys, to
+    `channel` names the round's channel (protocols.channels), which checks the round, takes
+    what comes with each reply, builds the follow-up requests and finishes the sum. Under
+    secagg, `keys` are this round's mask keys and `identities` the parties' identity keys, to
     check the next round's announcements, which `collect` gathers into `next_keys`."""
 
     round_id: int
@@ -249,31 +266,17 @@ class CoordinatorRound:
 
     def __post_init__(self) -> None:
         self.next_keys = RoundKeys(self.round_id + 1)
-        if self.channel != "plain" and (self.keys is None or not set(self.participants) <= set(
-                self.keys.publics)):
-            raise ProtocolError(f"round {self.round_id}: no mask keys for every participant")
+        _channel(self.channel).check_round(self)
 
     def collect(self, replies: Mapping[int, pb.MeasureReply]) -> list[int]:
         """Take the measure replies; return the survivors. Raises RoundFailed below t."""
+        channel = _channel(self.channel)
         for u, r in replies.items():
             if r.round != self.round_id:
                 raise ProtocolError(f"party {u}: reply for round {r.round}, expected "
                                     f"{self.round_id}")
             self.masked[u] = bytes_vector(r.masked, length=self.length, sender=f"party {u}")
-            if self.channel != "plain":
-                missing = set(self.participants) - {u} - set(r.encrypted_shares)
-                if missing:
-                    raise ProtocolError(f"party {u}: no encrypted share for parties "
-                                        f"{sorted(missing)}")
-                for v, blob in r.encrypted_shares.items():
-                    self.shares_to.setdefault(v, {})[u] = blob
-                try:  # a party without a usable next key just sits out the next round
-                    self.next_keys.add(u, r.next_mask_key, job_id=self.job_id,
-                                       identity=self.identities.get(u, b""),
-                                       holders=self.participants)
-                except ProtocolError as exc:
-                    log.warning("%s; the party cannot take part in round %d", exc,
-                                self.round_id + 1)
+            channel.collect(self, u, r)
         survivors = sorted(self.masked)
         if len(survivors) < self.threshold:
             raise RoundFailed(f"round {self.round_id}: {len(survivors)} of "
@@ -291,64 +294,106 @@ class CoordinatorRound:
 
     def unmask_requests(self, confirmations: Mapping[int, bytes] | None = None,
                         ) -> dict[int, pb.UnmaskRequest]:
-        """One request per confirming survivor (default: every survivor), carrying every
-        survivor's confirmation, the self-mask shares of the survivors and the mask-key shares
-        of the dropped parties addressed to it."""
-        confirmations = confirmations or {}
-        key_shares = self.keys.shares if self.keys is not None else {}
-        out = {}
-        for v in sorted(confirmations) or self.survivors:
-            req = pb.UnmaskRequest(round=self.round_id, survivors=self.survivors,
-                                   dropped=self.dropped)
-            for u, sig in confirmations.items():
-                req.confirmations[u] = sig
-            for u, blob in self.shares_to.get(v, {}).items():
-                if u in self.masked:
-                    req.shares_for_you[u] = blob
-            for d in self.dropped:
-                if v in key_shares.get(d, {}):
-                    req.key_shares_for_you[d] = key_shares[d][v]
-            out[v] = req
-        return out
+        """The channel's follow-up request for each party asked to release (none for a channel
+        without a follow-up exchange)."""
+        return _channel(self.channel).requests(self, confirmations or {})
 
     def plain_sum(self) -> np.ndarray:
+        """The sum of the vectors as received (the whole sum for an unmasked channel)."""
         total = np.zeros(self.length, dtype=np.uint64)
         for y in self.masked.values():
             total += y
         return total.view(np.int64)
 
     def finish(self, replies: Mapping[int, pb.UnmaskReply]) -> np.ndarray:
-        """Remove all masks using the released shares; return the exact sum.
+        """The exact sum, from the follow-up replies (none for a channel without one)."""
+        return _channel(self.channel).finish(self, replies)
 
-        Any t answers suffice, whoever else dropped in the measure or the unmask step."""
-        if len(replies) < self.threshold:
-            raise RoundFailed(f"round {self.round_id}: {len(replies)} parties answered the unmask "
-                              f"step, below the threshold t={self.threshold}; the job stops")
-        shares: dict[int, dict[int, bytes]] = {}
-        key_shares: dict[int, dict[int, bytes]] = {d: {} for d in self.dropped}
-        for v, r in replies.items():
-            if r.round != self.round_id:
-                raise ProtocolError(f"party {v}: unmask reply for round {r.round}, expected "
-                                    f"{self.round_id}")
-            for u, s in r.self_mask_shares.items():
-                if u in self.masked:
-                    shares.setdefault(u, {})[v] = s
-            for d, s in r.dropped_key_shares.items():
-                if d in key_shares:
-                    key_shares[d][v] = s
-        short = sorted(d for d, ks in key_shares.items() if len(ks) < self.threshold)
-        if short:
-            raise RoundFailed(f"round {self.round_id}: fewer than t={self.threshold} shares of "
-                              f"the mask keys of dropped parties {short}; the job stops (no "
-                              "partial sum is revealed)")
-        if key_shares and self.keys is None:
-            raise RoundFailed(f"round {self.round_id}: no mask keys for the dropped parties")
-        try:
-            seeds = secagg.dropped_pair_seeds(
-                key_shares, self.keys.publics if self.keys is not None else {}, self.survivors,
-                job_id=self.job_id, round_id=self.round_id, threshold=self.threshold)
-            return secagg.unmask_sum(self.masked, self_shares=shares, dropped_seeds=seeds,
-                                     threshold=self.threshold)
-        except (secagg.SecAggError, shamir.ShamirError) as exc:
-            raise RoundFailed(f"round {self.round_id}: the released shares do not unmask the "
-                              f"sum ({exc}); the job stops (no partial sum is revealed)") from exc
+
+# --- secagg's coordinator side (protocols.channels.SecAggChannel) ----------------------------
+
+
+def secagg_check_round(rnd: CoordinatorRound) -> None:
+    if rnd.keys is None or not set(rnd.participants) <= set(rnd.keys.publics):
+        raise ProtocolError(f"round {rnd.round_id}: no mask keys for every participant")
+
+
+def secagg_collect(rnd: CoordinatorRound, u: int, r: pb.MeasureReply) -> None:
+    """Keep party u's encrypted self-mask shares (by holder) and its next round's mask key."""
+    missing = set(rnd.participants) - {u} - set(r.encrypted_shares)
+    if missing:
+        raise ProtocolError(f"party {u}: no encrypted share for parties {sorted(missing)}")
+    for v, blob in r.encrypted_shares.items():
+        rnd.shares_to.setdefault(v, {})[u] = blob
+    try:  # a party without a usable next key just sits out the next round
+        rnd.next_keys.add(u, r.next_mask_key, job_id=rnd.job_id,
+                          identity=rnd.identities.get(u, b""), holders=rnd.participants)
+    except ProtocolError as exc:
+        log.warning("%s; the party cannot take part in round %d", exc, rnd.round_id + 1)
+
+
+def secagg_unmask_requests(rnd: CoordinatorRound, confirmations: Mapping[int, bytes],
+                           ) -> dict[int, pb.UnmaskRequest]:
+    """One request per confirming survivor (default: every survivor), carrying every
+    survivor's confirmation, the self-mask shares of the survivors and the mask-key shares
+    of the dropped parties addressed to it."""
+    key_shares = rnd.keys.shares if rnd.keys is not None else {}
+    out = {}
+    for v in sorted(confirmations) or rnd.survivors:
+        req = pb.UnmaskRequest(round=rnd.round_id, survivors=rnd.survivors,
+                               dropped=rnd.dropped)
+        for u, sig in confirmations.items():
+            req.confirmations[u] = sig
+        for u, blob in rnd.shares_to.get(v, {}).items():
+            if u in rnd.masked:
+                req.shares_for_you[u] = blob
+        for d in rnd.dropped:
+            if v in key_shares.get(d, {}):
+                req.key_shares_for_you[d] = key_shares[d][v]
+        out[v] = req
+    return out
+
+
+def secagg_finish(rnd: CoordinatorRound, replies: Mapping[int, pb.UnmaskReply]) -> np.ndarray:
+    """Remove all masks using the released shares; return the exact sum.
+
+    Any t answers suffice, whoever else dropped in the measure or the unmask step."""
+    if len(replies) < rnd.threshold:
+        raise RoundFailed(f"round {rnd.round_id}: {len(replies)} parties answered the unmask "
+                          f"step, below the threshold t={rnd.threshold}; the job stops")
+    shares: dict[int, dict[int, bytes]] = {}
+    key_shares: dict[int, dict[int, bytes]] = {d: {} for d in rnd.dropped}
+    for v, r in replies.items():
+        if r.round != rnd.round_id:
+            raise ProtocolError(f"party {v}: unmask reply for round {r.round}, expected "
+                                f"{rnd.round_id}")
+        for u, s in r.self_mask_shares.items():
+            if u in rnd.masked:
+                shares.setdefault(u, {})[v] = s
+        for d, s in r.dropped_key_shares.items():
+            if d in key_shares:
+                key_shares[d][v] = s
+    short = sorted(d for d, ks in key_shares.items() if len(ks) < rnd.threshold)
+    if short:
+        raise RoundFailed(f"round {rnd.round_id}: fewer than t={rnd.threshold} shares of "
+                          f"the mask keys of dropped parties {short}; the job stops (no "
+                          "partial sum is revealed)")
+    if key_shares and rnd.keys is None:
+        raise RoundFailed(f"round {rnd.round_id}: no mask keys for the dropped parties")
+    try:
+        seeds = secagg.dropped_pair_seeds(
+            key_shares, rnd.keys.publics if rnd.keys is not None else {}, rnd.survivors,
+            job_id=rnd.job_id, round_id=rnd.round_id, threshold=rnd.threshold)
+        return secagg.unmask_sum(rnd.masked, self_shares=shares, dropped_seeds=seeds,
+                                 threshold=rnd.threshold)
+    except (secagg.SecAggError, shamir.ShamirError) as exc:
+        raise RoundFailed(f"round {rnd.round_id}: the released shares do not unmask the "
+                          f"sum ({exc}); the job stops (no partial sum is revealed)") from exc
+
+
+def _channel(name: str) -> Channel:
+    """The registered channel `name` (protocols.channels imports this module for secagg's
+    halves, so the registry is looked up when first needed, not at import)."""
+    from fedsynth.protocols import channels
+
+    return channels.get(name)

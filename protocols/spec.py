@@ -11,9 +11,9 @@ shares of u's round mask key (from parties told "u dropped", plus the colluders)
 releases by distinct honest parties, of which there are n - c, so the attack needs
 2t <= n + c. (With job-long pair seeds, before per-round mask keys, the bound was
 n + c + 1 >= 2t, shown on a 5-party job with t = 3.) The spec, and every party's own check of
-it, require 2t >= n + c + 2 for secagg whenever n >= 2, which excludes both; the signed
-consistency check (Bonawitz et al. 2017, Sec. 4) is a second, independent line. A one-party
-job has nothing to unmask.
+it, require 2t >= n + c + 2 for secagg whenever n >= 2 (protocols.channels, the secagg
+channel's `spec_problems`), which excludes both; the signed consistency check (Bonawitz et al.
+2017, Sec. 4) is a second, independent line. A one-party job has nothing to unmask.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ import math
 from dataclasses import dataclass, field
 
 from fedsynth.crypto.accountant import check_epsilon_delta
+from fedsynth.protocols import channels
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.synthesis.schema import Schema
 
-CHANNELS = ("secagg", "plain")
+CHANNELS = channels.names()  # registered at import; validation reads the registry itself
 METHODS = ("marginals",)
 
 
@@ -81,17 +82,13 @@ class JobSpec:
         if not 0 <= self.colluders < self.threshold:
             problems.append(f"colluders c={self.colluders} must be below threshold "
                             f"t={self.threshold}: t - c honest survivors carry the noise")
-        if self.channel not in CHANNELS:
-            problems.append(f"channel {self.channel!r} is not one of {CHANNELS}")
+        if self.channel not in channels.CHANNELS:
+            problems.append(f"channel {self.channel!r} is not one of {channels.names()}")
         if self.method not in METHODS:
             problems.append(f"method {self.method!r} is not one of {METHODS}")
-        if self.channel == "secagg" and self.parties > 1 and self.threshold < 2:
-            problems.append("secagg needs t >= 2 so that no single share reveals a self-mask")
-        low = min_threshold(self.parties, self.colluders)
-        if self.channel == "secagg" and self.parties >= 2 and self.threshold < low:
-            problems.append(f"threshold t={self.threshold} is too low for n={self.parties} parties "
-                            f"and c={self.colluders} colluders: t must be at least {low} "
-                            "(2t >= n + c + 2), or differing survivor lists could unmask a party")
+        if self.channel in channels.CHANNELS:
+            problems += channels.get(self.channel).spec_problems(
+                parties=self.parties, threshold=self.threshold, colluders=self.colluders)
         if len(self.party_names) != self.parties or len(self.identity_keys) != self.parties:
             problems.append(f"the job must name each of its {self.parties} parties with its "
                             f"identity key (got {len(self.party_names)} names, "
@@ -111,9 +108,10 @@ class JobSpec:
 
     @property
     def noise_divisor(self) -> int:
-        """Each party adds variance / noise_divisor. Under "plain" the coordinator sees every
-        party's own vector, so each must carry the full noise alone (divisor 1)."""
-        return 1 if self.channel == "plain" else self.honest_min
+        """Each party adds variance / noise_divisor. Over an unprotected channel ("plain") the
+        coordinator sees every party's own vector, so each must carry the full noise alone
+        (divisor 1); otherwise t - c (`Channel.noise_divisor`)."""
+        return channels.get(self.channel).noise_divisor(self)
 
     def identity_of(self, party: int) -> bytes:
         return self.identity_keys[party - 1]

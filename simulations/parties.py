@@ -59,7 +59,7 @@ def write_parties(work: Path, tables: Sequence[pd.DataFrame], spec: JobSpec,
             epsilon_cap=spec.epsilon if epsilon_cap is None else epsilon_cap, delta=spec.delta,
             party_name=ident.name, identity_key=ident.private, consortium=members,
             schema_sha256=schema_sha256(spec.schema),
-            channels=("secagg", "plain") if spec.channel == "plain" else ("secagg",),
+            channels=tuple(dict.fromkeys(("secagg", spec.channel))),  # the default and the job's
             assume_colluders=spec.colluders, evaluation=evaluation,
             evaluation_epsilon_cap=evaluation_epsilon_cap, max_evaluations=evaluations,
             holdout_path=None if h is None else home / "holdout.parquet", **policy)

@@ -33,6 +33,7 @@ from fedsynth.evaluation.metrics import marginal_tvd
 from fedsynth.evaluation.output import check_out, write_folder
 from fedsynth.evaluation.plan import EvalOptions
 from fedsynth.evaluation.report import render
+from fedsynth.protocols import channels
 from fedsynth.protocols.spec import JobSpec
 from fedsynth.protocols.transport import Transport
 from fedsynth.simulations import datasets, partition
@@ -212,9 +213,9 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
     # No party's exact row count goes into the job's log or outputs: only the pooled table's
     # shape, which the simulation's user gave.
     say(f"{source}: {len(schema.columns)} columns, {n} parties; ε={epsilon}, δ={delta}")
-    if channel == "plain":
-        log.warning("channel plain: the coordinator sees each party's noisy counts in the "
-                    "clear (no secure aggregation); for simulations only")
+    if not channels.get(channel).protected:
+        log.warning("channel %s: the coordinator sees each party's noisy counts in the "
+                    "clear (no secure aggregation); for simulations only", channel)
 
     opts = options or JobOptions(rows=rows, seed=seed)
     if rows is not None and opts.rows != rows:
@@ -343,8 +344,8 @@ def _check_arguments(engine: str, holdout: float, rows: int | None, n: int,
     if n > MAX_PARTIES:
         raise ValueError(f"{n} parties: at most {MAX_PARTIES} in one job (each party's "
                          "default policy)")
-    if channel not in ("secagg", "plain"):
-        raise ValueError(f"channel {channel!r} is not one of secagg, plain")
+    if channel not in channels.CHANNELS:
+        raise ValueError(f"channel {channel!r} is not one of {', '.join(channels.CHANNELS)}")
 
 
 def _check_every_party_has_rows(tables: Sequence[pd.DataFrame], pooled: int, holdout: float,

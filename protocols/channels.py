@@ -1,0 +1,255 @@
+"""Channels: how a party's noised vector reaches the coordinator, as one interface and a registry.
+
+A channel has two sides, in the style of Flower's secagg mod/workflow pair:
+
+- the party's side: keys at setup (`announce`, a one-shot round key with shares, for channels
+  with `round_keys`), `contribute` a vector to a round (the measure reply), and `release` on
+  request what lets the coordinator finish the round (the unmask reply, for channels with a
+  `follow_up` exchange);
+- the coordinator's side, on a `protocols.secure_sum.CoordinatorRound`: `collect` what comes
+  with each measure reply, build the `follow_up` requests, and `finish` the round to the
+  exact sum.
+
+What a channel declares, and what the roles read instead of comparing channel names:
+- `protected`: the coordinator only ever sees sums over at least t parties, never one
+  party's own vector. An unprotected channel ("plain") shows each party's vector to the
+  coordinator, so each party must carry the full noise alone (`noise_divisor` 1).
+- `setup_keys`: every request carries the parties' job keys from setup, which each party pins
+  at its first round.
+- `round_keys`: one-shot round keys, exchanged before the job's first round and then
+  announced one round ahead in each reply (protocols.secure_sum, step 0).
+- `follow_up`: after the measure step, the coordinator runs a confirm and an unmask
+  exchange with the survivors before it can finish the sum.
+- `spec_problems`: the channel's own conditions on n, t and c (protocols.spec).
+
+Roles (coordinator/, client_node/) find a channel with `get(spec.channel)`; job specs accept
+exactly the names in `CHANNELS`. "secagg" (protocols.secure_sum, which has the security
+argument) and "plain" (tests and simulations only) are registered here; a new channel
+implements `Channel` and calls `register`, and tests/unit/protocols/test_channel_contract.py
+then runs the contract every channel must meet against it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from fedsynth.protocols import fedsynth_pb2 as pb
+from fedsynth.protocols import secure_sum
+from fedsynth.protocols.messages import ProtocolError, vector_bytes
+
+if TYPE_CHECKING:
+    from fedsynth.protocols.secure_sum import CoordinatorRound
+    from fedsynth.protocols.spec import JobSpec
+
+
+class UnknownChannel(KeyError):
+    """A channel name that is not registered; the message names the registered ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Channel(ABC):
+    """One way to sum the parties' vectors: the party's side and the coordinator's side."""
+
+    name: ClassVar[str]
+    protected: ClassVar[bool]  # the coordinator never sees one party's vector
+    setup_keys: ClassVar[bool]  # requests carry the setup keys, pinned by each party
+    round_keys: ClassVar[bool]  # one-shot round keys, announced one round ahead
+    follow_up: ClassVar[bool]  # confirm + unmask exchange after the measure step
+
+    # --- properties of a job over this channel ----------------------------------------------
+    def noise_divisor(self, spec: JobSpec) -> int:
+        """Each party adds variance / noise_divisor: t - c honest survivors' shares reach
+        every sum a protected channel releases; on an unprotected channel the coordinator
+        sees each party's own vector, which must carry the full noise alone."""
+        return spec.honest_min if self.protected else 1
+
+    def spec_problems(self, *, parties: int, threshold: int, colluders: int) -> list[str]:
+        """This channel's own conditions on n, t and c (none by default)."""
+        return []
+
+    # --- the party's side --------------------------------------------------------------------
+    @abstractmethod
+    def announce(self, *, job_id: str, me: int, round_id: int, holders: Sequence[int],
+                 threshold: int, private: bytes, publics: Mapping[int, bytes],
+                 identity_key: bytes) -> tuple[pb.MaskKeyAnnouncement, bytes]:
+        """A round key for `round_id`: its announcement and the private half to keep."""
+
+    @abstractmethod
+    def contribute(self, values: np.ndarray, *, job_id: str, me: int, round_id: int,
+                   participants: Sequence[int], threshold: int, private: bytes,
+                   publics: Mapping[int, bytes], mask_private: bytes = b"",
+                   mask_publics: Mapping[int, bytes] | None = None,
+                   identity_key: bytes = b"", request_digest: bytes = b"",
+                   ) -> tuple[pb.MeasureReply, bytes, bytes]:
+        """The measure reply for a noised vector: (reply, state to keep for `release`, private
+        half of the next round's key to keep)."""
+
+    @abstractmethod
+    def release(self, req: pb.UnmaskRequest, *, job_id: str, me: int, threshold: int,
+                participants: Sequence[int], private: bytes, publics: Mapping[int, bytes],
+                own_share: bytes, request_digest: bytes = b"") -> pb.UnmaskReply:
+        """What the party releases on the coordinator's follow-up request (answered once)."""
+
+    # --- the coordinator's side ----------------------------------------------------------------
+    @abstractmethod
+    def check_round(self, rnd: CoordinatorRound) -> None:
+        """Raise ProtocolError if the round cannot start (e.g. missing round keys)."""
+
+    @abstractmethod
+    def collect(self, rnd: CoordinatorRound, party: int, reply: pb.MeasureReply) -> None:
+        """Keep what comes with one party's measure reply beside its vector."""
+
+    @abstractmethod
+    def requests(self, rnd: CoordinatorRound, confirmations: Mapping[int, bytes],
+                 ) -> dict[int, pb.UnmaskRequest]:
+        """The follow-up request for each party asked to release."""
+
+    @abstractmethod
+    def finish(self, rnd: CoordinatorRound, replies: Mapping[int, pb.UnmaskReply]) -> np.ndarray:
+        """The exact sum over the survivors (RoundFailed if it cannot be had safely)."""
+
+
+class SecAggChannel(Channel):
+    """Pairwise masking with one-shot round keys (Bonawitz et al. 2017); the protocol and its
+    security argument are in protocols.secure_sum and crypto.secagg."""
+
+    name = "secagg"
+    protected = True
+    setup_keys = True
+    round_keys = True
+    follow_up = True
+
+    def spec_problems(self, *, parties: int, threshold: int, colluders: int) -> list[str]:
+        """t >= 2 and 2t >= n + c + 2 (why: protocols.spec)."""
+        from fedsynth.protocols.spec import min_threshold  # spec reads this registry
+
+        problems = []
+        if parties > 1 and threshold < 2:
+            problems.append("secagg needs t >= 2 so that no single share reveals a self-mask")
+        low = min_threshold(parties, colluders)
+        if parties >= 2 and threshold < low:
+            problems.append(f"threshold t={threshold} is too low for n={parties} parties "
+                            f"and c={colluders} colluders: t must be at least {low} "
+                            "(2t >= n + c + 2), or differing survivor lists could unmask a party")
+        return problems
+
+    def announce(self, *, job_id: str, me: int, round_id: int, holders: Sequence[int],
+                 threshold: int, private: bytes, publics: Mapping[int, bytes],
+                 identity_key: bytes) -> tuple[pb.MaskKeyAnnouncement, bytes]:
+        return secure_sum.party_mask_key(job_id=job_id, me=me, round_id=round_id,
+                                         holders=holders, threshold=threshold, private=private,
+                                         publics=publics, identity_key=identity_key)
+
+    def contribute(self, values: np.ndarray, *, job_id: str, me: int, round_id: int,
+                   participants: Sequence[int], threshold: int, private: bytes,
+                   publics: Mapping[int, bytes], mask_private: bytes = b"",
+                   mask_publics: Mapping[int, bytes] | None = None,
+                   identity_key: bytes = b"", request_digest: bytes = b"",
+                   ) -> tuple[pb.MeasureReply, bytes, bytes]:
+        return secure_sum.secagg_measure_reply(
+            values, job_id=job_id, me=me, round_id=round_id, participants=participants,
+            threshold=threshold, private=private, publics=publics, mask_private=mask_private,
+            mask_publics=mask_publics, identity_key=identity_key,
+            request_digest=request_digest)
+
+    def release(self, req: pb.UnmaskRequest, *, job_id: str, me: int, threshold: int,
+                participants: Sequence[int], private: bytes, publics: Mapping[int, bytes],
+                own_share: bytes, request_digest: bytes = b"") -> pb.UnmaskReply:
+        return secure_sum.party_unmask_reply(
+            req, job_id=job_id, me=me, threshold=threshold, participants=participants,
+            private=private, publics=publics, own_share=own_share,
+            request_digest=request_digest)
+
+    def check_round(self, rnd: CoordinatorRound) -> None:
+        secure_sum.secagg_check_round(rnd)
+
+    def collect(self, rnd: CoordinatorRound, party: int, reply: pb.MeasureReply) -> None:
+        secure_sum.secagg_collect(rnd, party, reply)
+
+    def requests(self, rnd: CoordinatorRound, confirmations: Mapping[int, bytes],
+                 ) -> dict[int, pb.UnmaskRequest]:
+        return secure_sum.secagg_unmask_requests(rnd, confirmations)
+
+    def finish(self, rnd: CoordinatorRound, replies: Mapping[int, pb.UnmaskReply]) -> np.ndarray:
+        return secure_sum.secagg_finish(rnd, replies)
+
+
+class PlainChannel(Channel):
+    """No protection (simulations and tests only): each party's noised vector goes as it is,
+    without keys or a follow-up exchange, and the sum is taken at once. A party accepts it only
+    when its policy lists "plain"; each party then carries the full noise (`noise_divisor`)."""
+
+    name = "plain"
+    protected = False
+    setup_keys = False
+    round_keys = False
+    follow_up = False
+
+    def announce(self, *, job_id: str, me: int, round_id: int, holders: Sequence[int],
+                 threshold: int, private: bytes, publics: Mapping[int, bytes],
+                 identity_key: bytes) -> tuple[pb.MaskKeyAnnouncement, bytes]:
+        raise ProtocolError("a job over the plain channel has no mask keys")
+
+    def contribute(self, values: np.ndarray, *, job_id: str, me: int, round_id: int,
+                   participants: Sequence[int], threshold: int, private: bytes,
+                   publics: Mapping[int, bytes], mask_private: bytes = b"",
+                   mask_publics: Mapping[int, bytes] | None = None,
+                   identity_key: bytes = b"", request_digest: bytes = b"",
+                   ) -> tuple[pb.MeasureReply, bytes, bytes]:
+        return pb.MeasureReply(round=round_id, masked=vector_bytes(
+            values.astype(np.int64).view(np.uint64))), b"", b""
+
+    def release(self, req: pb.UnmaskRequest, *, job_id: str, me: int, threshold: int,
+                participants: Sequence[int], private: bytes, publics: Mapping[int, bytes],
+                own_share: bytes, request_digest: bytes = b"") -> pb.UnmaskReply:
+        raise ProtocolError(f"round {req.round}: a job over the plain channel has no unmask "
+                            "step; refusing")
+
+    def check_round(self, rnd: CoordinatorRound) -> None:
+        return None
+
+    def collect(self, rnd: CoordinatorRound, party: int, reply: pb.MeasureReply) -> None:
+        return None
+
+    def requests(self, rnd: CoordinatorRound, confirmations: Mapping[int, bytes],
+                 ) -> dict[int, pb.UnmaskRequest]:
+        return {}
+
+    def finish(self, rnd: CoordinatorRound, replies: Mapping[int, pb.UnmaskReply]) -> np.ndarray:
+        return rnd.plain_sum()
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+CHANNELS: dict[str, Channel] = {}
+
+
+def register(name: str, channel: Channel) -> None:
+    """Make `channel` available to job specs, parties and the coordinator under `name`."""
+    if name in CHANNELS:
+        raise ValueError(f"a channel named {name!r} is already registered")
+    CHANNELS[name] = channel
+
+
+def get(name: str) -> Channel:
+    """The channel registered as `name`; UnknownChannel names the registered ones."""
+    try:
+        return CHANNELS[name]
+    except KeyError:
+        raise UnknownChannel(f"channel {name!r} is not one of the registered channels: "
+                             f"{', '.join(CHANNELS)}") from None
+
+
+def names() -> tuple[str, ...]:
+    """The registered channel names, in registration order."""
+    return tuple(CHANNELS)
+
+
+register("secagg", SecAggChannel())
+register("plain", PlainChannel())
