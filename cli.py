@@ -214,6 +214,17 @@ def _parser() -> argparse.ArgumentParser:
                     "names HOST)")
     ki.add_argument("--parties", nargs="+", required=True, metavar="NAME",
                     help="the parties' names, two or more")
+    kp = ks.add_parser(
+        "party", formatter_class=_Help,
+        help="make one party's own secret keys, so the operator never holds them",
+        description="Make this party's identity and node keys in a new folder and print the "
+        "public halves as a consortium.toml entry, for the operator to put in place of the "
+        "entry `keys init` made (and to hand the new consortium.toml to every member).",
+        epilog="examples:\n  fedsynth keys party --name bank_a --out bank_a-keys\n\n"
+        + EXIT_CODES)
+    kp.add_argument("--name", required=True, metavar="NAME", help="this party's name")
+    kp.add_argument("--out", type=Path, required=True, metavar="FOLDER",
+                    help="a new folder for the secret keys")
 
     nd = sub.add_parser("node", help="a party's node", formatter_class=_Help)
     nds = nd.add_subparsers(dest="node_command", required=True, metavar="COMMAND")
@@ -303,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _schema_hash(args) if args.schema_command == "hash" \
                     else _schema_infer(args)
             if args.command == "keys":
-                return _keys_init(args)
+                return _keys_party(args) if args.keys_command == "party" \
+                    else _keys_init(args)
             if args.command == "node":
                 return _node_start(args) if args.node_command == "start" \
                     else _node_check(args)
@@ -419,6 +431,22 @@ def _keys_init(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}/: ca.pem, ca.key (keep it offline), coordinator/, "
           f"{', '.join(n + '/' for n in args.parties)}")
     print("hand each party its folder over a secure channel; each fills in its policy.toml")
+    return 0
+
+
+def _keys_party(args: argparse.Namespace) -> int:
+    from fedsynth.crypto.keyfiles import Consortium, party_keys
+
+    if args.out.exists():
+        print(f"error: --out {args.out} exists: keys go into a new folder (never over old "
+              "keys)", file=sys.stderr)
+        return EXIT_INPUT
+    identity, node_key = party_keys(args.out, args.name)
+    print(f"# wrote {args.out}/identity.key and node-auth.key (secret; mode 0600)",
+          file=sys.stderr)
+    print("# send the operator this entry for consortium.toml (public):", file=sys.stderr)
+    entry = Consortium("", {args.name: identity}, {args.name: node_key}).to_toml()
+    print(entry[entry.index("[parties."):].strip())
     return 0
 
 
