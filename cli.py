@@ -18,6 +18,7 @@ from fedsynth.errors import (  # noqa: F401 (re-exported for callers and tests)
     EXIT_INTERRUPTED,
     EXIT_JOB,
     EXIT_USAGE,
+    FedsynthError,
 )
 
 EXIT_CODES = """exit codes:
@@ -326,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "evaluate":
                 return _evaluate(args)
             return _simulate(args)
+        except FedsynthError as exc:  # bad input, or the job stopped: one line with the fix
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
         except OSError as exc:  # a file or folder of the user's that cannot be read or written
             where = f" {exc.filename}" if exc.filename else ""
             print(f"error: cannot use{where or ' a file'}: {exc.strerror or exc}",
@@ -403,29 +407,21 @@ def _kill_children() -> None:
 
 def _schema_hash(args: argparse.Namespace) -> int:
     from fedsynth.protocols.spec import schema_sha256
-    from fedsynth.synthesis.schema import Schema, SchemaError
+    from fedsynth.synthesis.schema import Schema
 
-    try:
-        print(schema_sha256(Schema.load(args.file)))
-    except SchemaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+    print(schema_sha256(Schema.load(args.file)))  # SchemaError: main prints it, exit 3
     return 0
 
 
 def _keys_init(args: argparse.Namespace) -> int:
     from fedsynth.client_node.policy_file import template
-    from fedsynth.crypto.keyfiles import KeyFileError, init_consortium
+    from fedsynth.crypto.keyfiles import init_consortium
 
     if args.out.exists():
         print(f"error: --out {args.out} exists: key material goes into a new folder (never "
               "over old keys)", file=sys.stderr)
         return EXIT_INPUT
-    try:
-        init_consortium(args.out, args.coordinator_address, list(args.parties))
-    except KeyFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+    init_consortium(args.out, args.coordinator_address, list(args.parties))  # KeyFileError
     for name in args.parties:
         (args.out / name / "policy.toml").write_text(template(name), encoding="utf-8")
     print(f"wrote {args.out}/: ca.pem, ca.key (keep it offline), coordinator/, "

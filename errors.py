@@ -31,3 +31,10 @@ class FileProblems(InputError):
         super().__init__(f"{what} {path} has {len(problems)} problem"
                          f"{'s' if len(problems) > 1 else ''}:\n"
                          + "\n".join(f"  - {p}" for p in problems))
+
+
+class JobStopped(FedsynthError, RuntimeError):
+    """The job was refused by a party or stopped (too few parties); nothing was released
+    beyond what the parties' ledgers record."""
+
+    exit_code = EXIT_JOB

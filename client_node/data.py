@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedsynth.errors import InputError
+
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
-class DataFileError(ValueError):
+class DataFileError(InputError):
     """A data file that cannot be read; says which file and what to do."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedsynth.crypto.keys import verify_key
+from fedsynth.errors import JobStopped
 from fedsynth.protocols import channels
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import PartyRefused, ProtocolError, pack, unpack, verify
@@ -26,7 +27,7 @@ from fedsynth.synthesis.encoding import Grouping
 log = logging.getLogger("fedsynth.coordinator")
 
 
-class JobRefused(RuntimeError):
+class JobRefused(JobStopped):
     """One or more parties refused the job; lists each party's reasons."""
 
     def __init__(self, refusals: Mapping[int, PartyRefused]) -> None:

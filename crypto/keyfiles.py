@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from fedsynth.crypto.keys import Identity, public_identity
+from fedsynth.errors import InputError
 
 CONSORTIUM = "consortium.toml"
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
@@ -43,7 +44,7 @@ NODE_KEY, NODE_PUB = "node-auth.key", "node-auth.pub"
 CERT_DAYS = 825
 
 
-class KeyFileError(ValueError):
+class KeyFileError(InputError):
     """A key file that is missing, unreadable or of the wrong kind; says which and why."""
 
 

@@ -15,12 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fedsynth import scratch
+from fedsynth.errors import InputError
 
 MARKER = ".fedsynth-output"
 _MARKER_TEXT = "This folder was written by fedsynth; `--overwrite` may replace it.\n"
 
 
-class OutputError(ValueError):
+class OutputError(InputError):
     """An output folder that cannot or may not be written; the message says how to fix it."""
 
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import pandas as pd
 
+from fedsynth.errors import InputError
 from fedsynth.synthesis.schema import Schema
 
 MAX_CATEGORICAL_NUMERIC = 20  # numeric columns with at most this many synthetic values: exact bins
@@ -38,7 +39,7 @@ DP_WEIGHTS: dict[str, float] = {
 }
 
 
-class EvalOptionsError(ValueError):
+class EvalOptionsError(InputError):
     """Evaluation options that cannot be used (unknown column, out-of-range size)."""
 
 

@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedsynth.crypto import secagg, shamir
+from fedsynth.errors import JobStopped
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import ProtocolError, bytes_vector, vector_bytes
 
@@ -71,7 +72,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedsynth.coordinator")
 
 
-class RoundFailed(RuntimeError):
+class RoundFailed(JobStopped):
     """A round that cannot finish safely (too few survivors); nothing was revealed."""
 
 

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 
 from fedsynth.crypto.accountant import check_epsilon_delta
+from fedsynth.errors import InputError
 from fedsynth.protocols import channels
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.synthesis.schema import Schema
@@ -32,7 +33,7 @@ CHANNELS = channels.names()  # registered at import; validation reads the regist
 METHODS = ("marginals",)
 
 
-class JobSpecError(ValueError):
+class JobSpecError(InputError):
     """Job parameters that cannot run; lists every problem with its fix."""
 
 

@@ -19,6 +19,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from fedsynth.errors import InputError
+
 Kind = Literal["categorical", "integer", "continuous"]
 KINDS: tuple[str, ...] = ("categorical", "integer", "continuous")
 MAX_CATEGORIES = 100
@@ -31,7 +33,7 @@ MIN_IDENTIFIER_VALUES = 20
 MIN_CATEGORY_ROWS = 3
 
 
-class SchemaError(ValueError):
+class SchemaError(InputError):
     """A schema document that is malformed; lists every problem found."""
 
     def __init__(self, problems: list[str], *, source: str = "schema") -> None:
@@ -39,7 +41,7 @@ class SchemaError(ValueError):
         super().__init__(f"{source}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
 
 
-class DataValidationError(ValueError):
+class DataValidationError(InputError):
     """A table that does not match the schema; lists every problem found, with the fix."""
 
     def __init__(self, problems: list[str], *, source: str,
