@@ -18,9 +18,13 @@ class GridTransport:
 
     Each node is asked which party it is; the answer is only a routing hint, never trusted:
     a node that claims another party's name is refused by that party's identity checks (the
-    spec names each party with its identity key, and every reply is signed with it)."""
+    spec names each party with its identity key, and every reply is signed with it).
 
-    def __init__(self, grid: Grid, names: Sequence[str], *, wait: float = 120.0) -> None:
+    Waits up to `wait` seconds for every party's node, then goes on with those connected if
+    they are at least `minimum` (default: all); the job decides whether that is enough."""
+
+    def __init__(self, grid: Grid, names: Sequence[str], *, wait: float = 120.0,
+                 minimum: int | None = None) -> None:
         self.grid = grid
         expected = len(names)
         deadline = time.monotonic() + wait
@@ -30,7 +34,7 @@ class GridTransport:
             if len(ids) >= expected:
                 break
             time.sleep(0.1)
-        if len(ids) < expected:
+        if len(ids) < (expected if minimum is None else minimum):
             raise RoundFailed(f"only {len(ids)} of {expected} party nodes connected within "
                               f"{wait:.0f} s; check that every party's node is running")
         index = {name: i + 1 for i, name in enumerate(names)}

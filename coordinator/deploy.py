@@ -94,12 +94,17 @@ def _run(grid: Grid, context: Context) -> None:
         say = log.info
         say("run %s: job among %s, ε=%g, δ=%g, output %s", context.run_id,
             ", ".join(job.spec.party_names), job.spec.epsilon, job.spec.delta, out)
-        transport = GridTransport(grid, job.spec.party_names)
+        # a party whose node is not connected is missing from the job, as one that drops out
+        # later is; the job goes on if the others still reach the threshold
+        transport = GridTransport(grid, job.spec.party_names, minimum=job.spec.threshold)
         missing = [n for i, n in enumerate(job.spec.party_names, 1)
                    if i not in transport.node_of]
         if len(missing) > len(job.spec.party_names) - job.spec.threshold:
             raise RuntimeError(f"parties {missing} did not answer (their nodes are not "
                                "running or not connected)")
+        if missing:
+            log.warning("parties %s did not answer (their nodes are not running or not "
+                        "connected); the job goes on without them", missing)
         try:
             result = run_job(transport, job.spec, job.options, lambda m: log.info("%s", m))
         except JobRefused as exc:  # name each party as the consortium does, not by number
