@@ -5,111 +5,42 @@ submitted with `fedsynth run`. Every process is started and stopped by the test.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
+from deploy_support import (  # this folder is on the path: pytest rootdir-relative import
+    Processes,
+    make_consortium,
+    run,
+    start_coordinator,
+    start_node,
+    write_policy,
+)
 
 from fedsynth.protocols import flower_runtime as rt
 from fedsynth.protocols.spec import schema_sha256
-from fedsynth.simulations import datasets
-from fedsynth.synthesis.schema import draft_schema_with_notes
+from fedsynth.synthesis.schema import Schema
 
 PARTIES = ("bank_a", "bank_b", "bank_c")
-FEDSYNTH = [sys.executable, "-m", "fedsynth.cli"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
-
-
-class Processes:
-    def __init__(self, root: Path) -> None:
-        self.root, self.procs = root, []
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        logf = (self.root / f"{name}.log").open("wb")
-        proc = subprocess.Popen([*FEDSYNTH, *args], cwd=self.root, stdout=logf,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
-                                     "PYTHONUNBUFFERED": "1"})
-        self.procs.append((name, proc))
-        return proc
-
-    def stop(self) -> None:
-        for _, p in self.procs:  # Ctrl-C: each stops its own SuperLink / SuperNode
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGINT)
-        for _, p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {n}:\n{(self.root / f'{n}.log').read_text()[-3000:]}"
-                         for n, _ in self.procs)
-
-
-def run(root: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FEDSYNTH, *args], cwd=root, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
-
-
-def _policy(root: Path, name: str, sha: str, epsilon_cap: float) -> Path:
-    folder = root / name
-    folder.mkdir(exist_ok=True)
-    path = folder / "policy.toml"
-    path.write_text(f'''party = "{name}"
-keys = "../consortium/{name}"
-data = "data.csv"
-holdout = "holdout.csv"
-ledger = "ledger.jsonl"
-schema_sha256 = "{sha}"
-epsilon_cap = {epsilon_cap}
-delta = 1e-6
-channels = ["secagg"]
-max_parties = 10
-evaluation = "off"
-''', encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, Processes]]:
     root = tmp_path_factory.mktemp("deploy")
     port = rt.free_port()
-    res = run(root, "keys", "init", "--out", "consortium", "--coordinator-address",
-              f"127.0.0.1:{port}", "--parties", *PARTIES)
-    assert res.returncode == 0, res.stderr
-    pooled, _ = datasets.load("ISLR/Default")
-    schema, _ = draft_schema_with_notes(pooled)
-    (root / "schema.json").write_text(schema.to_json(), encoding="utf-8")
-    sha = schema_sha256(schema)
-    rng = np.random.default_rng(0)
-    owner = rng.integers(0, len(PARTIES), len(pooled))
-    held = rng.random(len(pooled)) < 0.2
-    for i, name in enumerate(PARTIES):
-        _policy(root, name, sha, epsilon_cap=0.05 if name == "bank_c" else 10.0)
-        pooled[(owner == i) & ~held].to_csv(root / name / "data.csv", index=False)
-        pooled[(owner == i) & held].to_csv(root / name / "holdout.csv", index=False)
+    make_consortium(root, PARTIES, port)
+    write_policy(root, "bank_c", schema_sha256(Schema.load(root / "schema.json")),
+                 epsilon_cap=0.05)  # bank_c allows little: the refusal test needs it
     procs = Processes(root)
     try:
-        coordinator = procs.start("coordinator", "coordinator", "start", "--keys",
-                                  "consortium", "--port", str(port), "--outputs", "outputs")
-        deadline = time.monotonic() + 60
-        while "coordinator listening" not in (root / "coordinator.log").read_text():
-            assert coordinator.poll() is None and time.monotonic() < deadline, procs.logs()
-            time.sleep(0.2)
+        start_coordinator(procs, port)
         for name in PARTIES:
-            procs.start(name, "node", "start", "--coordinator", f"127.0.0.1:{port}", "--keys",
-                        f"consortium/{name}", "--policy", f"{name}/policy.toml")
+            start_node(procs, name, port)
         yield root, port, procs
     finally:
         procs.stop()
