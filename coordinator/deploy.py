@@ -38,7 +38,7 @@ from fedsynth.coordinator.job import run_job
 from fedsynth.coordinator.job_file import job_from_text
 from fedsynth.crypto.keyfiles import CA_CERT, CONSORTIUM, SERVER_CERT, SERVER_KEY, Consortium
 from fedsynth.evaluation.output import check_out, write_folder
-from fedsynth.evaluation.report import render
+from fedsynth.evaluation.report import render_or_none
 from fedsynth.protocols import flower_runtime as rt
 
 log = logging.getLogger("fedsynth.coordinator")
@@ -138,9 +138,12 @@ def _run(grid: Grid, context: Context) -> None:
         "job.toml": job_text,
         "job.log": "\n".join(lines) + "\n",
     }
-    if result.evaluation is not None:
-        files["report.html"] = render(metrics, privacy=result.privacy, title=(
-            f"fedsynth: {len(spec.party_names)} parties, ε={spec.epsilon}"))
+    page = None if result.evaluation is None else render_or_none(
+        metrics, privacy=result.privacy,
+        title=f"fedsynth: {len(spec.party_names)} parties, ε={spec.epsilon}")
+    if page is not None:
+        files["report.html"] = page
+    files["metrics.json"] = json.dumps(metrics, indent=2, default=_json)  # with any report_error
     write_folder(out, files)
     log.info("run %s: wrote %s (%d synthetic rows)", context.run_id, out,
              len(result.synthetic))

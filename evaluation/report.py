@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import io
+import logging
 import math
 import warnings
 from collections.abc import Iterator, Sequence
@@ -105,6 +106,18 @@ class _Html(str):
 
 class _HtmlText(_Html):
     """HTML that reads as text: aligned left in a table."""
+
+
+def render_or_none(metrics: dict[str, Any], **kwargs: Any) -> str | None:
+    """`render`, or None (with the trace in the log) when the page cannot be drawn: a drawing
+    problem must never cost the job its synthetic table and privacy report."""
+    try:
+        return render(metrics, **kwargs)
+    except Exception as exc:
+        logging.getLogger("fedsynth").exception("the report could not be drawn (%s); the other "
+                                                "outputs are written", exc)
+        metrics["report_error"] = f"{type(exc).__name__}: {exc}"
+        return None
 
 
 def _e(x: object) -> str:
@@ -392,10 +405,32 @@ def _hist_plot(col: dict[str, Any], side: Side) -> str:
     return _svg(fig)
 
 
+def _merge_empty_bins(edges: np.ndarray, r: np.ndarray,
+                      s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bins of zero width (repeated edges: quantile bins at a point mass, such as many exact
+    zeros) have no area to draw a density on: their counts join the next bin of positive
+    width (or the previous one at the end)."""
+    keep = np.diff(edges) > 0
+    if keep.all() or not keep.any():
+        return edges, r, s
+    r, s = r.copy(), s.copy()
+    idx = np.flatnonzero(keep)
+    for i in np.flatnonzero(~keep):
+        later = idx[idx > i]
+        j = int(later[0]) if len(later) else int(idx[-1])
+        r[j] += r[i]
+        s[j] += s[i]
+    return np.append(edges[:-1][keep], edges[-1]), r[keep], s[keep]
+
+
 def _numeric_hist(ax: Axes, d: dict[str, Any], side: Side) -> None:
-    edges = np.asarray(d["edges"], float)
+    edges, r, s = _merge_empty_bins(np.asarray(d["edges"], float),
+                                    np.asarray(d["real"], float),
+                                    np.asarray(d["synthetic"], float))
     width = np.diff(edges)
-    r, s = np.asarray(d["real"], float), np.asarray(d["synthetic"], float)
+    if not len(width) or not (width > 0).all():
+        _no_values(ax)
+        return
     if r.sum() <= 0 and s.sum() <= 0:
         _no_values(ax)
         return

@@ -32,7 +32,7 @@ from fedsynth.coordinator.job import JobOptions, JobResult, run_job
 from fedsynth.evaluation.metrics import marginal_tvd
 from fedsynth.evaluation.output import check_out, write_folder
 from fedsynth.evaluation.plan import EvalOptions
-from fedsynth.evaluation.report import render
+from fedsynth.evaluation.report import render_or_none
 from fedsynth.protocols import channels
 from fedsynth.protocols.spec import JobSpec
 from fedsynth.protocols.transport import Transport
@@ -264,8 +264,8 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
     metrics["bytes_sent_per_party"] = {str(k): v for k, v in result.bytes_from_party.items()}
     report = None
     if result.evaluation is not None:
-        report = render(metrics, privacy=result.privacy,
-                        title=f"fedsynth: {source}, {n} parties, ε={epsilon}")
+        report = render_or_none(metrics, privacy=result.privacy,
+                                title=f"fedsynth: {source}, {n} parties, ε={epsilon}")
     res = SimulationResult(result.synthetic, result.privacy, metrics, schema,
                            timings=result.timings, report=report, log=lines, heldout=hold)
     if out is not None:
@@ -318,10 +318,12 @@ def simulate_sweep(epsilons: Sequence[float], *, out: str | Path | None = None,
              "runs": curve}, indent=2) + "\n"
         last = results[-1]
         if last.report is not None and all(c["tvd_2way"] is not None for c in curve):
-            files["report.html"] = render(last.metrics, privacy=last.privacy, runs=curve,
-                                          title=f"fedsynth: ε sweep {list(epsilons)} (total "
-                                                f"ε={total:.3g} over the sweep); details at "
-                                                f"ε={epsilons[-1]:g}")
+            page = render_or_none(last.metrics, privacy=last.privacy, runs=curve,
+                                  title=f"fedsynth: ε sweep {list(epsilons)} (total "
+                                        f"ε={total:.3g} over the sweep); details at "
+                                        f"ε={epsilons[-1]:g}")
+            if page is not None:
+                files["report.html"] = page
         where = write_folder(Path(out), files, overwrite=overwrite)
         for e, r in zip(epsilons, results, strict=True):
             r.out = where / f"epsilon-{e:g}"
