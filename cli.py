@@ -417,10 +417,7 @@ def _keys_init(args: argparse.Namespace) -> int:
     from fedsynth.client_node.policy_file import template
     from fedsynth.crypto.keyfiles import init_consortium
 
-    if args.out.exists():
-        print(f"error: --out {args.out} exists: key material goes into a new folder (never "
-              "over old keys)", file=sys.stderr)
-        return EXIT_INPUT
+    _new_key_folder(args.out)
     init_consortium(args.out, args.coordinator_address, list(args.parties))  # KeyFileError
     for name in args.parties:
         (args.out / name / "policy.toml").write_text(template(name), encoding="utf-8")
@@ -430,13 +427,17 @@ def _keys_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_key_folder(out: Path) -> None:
+    from fedsynth.errors import InputError
+
+    if out.exists():
+        raise InputError(f"--out {out} exists: keys go into a new folder (never over old keys)")
+
+
 def _keys_party(args: argparse.Namespace) -> int:
     from fedsynth.crypto.keyfiles import Consortium, party_keys
 
-    if args.out.exists():
-        print(f"error: --out {args.out} exists: keys go into a new folder (never over old "
-              "keys)", file=sys.stderr)
-        return EXIT_INPUT
+    _new_key_folder(args.out)
     identity, node_key = party_keys(args.out, args.name)
     print(f"# wrote {args.out}/identity.key and node-auth.key (secret; mode 0600)",
           file=sys.stderr)

@@ -14,11 +14,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from fedsynth.protocols import flower_runtime as rt
 from fedsynth.protocols.spec import schema_sha256
 from fedsynth.simulations import datasets
 from fedsynth.synthesis.schema import draft_schema_with_notes
@@ -119,7 +120,8 @@ evaluation = "off"
 
 
 def make_consortium(root: Path, parties: Sequence[str], port: int, *,
-                    epsilon_cap: float = 10.0, holdout: float = 0.2) -> None:
+                    epsilon_cap: float = 10.0, holdout: float = 0.2,
+                    caps: Mapping[str, float] | None = None) -> None:
     """keys init, the public schema of ISLR/Default, its rows split at random among the
     parties (a `holdout` share of each kept aside), and each party's policy."""
     res = run(root, "keys", "init", "--out", "consortium", "--coordinator-address",
@@ -134,9 +136,27 @@ def make_consortium(root: Path, parties: Sequence[str], port: int, *,
     owner = rng.integers(0, len(parties), len(pooled))
     held = rng.random(len(pooled)) < holdout
     for i, name in enumerate(parties):
-        write_policy(root, name, sha, epsilon_cap)
+        write_policy(root, name, sha, (caps or {}).get(name, epsilon_cap))
         pooled[(owner == i) & ~held].to_csv(root / name / "data.csv", index=False)
         pooled[(owner == i) & held].to_csv(root / name / "holdout.csv", index=False)
+
+
+@contextlib.contextmanager
+def running_consortium(root: Path, parties: Sequence[str], *,
+                       caps: Mapping[str, float] | None = None,
+                       ) -> Iterator[tuple[Path, int, Processes]]:
+    """A consortium made in `root` (see make_consortium; `caps`: a party's own ε cap), its
+    coordinator and one node per party running; every process stopped on the way out."""
+    port = rt.free_port()
+    make_consortium(root, parties, port, caps=caps)
+    procs = Processes(root)
+    try:
+        start_coordinator(procs, port)
+        for name in parties:
+            start_node(procs, name, port)
+        yield root, port, procs
+    finally:
+        procs.stop()
 
 
 def start_coordinator(procs: Processes, port: int, wait: float = 60.0) -> None:

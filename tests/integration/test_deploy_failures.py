@@ -27,14 +27,11 @@ from deploy_support import (
     FEDSYNTH,
     Processes,
     kill_node,
-    make_consortium,
-    start_coordinator,
+    running_consortium,
     start_node,
     wait_for,
     write_job,
 )
-
-from fedsynth.protocols import flower_runtime as rt
 
 PARTIES = ("bank_a", "bank_b", "bank_c", "bank_d")
 THRESHOLD = 3
@@ -47,17 +44,8 @@ _shared: dict[str, Any] = {}  # what a later test checks of an earlier one
 
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, Processes]]:
-    root = tmp_path_factory.mktemp("deploy-failures")
-    port = rt.free_port()
-    make_consortium(root, PARTIES, port)
-    procs = Processes(root)
-    try:
-        start_coordinator(procs, port)
-        for name in PARTIES:
-            start_node(procs, name, port)
-        yield root, port, procs
-    finally:
-        procs.stop()
+    with running_consortium(tmp_path_factory.mktemp("deploy-failures"), PARTIES) as c:
+        yield c
 
 
 def _submit(root: Path, port: int, job: str, out: str) -> subprocess.Popen[str]:

@@ -13,16 +13,11 @@ import pandas as pd
 import pytest
 from deploy_support import (  # this folder is on the path: pytest rootdir-relative import
     Processes,
-    make_consortium,
     run,
-    start_coordinator,
-    start_node,
-    write_policy,
+    running_consortium,
 )
 
 from fedsynth.protocols import flower_runtime as rt
-from fedsynth.protocols.spec import schema_sha256
-from fedsynth.synthesis.schema import Schema
 
 PARTIES = ("bank_a", "bank_b", "bank_c")
 
@@ -31,19 +26,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, Processes]]:
-    root = tmp_path_factory.mktemp("deploy")
-    port = rt.free_port()
-    make_consortium(root, PARTIES, port)
-    write_policy(root, "bank_c", schema_sha256(Schema.load(root / "schema.json")),
-                 epsilon_cap=0.05)  # bank_c allows little: the refusal test needs it
-    procs = Processes(root)
-    try:
-        start_coordinator(procs, port)
-        for name in PARTIES:
-            start_node(procs, name, port)
-        yield root, port, procs
-    finally:
-        procs.stop()
+    # bank_c allows little: the refusal test needs it
+    with running_consortium(tmp_path_factory.mktemp("deploy"), PARTIES,
+                            caps={"bank_c": 0.05}) as c:
+        yield c
 
 
 def _job(root: Path, name: str, epsilon: float) -> Path:
