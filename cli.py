@@ -506,6 +506,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"run {run_id} finished: outputs in {out}/ inside the coordinator's outputs "
               "folder, on its machine")
         return 0
+    if not details and sub == "stopped":
+        details = ("the coordinator stopped it: it was restarted mid-job, or its operator "
+                   "stopped the run; submit the job again")
+    if sub == "lost":
+        print(f"error: run {run_id}: {details}", file=sys.stderr)
+        return EXIT_JOB
     print(f"error: run {run_id} {sub}, nothing was written: {details or 'no reason given'}",
           file=sys.stderr)
     return EXIT_JOB

@@ -239,6 +239,11 @@ def start_coordinator(keys_dir: Path, port: int, host: str = "127.0.0.1", *,
                     new = rt.register_node(control, name, line)
                     log.info("party %s: node key %s", name,
                              "registered" if new else "already registered")
+                for run_id in rt.stop_orphaned_runs(control):
+                    log.warning("run %d was under way when the coordinator last stopped: "
+                                "marked stopped, nothing was written for it; submit the job "
+                                "again (its parties' ledgers keep what they released, and a "
+                                "re-run is charged again)", run_id)
             finally:
                 control.close()
             log.info("coordinator listening on %s:%d (Fleet, Control and Runtime API; TLS); "
@@ -307,13 +312,14 @@ def _terminate(proc: subprocess.Popen[bytes], wait: float = 10.0) -> None:
 
 def submit_job(job_path: Path, coordinator: str, keys_dir: Path, out: Path, *,
                progress: Any = None, timeout: float = 24 * 3600.0,
-               poll: float = 0.5) -> tuple[int, str, str]:
+               poll: float = 0.5, reconnect: float = 300.0) -> tuple[int, str, str]:
     """Submit the job file to a running coordinator (`fedsynth run`) and wait for its end.
 
     Checks the job against the local consortium.toml first (JobFileError), then submits the
     fedsynth app bundle with the job's text, its schema and `out` (a relative name: the
-    coordinator makes it inside its outputs folder) over TLS, and polls the run. Returns
-    (run id, sub-status, details): sub-status "completed", "failed" or "stopped"."""
+    coordinator makes it inside its outputs folder) over TLS, and polls the run, waiting up to
+    `reconnect` seconds for a coordinator that stops answering. Returns (run id, sub-status,
+    details): sub-status "completed", "failed", "stopped", "timeout" or "lost"."""
     from fedsynth.coordinator.job_file import load_job
 
     say = progress or (lambda m: log.info("%s", m))
@@ -336,9 +342,29 @@ def submit_job(job_path: Path, coordinator: str, keys_dir: Path, out: Path, *,
                                    "and is --keys the consortium's folder?)") from None
         say(f"submitted run {run_id} to {coordinator}: parties "
             f"{', '.join(job.spec.party_names)}, ε={job.spec.epsilon:g}")
-        t0, last = time.monotonic(), ""
+        t0, last, lost = time.monotonic(), "", None
         while True:
-            status, sub, details = rt.run_status(control, run_id)
+            try:
+                status, sub, details = rt.run_status(control, run_id)
+            except Exception as exc:  # the coordinator is gone (crashed, restarting, network)
+                now = time.monotonic()
+                if lost is None:
+                    lost = now
+                    say(f"lost contact with the coordinator at {coordinator} ({exc}); waiting "
+                        f"up to {reconnect:.0f} s for it to come back")
+                elif now - lost > reconnect:
+                    return run_id, "lost", (
+                        f"no contact with the coordinator at {coordinator} for "
+                        f"{reconnect:.0f} s; the run's outcome is unknown (its operator can "
+                        "tell; a run the coordinator was running when it stopped is marked "
+                        "stopped when it starts again)")
+                control.close()
+                time.sleep(2.0)
+                control = rt.control_client(coordinator, ca.read_bytes())
+                continue
+            if lost is not None:
+                say(f"the coordinator at {coordinator} answers again")
+                lost = None
             if status != last:
                 say(f"run {run_id}: {status}" + (f" ({time.monotonic() - t0:.0f} s)"
                                                  if last else ""))

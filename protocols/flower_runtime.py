@@ -60,6 +60,10 @@ FLWR_VERSION = "1.41.0"
 RUN_CONFIG_KEYS = ("job-toml", "schema-json", "out")
 POLL_SECONDS = 0.2  # AcquireTask and reply polling; Flower's own loops sleep 3 s
 HEARTBEAT_SECONDS = 10.0
+# a message whose content cannot be pulled within this time is given up (Flower waits up to
+# 2 h: seen after a coordinator restart, when a stopped run's objects are gone and the party's
+# runtime would otherwise sit on that task while the next job waits)
+PULL_SECONDS = 60.0
 ACQUIRE = "/flwr.proto.Runtime/AcquireTask"
 
 
@@ -261,7 +265,7 @@ def _pull_message(client: Any, context: Any) -> Any:
         tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
         make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node,
                                                   context.run_id),
-        return_type=Message)
+        return_type=Message, max_time=PULL_SECONDS)
     msg.metadata.__dict__["_message_id"] = tree.object_id
     return msg
 
@@ -454,6 +458,20 @@ def run_status(control: Any, run_id: int) -> tuple[str, str, str]:
 
     st = control.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id].status
     return st.status, st.sub_status, st.details
+
+
+def stop_orphaned_runs(control: Any) -> list[int]:
+    """Mark stopped every run a previous life of this coordinator left starting or running
+    (its ServerApp died with it, so nobody will finish it); returns their ids. Pending runs
+    are left to be claimed as usual."""
+    from flwr.proto.control_pb2 import ListRunsRequest, StopRunRequest
+
+    stopped = []
+    for run_id, run in control.ListRuns(ListRunsRequest()).run_dict.items():
+        if run.status.status in ("starting", "running"):
+            control.StopRun(StopRunRequest(run_id=run_id))
+            stopped.append(int(run_id))
+    return stopped
 
 
 # ---- processes ----

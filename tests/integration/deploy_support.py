@@ -46,6 +46,17 @@ class Processes:
     def get(self, name: str) -> subprocess.Popen[bytes]:
         return next(p for n, p in reversed(self.procs) if n == name)
 
+    def stop_one(self, name: str) -> None:
+        """Ctrl-C to the latest process called `name`, and wait for it to end."""
+        p = self.get(name)
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGINT)
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
     def stop(self) -> None:
         for _, p in self.procs:  # Ctrl-C: each stops its own SuperLink / SuperNode
             if p.poll() is None:
@@ -100,7 +111,8 @@ def kill_node(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def write_policy(root: Path, name: str, sha: str, epsilon_cap: float) -> Path:
+def write_policy(root: Path, name: str, sha: str, epsilon_cap: float,
+                 evaluation: str = "off") -> Path:
     folder = root / name
     folder.mkdir(exist_ok=True)
     path = folder / "policy.toml"
@@ -114,14 +126,14 @@ epsilon_cap = {epsilon_cap}
 delta = 1e-6
 channels = ["secagg"]
 max_parties = 10
-evaluation = "off"
-''', encoding="utf-8")
+evaluation = "{evaluation}"
+''' + ("" if evaluation == "off" else "evaluation_epsilon_cap = 1.0\n"), encoding="utf-8")
     return path
 
 
 def make_consortium(root: Path, parties: Sequence[str], port: int, *,
                     epsilon_cap: float = 10.0, holdout: float = 0.2,
-                    caps: Mapping[str, float] | None = None) -> None:
+                    caps: Mapping[str, float] | None = None, evaluation: str = "off") -> None:
     """keys init, the public schema of ISLR/Default, its rows split at random among the
     parties (a `holdout` share of each kept aside), and each party's policy."""
     res = run(root, "keys", "init", "--out", "consortium", "--coordinator-address",
@@ -136,19 +148,20 @@ def make_consortium(root: Path, parties: Sequence[str], port: int, *,
     owner = rng.integers(0, len(parties), len(pooled))
     held = rng.random(len(pooled)) < holdout
     for i, name in enumerate(parties):
-        write_policy(root, name, sha, (caps or {}).get(name, epsilon_cap))
+        write_policy(root, name, sha, (caps or {}).get(name, epsilon_cap), evaluation)
         pooled[(owner == i) & ~held].to_csv(root / name / "data.csv", index=False)
         pooled[(owner == i) & held].to_csv(root / name / "holdout.csv", index=False)
 
 
 @contextlib.contextmanager
 def running_consortium(root: Path, parties: Sequence[str], *,
-                       caps: Mapping[str, float] | None = None,
+                       caps: Mapping[str, float] | None = None, evaluation: str = "off",
                        ) -> Iterator[tuple[Path, int, Processes]]:
-    """A consortium made in `root` (see make_consortium; `caps`: a party's own ε cap), its
+    """A consortium made in `root` (see make_consortium; `caps`: a party's own ε cap;
+    `evaluation`: what every party's policy allows), its
     coordinator and one node per party running; every process stopped on the way out."""
     port = rt.free_port()
-    make_consortium(root, parties, port, caps=caps)
+    make_consortium(root, parties, port, caps=caps, evaluation=evaluation)
     procs = Processes(root)
     try:
         start_coordinator(procs, port)

@@ -5,6 +5,7 @@ submitted with `fedsynth run`. Every process is started and stopped by the test.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from deploy_support import (  # this folder is on the path: pytest rootdir-relat
     Processes,
     run,
     running_consortium,
+    wait_for,
 )
 
 from fedsynth.protocols import flower_runtime as rt
@@ -28,17 +30,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, Processes]]:
     # bank_c allows little: the refusal test needs it
     with running_consortium(tmp_path_factory.mktemp("deploy"), PARTIES,
-                            caps={"bank_c": 0.05}) as c:
+                            caps={"bank_c": 0.05}, evaluation="dp") as c:
         yield c
 
 
-def _job(root: Path, name: str, epsilon: float) -> Path:
+def _job(root: Path, name: str, epsilon: float, extra: str = "") -> Path:
     path = root / f"{name}.toml"
     path.write_text(f'''schema = "schema.json"
 parties = ["bank_a", "bank_b", "bank_c"]
 epsilon = {epsilon}
 delta = 1e-6
-''', encoding="utf-8")
+{extra}''', encoding="utf-8")
     return path
 
 
@@ -99,3 +101,50 @@ def test_other_app_bundle_is_refused(consortium: tuple[Path, int, Processes]) ->
         control.close()
     assert st[1] == "failed", st
     assert "refused" in st[2], st
+
+
+def test_unregistered_node_is_refused(consortium: tuple[Path, int, Processes]) -> None:
+    """A node whose authentication key the coordinator never registered (here: bank_a's
+    folder with a fresh node key) is refused by the SuperLink; the node says so and retries,
+    and never joins a job."""
+    root, port, procs = consortium
+    impostor = root / "impostor"
+    shutil.copytree(root / "consortium" / "bank_a", impostor)
+    fresh = run(root, "keys", "party", "--name", "bank_a", "--out", "fresh-keys")
+    assert fresh.returncode == 0, fresh.stderr
+    for f in ("node-auth.key", "node-auth.pub"):
+        shutil.copy2(root / "fresh-keys" / f, impostor / f)
+    procs.start("impostor", "node", "start", "--coordinator", f"127.0.0.1:{port}",
+                "--keys", "impostor", "--policy", "bank_a/policy.toml")
+    log = root / "impostor.log"
+    waited = wait_for(log, r"the SuperNode stopped .*retrying", 60)
+    assert waited is not None, procs.logs()
+    text = log.read_text()
+    assert "joined job" not in text
+    supernode = (root / "bank_a" / "supernode.log").read_text(errors="replace")
+    assert "not registered" in supernode.lower() or "2004" in supernode \
+        or "permission" in supernode.lower() or "unauthenticated" in supernode.lower(), \
+        supernode[-2000:]
+    procs.stop_one("impostor")
+
+
+def test_job_with_federated_evaluation(consortium: tuple[Path, int, Processes]) -> None:
+    """`evaluate = true`: the parties score the synthetic table on their held-out rows (DP,
+    charged to each party's evaluation budget) and the report carries it. ε is small: bank_c
+    has 0.01 of its 0.05 left after the first test."""
+    root, port, procs = consortium
+    _job(root, "job_eval", 0.005, "evaluate = true\nevaluation_epsilon = 0.5\n")
+    res = run(root, "run", "job_eval.toml", "--coordinator", f"127.0.0.1:{port}",
+              "--keys", "consortium", "--out", "runs/evaluated")
+    assert res.returncode == 0, res.stdout + res.stderr + procs.logs()
+    folder = root / "outputs" / "runs" / "evaluated"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert "evaluation_error" not in metrics, metrics["evaluation_error"]
+    ev = metrics["evaluation"]
+    assert ev["mode"] == "federated" and ev["real_side"] == "held_out", ev
+    assert sorted(ev["parties"]) == [1, 2, 3], ev
+    assert "held-out" in (folder / "report.html").read_text()
+    for name in PARTIES:
+        lines = (root / name / "ledger.jsonl").read_text().splitlines()
+        budgets = [e.get("budget") for e in map(json.loads, lines) if e.get("kind") == "release"]
+        assert "evaluation" in budgets, budgets
