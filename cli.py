@@ -125,8 +125,10 @@ def _parser() -> argparse.ArgumentParser:
                    "sweep's ε add up) and add a privacy-utility curve to the report")
     s.add_argument("--delta", type=float, default=1e-6, metavar="δ", help="δ")
     s.add_argument("--channel", default="secagg", choices=channels.names(),
-                   help="secagg: secure aggregation; plain: unprotected, the coordinator "
-                   "sees each party's noisy counts (simulation only)")
+                   help="secagg: secure aggregation (pairwise masks); he: homomorphic "
+                   "encryption (TenSEAL BFV) with a separate key holder, one round trip per "
+                   "measurement; plain: unprotected, the coordinator sees each party's noisy "
+                   "counts (simulation only)")
     s.add_argument("--threshold", type=_count("parties", 2), metavar="T",
                    help="t: fewest parties that must survive (default: 80%% of the parties, "
                    "at least the secure minimum)")
@@ -215,6 +217,9 @@ def _parser() -> argparse.ArgumentParser:
                     "names HOST)")
     ki.add_argument("--parties", nargs="+", required=True, metavar="NAME",
                     help="the parties' names, two or more")
+    ki.add_argument("--key-holders", nargs="+", default=[], metavar="NAME",
+                    help="key holders for the he channel (each runs `fedsynth keyholder "
+                    "start`; never the coordinator's machine)")
     kp = ks.add_parser(
         "party", formatter_class=_Help,
         help="make one party's own secret keys, so the operator never holds them",
@@ -255,6 +260,27 @@ def _parser() -> argparse.ArgumentParser:
                     "consortium.toml)")
     ns.add_argument("--policy", type=Path, required=True, metavar="FILE",
                     help="the party's policy (TOML); check it with `fedsynth node check`")
+
+    kh = sub.add_parser("keyholder", help="the he channel's key holder",
+                        formatter_class=_Help)
+    khs = kh.add_subparsers(dest="keyholder_command", required=True, metavar="COMMAND")
+    khst = khs.add_parser(
+        "start", formatter_class=_Help,
+        help="run a key holder: make each he job's key pair and decrypt each round's sum once",
+        description="Start the key holder's Flower SuperNode (TLS, its node key, process "
+        "isolation) and its runtime: for each job over the he channel it makes a fresh key "
+        "pair, hands the coordinator the public context signed with its identity key, and "
+        "decrypts each round's sum of at least t parties' ciphertexts once. Run it on a "
+        "machine the coordinator's operator does not control: together they could decrypt "
+        "each party's contribution (README, threat model). It only dials out; it runs until "
+        "Ctrl-C. The SuperNode's log goes to supernode.log in --keys.",
+        epilog="examples:\n  fedsynth keyholder start --coordinator link.example.org:9443 "
+        "--keys consortium/kh\n\n" + EXIT_CODES)
+    khst.add_argument("--coordinator", required=True, metavar="HOST:PORT",
+                      help="the coordinator's address (consortium.toml's `coordinator`)")
+    khst.add_argument("--keys", type=Path, required=True, metavar="FOLDER",
+                      help="the key holder's folder from `fedsynth keys init --key-holders` "
+                      "(node-auth.key, identity.key, ca.pem, consortium.toml)")
 
     co = sub.add_parser("coordinator", help="the consortium's coordinator",
                         formatter_class=_Help)
@@ -320,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "node":
                 return _node_start(args) if args.node_command == "start" \
                     else _node_check(args)
+            if args.command == "keyholder":
+                return _keyholder_start(args)
             if args.command == "coordinator":
                 return _coordinator_start(args)
             if args.command == "run":
@@ -418,11 +446,12 @@ def _keys_init(args: argparse.Namespace) -> int:
     from fedsynth.crypto.keyfiles import init_consortium
 
     _new_key_folder(args.out)
-    init_consortium(args.out, args.coordinator_address, list(args.parties))  # KeyFileError
+    init_consortium(args.out, args.coordinator_address, list(args.parties),  # KeyFileError
+                    list(args.key_holders))
     for name in args.parties:
         (args.out / name / "policy.toml").write_text(template(name), encoding="utf-8")
     print(f"wrote {args.out}/: ca.pem, ca.key (keep it offline), coordinator/, "
-          f"{', '.join(n + '/' for n in args.parties)}")
+          f"{', '.join(n + '/' for n in [*args.parties, *args.key_holders])}")
     print("hand each party its folder over a secure channel; each fills in its policy.toml")
     return 0
 
@@ -471,6 +500,17 @@ def _node_start(args: argparse.Namespace) -> int:
     try:
         start_node(args.coordinator, args.keys, args.policy)
     except (PolicyFileError, NodeStartError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    return 0
+
+
+def _keyholder_start(args: argparse.Namespace) -> int:
+    from fedsynth.client_node.deploy import NodeStartError, start_key_holder
+
+    try:
+        start_key_holder(args.coordinator, args.keys)
+    except NodeStartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     return 0

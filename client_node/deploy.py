@@ -24,13 +24,15 @@ from flwr.supercore.constant import TaskType
 
 from fedsynth import scratch
 from fedsynth.client_node.app import make_client_app
+from fedsynth.client_node.keyholder import KeyHolderPolicy
 from fedsynth.client_node.node import NodePolicy
 from fedsynth.client_node.policy_file import load_policy
 from fedsynth.crypto.keyfiles import CA_CERT, NODE_KEY
 from fedsynth.protocols import flower_runtime as rt
 
 log = logging.getLogger("fedsynth.deploy")
-_policy: dict[str, NodePolicy] = {}  # set by start_node: this party's policy, read locally
+# set by start_node / start_key_holder: this node's policy, read on this machine only
+_policy: dict[str, NodePolicy | KeyHolderPolicy] = {}
 
 
 RESTART_SECONDS = 5.0  # first wait before restarting a SuperNode that stopped
@@ -40,7 +42,7 @@ class NodeStartError(RuntimeError):
     """The node could not start; the message says why and how to fix it."""
 
 
-def _policy_for(context: Context) -> NodePolicy:
+def _policy_for(context: Context) -> NodePolicy | KeyHolderPolicy:
     pol = _policy.get("policy")
     if pol is None:
         raise RuntimeError("this party runtime has no policy loaded")
@@ -57,17 +59,59 @@ def start_node(coordinator: str, keys_dir: Path, policy_path: Path, *,
     """Run the party's node until `stop` is set (or SIGTERM / Ctrl-C). Raises
     PolicyFileError for a bad policy, NodeStartError when the SuperNode cannot run."""
     rt.check_flower_version()
-    rt.quiet_flower()
     keys_dir = Path(keys_dir)
     policy = load_policy(policy_path, keys=keys_dir)
+    _serve(coordinator, keys_dir, policy, policy.party_name,
+           Path(log_file or Path(policy_path).resolve().parent / "supernode.log"), ready, stop)
+
+
+def start_key_holder(coordinator: str, keys_dir: Path, *, log_file: Path | None = None,
+                     ready: threading.Event | None = None,
+                     stop: threading.Event | None = None) -> None:
+    """Run the he channel's key holder until `stop` (or SIGTERM / Ctrl-C): a node of the
+    federation like a party's, answering with the installed key-holder app
+    (client_node.keyholder) under its own identity key. Its name is the one consortium.toml
+    lists for that key under [key_holders]. Raises NodeStartError when it cannot run."""
+    from fedsynth.crypto.keyfiles import (
+        CONSORTIUM,
+        IDENTITY_KEY,
+        Consortium,
+        KeyFileError,
+        read_identity,
+    )
+    from fedsynth.crypto.keys import public_identity
+
+    rt.check_flower_version()
+    keys_dir = Path(keys_dir)
+    try:
+        cons = Consortium.load(keys_dir / CONSORTIUM)
+        identity = read_identity(keys_dir / IDENTITY_KEY)
+    except KeyFileError as exc:
+        raise NodeStartError(str(exc)) from None
+    mine = public_identity(identity)
+    names = [n for n, key in cons.key_holders.items() if key == mine]
+    if not names:
+        raise NodeStartError(f"--keys {keys_dir}: this identity key is not a key holder's in "
+                             f"{CONSORTIUM} (its key holders: "
+                             f"{', '.join(cons.key_holders) or 'none'}); give the key holder's "
+                             "folder from `fedsynth keys init --key-holders`")
+    policy = KeyHolderPolicy(name=names[0], identity_key=identity)
+    _serve(coordinator, keys_dir, policy, f"key holder {names[0]}",
+           Path(log_file or keys_dir / "supernode.log"), ready, stop)
+
+
+def _serve(coordinator: str, keys_dir: Path, policy: NodePolicy | KeyHolderPolicy, who: str,
+           log_file: Path, ready: threading.Event | None,
+           stop: threading.Event | None) -> None:
+    """A SuperNode for this node and its runtime answering with the installed app."""
+    rt.quiet_flower()
     for need in (keys_dir / NODE_KEY, keys_dir / CA_CERT):
         if not need.is_file():
-            raise NodeStartError(f"--keys {keys_dir}: missing {need.name}; give the party's "
+            raise NodeStartError(f"--keys {keys_dir}: missing {need.name}; give the member's "
                                  "folder from `fedsynth keys init`")
     _policy["policy"] = policy
     _, pin = rt.fedsynth_fab()
     stop = stop or threading.Event()
-    log_file = Path(log_file or Path(policy_path).resolve().parent / "supernode.log")
     with scratch.folder("fedsynth-node-") as tmp:
         secret = rt.write_secret_file(tmp)
         port = rt.free_port()
@@ -94,7 +138,7 @@ def start_node(coordinator: str, keys_dir: Path, policy_path: Path, *,
                 ep, TaskType.CLIENT_APP, rt.client_task(ep, client_app, {pin}), stop))
             runtime.start()
             log.info("node of %s: connecting to %s (fedsynth %s, app bundle sha256 %s); "
-                     "SuperNode log %s", policy.party_name, coordinator, rt.fedsynth_version(),
+                     "SuperNode log %s", who, coordinator, rt.fedsynth_version(),
                      pin, log_file)
             if ready is not None:
                 ready.set()

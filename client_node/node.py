@@ -12,7 +12,10 @@ both for one party and round); every reply signed by its identity key. A round's
 deleted as soon as it has masked that round's vector. Raw rows, unnoised or unmasked counts
 never leave (except under an unprotected channel, "plain", which a party only accepts when its
 policy lists it, i.e. in tests and simulations; protocols.channels declares what each channel
-shows the coordinator).
+shows the coordinator). Under the he channel the noised vector leaves encrypted under the key
+holder's public context instead of masked; the party checks at setup that the context carries
+the identity signature, for this job, of the key holder the spec names, which its policy must
+list (`key_holders`), so a coordinator cannot substitute a context whose secret key it holds.
 
 What a refusal tells the coordinator: the kind of problem and, for data problems, the column
 (never counts, values, row or line numbers, or the names of the party's own extra columns: an
@@ -42,7 +45,7 @@ import numpy as np
 
 from fedsynth.client_node.data import DataFileError, read_table
 from fedsynth.client_node.ledger import BudgetExceeded, Ledger, LimitReached
-from fedsynth.crypto import noise, secagg
+from fedsynth.crypto import he, noise, secagg
 from fedsynth.crypto.keys import public_identity, sign_key, sign_round, verify_key, verify_round
 from fedsynth.evaluation.plan import EvalOptions, EvalOptionsError, EvaluationPlan
 from fedsynth.evaluation.statistics import node_statistics
@@ -51,7 +54,7 @@ from fedsynth.protocols import channels
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import ProtocolError, pack, refusal, sign, unpack
 from fedsynth.protocols.secure_sum import party_measure_reply, verified_mask_keys
-from fedsynth.protocols.spec import JobSpec, JobSpecError, schema_sha256
+from fedsynth.protocols.spec import JobSpec, JobSpecError, schema_sha256, spec_digest
 from fedsynth.synthesis import marginals
 from fedsynth.synthesis.encoding import Encoding, Grouping
 from fedsynth.synthesis.schema import DataValidationError, Schema, SchemaError, validate_frame
@@ -103,7 +106,9 @@ class NodePolicy:
     pins the public schema (`protocols.spec.schema_sha256`): a job with another schema is
     refused before the data is read. `assume_colluders` is how many parties this party assumes
     may collude with the coordinator: a job claiming fewer colluders would size this party's
-    noise share for more honest survivors than it believes in, and is refused.
+    noise share for more honest survivors than it believes in, and is refused. `key_holders`
+    lists the identity keys of the key holders it accepts for channels with a key holder (he):
+    one that must not collude with the coordinator, in this party's own judgement.
     """
 
     data_path: Path
@@ -115,6 +120,7 @@ class NodePolicy:
     consortium: Mapping[str, bytes]
     schema_sha256: str
     channels: tuple[str, ...] = ("secagg",)
+    key_holders: frozenset[bytes] = field(default=frozenset(), repr=False)
     assume_colluders: int = 0
     max_parties: int = 1000
     max_setups_per_hour: int = 60
@@ -187,7 +193,7 @@ class Node:
                     else:
                         reply = self._unmask(env, session)
             except (ProtocolError, JobSpecError, SchemaError, BudgetExceeded,
-                    secagg.SecAggError, EvalOptionsError) as exc:
+                    secagg.SecAggError, EvalOptionsError, he.HEError) as exc:
                 raise Refused(str(exc), list(getattr(exc, "problems", []))) from exc
             except DataValidationError as exc:
                 log.warning("party's data does not match the job's schema: %s", exc)
@@ -237,6 +243,9 @@ class Node:
         if spec.channel not in pol.channels:
             out.append(f"channel {spec.channel!r} is not allowed by this party's policy "
                        f"(allowed: {', '.join(pol.channels)})")
+        if channels.get(spec.channel).key_holder and spec.key_holder not in pol.key_holders:
+            out.append(f"the job's key holder (identity {spec.key_holder.hex()[:12]}...) is not "
+                       "one this party's policy accepts (key_holders)")
         if spec.delta > pol.delta:
             out.append(f"job δ={spec.delta} is above this party's δ={pol.delta}")
         if spec.epsilon > pol.epsilon_cap:
@@ -260,6 +269,13 @@ class Node:
             raise JobSpecError("the job is outside this party's policy: " + "; ".join(problems))
         if not 0 < len(env.job_id) <= 64:
             raise ProtocolError("a job id must have 1 to 64 characters")
+        context = b""
+        if channels.get(spec.channel).key_holder:  # signed for this job by the listed holder
+            context = bytes(env.setup_request.he_context)
+            he.verify_public_context(env.job_id, context,
+                                     env.setup_request.he_context_signature, spec.key_holder,
+                                     channels.HE_PARAMS,
+                                     spec_digest(env.setup_request.spec))
         if any(a.get("job_id") == env.job_id for a in self._ledger().audits("setup")):
             raise ProtocolError(f"job {env.job_id} was set up at this party before; a job id "
                                 "is used once")
@@ -278,6 +294,8 @@ class Node:
                    "spec": base64.b64encode(env.setup_request.spec.SerializeToString()).decode(),
                    "private": keys.private.hex(), "public": keys.public.hex(), "publics": {},
                    "rounds": {}, "mask_keys": {}, "step": env.step}
+        if context:
+            session["he_context"] = base64.b64encode(context).decode()
         out = pb.Envelope(job_id=env.job_id, step=env.step, party=env.party)
         out.setup_reply.public_key = keys.public
         out.setup_reply.key_signature = sign_key(self.policy.identity_key, job_id=env.job_id,
@@ -322,7 +340,8 @@ class Node:
             participants=opened.participants, threshold=spec.threshold,
             private=bytes.fromhex(session["private"]), publics=publics,
             mask_private=opened.mask_private, mask_publics=opened.mask_publics,
-            identity_key=self.policy.identity_key, request_digest=bytes.fromhex(digest))
+            identity_key=self.policy.identity_key, request_digest=bytes.fromhex(digest),
+            public_context=base64.b64decode(session.get("he_context", "")))
         if channels.get(spec.channel).round_keys:
             session.setdefault("mask_keys", {})[str(round_id + 1)] = next_key.hex()
         reply.seeded_noise = self.policy.noise_seed is not None
@@ -378,6 +397,8 @@ class Node:
         (and release) them only if it answered the very same request."""
         req = env.confirm_request
         spec = self._spec(session)
+        if not channels.get(spec.channel).follow_up:
+            raise ProtocolError(f"a job over the {spec.channel} channel has no confirm step")
         rnd = session["rounds"].get(str(req.round))
         if rnd is None or not rnd.get("answered"):
             raise ProtocolError(f"round {req.round} was never measured by this party")

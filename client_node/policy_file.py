@@ -14,7 +14,8 @@ Example (`fedsynth keys init` writes one per party, to fill in):
     schema_sha256 = "..."                  # the one public schema this party takes part with
     epsilon_cap = 3.0                      # total ε over all jobs on these rows
     delta = 1e-6
-    channels = ["secagg"]
+    channels = ["secagg"]                  # or ["secagg", "he"]
+    key_holders = []                       # he channel: the key holders this party accepts
     assume_colluders = 0                   # parties that may collude with the coordinator
     max_parties = 10
     evaluation = "dp"                      # off | dp | exact
@@ -46,7 +47,7 @@ CHANNELS = registered_channels()  # what a policy may list: the registered chann
 EVALUATION = ("off", "dp", "exact")
 REQUIRED = ("party", "data", "ledger", "schema_sha256", "epsilon_cap", "delta")
 KNOWN = {*REQUIRED, "keys", "holdout", "channels", "assume_colluders", "max_parties", "evaluation",
-         "evaluation_epsilon_cap", "max_evaluations", "max_setups_per_hour"}
+         "evaluation_epsilon_cap", "max_evaluations", "max_setups_per_hour", "key_holders"}
 
 
 class PolicyFileError(FileProblems):
@@ -122,6 +123,19 @@ def load_policy(path: Path, *, keys: Path | None = None) -> NodePolicy:
     if consortium is not None and party and party not in consortium.identities:
         problems.append(f"party {party!r} is not in {keys}/{CONSORTIUM} (it lists "
                         f"{', '.join(consortium.identities)})")
+    holders = doc.get("key_holders", [])
+    if not isinstance(holders, list) or not all(isinstance(h, str) for h in holders):
+        problems.append("'key_holders' must be a list of key holders' names from "
+                        "consortium.toml, e.g. [\"kh\"]")
+        holders = []
+    if consortium is not None:
+        unknown = [h for h in holders if h not in consortium.key_holders]
+        if unknown:
+            problems.append(f"'key_holders' {unknown} are not key holders in {keys}/{CONSORTIUM}"
+                            f" (it lists {', '.join(consortium.key_holders) or 'none'})")
+    if "he" in channels and not holders:
+        problems.append("'channels' allows \"he\" but 'key_holders' is empty: list the key "
+                        "holders this party accepts (a job over he names one)")
     if problems:
         raise PolicyFileError(path, problems)
     assert data is not None and ledger is not None and consortium is not None
@@ -131,7 +145,9 @@ def load_policy(path: Path, *, keys: Path | None = None) -> NodePolicy:
                       assume_colluders=colluders, max_parties=max_parties,
                       max_setups_per_hour=setups, evaluation=evaluation,
                       evaluation_epsilon_cap=ev_cap, max_evaluations=max_evals,
-                      holdout_path=holdout)
+                      holdout_path=holdout,
+                      key_holders=frozenset(consortium.key_holders[h] for h in holders
+                                            if h in consortium.key_holders))
 
 
 class _Getter:
@@ -210,7 +226,8 @@ ledger = "ledger.jsonl"                   # every release this party makes, kept
 schema_sha256 = "SET-ME"                  # fedsynth schema hash SCHEMA.json
 epsilon_cap = 1.0                         # total ε over all jobs on these rows
 delta = 1e-6
-channels = ["secagg"]
+channels = ["secagg"]                     # add "he" to take part over homomorphic encryption
+# key_holders = ["kh"]                    # he: the key holders (consortium.toml) accepted
 assume_colluders = 0                      # parties that may collude with the coordinator
 max_parties = 100
 evaluation = "off"                        # off | dp | exact (exact is not DP)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedsynth.protocols.messages import HELLO_KEY, RECORD_KEY
+from fedsynth.protocols.messages import HELLO_KEY, KEY_HOLDER, KEY_HOLDER_HELLO, RECORD_KEY
 from fedsynth.protocols.secure_sum import RoundFailed
 
 
@@ -21,12 +21,17 @@ class GridTransport:
     spec names each party with its identity key, and every reply is signed with it).
 
     Waits up to `wait` seconds for every party's node, then goes on with those connected if
-    they are at least `minimum` (default: all); the job decides whether that is enough."""
+    they are at least `minimum` (default: all); the job decides whether that is enough.
+
+    With `key_holder` (the he channel's key holder's name), the node that answers the hello
+    as that key holder is reached as party `KEY_HOLDER` (0); `parties()` lists only 1..n. Its
+    answer is a routing hint too: the key holder's replies carry its identity signature, which
+    the coordinator and every party check against the key holder the spec names."""
 
     def __init__(self, grid: Grid, names: Sequence[str], *, wait: float = 120.0,
-                 minimum: int | None = None) -> None:
+                 minimum: int | None = None, key_holder: str | None = None) -> None:
         self.grid = grid
-        expected = len(names)
+        expected = len(names) + (key_holder is not None)
         deadline = time.monotonic() + wait
         ids: list[int] = []
         while time.monotonic() < deadline:
@@ -44,17 +49,21 @@ class GridTransport:
         for reply in grid.send_and_receive(hello, timeout=wait):
             record = None if reply.has_error() else reply.content.config_records.get(HELLO_KEY)
             name = record.get("party") if record is not None else None
+            holder = record.get(KEY_HOLDER_HELLO) if record is not None else None
             if isinstance(name, str) and name in index and index[name] not in self.node_of:
                 self.node_of[index[name]] = reply.metadata.src_node_id
+            elif key_holder is not None and holder == key_holder \
+                    and KEY_HOLDER not in self.node_of:
+                self.node_of[KEY_HOLDER] = reply.metadata.src_node_id
         self.party_of = {nid: p for p, nid in self.node_of.items()}
 
     def parties(self) -> list[int]:
-        return sorted(self.node_of)
+        return sorted(p for p in self.node_of if p != KEY_HOLDER)
 
     def exchange(self, requests: Mapping[int, bytes], *, timeout: float) -> dict[int, bytes]:
         msgs = [Message(RecordDict({RECORD_KEY: ConfigRecord({"payload": data})}),
                         dst_node_id=self.node_of[p], message_type="query")
-                for p, data in requests.items()]
+                for p, data in requests.items() if p in self.node_of]  # else: no answer
         out: dict[int, bytes] = {}
         for reply in self.grid.send_and_receive(msgs, timeout=timeout):
             if reply.has_error():
@@ -67,12 +76,14 @@ class GridTransport:
         return out
 
 
-def make_server_app(job: Callable[[GridTransport], None], names: Sequence[str]) -> ServerApp:
-    """A ServerApp that waits for the parties (named as in the job spec) and runs `job`."""
+def make_server_app(job: Callable[[GridTransport], None], names: Sequence[str], *,
+                    key_holder: str | None = None) -> ServerApp:
+    """A ServerApp that waits for the parties (named as in the job spec) and, with
+    `key_holder`, for the key holder's node, and runs `job`."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        job(GridTransport(grid, names))
+        job(GridTransport(grid, names, key_holder=key_holder))
 
     return app

@@ -40,6 +40,7 @@ from fedsynth.crypto.keyfiles import CA_CERT, CONSORTIUM, SERVER_CERT, SERVER_KE
 from fedsynth.evaluation.output import check_out, write_folder
 from fedsynth.evaluation.report import render_or_none
 from fedsynth.protocols import flower_runtime as rt
+from fedsynth.protocols.messages import KEY_HOLDER
 
 log = logging.getLogger("fedsynth.coordinator")
 _consortium: dict[str, Consortium] = {}  # set by start_coordinator: this coordinator's list
@@ -96,7 +97,11 @@ def _run(grid: Grid, context: Context) -> None:
             ", ".join(job.spec.party_names), job.spec.epsilon, job.spec.delta, out)
         # a party whose node is not connected is missing from the job, as one that drops out
         # later is; the job goes on if the others still reach the threshold
-        transport = GridTransport(grid, job.spec.party_names, minimum=job.spec.threshold)
+        transport = GridTransport(grid, job.spec.party_names, minimum=job.spec.threshold,
+                                  key_holder=job.key_holder)
+        if job.key_holder is not None and KEY_HOLDER not in transport.node_of:
+            raise RuntimeError(f"the key holder {job.key_holder!r} did not answer (is "
+                               "`fedsynth keyholder start` running and connected?)")
         missing = [n for i, n in enumerate(job.spec.party_names, 1)
                    if i not in transport.node_of]
         if len(missing) > len(job.spec.party_names) - job.spec.threshold:

@@ -5,6 +5,13 @@ parties' keys for round r + 1, which the Exchange keeps in `round_keys`. Before 
 whose keys it does not hold for every participant (the job's first one), `secure_sum_of` asks
 the parties without one for it in an extra exchange (mask_keys_request); a party that does not
 deliver a usable key sits that round out.
+
+Under a channel with a key holder (he), the key holder is party `KEY_HOLDER` (0) of the
+Exchange: `setup_request` first asks it for the job's public context (verified against the
+key holder's identity in the spec) and hands that to the parties with the setup request; each
+round then ends with one decrypt request to the key holder for the contributors' summed
+ciphertext instead of the confirm and unmask exchanges. The coordinator only ever holds the
+public context: it adds ciphertexts, it cannot decrypt them.
 """
 
 from __future__ import annotations
@@ -15,12 +22,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedsynth.crypto import he
 from fedsynth.crypto.keys import verify_key
 from fedsynth.errors import JobStopped
 from fedsynth.protocols import channels
 from fedsynth.protocols import fedsynth_pb2 as pb
-from fedsynth.protocols.messages import PartyRefused, ProtocolError, pack, unpack, verify
+from fedsynth.protocols.messages import (
+    KEY_HOLDER,
+    PartyRefused,
+    ProtocolError,
+    pack,
+    unpack,
+    verify,
+)
 from fedsynth.protocols.secure_sum import CoordinatorRound, RoundFailed, RoundKeys
+from fedsynth.protocols.spec import JobSpec, spec_digest
 from fedsynth.protocols.transport import Transport
 from fedsynth.synthesis.encoding import Grouping
 
@@ -45,6 +61,7 @@ class Exchange:
     identities: Mapping[int, bytes] = field(default_factory=dict)  # party -> identity key
     bytes_sent: dict[int, int] = field(default_factory=dict)  # party -> bytes it sent us
     round_keys: dict[int, RoundKeys] = field(default_factory=dict)  # round -> its mask keys
+    he_context: he.PublicContext | None = None  # the key holder's public context (he)
 
     def call(self, bodies: Mapping[int, tuple[str, object]], expect: str) -> dict[int, pb.Envelope]:
         """Send one request per party; return the valid replies (missing = dropped)."""
@@ -62,13 +79,14 @@ class Exchange:
                 log.warning("ignored an unsolicited reply from party %d", p)
                 continue
             self.bytes_sent[p] = self.bytes_sent.get(p, 0) + len(data)
+            who = "the key holder" if p == KEY_HOLDER else f"party {p}"
             try:
-                env = unpack(data, sender=f"party {p}", expect=expect, job_id=self.job_id,
+                env = unpack(data, sender=who, expect=expect, job_id=self.job_id,
                              after_step=self.step - 1)
                 if env.step != self.step or env.party != p:
-                    raise ProtocolError(f"party {p}: reply is for step {env.step} / party "
+                    raise ProtocolError(f"{who}: reply is for step {env.step} / party "
                                         f"{env.party}, expected step {self.step} / party {p}")
-                verify(env, self.identities.get(p, b""), sender=f"party {p}")
+                verify(env, self.identities.get(p, b""), sender=who)
                 if expect == "setup_reply" and not verify_key(
                         self.identities[p], env.setup_reply.key_signature, job_id=self.job_id,
                         party=p, public_key=env.setup_reply.public_key):
@@ -78,7 +96,7 @@ class Exchange:
                 refused[p] = r
                 continue
             except ProtocolError as exc:
-                log.warning("%s; the party is treated as dropped for this step", exc)
+                log.warning("%s; treated as no answer for this step", exc)
                 continue
             replies[p] = env
         if refused:
@@ -92,6 +110,31 @@ class PartyKeys:
 
     publics: dict[int, bytes]
     signatures: dict[int, bytes]
+
+
+def setup_request(ex: Exchange, spec: JobSpec) -> pb.SetupRequest:
+    """The parties' setup request. Under a channel with a key holder, the key holder is asked
+    first for the job's key pair; its public context, checked here against the key holder's
+    identity in the spec (as each party checks it again), goes to the parties with the spec,
+    and the coordinator keeps it (`ex.he_context`) to add ciphertexts."""
+    req = pb.SetupRequest(spec=spec.to_proto())
+    if not channels.get(spec.channel).key_holder:
+        return req
+    ex.identities = {**ex.identities, KEY_HOLDER: spec.key_holder}
+    got = ex.call({KEY_HOLDER: ("key_setup_request", pb.KeyHolderSetupRequest(
+        spec=spec.to_proto()))}, "key_setup_reply")
+    if KEY_HOLDER not in got:
+        raise RoundFailed(f"the key holder did not answer the setup of channel {spec.channel}; "
+                          "check that the key holder's node is running and reachable")
+    reply = got[KEY_HOLDER].key_setup_reply
+    try:
+        ex.he_context = he.verify_public_context(ex.job_id, reply.context, reply.signature,
+                                                 spec.key_holder, channels.HE_PARAMS,
+                                                 spec_digest(req.spec))
+    except he.HEError as exc:
+        raise RoundFailed(f"the key holder's public context is not usable: {exc}") from exc
+    req.he_context, req.he_context_signature = reply.context, reply.signature
+    return req
 
 
 def secure_sum(ex: Exchange, *, round_id: int, label: str, channel: str, threshold: int,
@@ -121,7 +164,8 @@ def secure_sum_of(ex: Exchange, body: str, req: pb.MeasureRequest | pb.EvaluateR
     also carries every participant's signed mask key for this round; participants without
     one (none after the first round, in a job whose rounds are numbered 1, 2, ...) are left
     out of the round, and the request's participant list says so. A channel without a
-    follow-up exchange (plain) sums the measure replies at once."""
+    follow-up exchange (plain) sums the measure replies at once; a channel with a key holder
+    (he) adds the contributors' ciphertexts and has the key holder decrypt that one sum."""
     ch = channels.get(channel)
     round_keys = None
     if ch.setup_keys:
@@ -145,7 +189,8 @@ def secure_sum_of(ex: Exchange, body: str, req: pb.MeasureRequest | pb.EvaluateR
         round_keys.fill(req, participants)
     rnd = CoordinatorRound(round_id=round_id, channel=channel, participants=list(participants),
                            length=length, threshold=threshold, job_id=ex.job_id,
-                           keys=round_keys, identities=ex.identities)
+                           keys=round_keys, identities=ex.identities,
+                           he_context=ex.he_context)
     replies = ex.call({p: (body, req) for p in participants}, "measure_reply")
     survivors = rnd.collect({p: e.measure_reply for p, e in replies.items()})
     if rnd.dropped:
@@ -153,6 +198,8 @@ def secure_sum_of(ex: Exchange, body: str, req: pb.MeasureRequest | pb.EvaluateR
                     label, rnd.dropped, len(survivors))
     ledgers = {p: e.measure_reply.ledger_epsilon for p, e in replies.items()}
     seeded = sorted(p for p, e in replies.items() if e.measure_reply.seeded_noise)
+    if ch.key_holder:
+        rnd.decryption = decrypt_at_key_holder(ex, ch.decrypt_request(rnd))
     if not ch.follow_up:
         return RoundResult(rnd.finish({}), survivors, survivors, ledgers, seeded)
     confirm = pb.ConfirmRequest(round=round_id, survivors=survivors)
@@ -171,6 +218,16 @@ def secure_sum_of(ex: Exchange, body: str, req: pb.MeasureRequest | pb.EvaluateR
         # the next round asks those who finished this one and announced a usable key for it
         responsive = [p for p in responsive if p in rnd.next_keys.publics]
     return RoundResult(total, survivors, responsive, ledgers, seeded)
+
+
+def decrypt_at_key_holder(ex: Exchange, req: pb.DecryptRequest) -> pb.DecryptReply:
+    """The key holder's decryption of one round's summed ciphertext (asked once per round)."""
+    got = ex.call({KEY_HOLDER: ("decrypt_request", req)}, "decrypt_reply")
+    if KEY_HOLDER not in got:
+        raise RoundFailed(f"round {req.round}: the key holder did not answer the decrypt "
+                          "request; the job stops (the key holder decrypts a round once)")
+    reply: pb.DecryptReply = got[KEY_HOLDER].decrypt_reply
+    return reply
 
 
 def distribute_mask_keys(ex: Exchange, *, round_id: int, participants: Sequence[int],

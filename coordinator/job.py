@@ -25,7 +25,13 @@ import numpy as np
 import pandas as pd
 
 from fedsynth.coordinator.evaluation import federated_evaluation
-from fedsynth.coordinator.exchange import Exchange, JobRefused, PartyKeys, secure_sum
+from fedsynth.coordinator.exchange import (
+    Exchange,
+    JobRefused,
+    PartyKeys,
+    secure_sum,
+    setup_request,
+)
 from fedsynth.crypto.accountant import (
     Accountant,
     StepBudget,
@@ -37,7 +43,7 @@ from fedsynth.evaluation.meter import StepMeter
 from fedsynth.evaluation.plan import EvalOptions, EvalOptionsError
 from fedsynth.progress import task as step_progress
 from fedsynth.protocols import channels
-from fedsynth.protocols import fedsynth_pb2 as pb
+from fedsynth.protocols.messages import KEY_HOLDER
 from fedsynth.protocols.secure_sum import RoundFailed
 from fedsynth.protocols.spec import JobSpec
 from fedsynth.protocols.transport import Transport
@@ -83,6 +89,7 @@ class JobResult:
     steps: list[dict[str, Any]] = field(default_factory=list)  # time, memory, rows per step
     evaluation: dict[str, Any] | None = None  # the federated evaluation's measures
     evaluation_error: str | None = None  # why the evaluation did not finish (table unaffected)
+    bytes_from_key_holder: int = 0  # he channel: what the key holder sent the coordinator
 
 
 @dataclass
@@ -151,7 +158,7 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     meter.begin("setup")
     say(f"setup: {len(parties)} parties, channel {spec.channel}, t={spec.threshold}, "
         f"c={spec.colluders}")
-    setup = pb.SetupRequest(spec=spec.to_proto())
+    setup = setup_request(ex, spec)  # the key holder's public context first, if any
     replies = ex.call({p: ("setup_request", setup) for p in parties}, "setup_reply")
     keys = PartyKeys({p: e.setup_reply.public_key for p, e in replies.items()},
                      {p: e.setup_reply.key_signature for p, e in replies.items()})
@@ -244,8 +251,9 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
                 error = str(exc)  # the synthetic table and its privacy report stand
                 log.warning("the evaluation did not finish: %s", exc)
     timings = {**meter.timings(), "total": time.perf_counter() - t0}
-    return JobResult(synthetic, privacy, timings, dict(ex.bytes_sent), meter.steps,
-                     evaluation, error)
+    return JobResult(synthetic, privacy, timings,
+                     {p: b for p, b in ex.bytes_sent.items() if p != KEY_HOLDER}, meter.steps,
+                     evaluation, error, ex.bytes_sent.get(KEY_HOLDER, 0))
 
 
 def _pair_budget(rounds: _Rounds, scores: dict[tuple[int, int], float], sizes: list[int],
@@ -323,7 +331,11 @@ def _privacy_report(spec: JobSpec, rounds: _Rounds, eps: float, plan: list[StepB
                       "coordinator sees each party's own vector, so each carries it all)"
                       if not channels.get(spec.channel).protected else
                       "each party adds Skellam noise of variance noise_variance / (t - c); any "
-                      "t - c honest survivors together reach noise_variance"),
+                      "t - c honest survivors together reach noise_variance"
+                      + ("; each party's noised vector goes encrypted (BFV) and a key holder "
+                         "that is not the coordinator decrypts only each round's sum over at "
+                         "least t parties, once: coordinator and key holder must not collude"
+                         if channels.get(spec.channel).key_holder else "")),
         "threshold_t": spec.threshold,
         "colluders_c": spec.colluders,
         "honest_min": spec.honest_min,

@@ -4,7 +4,8 @@
     parties = ["bank_a", "bank_b", "bank_c"]   # names in consortium.toml; all must take part
     epsilon = 1.0
     delta = 1e-6
-    channel = "secagg"
+    channel = "secagg"                # or "he" (homomorphic encryption, with a key holder)
+    key_holder = "kh"                 # he: the key holder (consortium.toml) to use
     threshold = 2                     # optional: fewest survivors (default: 80%, secure min)
     colluders = 0
     rows = 10000                      # optional: synthetic rows (default: about the real count)
@@ -35,7 +36,7 @@ from fedsynth.protocols.spec import JobSpec, JobSpecError, default_threshold
 from fedsynth.synthesis.schema import Schema, SchemaError
 
 KNOWN = {"schema", "parties", "epsilon", "delta", "channel", "threshold", "colluders", "rows",
-         "seed", "target", "sensitive", "evaluate", "evaluation_epsilon"}
+         "seed", "target", "sensitive", "evaluate", "evaluation_epsilon", "key_holder"}
 
 
 class JobFileError(FileProblems):
@@ -50,6 +51,7 @@ class Job:
     spec: JobSpec
     options: JobOptions
     source: Path
+    key_holder: str | None = None  # the he channel's key holder, by its consortium name
 
 
 def load_job(path: Path, consortium: Consortium) -> Job:
@@ -109,6 +111,17 @@ def _job(text: str, path: Path, consortium: Consortium,
     ints = {k: doc.get(k) for k in ("threshold", "colluders", "rows", "seed") if k in doc}
     problems += [f"{k!r} must be a whole number, got {v!r}" for k, v in ints.items()
                  if not isinstance(v, int) or isinstance(v, bool) or v < 0]
+    channel = str(doc.get("channel", "secagg"))
+    holder = doc.get("key_holder")
+    if channel == "he" and holder is None and len(consortium.key_holders) == 1:
+        holder = next(iter(consortium.key_holders))  # the consortium's only key holder
+    if channel == "he" and holder not in consortium.key_holders:
+        problems.append(f"'key_holder' {holder!r}: a job over the he channel names one of the "
+                        "key holders in consortium.toml (it lists "
+                        f"{', '.join(consortium.key_holders) or 'none: add one with keys init'})")
+    elif channel != "he" and holder is not None:
+        problems.append(f"'key_holder' is set but 'channel' is {channel!r}: only the he channel "
+                        "has a key holder")
     if problems or schema is None:
         raise JobFileError(path, problems)
     colluders = int(doc.get("colluders", 0))
@@ -124,9 +137,11 @@ def _job(text: str, path: Path, consortium: Consortium,
                        parties=len(names),
                        threshold=int(doc.get("threshold", default_threshold(len(names),
                                                                             colluders))),
-                       colluders=colluders, channel=str(doc.get("channel", "secagg")),
+                       colluders=colluders, channel=channel,
                        method="marginals", party_names=tuple(names),
-                       identity_keys=tuple(consortium.identities[n] for n in names))
+                       identity_keys=tuple(consortium.identities[n] for n in names),
+                       key_holder=consortium.key_holders.get(str(holder), b"")
+                       if channel == "he" else b"")
         if evaluate is not None:
             evaluate.check(schema)
     except (JobSpecError, ValueError) as exc:
@@ -134,7 +149,7 @@ def _job(text: str, path: Path, consortium: Consortium,
     rows = doc.get("rows")
     options = JobOptions(rows=int(rows) if rows else None, seed=int(doc.get("seed", 0)),
                          evaluate=evaluate)
-    return Job(spec, options, path)
+    return Job(spec, options, path, holder if channel == "he" else None)
 
 
 def _positive(v: object) -> bool:

@@ -6,7 +6,8 @@ Who knows what:
   is no seed to know) and keeps the secret key. It publishes the public context, serialised
   without the secret key and without Galois or relinearisation keys (the channel only adds;
   TenSEAL generates relinearisation keys with every context, they never leave), together with
-  its Ed25519 identity signature of (scheme, job id, sha256 of those exact bytes). A party
+  its Ed25519 identity signature of (scheme, job id, sha256 of those exact bytes, sha256 of
+  the job spec it was set up with: its t, n and parties). A party
   checks that signature against the key holder's identity in its own policy before it
   encrypts anything, so a coordinator cannot hand it a context whose secret key it holds.
 - A party adds its DP noise share before it encrypts: no ciphertext ever holds its clear
@@ -374,16 +375,20 @@ def decrypt_sum(keys: JobKeys, chunks: Sequence[bytes], length: int) -> np.ndarr
     return np.concatenate([np.asarray(p, dtype=dtype) for p in parts])
 
 
-def _context_statement(scheme: str, job_id: str, digest: bytes) -> bytes:
-    return b"fedsynth/he-context/v1|%s|%s|%s" % (scheme.encode(), job_id.encode(), digest.hex()
-                                                 .encode())
+def _context_statement(scheme: str, job_id: str, digest: bytes, spec_digest: bytes) -> bytes:
+    return b"fedsynth/he-context/v2|%s|%s|%s|%s" % (
+        scheme.encode(), job_id.encode(), digest.hex().encode(), spec_digest.hex().encode())
 
 
 def verify_public_context(job_id: str, context_bytes: bytes, signature: bytes,
-                          key_holder_identity: bytes, params: Params) -> PublicContext:
-    """A party's check of the key holder's context: signed for this job, public, the job's
-    parameters. Raises HEError otherwise."""
-    statement = _context_statement(params.scheme, job_id, hashlib.sha256(context_bytes).digest())
+                          key_holder_identity: bytes, params: Params,
+                          spec_digest: bytes = b"") -> PublicContext:
+    """A party's check of the key holder's context: signed for this job and for the job spec
+    whose digest is `spec_digest` (so the key holder enforces the t, n and parties this party
+    agreed to, not another spec the coordinator showed it), public, the job's parameters.
+    Raises HEError otherwise."""
+    statement = _context_statement(params.scheme, job_id, hashlib.sha256(context_bytes).digest(),
+                                   spec_digest)
     if not verify_statement(key_holder_identity, signature, statement):
         raise HEError(f"the {params.scheme} context is not signed by the key holder for job "
                       f"{job_id!r}: tampered, replayed from another job or not the key holder's")
@@ -394,12 +399,13 @@ class KeyHolder:
     """The key-holder role for one job, independent of transport."""
 
     def __init__(self, job_id: str, identity_private: bytes, *, threshold: int,
-                 params: Params) -> None:
+                 params: Params, spec_digest: bytes = b"") -> None:
         if threshold < 2:
             raise HEError("the key holder needs t >= 2: a sum of one party is its own vector")
         if threshold > params.max_parties:
             raise HEError(f"t = {threshold} exceeds max_parties {params.max_parties}")
         self.job_id, self.threshold, self.params = job_id, threshold, params
+        self.spec_digest = spec_digest  # the spec it was set up for, in its signed statement
         self._identity = identity_private
         self._keys = JobKeys.generate(params)
         self._decrypted: set[int] = set()
@@ -411,6 +417,7 @@ class KeyHolder:
         secret = self._keys.secret.serialize(save_public_key=True, save_secret_key=True,
                                              save_galois_keys=False, save_relin_keys=False)
         return {"job_id": self.job_id, "threshold": self.threshold, "secret": secret,
+                "spec_digest": self.spec_digest.hex(),
                 "public": self._keys.public_bytes, "decrypted": sorted(self._decrypted)}
 
     @classmethod
@@ -427,6 +434,7 @@ class KeyHolder:
         holder = cls.__new__(cls)
         holder.job_id, holder.threshold, holder.params = (str(state["job_id"]),
                                                           int(state["threshold"]), params)
+        holder.spec_digest = bytes.fromhex(str(state.get("spec_digest", "")))
         holder._identity = identity_private
         holder._keys = JobKeys(secret=secret, public=load_public_context(public, params),
                                public_bytes=public)
@@ -437,7 +445,8 @@ class KeyHolder:
         """The public context bytes and the identity signature binding them to this job."""
         data = self._keys.public_context_bytes()
         sig = Ed25519PrivateKey.from_private_bytes(self._identity).sign(
-            _context_statement(self.params.scheme, self.job_id, hashlib.sha256(data).digest()))
+            _context_statement(self.params.scheme, self.job_id, hashlib.sha256(data).digest(),
+                               self.spec_digest))
         return data, sig
 
     def decrypt(self, job_id: str, round_id: int, chunks: Sequence[bytes], length: int,

@@ -23,8 +23,9 @@ import datetime
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -54,15 +55,19 @@ class Consortium:
 
     coordinator: str  # host:port the parties dial
     identities: dict[str, bytes]  # party name -> raw Ed25519 public identity key
-    node_keys: dict[str, str]  # party name -> OpenSSH public key of its node
+    node_keys: dict[str, str]  # party or key-holder name -> OpenSSH public key of its node
+    # key holders of the he channel (a role of its own, never a party, never the
+    # coordinator): name -> raw Ed25519 public identity key
+    key_holders: dict[str, bytes] = field(default_factory=dict)
 
     def to_toml(self) -> str:
         lines = ["# The consortium's public list: every party and the coordinator hold a copy.",
                  f'coordinator = "{self.coordinator}"', ""]
-        for name in self.identities:
-            lines += [f'[parties."{name}"]',
-                      f'identity = "{base64.b64encode(self.identities[name]).decode()}"',
-                      f'node_key = "{self.node_keys.get(name, "")}"', ""]
+        for table, members in (("parties", self.identities), ("key_holders", self.key_holders)):
+            for name in members:
+                lines += [f'[{table}."{name}"]',
+                          f'identity = "{base64.b64encode(members[name]).decode()}"',
+                          f'node_key = "{self.node_keys.get(name, "")}"', ""]
         return "\n".join(lines)
 
     @classmethod
@@ -76,18 +81,34 @@ class Consortium:
                 or not parties:
             raise KeyFileError(f"{path}: needs `coordinator = \"host:port\"` and a "
                                "[parties.NAME] table per party")
-        identities, node_keys = {}, {}
-        for name, entry in parties.items():
-            try:
-                raw = base64.b64decode(str(entry["identity"]), validate=True)
-            except (KeyError, TypeError, ValueError):
-                raw = b""
-            if len(raw) != 32:
-                raise KeyFileError(f"{path}: party {name!r} needs `identity`, a base64 "
-                                   "Ed25519 public key (32 bytes)")
-            identities[name] = raw
-            node_keys[name] = str(entry.get("node_key", ""))
-        return cls(doc["coordinator"], identities, node_keys)
+        holders = doc.get("key_holders", {})
+        if not isinstance(holders, dict):
+            raise KeyFileError(f"{path}: `key_holders` must be [key_holders.NAME] tables")
+        clash = sorted(set(parties) & set(holders))
+        if clash:
+            raise KeyFileError(f"{path}: {clash} listed both as a party and as a key holder; "
+                               "a key holder must be a member of its own")
+        node_keys: dict[str, str] = {}
+        identities = _members(path, "party", parties, node_keys)
+        key_holders = _members(path, "key holder", holders, node_keys)
+        return cls(doc["coordinator"], identities, node_keys, key_holders)
+
+
+def _members(path: Path, what: str, table: dict[str, Any], node_keys: dict[str, str],
+             ) -> dict[str, bytes]:
+    """Each member's raw identity key (and its node key into `node_keys`)."""
+    identities = {}
+    for name, entry in table.items():
+        try:
+            raw = base64.b64decode(str(entry["identity"]), validate=True)
+        except (KeyError, TypeError, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise KeyFileError(f"{path}: {what} {name!r} needs `identity`, a base64 "
+                               "Ed25519 public key (32 bytes)")
+        identities[name] = raw
+        node_keys[name] = str(entry.get("node_key", ""))
+    return identities
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -187,33 +208,41 @@ def server_certificate(folder: Path, host: str, ca: x509.Certificate,
                                                          ser.NoEncryption()))
 
 
-def init_consortium(out: Path, coordinator: str, parties: list[str]) -> Consortium:
+def init_consortium(out: Path, coordinator: str, parties: list[str],
+                    key_holders: list[str] | None = None) -> Consortium:
     """Everything a consortium needs, in `out` (which must not exist yet):
     out/consortium.toml, out/ca.pem, out/ca.key, out/coordinator/{server.pem, server.key,
-    consortium.toml}, and per party out/NAME/{identity.key, node-auth.key, node-auth.pub,
-    ca.pem, consortium.toml}."""
+    consortium.toml}, and per party and per key holder (the he channel's)
+    out/NAME/{identity.key, node-auth.key, node-auth.pub, ca.pem, consortium.toml}."""
+    key_holders = list(key_holders or [])
     host, sep, port = coordinator.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise KeyFileError(f"coordinator address {coordinator!r}: give HOST:PORT, e.g. "
                            "link.example.org:8000 or 127.0.0.1:8000")
     if len(set(parties)) != len(parties) or len(parties) < 2:
         raise KeyFileError(f"parties {parties}: give two or more distinct names")
-    bad = [p for p in parties if not p or p in ("coordinator",) or "/" in p or p.startswith(".")
-           or '"' in p]
+    if set(key_holders) & set(parties) or len(set(key_holders)) != len(key_holders):
+        raise KeyFileError(f"key holders {key_holders}: give distinct names that are not "
+                           "parties' names (a key holder is a member of its own)")
+    bad = [p for p in [*parties, *key_holders] if not p or p in ("coordinator",) or "/" in p
+           or p.startswith(".") or '"' in p]
     if bad:
         raise KeyFileError(f"party names {bad}: use plain names (no '/', quotes or leading "
                            "dot; 'coordinator' is taken)")
     out.mkdir(parents=True, exist_ok=False)
     ca, ca_key = make_ca(out)
     server_certificate(out / "coordinator", host, ca, ca_key)
-    identities, node_keys = {}, {}
+    identities, node_keys, holders = {}, {}, {}
     for name in parties:
         identities[name], node_keys[name] = party_keys(out / name, name)
-    cons = Consortium(coordinator, identities, node_keys)
+    for name in key_holders:
+        holders[name], node_keys[name] = party_keys(out / name, name)
+    cons = Consortium(coordinator, identities, node_keys, holders)
     text = cons.to_toml()
-    for folder in [out, out / "coordinator", *(out / p for p in parties)]:
+    members = [*parties, *key_holders]
+    for folder in [out, out / "coordinator", *(out / p for p in members)]:
         (folder / CONSORTIUM).write_text(text, encoding="utf-8")
-    for name in parties:
+    for name in members:
         (out / name / CA_CERT).write_bytes((out / CA_CERT).read_bytes())
     return cons
 

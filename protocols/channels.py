@@ -20,11 +20,16 @@ What a channel declares, and what the roles read instead of comparing channel na
   announced one round ahead in each reply (protocols.secure_sum, step 0).
 - `follow_up`: after the measure step, the coordinator runs a confirm and an unmask
   exchange with the survivors before it can finish the sum.
+- `key_holder`: measure replies carry ciphertexts under a key holder's public context (sent to
+  each party at setup, signed by the key holder named in the spec); the coordinator adds them
+  and sends the one sum of the round to the key holder (party `messages.KEY_HOLDER`), which
+  decrypts it once (`decrypt_request`, then `finish`).
 - `spec_problems`: the channel's own conditions on n, t and c (protocols.spec).
 
 Roles (coordinator/, client_node/) find a channel with `get(spec.channel)`; job specs accept
 exactly the names in `CHANNELS`. "secagg" (protocols.secure_sum, which has the security
-argument) and "plain" (tests and simulations only) are registered here; a new channel
+argument), "he" (crypto.he, which has the security argument) and "plain" (tests and
+simulations only) are registered here; a new channel
 implements `Channel` and calls `register`, and tests/unit/protocols/test_channel_contract.py
 then runs the contract every channel must meet against it.
 """
@@ -33,13 +38,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from fedsynth.crypto import he
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols import secure_sum
-from fedsynth.protocols.messages import ProtocolError, vector_bytes
+from fedsynth.protocols.messages import ProtocolError, bytes_vector, vector_bytes
 
 if TYPE_CHECKING:
     from fedsynth.protocols.secure_sum import CoordinatorRound
@@ -61,6 +68,7 @@ class Channel(ABC):
     setup_keys: ClassVar[bool]  # requests carry the setup keys, pinned by each party
     round_keys: ClassVar[bool]  # one-shot round keys, announced one round ahead
     follow_up: ClassVar[bool]  # confirm + unmask exchange after the measure step
+    key_holder: ClassVar[bool] = False  # ciphertexts; the key holder decrypts each round's sum
 
     # --- properties of a job over this channel ----------------------------------------------
     def noise_divisor(self, spec: JobSpec) -> int:
@@ -74,11 +82,12 @@ class Channel(ABC):
         return []
 
     # --- the party's side --------------------------------------------------------------------
-    @abstractmethod
     def announce(self, *, job_id: str, me: int, round_id: int, holders: Sequence[int],
                  threshold: int, private: bytes, publics: Mapping[int, bytes],
                  identity_key: bytes) -> tuple[pb.MaskKeyAnnouncement, bytes]:
-        """A round key for `round_id`: its announcement and the private half to keep."""
+        """A round key for `round_id`: its announcement and the private half to keep
+        (channels with `round_keys`; any other refuses)."""
+        raise ProtocolError(f"a job over the {self.name} channel has no mask keys")
 
     @abstractmethod
     def contribute(self, values: np.ndarray, *, job_id: str, me: int, round_id: int,
@@ -86,15 +95,19 @@ class Channel(ABC):
                    publics: Mapping[int, bytes], mask_private: bytes = b"",
                    mask_publics: Mapping[int, bytes] | None = None,
                    identity_key: bytes = b"", request_digest: bytes = b"",
+                   public_context: bytes = b"",
                    ) -> tuple[pb.MeasureReply, bytes, bytes]:
         """The measure reply for a noised vector: (reply, state to keep for `release`, private
-        half of the next round's key to keep)."""
+        half of the next round's key to keep). `public_context`: the key holder's public
+        context, verified at setup (channels with a key holder)."""
 
-    @abstractmethod
     def release(self, req: pb.UnmaskRequest, *, job_id: str, me: int, threshold: int,
                 participants: Sequence[int], private: bytes, publics: Mapping[int, bytes],
                 own_share: bytes, request_digest: bytes = b"") -> pb.UnmaskReply:
-        """What the party releases on the coordinator's follow-up request (answered once)."""
+        """What the party releases on the coordinator's follow-up request, answered once
+        (channels with a `follow_up`; any other refuses)."""
+        raise ProtocolError(f"round {req.round}: a job over the {self.name} channel has no "
+                            "unmask step; refusing")
 
     # --- the coordinator's side ----------------------------------------------------------------
     @abstractmethod
@@ -109,6 +122,10 @@ class Channel(ABC):
     def requests(self, rnd: CoordinatorRound, confirmations: Mapping[int, bytes],
                  ) -> dict[int, pb.UnmaskRequest]:
         """The follow-up request for each party asked to release."""
+
+    def decrypt_request(self, rnd: CoordinatorRound) -> pb.DecryptRequest:
+        """The round's one request to the key holder (channels with a key holder only)."""
+        raise ProtocolError(f"a job over the {self.name} channel has no key holder")
 
     @abstractmethod
     def finish(self, rnd: CoordinatorRound, replies: Mapping[int, pb.UnmaskReply]) -> np.ndarray:
@@ -151,6 +168,7 @@ class SecAggChannel(Channel):
                    publics: Mapping[int, bytes], mask_private: bytes = b"",
                    mask_publics: Mapping[int, bytes] | None = None,
                    identity_key: bytes = b"", request_digest: bytes = b"",
+                   public_context: bytes = b"",
                    ) -> tuple[pb.MeasureReply, bytes, bytes]:
         return secure_sum.secagg_measure_reply(
             values, job_id=job_id, me=me, round_id=round_id, participants=participants,
@@ -191,25 +209,15 @@ class PlainChannel(Channel):
     round_keys = False
     follow_up = False
 
-    def announce(self, *, job_id: str, me: int, round_id: int, holders: Sequence[int],
-                 threshold: int, private: bytes, publics: Mapping[int, bytes],
-                 identity_key: bytes) -> tuple[pb.MaskKeyAnnouncement, bytes]:
-        raise ProtocolError("a job over the plain channel has no mask keys")
-
     def contribute(self, values: np.ndarray, *, job_id: str, me: int, round_id: int,
                    participants: Sequence[int], threshold: int, private: bytes,
                    publics: Mapping[int, bytes], mask_private: bytes = b"",
                    mask_publics: Mapping[int, bytes] | None = None,
                    identity_key: bytes = b"", request_digest: bytes = b"",
+                   public_context: bytes = b"",
                    ) -> tuple[pb.MeasureReply, bytes, bytes]:
         return pb.MeasureReply(round=round_id, masked=vector_bytes(
             values.astype(np.int64).view(np.uint64))), b"", b""
-
-    def release(self, req: pb.UnmaskRequest, *, job_id: str, me: int, threshold: int,
-                participants: Sequence[int], private: bytes, publics: Mapping[int, bytes],
-                own_share: bytes, request_digest: bytes = b"") -> pb.UnmaskReply:
-        raise ProtocolError(f"round {req.round}: a job over the plain channel has no unmask "
-                            "step; refusing")
 
     def check_round(self, rnd: CoordinatorRound) -> None:
         return None
@@ -223,6 +231,96 @@ class PlainChannel(Channel):
 
     def finish(self, rnd: CoordinatorRound, replies: Mapping[int, pb.UnmaskReply]) -> np.ndarray:
         return rnd.plain_sum()
+
+
+HE_PARAMS = he.BfvParams()  # the he channel's BFV parameters, the same at every role
+
+
+@lru_cache(maxsize=4)
+def he_public_context(data: bytes) -> he.PublicContext:
+    """A public context already verified against the key holder's signature, loaded once."""
+    return he.load_public_context(data, HE_PARAMS)
+
+
+class HeChannel(Channel):
+    """BFV homomorphic encryption (crypto.he) with a key holder that is never the coordinator.
+
+    Each party encrypts its noised vector under the key holder's public context (verified at
+    setup against the key holder's identity in the spec, which the party's policy must list);
+    the coordinator keeps the ciphertexts of whoever answered, adds those of the contributors
+    under the public context (it holds no secret key) and sends the one sum to the key holder,
+    which decrypts each round once and only for at least t contributors. Dropouts cost nothing
+    and a round takes one round trip with the parties; no pairwise keys are needed. The
+    coordinator and the key holder must not collude (crypto.he, README's threat model)."""
+
+    name = "he"
+    protected = True
+    setup_keys = False
+    round_keys = False
+    follow_up = False
+    key_holder = True
+
+    def spec_problems(self, *, parties: int, threshold: int, colluders: int) -> list[str]:
+        """t >= 2: the key holder decrypts sums of at least t parties; a "sum" of one party
+        would be that party's own noised counts."""
+        if threshold < 2:
+            return [f"he needs t >= 2 (got t={threshold}): the key holder decrypts only sums of "
+                    "at least t parties, and a sum of one party is its own noised counts"]
+        return []
+
+    def contribute(self, values: np.ndarray, *, job_id: str, me: int, round_id: int,
+                   participants: Sequence[int], threshold: int, private: bytes,
+                   publics: Mapping[int, bytes], mask_private: bytes = b"",
+                   mask_publics: Mapping[int, bytes] | None = None,
+                   identity_key: bytes = b"", request_digest: bytes = b"",
+                   public_context: bytes = b"",
+                   ) -> tuple[pb.MeasureReply, bytes, bytes]:
+        if not public_context:
+            raise ProtocolError(f"round {round_id}: no key holder's public context from setup; "
+                                "refusing to send the vector")
+        reply = pb.MeasureReply(round=round_id)
+        reply.ciphertexts.extend(he.encrypt_counts(he_public_context(public_context),
+                                                   values.astype(np.int64)))
+        return reply, b"", b""
+
+    def check_round(self, rnd: CoordinatorRound) -> None:
+        if rnd.he_context is None:
+            raise ProtocolError(f"round {rnd.round_id}: no public context from the key holder")
+
+    def collect(self, rnd: CoordinatorRound, party: int, reply: pb.MeasureReply) -> None:
+        chunks = [bytes(c) for c in reply.ciphertexts]
+        expected = -(-rnd.length // HE_PARAMS.slots)
+        if len(chunks) != expected or any(len(c) > he.MAX_CHUNK_BYTES for c in chunks):
+            raise ProtocolError(f"party {party}: {len(chunks)} ciphertext chunks, expected "
+                                f"{expected} of at most {he.MAX_CHUNK_BYTES} bytes")
+        rnd.ciphertexts[party] = chunks
+
+    def requests(self, rnd: CoordinatorRound, confirmations: Mapping[int, bytes],
+                 ) -> dict[int, pb.UnmaskRequest]:
+        return {}
+
+    def decrypt_request(self, rnd: CoordinatorRound) -> pb.DecryptRequest:
+        """The contributors' ciphertexts added under the public context: one sum to decrypt."""
+        from fedsynth.protocols.secure_sum import RoundFailed
+
+        contributors = rnd.survivors
+        try:
+            total = he.add_ciphertexts(rnd.he_context, [rnd.ciphertexts[p] for p in contributors],
+                                       rnd.length)
+        except he.HEError as exc:
+            raise RoundFailed(f"round {rnd.round_id}: the ciphertexts do not add up under the "
+                              f"job's public context ({exc}); nothing was decrypted") from exc
+        return pb.DecryptRequest(round=rnd.round_id, length=rnd.length,
+                                 contributors=contributors, chunks=total)
+
+    def finish(self, rnd: CoordinatorRound, replies: Mapping[int, pb.UnmaskReply]) -> np.ndarray:
+        from fedsynth.protocols.secure_sum import RoundFailed
+
+        got = rnd.decryption
+        if got is None or got.round != rnd.round_id:
+            raise RoundFailed(f"round {rnd.round_id}: no decryption of the round's sum from the "
+                              "key holder")
+        return bytes_vector(got.total, length=rnd.length, sender="the key holder").view(np.int64)
 
 
 # --- the registry ----------------------------------------------------------------------------
@@ -253,3 +351,4 @@ def names() -> tuple[str, ...]:
 
 register("secagg", SecAggChannel())
 register("plain", PlainChannel())
+register("he", HeChannel())

@@ -38,13 +38,17 @@ class Envelope(_message.Message):
     CONFIRM_REPLY_FIELD_NUMBER: _builtins.int
     MASK_KEYS_REQUEST_FIELD_NUMBER: _builtins.int
     MASK_KEYS_REPLY_FIELD_NUMBER: _builtins.int
+    KEY_SETUP_REQUEST_FIELD_NUMBER: _builtins.int
+    KEY_SETUP_REPLY_FIELD_NUMBER: _builtins.int
+    DECRYPT_REQUEST_FIELD_NUMBER: _builtins.int
+    DECRYPT_REPLY_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     job_id: _builtins.str
     step: _builtins.int
     """protocol step counter: strictly increasing within a job (replay guard)"""
     party: _builtins.int
-    """recipient of a request, sender of a reply (1..parties)"""
+    """recipient of a request, sender of a reply (1..parties; 0: the key holder)"""
     signature: _builtins.bytes
     """Ed25519 identity signature over the envelope without this field (party replies)"""
     @_builtins.property
@@ -77,6 +81,16 @@ class Envelope(_message.Message):
     def mask_keys_reply(self) -> Global___MaskKeyAnnouncement:
         """whose keys the coordinator does not hold)"""
 
+    @_builtins.property
+    def key_setup_request(self) -> Global___KeyHolderSetupRequest:
+        """he channel: to the key holder (party 0)"""
+
+    @_builtins.property
+    def key_setup_reply(self) -> Global___KeyHolderSetupReply: ...
+    @_builtins.property
+    def decrypt_request(self) -> Global___DecryptRequest: ...
+    @_builtins.property
+    def decrypt_reply(self) -> Global___DecryptReply: ...
     def __init__(
         self,
         *,
@@ -96,13 +110,17 @@ class Envelope(_message.Message):
         confirm_reply: Global___ConfirmReply | None = ...,
         mask_keys_request: Global___MaskKeysRequest | None = ...,
         mask_keys_reply: Global___MaskKeyAnnouncement | None = ...,
+        key_setup_request: Global___KeyHolderSetupRequest | None = ...,
+        key_setup_reply: Global___KeyHolderSetupReply | None = ...,
+        decrypt_request: Global___DecryptRequest | None = ...,
+        decrypt_reply: Global___DecryptReply | None = ...,
         signature: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "confirm_reply", b"confirm_reply", "confirm_request", b"confirm_request", "evaluate_request", b"evaluate_request", "mask_keys_reply", b"mask_keys_reply", "mask_keys_request", b"mask_keys_request", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "confirm_reply", b"confirm_reply", "confirm_request", b"confirm_request", "decrypt_reply", b"decrypt_reply", "decrypt_request", b"decrypt_request", "evaluate_request", b"evaluate_request", "key_setup_reply", b"key_setup_reply", "key_setup_request", b"key_setup_request", "mask_keys_reply", b"mask_keys_reply", "mask_keys_request", b"mask_keys_request", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "confirm_reply", b"confirm_reply", "confirm_request", b"confirm_request", "evaluate_request", b"evaluate_request", "job_id", b"job_id", "mask_keys_reply", b"mask_keys_reply", "mask_keys_request", b"mask_keys_request", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "party", b"party", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "signature", b"signature", "step", b"step", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "confirm_reply", b"confirm_reply", "confirm_request", b"confirm_request", "decrypt_reply", b"decrypt_reply", "decrypt_request", b"decrypt_request", "evaluate_request", b"evaluate_request", "job_id", b"job_id", "key_setup_reply", b"key_setup_reply", "key_setup_request", b"key_setup_request", "mask_keys_reply", b"mask_keys_reply", "mask_keys_request", b"mask_keys_request", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "party", b"party", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "signature", b"signature", "step", b"step", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["setup_request", "setup_reply", "measure_request", "measure_reply", "unmask_request", "unmask_reply", "refusal", "evaluate_request", "confirm_request", "confirm_reply", "mask_keys_request", "mask_keys_reply"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["setup_request", "setup_reply", "measure_request", "measure_reply", "unmask_request", "unmask_reply", "refusal", "evaluate_request", "confirm_request", "confirm_reply", "mask_keys_request", "mask_keys_reply", "key_setup_request", "key_setup_reply", "decrypt_request", "decrypt_reply"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -122,6 +140,7 @@ class JobSpec(_message.Message):
     METHOD_FIELD_NUMBER: _builtins.int
     PARTY_NAMES_FIELD_NUMBER: _builtins.int
     IDENTITY_KEYS_FIELD_NUMBER: _builtins.int
+    KEY_HOLDER_FIELD_NUMBER: _builtins.int
     schema_json: _builtins.str
     epsilon: _builtins.float
     delta: _builtins.float
@@ -131,9 +150,11 @@ class JobSpec(_message.Message):
     colluders: _builtins.int
     """c: parties that may collude with the coordinator"""
     channel: _builtins.str
-    """"secagg" | "plain" """
+    """a registered channel: "secagg" | "plain" | "he" """
     method: _builtins.str
     """"marginals" """
+    key_holder: _builtins.bytes
+    """he channel: the key holder's Ed25519 identity key (else empty)"""
     @_builtins.property
     def party_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """party i is party_names[i - 1]"""
@@ -155,10 +176,11 @@ class JobSpec(_message.Message):
         method: _builtins.str = ...,
         party_names: _abc.Iterable[_builtins.str] | None = ...,
         identity_keys: _abc.Iterable[_builtins.bytes] | None = ...,
+        key_holder: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "colluders", b"colluders", "delta", b"delta", "epsilon", b"epsilon", "identity_keys", b"identity_keys", "method", b"method", "parties", b"parties", "party_names", b"party_names", "schema_json", b"schema_json", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "colluders", b"colluders", "delta", b"delta", "epsilon", b"epsilon", "identity_keys", b"identity_keys", "key_holder", b"key_holder", "method", b"method", "parties", b"parties", "party_names", b"party_names", "schema_json", b"schema_json", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -169,16 +191,24 @@ class SetupRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    HE_CONTEXT_FIELD_NUMBER: _builtins.int
+    HE_CONTEXT_SIGNATURE_FIELD_NUMBER: _builtins.int
+    he_context: _builtins.bytes
+    """he channel: the key holder's public context (no secret key)"""
+    he_context_signature: _builtins.bytes
+    """the key holder's identity signature of it for this job"""
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     def __init__(
         self,
         *,
         spec: Global___JobSpec | None = ...,
+        he_context: _builtins.bytes = ...,
+        he_context_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["he_context", b"he_context", "he_context_signature", b"he_context_signature", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -566,6 +596,7 @@ class MeasureReply(_message.Message):
     LEDGER_EPSILON_FIELD_NUMBER: _builtins.int
     SEEDED_NOISE_FIELD_NUMBER: _builtins.int
     NEXT_MASK_KEY_FIELD_NUMBER: _builtins.int
+    CIPHERTEXTS_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     masked: _builtins.bytes
     """little-endian uint64 vector"""
@@ -581,6 +612,10 @@ class MeasureReply(_message.Message):
     def next_mask_key(self) -> Global___MaskKeyAnnouncement:
         """this party's mask key for round + 1"""
 
+    @_builtins.property
+    def ciphertexts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """he channel: the noised vector, encrypted (chunks)"""
+
     def __init__(
         self,
         *,
@@ -590,10 +625,11 @@ class MeasureReply(_message.Message):
         ledger_epsilon: _builtins.float = ...,
         seeded_noise: _builtins.bool = ...,
         next_mask_key: Global___MaskKeyAnnouncement | None = ...,
+        ciphertexts: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["next_mask_key", b"next_mask_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_shares", b"encrypted_shares", "ledger_epsilon", b"ledger_epsilon", "masked", b"masked", "next_mask_key", b"next_mask_key", "round", b"round", "seeded_noise", b"seeded_noise"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertexts", b"ciphertexts", "encrypted_shares", b"encrypted_shares", "ledger_epsilon", b"ledger_epsilon", "masked", b"masked", "next_mask_key", b"next_mask_key", "round", b"round", "seeded_noise", b"seeded_noise"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -963,6 +999,112 @@ class UnmaskReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnmaskReply: _TypeAlias = UnmaskReply  # noqa: Y015
+
+@_typing.final
+class KeyHolderSetupRequest(_message.Message):
+    """he channel: the coordinator asks the key holder for a job's key pair (once per job)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spec(self) -> Global___JobSpec: ...
+    def __init__(
+        self,
+        *,
+        spec: Global___JobSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyHolderSetupRequest: _TypeAlias = KeyHolderSetupRequest  # noqa: Y015
+
+@_typing.final
+class KeyHolderSetupReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    context: _builtins.bytes
+    """public context: public key only (no secret, Galois or relin keys)"""
+    signature: _builtins.bytes
+    """identity signature over (scheme, job, sha256 of context)"""
+    def __init__(
+        self,
+        *,
+        context: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyHolderSetupReply: _TypeAlias = KeyHolderSetupReply  # noqa: Y015
+
+@_typing.final
+class DecryptRequest(_message.Message):
+    """he channel: one round's sum of ciphertexts, decrypted once by the key holder."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    CONTRIBUTORS_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    length: _builtins.int
+    """entries of the summed vector"""
+    @_builtins.property
+    def contributors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """parties whose ciphertexts are in the sum (>= t)"""
+
+    @_builtins.property
+    def chunks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """the summed ciphertext, chunk by chunk"""
+
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        length: _builtins.int = ...,
+        contributors: _abc.Iterable[_builtins.int] | None = ...,
+        chunks: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "contributors", b"contributors", "length", b"length", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecryptRequest: _TypeAlias = DecryptRequest  # noqa: Y015
+
+@_typing.final
+class DecryptReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    total: _builtins.bytes
+    """little-endian int64 vector of `length` entries"""
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        total: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["round", b"round", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecryptReply: _TypeAlias = DecryptReply  # noqa: Y015
 
 @_typing.final
 class Refusal(_message.Message):

@@ -14,6 +14,10 @@ MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 MAX_VECTOR_LENGTH = 50_000_000
 RECORD_KEY = "fedsynth"  # the ConfigRecord entry that carries the serialized Envelope
 HELLO_KEY = "fedsynth-hello"  # a node's answer to "which party are you?" (its public name)
+# The he channel's key holder is addressed as party 0 in Envelopes and transports; the job's
+# parties are 1..n (`Transport.parties()` lists only them).
+KEY_HOLDER = 0
+KEY_HOLDER_HELLO = "key_holder"  # the hello answer's field naming a key holder (not a party)
 
 Envelope = pb.Envelope
 

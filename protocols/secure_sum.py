@@ -49,7 +49,9 @@ parties would need t - c honest releases of each, more than the n - c honest par
 - each party: its own secrets, its pair secrets, its pair seeds with each peer of a round in
   which it takes part, and one share of each peer's self-mask seed and mask key.
 This is the "secagg" channel of protocols.channels; with channel "plain" (simulation and tests
-only) the vector goes unmasked, without keys or an unmask exchange.
+only) the vector goes unmasked, without keys or an unmask exchange; with channel "he" it goes
+encrypted under the key holder's public context and the key holder decrypts the sum
+(protocols.channels.HeChannel, crypto.he).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -125,13 +127,15 @@ def party_measure_reply(values: np.ndarray, *, channel: str, job_id: str, me: in
                         publics: Mapping[int, bytes], mask_private: bytes = b"",
                         mask_publics: Mapping[int, bytes] | None = None,
                         identity_key: bytes = b"", request_digest: bytes = b"",
+                        public_context: bytes = b"",
                         ) -> tuple[pb.MeasureReply, bytes, bytes]:
     """The party's measure reply over `channel` (`protocols.channels`, `Channel.contribute`);
     under secagg, `secagg_measure_reply`."""
     return _channel(channel).contribute(
         values, job_id=job_id, me=me, round_id=round_id, participants=participants,
         threshold=threshold, private=private, publics=publics, mask_private=mask_private,
-        mask_publics=mask_publics, identity_key=identity_key, request_digest=request_digest)
+        mask_publics=mask_publics, identity_key=identity_key, request_digest=request_digest,
+        public_context=public_context)
 
 
 def secagg_measure_reply(values: np.ndarray, *, job_id: str, me: int, round_id: int,
@@ -251,7 +255,10 @@ class CoordinatorRound:
     `channel` names the round's channel (protocols.channels), which checks the round, takes
     what comes with each reply, builds the follow-up requests and finishes the sum. Under
     secagg, `keys` are this round's mask keys and `identities` the parties' identity keys, to
-    check the next round's announcements, which `collect` gathers into `next_keys`."""
+    check the next round's announcements, which `collect` gathers into `next_keys`. Under a
+    channel with a key holder (he), `he_context` is the key holder's public context (it
+    encrypts and adds, it cannot decrypt), `ciphertexts` each party's encrypted vector and
+    `decryption` the key holder's answer for the round's sum."""
 
     round_id: int
     channel: str
@@ -261,8 +268,12 @@ class CoordinatorRound:
     job_id: str = ""
     keys: RoundKeys | None = None
     identities: Mapping[int, bytes] = field(default_factory=dict)
+    he_context: Any = None  # crypto.he.PublicContext, for channels with a key holder
     masked: dict[int, np.ndarray] = field(default_factory=dict)
+    ciphertexts: dict[int, list[bytes]] = field(default_factory=dict)
+    decryption: pb.DecryptReply | None = None
     shares_to: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    replied: set[int] = field(default_factory=set)
     next_keys: RoundKeys = field(init=False)
 
     def __post_init__(self) -> None:
@@ -276,9 +287,11 @@ class CoordinatorRound:
             if r.round != self.round_id:
                 raise ProtocolError(f"party {u}: reply for round {r.round}, expected "
                                     f"{self.round_id}")
-            self.masked[u] = bytes_vector(r.masked, length=self.length, sender=f"party {u}")
+            if not channel.key_holder:  # a key holder's channel sends ciphertexts instead
+                self.masked[u] = bytes_vector(r.masked, length=self.length, sender=f"party {u}")
             channel.collect(self, u, r)
-        survivors = sorted(self.masked)
+            self.replied.add(u)
+        survivors = self.survivors
         if len(survivors) < self.threshold:
             raise RoundFailed(f"round {self.round_id}: {len(survivors)} of "
                               f"{len(self.participants)} parties replied, below the threshold "
@@ -287,11 +300,11 @@ class CoordinatorRound:
 
     @property
     def survivors(self) -> list[int]:
-        return sorted(self.masked)
+        return sorted(self.replied)
 
     @property
     def dropped(self) -> list[int]:
-        return sorted(set(self.participants) - set(self.masked))
+        return sorted(set(self.participants) - self.replied)
 
     def unmask_requests(self, confirmations: Mapping[int, bytes] | None = None,
                         ) -> dict[int, pb.UnmaskRequest]:

@@ -2,7 +2,9 @@
 
 Who is in the job: the spec names its n parties and their Ed25519 identity keys (the
 consortium's public list). A party checks both against its own copy of that list, so the
-coordinator can neither add a party of its own making nor swap one party's keys.
+coordinator can neither add a party of its own making nor swap one party's keys. Under the he
+channel the spec also names the key holder's identity key, which each party's policy must
+list among the key holders it accepts.
 
 Why 2t >= n + c + 2: with semi-honest parties a deviating coordinator may send different
 survivor lists to different parties in one round's unmask step. To open party u's vector it
@@ -68,6 +70,8 @@ class JobSpec:
     method: str = "marginals"
     party_names: tuple[str, ...] = field(default=())
     identity_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    # the he channel's key holder (Ed25519 identity key); empty for channels without one
+    key_holder: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -88,8 +92,18 @@ class JobSpec:
         if self.method not in METHODS:
             problems.append(f"method {self.method!r} is not one of {METHODS}")
         if self.channel in channels.CHANNELS:
-            problems += channels.get(self.channel).spec_problems(
+            channel = channels.get(self.channel)
+            problems += channel.spec_problems(
                 parties=self.parties, threshold=self.threshold, colluders=self.colluders)
+            if channel.key_holder and len(self.key_holder) != 32:
+                problems.append(f"channel {self.channel!r} needs the key holder's 32-byte "
+                                "Ed25519 identity key (key_holder): the key holder every "
+                                "party's policy accepts")
+            if channel.key_holder and self.key_holder in self.identity_keys:
+                problems.append("the key holder must not be one of the job's parties")
+            if not channel.key_holder and self.key_holder:
+                problems.append(f"channel {self.channel!r} has no key holder: leave key_holder "
+                                "empty")
         if len(self.party_names) != self.parties or len(self.identity_keys) != self.parties:
             problems.append(f"the job must name each of its {self.parties} parties with its "
                             f"identity key (got {len(self.party_names)} names, "
@@ -122,11 +136,20 @@ class JobSpec:
                           delta=self.delta, parties=self.parties, threshold=self.threshold,
                           colluders=self.colluders, channel=self.channel, method=self.method,
                           party_names=list(self.party_names),
-                          identity_keys=list(self.identity_keys))
+                          identity_keys=list(self.identity_keys), key_holder=self.key_holder)
 
     @classmethod
     def from_proto(cls, m: pb.JobSpec) -> JobSpec:
         return cls(schema=Schema.from_json(m.schema_json, source="job schema"),
                    epsilon=m.epsilon, delta=m.delta, parties=m.parties, threshold=m.threshold,
                    colluders=m.colluders, channel=m.channel, method=m.method,
-                   party_names=tuple(m.party_names), identity_keys=tuple(m.identity_keys))
+                   party_names=tuple(m.party_names), identity_keys=tuple(m.identity_keys),
+                   key_holder=bytes(m.key_holder))
+
+
+def spec_digest(m: pb.JobSpec) -> bytes:
+    """sha256 of a spec message as the coordinator sent it (deterministic wire form): what the
+    he key holder signs its context for, so each party knows the key holder enforces the spec
+    it agreed to. Hashed from the message itself, never from a spec rebuilt from it (a schema
+    parsed and written again need not give the same bytes)."""
+    return hashlib.sha256(m.SerializeToString(deterministic=True)).digest()

@@ -4,6 +4,8 @@ What a real consortium does by hand (each party makes its identity key, the list
 is shared, each operator writes its own policy), a simulation does here in one place. Each
 party's policy pins the job's schema, lists the consortium and keeps its own ledger; nothing in
 it is chosen by the coordinator. Noise is never seeded here (`noise_seed` is for tests only).
+Under the he channel the key holder gets an identity of its own, named in the spec, and every
+party's policy lists it among the key holders it accepts.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from typing import Any
 
 import pandas as pd
 
+from fedsynth.client_node.keyholder import KeyHolderPolicy
 from fedsynth.client_node.node import NodePolicy
 from fedsynth.crypto.keys import Identity, consortium
+from fedsynth.protocols import channels
 from fedsynth.protocols.spec import JobSpec, default_threshold, schema_sha256
 from fedsynth.synthesis.schema import Schema
+
+KEY_HOLDER_NAME = "key-holder"
 
 
 def make_identities(n: int) -> list[Identity]:
@@ -25,17 +31,30 @@ def make_identities(n: int) -> list[Identity]:
     return [Identity.generate(f"party-{i}") for i in range(1, n + 1)]
 
 
+def key_holder_identity() -> Identity:
+    """The key holder's identity (he channel); every simulated party's policy accepts it."""
+    return Identity.generate(KEY_HOLDER_NAME)
+
+
+def key_holder_policy(identity: Identity) -> KeyHolderPolicy:
+    return KeyHolderPolicy(name=identity.name, identity_key=identity.private)
+
+
 def job_spec(schema: Schema, identities: Sequence[Identity], *, epsilon: float, delta: float,
              threshold: int | None = None, colluders: int = 0, channel: str = "secagg",
-             method: str = "marginals") -> JobSpec:
-    """The spec of a job among `identities` (party i is identities[i - 1])."""
+             method: str = "marginals", key_holder: Identity | None = None) -> JobSpec:
+    """The spec of a job among `identities` (party i is identities[i - 1]); `key_holder` is
+    named in it if the channel has one (he)."""
     n = len(identities)
+    named = key_holder is not None and channel in channels.CHANNELS and channels.get(
+        channel).key_holder  # an unknown channel is the spec's to report
+    holder = key_holder.public if named and key_holder is not None else b""
     return JobSpec(schema=schema, epsilon=epsilon, delta=delta, parties=n,
                    threshold=threshold if threshold is not None else default_threshold(
                        n, colluders),
                    colluders=colluders, channel=channel, method=method,
                    party_names=tuple(i.name for i in identities),
-                   identity_keys=tuple(i.public for i in identities))
+                   identity_keys=tuple(i.public for i in identities), key_holder=holder)
 
 
 def write_parties(work: Path, tables: Sequence[pd.DataFrame], spec: JobSpec,
@@ -46,6 +65,8 @@ def write_parties(work: Path, tables: Sequence[pd.DataFrame], spec: JobSpec,
                   **policy: Any) -> dict[int, NodePolicy]:
     """Each party's folder (its table, held-out rows, ledger) and its policy for this job."""
     members = consortium(list(identities))
+    if spec.key_holder:  # the job's key holder, accepted by every simulated party
+        policy.setdefault("key_holders", frozenset({spec.key_holder}))
     holds = holdouts if holdouts is not None else [None] * len(tables)
     policies = {}
     for i, (t, h, ident) in enumerate(zip(tables, holds, identities, strict=True), start=1):

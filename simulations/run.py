@@ -6,9 +6,10 @@ facts of the data and is marked so in schema.json and privacy.json), and a holdo
 before partitioning and used only for evaluation. Each party gets its own folder with its
 table, its held-out rows, its privacy ledger and an identity key; its policy pins the schema
 and lists the consortium. The parties run as Flower ClientApps in Flower's simulation engine
-(or, with engine="local", as the same Node code called in-process). `--seed` controls the
-partition, the holdout and the sampling of synthetic rows, never the DP noise, which every
-party draws from its operating system's entropy.
+(or, with engine="local", as the same Node code called in-process); under the he channel the
+key holder is one more node (a SuperNode of its own, or an in-process object). `--seed`
+controls the partition, the holdout and the sampling of synthetic rows, never the DP noise,
+which every party draws from its operating system's entropy.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pandas as pd
 
 from fedsynth import progress, scratch
 from fedsynth.client_node.data import read_table
+from fedsynth.client_node.keyholder import KeyHolderNode, KeyHolderPolicy
 from fedsynth.client_node.node import Node, NodePolicy
 from fedsynth.coordinator.job import JobOptions, JobResult, run_job
 from fedsynth.evaluation.metrics import marginal_tvd
@@ -38,7 +40,13 @@ from fedsynth.protocols.spec import JobSpec
 from fedsynth.protocols.transport import Transport
 from fedsynth.simulations import datasets, partition
 from fedsynth.simulations.local import LocalTransport
-from fedsynth.simulations.parties import job_spec, make_identities, write_parties
+from fedsynth.simulations.parties import (
+    job_spec,
+    key_holder_identity,
+    key_holder_policy,
+    make_identities,
+    write_parties,
+)
 from fedsynth.synthesis.schema import Schema, draft_schema_with_notes, validate_frame
 
 log = logging.getLogger("fedsynth")
@@ -139,10 +147,10 @@ class _ListHandler(logging.Handler):
 
 
 class _NotPartyLog(logging.Filter):
-    """The parties' own log lines (their detail, their data) stay out of the job's job.log."""
+    """The parties' (and the key holder's) own log lines stay out of the job's job.log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.startswith(("fedsynth.node", REVIEW_LOG))
+        return not record.name.startswith(("fedsynth.node", "fedsynth.keyholder", REVIEW_LOG))
 
 
 class _Forward(logging.Handler):
@@ -208,8 +216,9 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
         evaluate = False
     shared = shared if shared is not None else {}
     identities = shared.setdefault("identities", make_identities(n))
+    holder = shared.setdefault("key_holder", key_holder_identity())
     spec = job_spec(schema, identities, epsilon=epsilon, delta=delta, threshold=threshold,
-                    colluders=colluders, channel=channel)
+                    colluders=colluders, channel=channel, key_holder=holder)
     # No party's exact row count goes into the job's log or outputs: only the pooled table's
     # shape, which the simulation's user gave.
     say(f"{source}: {len(schema.columns)} columns, {n} parties; ε={epsilon}, δ={delta}")
@@ -238,7 +247,8 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
                 evaluation_epsilon_cap=0.0 if ev_eps is None else ev_eps * evaluations,
                 evaluations=evaluations)
         policies: dict[int, NodePolicy] = shared["policies"]
-        result = _run(engine, policies, spec, opts, say)
+        result = _run(engine, policies, spec, opts, say,
+                      key_holder_policy(holder) if spec.key_holder else None)
         ledgers = {str(p): pol.ledger() for p, pol in policies.items()}
         spent = {p: led.spent() for p, led in ledgers.items()}
         if result.evaluation is not None and ev_eps is not None:
@@ -262,6 +272,8 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
     metrics["steps"] = result.steps
     metrics["timings_seconds"] = {**result.timings, "simulation_total": time.perf_counter() - t0}
     metrics["bytes_sent_per_party"] = {str(k): v for k, v in result.bytes_from_party.items()}
+    if result.bytes_from_key_holder:
+        metrics["bytes_sent_by_key_holder"] = result.bytes_from_key_holder
     report = None
     if result.evaluation is not None:
         report = render_or_none(metrics, privacy=result.privacy,
@@ -386,16 +398,20 @@ def _deal(hold: pd.DataFrame, n: int, seed: int) -> list[pd.DataFrame | None]:
 
 
 def _run(engine: str, policies: dict[int, NodePolicy], spec: JobSpec, opts: JobOptions,
-         say: Callable[[str], None]) -> JobResult:
+         say: Callable[[str], None], key_holder: KeyHolderPolicy | None = None) -> JobResult:
     if engine == "local":
-        transport: Transport = LocalTransport({p: Node(pol) for p, pol in policies.items()})
+        transport: Transport = LocalTransport(
+            {p: Node(pol) for p, pol in policies.items()},
+            key_holder=None if key_holder is None else KeyHolderNode(key_holder))
         return run_job(transport, spec, opts, say)
-    return run_flower(policies, spec, opts, say)
+    return run_flower(policies, spec, opts, say, key_holder)
 
 
 def run_flower(policies: dict[int, NodePolicy], spec: JobSpec, opts: JobOptions,
-               say: Callable[[str], None]) -> JobResult:
-    """The job in Flower's simulation engine: one ClientApp per party, the ServerApp in-process."""
+               say: Callable[[str], None], key_holder: KeyHolderPolicy | None = None,
+               ) -> JobResult:
+    """The job in Flower's simulation engine: one ClientApp per party, the ServerApp in-process.
+    With `key_holder` (he channel) one more SuperNode runs the ClientApp as the key holder."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from flwr.app import Context
@@ -404,9 +420,12 @@ def run_flower(policies: dict[int, NodePolicy], spec: JobSpec, opts: JobOptions,
     from fedsynth.client_node.app import make_client_app
     from fedsynth.coordinator.app import GridTransport, make_server_app
 
-    by_partition = {p - 1: pol for p, pol in policies.items()}
+    by_partition: dict[int, NodePolicy | KeyHolderPolicy] = {
+        p - 1: pol for p, pol in policies.items()}
+    if key_holder is not None:  # the last SuperNode
+        by_partition[len(policies)] = key_holder
 
-    def policy_for(context: Context) -> NodePolicy:
+    def policy_for(context: Context) -> NodePolicy | KeyHolderPolicy:
         return by_partition[int(context.node_config["partition-id"])]
 
     box: dict[str, Any] = {}
@@ -423,8 +442,10 @@ def run_flower(policies: dict[int, NodePolicy], spec: JobSpec, opts: JobOptions,
     say("starting Flower simulation engine")
     _quiet_flower()
     try:
-        run_simulation(server_app=make_server_app(job, spec.party_names),
-                       client_app=make_client_app(policy_for), num_supernodes=len(policies),
+        run_simulation(server_app=make_server_app(
+                           job, spec.party_names,
+                           key_holder=None if key_holder is None else key_holder.name),
+                       client_app=make_client_app(policy_for), num_supernodes=len(by_partition),
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                        "init_args": {"num_cpus": min(2, os.cpu_count() or 1),
                                                      "include_dashboard": False,

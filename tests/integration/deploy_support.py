@@ -8,6 +8,7 @@ runs in a session of its own) and starting it again."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -112,7 +113,7 @@ def kill_node(proc: subprocess.Popen[bytes]) -> None:
 
 
 def write_policy(root: Path, name: str, sha: str, epsilon_cap: float,
-                 evaluation: str = "off") -> Path:
+                 evaluation: str = "off", key_holders: Sequence[str] = ()) -> Path:
     folder = root / name
     folder.mkdir(exist_ok=True)
     path = folder / "policy.toml"
@@ -124,7 +125,8 @@ ledger = "ledger.jsonl"
 schema_sha256 = "{sha}"
 epsilon_cap = {epsilon_cap}
 delta = 1e-6
-channels = ["secagg"]
+channels = {'["secagg", "he"]' if key_holders else '["secagg"]'}
+key_holders = {json.dumps(list(key_holders))}
 max_parties = 10
 evaluation = "{evaluation}"
 ''' + ("" if evaluation == "off" else "evaluation_epsilon_cap = 1.0\n"), encoding="utf-8")
@@ -133,11 +135,13 @@ evaluation = "{evaluation}"
 
 def make_consortium(root: Path, parties: Sequence[str], port: int, *,
                     epsilon_cap: float = 10.0, holdout: float = 0.2,
-                    caps: Mapping[str, float] | None = None, evaluation: str = "off") -> None:
+                    caps: Mapping[str, float] | None = None, evaluation: str = "off",
+                    key_holders: Sequence[str] = ()) -> None:
     """keys init, the public schema of ISLR/Default, its rows split at random among the
     parties (a `holdout` share of each kept aside), and each party's policy."""
     res = run(root, "keys", "init", "--out", "consortium", "--coordinator-address",
-              f"127.0.0.1:{port}", "--parties", *parties)
+              f"127.0.0.1:{port}", "--parties", *parties,
+              *(["--key-holders", *key_holders] if key_holders else []))
     if res.returncode != 0:
         raise RuntimeError(res.stderr)
     pooled, _ = datasets.load("ISLR/Default")
@@ -148,7 +152,8 @@ def make_consortium(root: Path, parties: Sequence[str], port: int, *,
     owner = rng.integers(0, len(parties), len(pooled))
     held = rng.random(len(pooled)) < holdout
     for i, name in enumerate(parties):
-        write_policy(root, name, sha, (caps or {}).get(name, epsilon_cap), evaluation)
+        write_policy(root, name, sha, (caps or {}).get(name, epsilon_cap), evaluation,
+                     key_holders)
         pooled[(owner == i) & ~held].to_csv(root / name / "data.csv", index=False)
         pooled[(owner == i) & held].to_csv(root / name / "holdout.csv", index=False)
 
@@ -156,17 +161,22 @@ def make_consortium(root: Path, parties: Sequence[str], port: int, *,
 @contextlib.contextmanager
 def running_consortium(root: Path, parties: Sequence[str], *,
                        caps: Mapping[str, float] | None = None, evaluation: str = "off",
+                       key_holders: Sequence[str] = (),
                        ) -> Iterator[tuple[Path, int, Processes]]:
     """A consortium made in `root` (see make_consortium; `caps`: a party's own ε cap;
     `evaluation`: what every party's policy allows), its
     coordinator and one node per party running; every process stopped on the way out."""
     port = rt.free_port()
-    make_consortium(root, parties, port, caps=caps, evaluation=evaluation)
+    make_consortium(root, parties, port, caps=caps, evaluation=evaluation,
+                    key_holders=key_holders)
     procs = Processes(root)
     try:
         start_coordinator(procs, port)
         for name in parties:
             start_node(procs, name, port)
+        for name in key_holders:  # the he channel's key holders, each a node of its own
+            procs.start(name, "keyholder", "start", "--coordinator", f"127.0.0.1:{port}",
+                        "--keys", f"consortium/{name}")
         yield root, port, procs
     finally:
         procs.stop()

@@ -113,3 +113,35 @@ def test_init_refuses_bad_addresses_names_and_existing_folders(tmp_path: Path) -
     (tmp_path / "c4").mkdir()
     with pytest.raises(FileExistsError):
         init_consortium(tmp_path / "c4", "h:1", ["a", "b"])
+
+
+def test_key_holders_are_resolved_from_the_consortium(tmp_path: Path) -> None:
+    init_consortium(tmp_path / "k", "127.0.0.1:8000", ["bank_a", "bank_b"], ["kh"])
+    keys = tmp_path / "k"
+    cons = Consortium.load(keys / CONSORTIUM)
+    assert list(cons.key_holders) == ["kh"] and "kh" not in cons.identities
+    assert "kh" in cons.node_keys  # the coordinator registers its node like a party's
+    pol = load_policy(_policy(tmp_path, keys, channels=["secagg", "he"], key_holders=["kh"]))
+    assert pol.channels == ("secagg", "he")
+    assert pol.key_holders == frozenset({cons.key_holders["kh"]})
+
+
+def test_he_without_key_holders_and_unknown_key_holders_are_problems(tmp_path: Path) -> None:
+    init_consortium(tmp_path / "k", "127.0.0.1:8000", ["bank_a", "bank_b"], ["kh"])
+    keys = tmp_path / "k"
+    with pytest.raises(PolicyFileError) as info:
+        load_policy(_policy(tmp_path, keys, channels=["he"]))
+    assert "'key_holders' is empty" in str(info.value)
+    with pytest.raises(PolicyFileError) as info:
+        load_policy(_policy(tmp_path, keys, channels=["he"], key_holders=["bank_b", "zed"]))
+    assert "['bank_b', 'zed'] are not key holders" in str(info.value)
+
+
+def test_a_key_holder_named_like_a_party_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match="not parties' names"):
+        init_consortium(tmp_path / "k", "127.0.0.1:8000", ["bank_a", "bank_b"], ["bank_a"])
+    init_consortium(tmp_path / "k2", "127.0.0.1:8000", ["bank_a", "bank_b"], ["kh"])
+    path = tmp_path / "k2" / CONSORTIUM
+    path.write_text(path.read_text().replace('[key_holders."kh"]', '[key_holders."bank_a"]'))
+    with pytest.raises(KeyFileError, match="both as a party and as a key holder"):
+        Consortium.load(path)

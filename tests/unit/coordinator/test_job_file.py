@@ -53,3 +53,27 @@ def test_an_insecure_threshold_is_refused(tmp_path: Path, consortium: Consortium
     with pytest.raises(JobFileError, match="threshold"):
         load_job(_job(tmp_path, 'schema = "schema.json"\nparties = ["a", "b", "c"]\n'
                                 'epsilon = 1\nthreshold = 1\n'), consortium)
+
+
+def test_an_he_job_names_its_key_holder(tmp_path: Path) -> None:
+    init_consortium(tmp_path / "c", "127.0.0.1:8000", ["a", "b", "c"], ["kh"])
+    df, _ = datasets.load("ISLR/Default")
+    (tmp_path / "schema.json").write_text(infer_schema(df).to_json())
+    cons = Consortium.load(tmp_path / "c" / CONSORTIUM)
+    base = 'schema = "schema.json"\nparties = ["a", "b", "c"]\nepsilon = 1.0\n'
+    job = load_job(_job(tmp_path, base + 'channel = "he"\n'), cons)  # the only key holder
+    assert job.key_holder == "kh" and job.spec.key_holder == cons.key_holders["kh"]
+    job = load_job(_job(tmp_path, base + 'channel = "he"\nkey_holder = "kh"\n'), cons)
+    assert job.spec.channel == "he" and job.key_holder == "kh"
+    assert load_job(_job(tmp_path, base), cons).spec.key_holder == b""
+    with pytest.raises(JobFileError, match="names one of the key holders"):
+        load_job(_job(tmp_path, base + 'channel = "he"\nkey_holder = "a"\n'), cons)
+    with pytest.raises(JobFileError, match="only the he channel has a key holder"):
+        load_job(_job(tmp_path, base + 'key_holder = "kh"\n'), cons)
+
+
+def test_an_he_job_without_key_holders_in_the_consortium(tmp_path: Path,
+                                                          consortium: Consortium) -> None:
+    with pytest.raises(JobFileError, match="none: add one with keys init"):
+        load_job(_job(tmp_path, 'schema = "schema.json"\nparties = ["a", "b", "c"]\n'
+                                'epsilon = 1.0\nchannel = "he"\n'), consortium)

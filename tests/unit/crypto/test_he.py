@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 
 import numpy as np
@@ -177,6 +178,21 @@ def test_context_signature_fails_for_a_tampered_context_or_another_job(
             he.verify_public_context(job, ctx, sig, key, SMALL)
     with pytest.raises(he.HEError, match="not signed"):  # a BFV signature is no CKKS one
         he.verify_public_context("job-1", data, sig, identity.public, he.CkksParams())
+
+
+def test_context_signature_binds_the_spec_the_key_holder_was_set_up_with(
+        identity: Identity) -> None:
+    """A coordinator that shows the key holder a spec with a lower t than the parties' gets a
+    context the parties refuse: the signed statement holds the spec's digest."""
+    told = hashlib.sha256(b"spec with t = 2").digest()
+    agreed = hashlib.sha256(b"spec with t = 4").digest()
+    kh = he.KeyHolder("job-1", identity.private, threshold=2, params=SMALL, spec_digest=told)
+    data, sig = kh.public_context()
+    assert he.verify_public_context("job-1", data, sig, identity.public, SMALL, told)
+    with pytest.raises(he.HEError, match="not signed"):
+        he.verify_public_context("job-1", data, sig, identity.public, SMALL, agreed)
+    restored = he.KeyHolder.from_state(kh.to_state(), identity.private, params=SMALL)
+    assert restored.spec_digest == told
 
 
 # --- the key holder --------------------------------------------------------------------------

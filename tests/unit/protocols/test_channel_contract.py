@@ -16,6 +16,11 @@ without a new test. The contract:
   follow-up messages travel exactly when the channel declares them.
 - replay: a round is answered once; a replayed request of a finished round (with a fresh
   step, so that it passes the step check) is refused at every step, and so is the round.
+
+A channel with a key holder (he) gets one in the harness's LocalTransport (party 0), and the
+coordinator's setup asks it for the job's public context first. What the coordinator sees is
+then ciphertext: the measure reply holds no party's vector, the coordinator's context cannot
+decrypt, and the sum comes from the key holder's one decryption of the round.
 """
 
 from __future__ import annotations
@@ -33,15 +38,30 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fedsynth.client_node.node as node_module
+from fedsynth.client_node.keyholder import KeyHolderNode
 from fedsynth.client_node.node import Node, NodePolicy
-from fedsynth.coordinator.exchange import Exchange, JobRefused, PartyKeys, RoundResult, secure_sum
+from fedsynth.coordinator.exchange import (
+    Exchange,
+    JobRefused,
+    PartyKeys,
+    RoundResult,
+    secure_sum,
+    setup_request,
+)
+from fedsynth.crypto import he
 from fedsynth.protocols import channels
 from fedsynth.protocols import fedsynth_pb2 as pb
-from fedsynth.protocols.messages import bytes_vector, pack
+from fedsynth.protocols.messages import KEY_HOLDER, bytes_vector, pack
 from fedsynth.protocols.secure_sum import RoundFailed
 from fedsynth.protocols.spec import JobSpec, JobSpecError
 from fedsynth.simulations.local import LocalTransport
-from fedsynth.simulations.parties import job_spec, make_identities, write_parties
+from fedsynth.simulations.parties import (
+    job_spec,
+    key_holder_identity,
+    key_holder_policy,
+    make_identities,
+    write_parties,
+)
 from fedsynth.synthesis import marginals
 from fedsynth.synthesis.encoding import Encoding, Grouping
 from fedsynth.synthesis.schema import Column, Schema
@@ -56,6 +76,7 @@ SIZES = Encoding.from_schema(SCHEMA).sizes
 CLIQUES = [(0,), (1,), (2,), (0, 1)]
 LENGTH = marginals.vector_length(CLIQUES, SIZES)
 IDS = make_identities(6)
+KH = key_holder_identity()
 
 
 def _frame(n: int, seed: int) -> pd.DataFrame:
@@ -65,7 +86,8 @@ def _frame(n: int, seed: int) -> pd.DataFrame:
 
 
 def _spec(channel: str, n: int, t: int) -> JobSpec:
-    return job_spec(SCHEMA, IDS[:n], epsilon=50.0, delta=1e-6, threshold=t, channel=channel)
+    return job_spec(SCHEMA, IDS[:n], epsilon=50.0, delta=1e-6, threshold=t, channel=channel,
+                    key_holder=KH)
 
 
 def _thresholds(channel: str, n: int) -> list[int]:
@@ -83,8 +105,8 @@ def _thresholds(channel: str, n: int) -> list[int]:
 class Recorder:
     """A LocalTransport that keeps what the coordinator sent and received."""
 
-    def __init__(self, nodes: Mapping[int, Node]) -> None:
-        self.inner = LocalTransport(nodes)
+    def __init__(self, nodes: Mapping[int, Node], key_holder: KeyHolderNode | None) -> None:
+        self.inner = LocalTransport(nodes, key_holder=key_holder)
         self.requests: list[tuple[int, pb.Envelope]] = []
         self.replies: list[tuple[int, pb.Envelope]] = []
 
@@ -139,10 +161,11 @@ def _job(tmp: Path, monkeypatch: pytest.MonkeyPatch, channel: str, n: int, t: in
         return real(values, **kw)
 
     monkeypatch.setattr(node_module, "party_measure_reply", spy)
-    transport = Recorder(nodes)
+    holder = KeyHolderNode(key_holder_policy(KH)) if channels.get(channel).key_holder else None
+    transport = Recorder(nodes, holder)
     ex = Exchange(transport, uuid.uuid4().hex, identities={p: spec.identity_of(p) for p in nodes})
-    replies = ex.call({p: ("setup_request", pb.SetupRequest(spec=spec.to_proto()))
-                       for p in nodes}, "setup_reply")
+    setup = setup_request(ex, spec)  # asks the key holder first, if the channel has one
+    replies = ex.call({p: ("setup_request", setup) for p in nodes}, "setup_reply")
     keys = PartyKeys({p: e.setup_reply.public_key for p, e in replies.items()},
                      {p: e.setup_reply.key_signature for p, e in replies.items()})
     return Job(spec, channels.get(channel), ex, transport, keys, vectors)
@@ -155,8 +178,8 @@ def _lowest_t_at_least_2(channel: str, n: int) -> int:
 # --- the registry itself ------------------------------------------------------------------------
 
 
-def test_secagg_and_plain_are_registered_and_specs_accept_exactly_the_registered_names():
-    assert {"secagg", "plain"} <= set(NAMES)
+def test_secagg_he_and_plain_are_registered_and_specs_accept_exactly_the_registered_names():
+    assert {"secagg", "plain", "he"} <= set(NAMES)
     for name in NAMES:
         assert channels.get(name).name == name
         assert _thresholds(name, 5)  # some t works for 5 parties
@@ -217,7 +240,8 @@ def test_fewer_than_t_measure_replies_stop_the_round(name: str, tmp_path: Path,
     job = _job(tmp_path, monkeypatch, name, 5, t, fail)
     with pytest.raises(RoundFailed, match=f"below the threshold t={t}"):
         job.round()
-    assert "unmask_request" not in job.transport.bodies(job.transport.requests)
+    assert not {"unmask_request", "decrypt_request"} & job.transport.bodies(
+        job.transport.requests)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if channels.get(n).follow_up])
@@ -243,9 +267,34 @@ def test_parties_refuse_a_round_naming_fewer_than_t_participants(
 # --- what the coordinator sees is what the channel declares ---------------------------------------
 
 
+def _measure_replies(job: Job) -> dict[int, pb.Envelope]:
+    return {p: e for p, e in job.transport.replies if e.WhichOneof("body") == "measure_reply"}
+
+
 def _measured(job: Job) -> dict[int, np.ndarray]:
     return {p: bytes_vector(e.measure_reply.masked, length=LENGTH, sender="p").view(np.int64)
-            for p, e in job.transport.replies if e.WhichOneof("body") == "measure_reply"}
+            for p, e in _measure_replies(job).items()}
+
+
+def _assert_ciphertext_only(job: Job, res: RoundResult) -> None:
+    """Under a key holder's channel the coordinator gets ciphertexts it cannot decrypt."""
+    replies = _measure_replies(job)
+    assert sorted(replies) == res.contributors
+    for p, env in replies.items():
+        assert not env.measure_reply.masked and env.measure_reply.ciphertexts
+        wire = env.SerializeToString()
+        for q in res.contributors:  # no party's vector in the reply's bytes
+            assert job.vectors[(q, 1)].astype("<i8").tobytes() not in wire, (p, q)
+            assert job.vectors[(q, 1)].astype("<i4").tobytes() not in wire, (p, q)
+    public = job.ex.he_context
+    assert public is not None
+    assert not public.context.is_private() and not public.context.has_secret_key()
+    chunk = replies[res.contributors[0]].measure_reply.ciphertexts[0]
+    with pytest.raises(ValueError, match="secret"):
+        he.ts.bfv_vector_from(public.context, chunk[he.TAG_BYTES:]).decrypt()
+    decrypts = [e for p, e in job.transport.requests if e.WhichOneof("body") == "decrypt_request"]
+    assert len(decrypts) == 1 and decrypts[0].party == KEY_HOLDER  # one decryption: the sum
+    assert list(decrypts[0].decrypt_request.contributors) == res.contributors
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -254,6 +303,11 @@ def test_the_coordinator_sees_one_partys_vector_only_if_the_channel_says_so(
     t = max(_thresholds(name, 5)) - 1
     job = _job(tmp_path, monkeypatch, name, 5, t, {5: (1, "measure")})
     res = job.round()
+    if job.channel.key_holder:
+        _assert_ciphertext_only(job, res)
+        assert job.channel.noise_divisor(job.spec) == job.spec.honest_min
+        np.testing.assert_array_equal(res.total, job.expected(1, res.contributors))
+        return
     seen = _measured(job)
     assert sorted(seen) == res.contributors == [1, 2, 3, 4]
     if job.channel.protected:
@@ -278,6 +332,8 @@ def test_keys_and_follow_up_travel_exactly_when_the_channel_declares_them(
     ch, sent = job.channel, job.transport.bodies(job.transport.requests)
     assert ("mask_keys_request" in sent) == ch.round_keys
     assert ({"confirm_request", "unmask_request"} <= sent) == ch.follow_up
+    assert ({"key_setup_request", "decrypt_request"} <= sent) == ch.key_holder
+    assert any(p == KEY_HOLDER for p, _ in job.transport.requests) == ch.key_holder
     if not ch.follow_up:
         assert not sent & {"confirm_request", "unmask_request"}
     for _, env in job.transport.requests:
@@ -287,6 +343,7 @@ def test_keys_and_follow_up_travel_exactly_when_the_channel_declares_them(
     for _, env in job.transport.replies:
         if env.WhichOneof("body") == "measure_reply":
             assert env.measure_reply.HasField("next_mask_key") == ch.round_keys
+            assert bool(env.measure_reply.ciphertexts) == ch.key_holder
 
 
 # --- replay -------------------------------------------------------------------------------------

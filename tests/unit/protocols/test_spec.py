@@ -6,9 +6,10 @@ import math
 
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from fedsynth.protocols import channels
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.spec import (
     CHANNELS,
@@ -18,7 +19,7 @@ from fedsynth.protocols.spec import (
     min_threshold,
     schema_sha256,
 )
-from fedsynth.simulations.parties import make_identities
+from fedsynth.simulations.parties import key_holder_identity, make_identities
 from fedsynth.synthesis.schema import Column, Schema, infer_schema
 
 SCHEMA = infer_schema(pd.DataFrame({
@@ -30,18 +31,27 @@ SCHEMA = infer_schema(pd.DataFrame({
 
 
 IDS = make_identities(50)
+KH = key_holder_identity()
 
 
-def _named(n: int) -> dict:
+def _named(n: int, channel: str = "secagg") -> dict:
     n = max(n, 0)
+    holder = {"key_holder": KH.public} if channel in CHANNELS and channels.get(
+        channel).key_holder else {}
     return {"party_names": tuple(i.name for i in IDS[:n]),
-            "identity_keys": tuple(i.public for i in IDS[:n])}
+            "identity_keys": tuple(i.public for i in IDS[:n]), **holder}
 
 
 def _spec(**kw) -> JobSpec:
     base = dict(schema=SCHEMA, epsilon=1.0, delta=1e-6, parties=5, threshold=4, colluders=1)
     args = {**base, **kw}
-    return JobSpec(**{**_named(args["parties"]), **args})
+    return JobSpec(**{**_named(args["parties"], args.get("channel", "secagg")), **args})
+
+
+def _t_min(channel: str, parties: int, colluders: int) -> int | None:
+    """The smallest t the channel itself accepts (its `spec_problems`), above c."""
+    return next((t for t in range(colluders + 1, parties + 1) if not channels.get(
+        channel).spec_problems(parties=parties, threshold=t, colluders=colluders)), None)
 
 
 def test_a_valid_spec_and_its_honest_minimum():
@@ -107,7 +117,10 @@ def test_schema_hash_pins_columns_and_domains_only():
         ({"colluders": 4}, "colluders c=4"),
         ({"colluders": 5}, "colluders c=5"),
         ({"colluders": -1}, "colluders c=-1"),
-        ({"channel": "he"}, "channel 'he'"),
+        ({"channel": "he", "key_holder": b""}, "channel 'he' needs the key holder's"),
+        ({"channel": "he", "threshold": 1, "colluders": 0}, "he needs t >= 2"),
+        ({"channel": "he", "key_holder": IDS[2].public}, "must not be one of the job's parties"),
+        ({"key_holder": KH.public}, "channel 'secagg' has no key holder"),
         ({"channel": "SECAGG"}, "channel 'SECAGG'"),
         ({"method": "dpsgd"}, "method 'dpsgd'"),
         ({"epsilon": 0.0}, "--epsilon"),
@@ -154,12 +167,15 @@ def test_valid_specs_round_trip_property(data):
     parties = data.draw(st.integers(1, 50), label="parties")
     channel = data.draw(st.sampled_from(CHANNELS), label="channel")
     colluders = data.draw(st.integers(0, max(0, parties - 2)), label="c")
-    t_min = max(colluders + 1, min_threshold(parties, colluders) if channel == "secagg" else 1)
+    t_min = _t_min(channel, parties, colluders)  # what the channel itself requires
+    assume(t_min is not None)
+    assert t_min is not None
     threshold = data.draw(st.integers(t_min, parties), label="t")
     epsilon = data.draw(st.floats(1e-3, 100.0), label="epsilon")
     delta = data.draw(st.floats(1e-15, 0.5), label="delta")
     spec = JobSpec(schema=SCHEMA, epsilon=epsilon, delta=delta, parties=parties,
-                   threshold=threshold, colluders=colluders, channel=channel, **_named(parties))
+                   threshold=threshold, colluders=colluders, channel=channel,
+                   **_named(parties, channel))
     back = JobSpec.from_proto(pb.JobSpec.FromString(spec.to_proto().SerializeToString()))
     assert back == spec
     assert back.honest_min == threshold - colluders >= 1

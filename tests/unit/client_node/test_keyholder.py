@@ -1,0 +1,262 @@
+"""The he channel's key holder and the party's checks of it, through real Envelopes.
+
+A party refuses an he job whose key holder its policy does not list, and a public context that
+is not signed by the spec's key holder for this very job. The key holder decrypts one round's
+sum once, for at least t contributors of a job it set up, and refuses everything else with a
+refusal the coordinator reads like a party's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedsynth.client_node.keyholder import KeyHolderNode
+from fedsynth.client_node.node import Node
+from fedsynth.coordinator.exchange import (
+    Exchange,
+    JobRefused,
+    PartyKeys,
+    RoundResult,
+    decrypt_at_key_holder,
+    secure_sum,
+    setup_request,
+)
+from fedsynth.crypto import he
+from fedsynth.crypto.keys import Identity
+from fedsynth.protocols import channels
+from fedsynth.protocols import fedsynth_pb2 as pb
+from fedsynth.protocols.messages import KEY_HOLDER, PartyRefused, pack, unpack
+from fedsynth.protocols.spec import JobSpec
+from fedsynth.simulations.local import LocalTransport
+from fedsynth.simulations.parties import (
+    job_spec,
+    key_holder_identity,
+    key_holder_policy,
+    make_identities,
+    write_parties,
+)
+from fedsynth.synthesis import marginals
+from fedsynth.synthesis.encoding import Encoding, Grouping
+from fedsynth.synthesis.schema import Column, Schema
+
+SCHEMA = Schema((
+    Column("colour", "categorical", ("blue", "green", "red")),
+    Column("age", "integer", lower=18, upper=90),
+))
+SIZES = Encoding.from_schema(SCHEMA).sizes
+CLIQUES = [(0,), (1,), (0, 1)]
+LENGTH = marginals.vector_length(CLIQUES, SIZES)
+IDS = make_identities(4)
+KH = key_holder_identity()
+
+
+def _frame(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"colour": rng.choice(["blue", "green", "red"], n),
+                         "age": rng.integers(18, 91, n)})
+
+
+def _spec(t: int = 3, holder: Identity = KH) -> JobSpec:
+    return job_spec(SCHEMA, IDS, epsilon=10.0, delta=1e-6, threshold=t, channel="he",
+                    key_holder=holder)
+
+
+@dataclasses.dataclass
+class Federation:
+    spec: JobSpec
+    nodes: dict[int, Node]
+    holder: KeyHolderNode
+    transport: LocalTransport
+    ex: Exchange
+
+
+def _federation(tmp: Path, *, t: int = 3, accepted: frozenset[bytes] | None = None,
+                holder: Identity = KH) -> Federation:
+    spec = _spec(t, holder)
+    extra = {} if accepted is None else {"key_holders": accepted}
+    policies = write_parties(tmp / uuid.uuid4().hex, [_frame(40, p) for p in range(1, 5)], spec,
+                             IDS, **extra)
+    nodes = {p: Node(pol) for p, pol in policies.items()}
+    keyholder = KeyHolderNode(key_holder_policy(holder))
+    transport = LocalTransport(nodes, key_holder=keyholder)
+    ex = Exchange(transport, uuid.uuid4().hex, identities={p: spec.identity_of(p) for p in nodes})
+    return Federation(spec, nodes, keyholder, transport, ex)
+
+
+def _setup(fed: Federation, request: pb.SetupRequest | None = None) -> PartyKeys:
+    req = request if request is not None else setup_request(fed.ex, fed.spec)
+    replies = fed.ex.call({p: ("setup_request", req) for p in fed.nodes}, "setup_reply")
+    return PartyKeys({p: e.setup_reply.public_key for p, e in replies.items()},
+                     {p: e.setup_reply.key_signature for p, e in replies.items()})
+
+
+def _round(fed: Federation, keys: PartyKeys, round_id: int = 1,
+           participants: list[int] | None = None) -> RoundResult:
+    return secure_sum(fed.ex, round_id=round_id, label="test", channel="he",
+                      threshold=fed.spec.threshold,
+                      participants=participants or sorted(fed.nodes), keys=keys,
+                      groupings=[Grouping.identity(s) for s in SIZES], cliques=CLIQUES,
+                      length=LENGTH, noise_variance=4.0)
+
+
+def _refusal_reasons(err: JobRefused) -> Mapping[int, str]:
+    return {p: r.reason + " " + " ".join(r.problems) for p, r in err.refusals.items()}
+
+
+# --- the party's checks ------------------------------------------------------------------------
+
+
+def test_a_party_refuses_an_he_job_whose_key_holder_its_policy_does_not_list(tmp_path: Path):
+    fed = _federation(tmp_path, accepted=frozenset({key_holder_identity().public}))
+    with pytest.raises(JobRefused) as info:
+        _setup(fed)
+    reasons = _refusal_reasons(info.value)
+    assert sorted(reasons) == [1, 2, 3, 4]
+    assert all("key holder" in r and "not one this party's policy accepts" in r
+               for r in reasons.values())
+
+
+def test_a_party_refuses_a_context_whose_signature_does_not_verify(tmp_path: Path):
+    fed = _federation(tmp_path)
+    good = setup_request(fed.ex, fed.spec)
+    # a key pair of the coordinator's own making, signed with an identity key it holds
+    own = he.KeyHolder(fed.ex.job_id, IDS[0].private, threshold=3, params=channels.HE_PARAMS)
+    ctx, sig = own.public_context()
+    req = pb.SetupRequest(spec=fed.spec.to_proto(), he_context=ctx, he_context_signature=sig)
+    with pytest.raises(JobRefused) as info:
+        _setup(fed, req)
+    assert all("not signed by the key holder" in r for r in _refusal_reasons(info.value).values())
+    tampered = pb.SetupRequest()
+    tampered.CopyFrom(good)
+    tampered.he_context = good.he_context[:-1] + bytes([good.he_context[-1] ^ 1])
+    with pytest.raises(JobRefused, match="not signed by the key holder"):
+        _setup(fed, tampered)
+
+
+def test_a_party_refuses_a_context_signed_for_another_job(tmp_path: Path):
+    fed = _federation(tmp_path)
+    other = Exchange(fed.transport, uuid.uuid4().hex,
+                     identities={p: fed.spec.identity_of(p) for p in fed.nodes})
+    replayed = setup_request(other, fed.spec)  # the real key holder's context, for another job
+    with pytest.raises(JobRefused) as info:
+        _setup(fed, replayed)
+    assert all(f"for job {fed.ex.job_id!r}" in r for r in _refusal_reasons(info.value).values())
+
+
+def test_an_he_round_sums_exactly_and_the_coordinator_holds_only_the_public_context(
+        tmp_path: Path):
+    fed = _federation(tmp_path)
+    res = _round(fed, _setup(fed))
+    assert res.contributors == [1, 2, 3, 4]
+    assert fed.ex.he_context is not None and not fed.ex.he_context.context.is_private()
+    assert res.total.dtype == np.int64 and len(res.total) == LENGTH
+    # each party's counts plus its noise: the one-way blocks each add up to about 4 x 40 rows
+    assert abs(int(res.total[:SIZES[0]].sum()) - 160) < 60
+
+
+# --- the key holder's refusals, through the envelope path -----------------------------------------
+
+
+def _decrypt(fed: Federation, req: pb.DecryptRequest) -> pb.DecryptReply:
+    return decrypt_at_key_holder(fed.ex, req)
+
+
+def _summed(fed: Federation, keys: PartyKeys) -> tuple[RoundResult, pb.DecryptRequest]:
+    """One finished round and its decrypt request as the coordinator sent it."""
+    seen: list[pb.DecryptRequest] = []
+    real = fed.transport.exchange
+
+    def spy(requests: Mapping[int, bytes], *, timeout: float) -> dict[int, bytes]:
+        for p, data in requests.items():
+            env = pb.Envelope.FromString(data)
+            if p == KEY_HOLDER and env.WhichOneof("body") == "decrypt_request":
+                seen.append(env.decrypt_request)
+        return real(requests, timeout=timeout)
+
+    fed.transport.exchange = spy  # type: ignore[method-assign]
+    res = _round(fed, keys)
+    fed.transport.exchange = real  # type: ignore[method-assign]
+    return res, seen[0]
+
+
+def test_the_key_holder_refuses_a_second_decryption_of_a_round(tmp_path: Path):
+    fed = _federation(tmp_path)
+    _, req = _summed(fed, _setup(fed))
+    with pytest.raises(JobRefused, match="round 1 was already decrypted"):
+        _decrypt(fed, req)
+
+
+def test_the_key_holder_refuses_fewer_than_t_contributors(tmp_path: Path):
+    fed = _federation(tmp_path)
+    keys = _setup(fed)
+    _round(fed, keys)  # round 1 is spent; round 2 is still open
+    assert fed.ex.he_context is not None
+    chunks = he.encrypt_counts(fed.ex.he_context, np.arange(LENGTH, dtype=np.int64))
+    req = pb.DecryptRequest(round=2, length=LENGTH, contributors=[1, 2], chunks=chunks)
+    with pytest.raises(JobRefused, match="2 distinct contributors, the job's threshold is 3"):
+        _decrypt(fed, req)
+    req = pb.DecryptRequest(round=2, length=LENGTH, contributors=[1, 2, 9], chunks=chunks)
+    with pytest.raises(JobRefused, match=r"contributors \[9\] are not among the job's parties"):
+        _decrypt(fed, req)
+
+
+def test_the_key_holder_refuses_an_unknown_job_and_a_foreign_ciphertext(tmp_path: Path):
+    fed = _federation(tmp_path)
+    _setup(fed)
+    stranger = Exchange(fed.transport, uuid.uuid4().hex, identities={KEY_HOLDER: KH.public})
+    assert fed.ex.he_context is not None
+    chunks = he.encrypt_counts(fed.ex.he_context, np.ones(LENGTH, dtype=np.int64))
+    with pytest.raises(JobRefused, match="unknown to this key holder"):
+        decrypt_at_key_holder(stranger, pb.DecryptRequest(
+            round=1, length=LENGTH, contributors=[1, 2, 3], chunks=chunks))
+    other = he.JobKeys.generate(channels.HE_PARAMS)  # same parameters, another key
+    foreign = he.encrypt_counts(other.public, np.ones(LENGTH, dtype=np.int64))
+    with pytest.raises(JobRefused, match="not made under this job's public context"):
+        _decrypt(fed, pb.DecryptRequest(round=1, length=LENGTH, contributors=[1, 2, 3],
+                                        chunks=foreign))
+
+
+def test_the_key_holder_refuses_a_replayed_setup_and_a_job_naming_another_key_holder(
+        tmp_path: Path):
+    fed = _federation(tmp_path)
+    _setup(fed)
+    again = pb.Envelope(job_id=fed.ex.job_id, step=fed.ex.step + 1, party=KEY_HOLDER)
+    again.key_setup_request.spec.CopyFrom(fed.spec.to_proto())
+    with pytest.raises(PartyRefused, match="already set up"):
+        unpack(fed.holder.handle(pack(again)), sender="key holder", expect="key_setup_reply")
+    elsewhere = _spec(3, key_holder_identity())  # the spec names another key holder
+    env = pb.Envelope(job_id=uuid.uuid4().hex, step=1, party=KEY_HOLDER)
+    env.key_setup_request.spec.CopyFrom(elsewhere.to_proto())
+    with pytest.raises(PartyRefused, match="names another key holder"):
+        unpack(fed.holder.handle(pack(env)), sender="key holder", expect="key_setup_reply")
+
+
+def test_the_key_holder_state_survives_a_restart_with_its_spent_rounds(tmp_path: Path):
+    """A Flower ClientApp rebuilds the key holder from its node state at every message."""
+    fed = _federation(tmp_path)
+    _, req = _summed(fed, _setup(fed))
+    restored = KeyHolderNode.from_state(fed.holder.policy, fed.holder.to_state())
+    fed.transport.key_holder = restored
+    with pytest.raises(JobRefused, match="already decrypted"):
+        _decrypt(fed, req)
+    assert fed.ex.he_context is not None
+    chunks = he.encrypt_counts(fed.ex.he_context, np.full(LENGTH, 7, dtype=np.int64))
+    reply = _decrypt(fed, pb.DecryptRequest(round=2, length=LENGTH, contributors=[1, 2, 3],
+                                            chunks=chunks))
+    assert np.frombuffer(reply.total, dtype="<i8").tolist() == [7] * LENGTH
+
+
+def test_a_party_never_answers_a_key_holder_request(tmp_path: Path):
+    fed = _federation(tmp_path)
+    env = pb.Envelope(job_id=fed.ex.job_id, step=1, party=1)
+    env.key_setup_request.spec.CopyFrom(fed.spec.to_proto())
+    reply, _ = fed.nodes[1].handle(pack(env), None)
+    with pytest.raises(PartyRefused, match="expected a"):
+        unpack(reply, sender="party 1", expect="key_setup_reply")
