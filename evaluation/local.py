@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,6 @@ from fedsynth.evaluation.plan import EvalOptions, EvaluationPlan
 from fedsynth.evaluation.report import render
 from fedsynth.evaluation.statistics import node_statistics
 from fedsynth.synthesis.schema import (
-    Column,
     DataValidationError,
     Schema,
     describe_rows,
@@ -193,8 +192,7 @@ def draft_schema(pooled: pd.DataFrame) -> Schema:
 
 def _draft(pooled: pd.DataFrame) -> tuple[Schema, list[str]]:
     schema, notes = draft_schema_with_notes(pooled)
-    cols = [Column(c.name, c.kind, c.categories, c.lower, c.upper, nullable=True)
-            for c in schema.columns]
+    cols = [replace(c, nullable=True) for c in schema.columns]
     return Schema(tuple(cols), meta=schema.meta), notes
 
 

@@ -34,6 +34,7 @@ from fedsynth.crypto.noise import skellam
 from fedsynth.evaluation.dp import block_group, block_variances
 from fedsynth.evaluation.plan import FIXED_POINT, ColumnPlan, EvaluationPlan, dcr_edges
 from fedsynth.evaluation.statistics import table_blocks
+from fedsynth.synthesis.datetimes import as_floats
 
 Blocks = dict[str, np.ndarray]
 TvdOf = Callable[[str], "float | None"]  # block name -> TVD of the real and synthetic block
@@ -256,7 +257,7 @@ def _table_stats(c: ColumnPlan, s: pd.Series) -> dict[str, Any]:
         present = np.bincount(c.codes(s), minlength=c.size)[:-1]
         out["distinct"] = int((present > 0).sum())
         return out
-    x = s.to_numpy(dtype=float, na_value=np.nan)
+    x = as_floats(s)
     x = x[~np.isnan(x)]
     out["mean"] = float(x.mean()) if len(x) else None
     out["std"] = (float(x.std(ddof=1)) if len(x) > 1 else 0.0) if len(x) else None
@@ -270,7 +271,7 @@ def _table_stats(c: ColumnPlan, s: pd.Series) -> dict[str, Any]:
 def _bin_moments(c: ColumnPlan, s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Mean and mean square of the synthetic values in each evaluation bin (a bin without
     synthetic values: its midpoint), for means and stds from binned real counts."""
-    codes, x = c.codes(s), s.to_numpy(dtype=float, na_value=np.nan)
+    codes, x = c.codes(s), as_floats(s)
     ok = codes < c.size - 1
     n = np.bincount(codes[ok], minlength=c.size - 1).astype(float)
     m1 = np.bincount(codes[ok], weights=x[ok], minlength=c.size - 1)

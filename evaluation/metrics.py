@@ -15,6 +15,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
+from fedsynth.synthesis.datetimes import as_floats
+
 IntArray = npt.NDArray[np.intp]
 FloatArray = npt.NDArray[np.float64]
 
@@ -24,10 +26,13 @@ _MISSING_KEY = "\x00<missing>"
 
 
 def _is_numeric(series: pd.Series) -> bool:
-    return bool(pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series))
+    return bool(pd.api.types.is_datetime64_any_dtype(series) or (
+        pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)))
 
 
 def _to_float(series: pd.Series) -> FloatArray:
+    if pd.api.types.is_datetime64_any_dtype(series):  # dates as days since 1970
+        return np.asarray(as_floats(series), dtype=np.float64)
     return np.asarray(
         pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan),
         dtype=np.float64,

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fedsynth.errors import InputError
+from fedsynth.synthesis.datetimes import as_floats
 from fedsynth.synthesis.schema import Schema
 
 MAX_CATEGORICAL_NUMERIC = 20  # numeric columns with at most this many synthetic values: exact bins
@@ -140,7 +141,7 @@ class ColumnPlan:
     def codes(self, s: pd.Series) -> np.ndarray:
         na = s.isna().to_numpy()
         if self.numeric:
-            x = s.to_numpy(dtype=float, na_value=np.nan)
+            x = as_floats(s)
             out = np.searchsorted(np.asarray(self.edges), x, side="right")
         else:
             index = pd.Index(self.categories)
@@ -152,18 +153,18 @@ class ColumnPlan:
 
     def display_codes(self, s: pd.Series) -> np.ndarray:
         """Display bin of each non-missing value (missing values are dropped)."""
-        x = s.to_numpy(dtype=float, na_value=np.nan)
+        x = as_floats(s)
         x = x[~np.isnan(x)]
         inner = np.asarray(self.display_edges[1:-1])
         return np.searchsorted(inner, x, side="right").astype(np.int64)
 
     def end_counts(self, s: pd.Series) -> np.ndarray:
         """Values equal to the lower bound, and to the upper bound."""
-        x = s.to_numpy(dtype=float, na_value=np.nan)
+        x = as_floats(s)
         return np.array([int((x == self.lower).sum()), int((x == self.upper).sum())])
 
     def fine_codes(self, s: pd.Series) -> np.ndarray:
-        x = s.to_numpy(dtype=float, na_value=np.nan)
+        x = as_floats(s)
         inner = np.asarray(self.fine_edges[1:-1])
         out = np.searchsorted(inner, x, side="right").astype(np.int64)
         out[np.isnan(x)] = self.fine_size - 1
@@ -171,7 +172,7 @@ class ColumnPlan:
 
     def unit(self, s: pd.Series) -> np.ndarray:
         """Values mapped into [0, 1] by the public bounds (NaN stays NaN)."""
-        x = s.to_numpy(dtype=float, na_value=np.nan)
+        x = as_floats(s)
         span = self.upper - self.lower
         return np.clip((x - self.lower) / span, 0.0, 1.0) if span > 0 else np.where(
             np.isnan(x), np.nan, 0.0)
@@ -205,7 +206,7 @@ class Target:
         """1 positive, 0 negative, -1 missing."""
         na = s.isna().to_numpy()
         if self.threshold is not None:
-            y = (s.to_numpy(dtype=float, na_value=np.nan) > self.threshold).astype(np.int64)
+            y = (as_floats(s) > self.threshold).astype(np.int64)
         else:
             y = (s.astype(object) == self.positive).to_numpy().astype(np.int64)
         y[na] = -1
@@ -266,7 +267,8 @@ class EvaluationPlan:
         if len(synthetic) == 0:
             raise EvalOptionsError("the synthetic table has no rows; nothing to evaluate")
         cols = tuple(replace(_column_plan(c.name, c.kind, c.categories, c.lower, c.upper,
-                                          synthetic[c.name], options), nullable=c.nullable)
+                                          synthetic[c.name], options, integral=c.integral),
+                             nullable=c.nullable)
                      for c in schema.columns)
         d = len(cols)
         pairs = tuple(itertools.combinations(range(d), 2))
@@ -289,11 +291,13 @@ class EvaluationPlan:
 
 
 def _column_plan(name: str, kind: str, categories: tuple[str, ...], lower: float | None,
-                 upper: float | None, s: pd.Series, opt: EvalOptions) -> ColumnPlan:
+                 upper: float | None, s: pd.Series, opt: EvalOptions, *,
+                 integral: bool = False) -> ColumnPlan:
+    """Bins of one column; dates are numbers here (days since 1970, see datetimes.as_floats)."""
     if kind == "categorical":
         return ColumnPlan(name, False, (), tuple(categories), (), False, 0.0, 0.0, (0.0, 0.0))
     lo, hi = float(lower if lower is not None else 0.0), float(upper if upper is not None else 0.0)
-    x = s.to_numpy(dtype=float, na_value=np.nan)
+    x = as_floats(s)
     x = x[~np.isnan(x)]
     if len(x) == 0:
         x = np.array([lo])
@@ -315,7 +319,7 @@ def _column_plan(name: str, kind: str, categories: tuple[str, ...], lower: float
         c1, c99 = lo, (hi if hi > lo else lo + 1.0)
     return ColumnPlan(name, True, tuple(float(e) for e in edges), (),
                       tuple(float(e) for e in fine), exact, lo, hi, (c1, c99),
-                      display_edges=display_edges(lo, hi, integer=kind == "integer"))
+                      display_edges=display_edges(lo, hi, integer=integral))
 
 
 DISPLAY_BINS = 20  # the report's histograms: at most about this many equal-width bins
@@ -364,7 +368,7 @@ def display_edges(lo: float, hi: float, *, integer: bool) -> tuple[float, ...]:
 def _target(index: int, cols: tuple[ColumnPlan, ...], s: pd.Series) -> Target:
     col = cols[index]
     if col.numeric:
-        x = s.to_numpy(dtype=float, na_value=np.nan)
+        x = as_floats(s)
         values = np.unique(x[~np.isnan(x)])
         if len(values) == 2:  # a 0/1-like numeric target: the larger value is positive
             return Target(col.name, index, f"= {values[1]:g}", float(values.mean()))

@@ -36,6 +36,7 @@ from threadpoolctl import threadpool_limits
 
 from fedsynth.evaluation.metrics import row_hashes
 from fedsynth.evaluation.plan import FIXED_POINT, EvaluationPlan, dcr_edges
+from fedsynth.synthesis.datetimes import as_floats
 
 Model = Callable[[np.ndarray], np.ndarray]  # feature matrix -> P(positive)
 
@@ -125,7 +126,7 @@ def feature_matrix(plan: EvaluationPlan, df: pd.DataFrame) -> np.ndarray:
     for k, j in enumerate(plan.features):
         c = plan.columns[j]
         if c.numeric:
-            out[:, k] = df[c.name].to_numpy(dtype=float, na_value=np.nan)
+            out[:, k] = as_floats(df[c.name])
         else:
             codes = c.codes(df[c.name]).astype(float)
             codes[codes == c.size - 1] = np.nan
@@ -250,7 +251,7 @@ def distance_matrix(plan: EvaluationPlan, df: pd.DataFrame) -> np.ndarray:
     parts = []
     for c in plan.columns:
         if c.numeric:
-            x = df[c.name].to_numpy(dtype=float, na_value=np.nan)
+            x = as_floats(df[c.name])
             lo, hi = c.clip
             na = np.isnan(x)
             v = np.where(na, 0.0, (np.clip(x, lo, hi) - lo) / (hi - lo))
@@ -356,7 +357,7 @@ def row_keys(plan: EvaluationPlan, df: pd.DataFrame) -> np.ndarray:
     parts: dict[str, np.ndarray] = {}
     for j, c in enumerate(plan.columns):
         if c.numeric:
-            x = df[c.name].to_numpy(dtype=float, na_value=np.nan)
+            x = as_floats(df[c.name])
             parts[str(j)] = np.where(np.isnan(x), np.inf, x)  # one key for missing
         else:
             parts[str(j)] = c.codes(df[c.name])

@@ -1,8 +1,9 @@
 """Encoding of typed tables to integer codes and back, on domains derived from public data only.
 
-Fine domain: each column's codes come from the public schema alone (categories; integers one
-code per value when there are few; otherwise one code for the lower bound itself, then 256
-equal-width bins between the public bounds), plus one code for missing. The lower-bound code
+Fine domain: each column's codes come from the public schema alone (categories; discrete
+values; integers, and dates in units of their resolution, one code per value when there are
+few; otherwise one code for the lower bound itself, then 256 equal-width bins between the
+public bounds), plus one code for missing. The lower-bound code
 keeps point masses such as "no debt" (0 for most rows) exact instead of smearing them over
 the first bin. Coarser domains used for measurement are `Grouping`s of fine codes,
 computed by the coordinator from noisy (DP) counts, so they are post-processing.
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from fedsynth.synthesis import datetimes
 from fedsynth.synthesis.schema import Column, Schema
 
 FINE_BINS = 256
@@ -42,17 +44,45 @@ class ColumnCodec:
     def value_codes(self) -> int:
         return self.size - (1 if self.column.nullable else 0)
 
+    @property
+    def exact(self) -> bool:
+        """Each value code stands for one number (integers by the value, discrete values,
+        dates by the unit): decoding draws no value between them."""
+        return self.edges is None and self.column.kind != "categorical"
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The numeric support in the codec's units: whole numbers inside the bounds for
+        integer columns, whole units of the resolution since 1970 for dates."""
+        col = self.column
+        if col.kind == "datetime":
+            assert col.lower is not None and col.upper is not None and col.resolution
+            a, b = datetimes.bound_units(col.lower, col.upper, col.resolution)
+            return float(a), float(b)
+        lo, hi = float(col.lower or 0.0), float(col.upper or 0.0)
+        return (float(np.ceil(lo)), float(np.floor(hi))) if col.kind == "integer" else (lo, hi)
+
     @classmethod
     def for_column(cls, col: Column) -> ColumnCodec:
         extra = 1 if col.nullable else 0
         if col.kind == "categorical":
             return cls(col, None, len(col.categories) + extra)
-        lo, hi = float(col.lower or 0.0), float(col.upper or 0.0)
-        if col.kind == "integer" and hi - lo + 1 <= FINE_BINS:
+        if col.kind == "discrete":
+            return cls(col, None, len(col.values) + extra)
+        probe = cls(col, None, 0)
+        lo, hi = probe.bounds
+        if col.integral and hi - lo + 1 <= FINE_BINS:
             return cls(col, None, int(hi - lo) + 1 + extra)
         if hi == lo:  # a single public value: one exact code
             return cls(col, None, 1 + extra)
         return cls(col, np.linspace(lo, hi, FINE_BINS + 1), 1 + FINE_BINS + extra)
+
+    def numbers(self, s: pd.Series) -> np.ndarray:
+        """A validated column's values in the codec's units (NaN where missing)."""
+        if self.column.kind == "datetime":
+            assert self.column.resolution is not None
+            return datetimes.units(datetimes.parse(s), self.column.resolution)
+        return datetimes.as_floats(s)
 
     def encode(self, s: pd.Series) -> np.ndarray:
         col = self.column
@@ -61,10 +91,17 @@ class ColumnCodec:
         if col.kind == "categorical":
             lookup = {c: i for i, c in enumerate(col.categories)}
             codes[~na] = s[~na].map(lookup).to_numpy(dtype=np.int64)
+        elif col.kind == "discrete":
+            listed = np.asarray(col.values, dtype=float)
+            v = self.numbers(s)[~na]
+            at = np.clip(np.searchsorted(listed, v), 0, len(listed) - 1)
+            if not np.array_equal(listed[at], v):
+                raise ValueError(f"column {col.name!r} holds values not in its list")
+            codes[~na] = at
         elif self.edges is None:
-            codes[~na] = s[~na].to_numpy(dtype=float).astype(np.int64) - int(col.lower or 0)
+            codes[~na] = self.numbers(s)[~na].astype(np.int64) - int(self.bounds[0])
         else:
-            v = s[~na].to_numpy(dtype=float)
+            v = self.numbers(s)[~na]
             nb = len(self.edges) - 1
             b = np.clip(np.searchsorted(self.edges, v, side="right") - 1, 0, nb - 1)
             codes[~na] = np.where(v == self.edges[0], 0, b + 1)
@@ -75,7 +112,9 @@ class ColumnCodec:
         return codes
 
     def decode(self, fine: np.ndarray, rng: np.random.Generator) -> pd.Series:
-        """Typed values for fine codes; numeric values drawn uniformly inside their bin."""
+        """Typed values for fine codes, never outside the column's declared support: listed
+        categories and values, whole numbers and dates inside the bounds, and numbers drawn
+        uniformly inside their bin."""
         col = self.column
         miss = np.zeros(len(fine), dtype=bool) if self.missing_code is None else (
             fine == self.missing_code)
@@ -85,13 +124,16 @@ class ColumnCodec:
             out = pd.Series(cats[safe], dtype=object)
             out[miss] = None
             return out
-        if self.edges is None:
-            vals = safe.astype(float) + float(col.lower or 0.0)
+        lo_b, hi_b = self.bounds
+        if col.kind == "discrete":
+            vals = np.asarray(col.values, dtype=float)[safe]
+        elif self.edges is None:
+            vals = safe.astype(float) + lo_b
         else:
             point = safe == 0  # the lower bound itself
             b = np.maximum(safe - 1, 0)
             lo, hi = self.edges[b], self.edges[b + 1]
-            if col.kind == "integer":  # the whole numbers v with lo < v < hi in the first bin,
+            if col.integral:  # the whole numbers v with lo < v < hi in the first bin,
                 last = b == len(self.edges) - 2  # lo <= v < hi inside, lo <= v <= hi in the last
                 first_int = np.where(b == 0, np.floor(lo) + 1, np.ceil(lo))
                 last_int = np.where(last, np.floor(hi), np.ceil(hi) - 1)
@@ -100,9 +142,14 @@ class ColumnCodec:
             else:
                 vals = lo + rng.random(len(safe)) * (hi - lo)
                 vals = np.where((b == 0) & (vals <= lo), np.nextafter(lo, hi), vals)
-            vals = np.where(point, self.edges[0], vals)
+            vals = np.clip(np.where(point, self.edges[0], vals), lo_b, hi_b)
+        if col.kind == "datetime":
+            assert col.resolution is not None
+            stamps = pd.Series(datetimes.from_units(np.where(miss, lo_b, vals), col.resolution))
+            stamps[miss] = pd.NaT
+            return stamps
         vals[miss] = np.nan
-        if col.kind == "integer":
+        if col.integral:
             return pd.Series(vals).astype("Int64" if col.nullable else "int64")
         return pd.Series(vals, dtype=float)
 
@@ -197,7 +244,7 @@ def decode_groups(encoding: Encoding, groupings: Sequence[Grouping], group_codes
         fine = np.empty(len(g), dtype=np.int64)
         raw = np.clip(fine_counts[j].astype(float), 0, None) + 1e-6
         counts = fine_counts[j].astype(float)
-        if codec.edges is None and codec.column.kind == "integer":
+        if codec.exact:
             sharp = np.clip(counts - floor, 0, None)
         else:  # binned: only the exact lower-bound code is floored (no noise-only point mass)
             sharp = np.clip(counts, 0, None)

@@ -1,11 +1,13 @@
 """The public schema of a job: columns, their types and public domains, and data validation.
 
-The schema is public metadata every party agrees on before a job: category lists and numeric
-bounds. It never comes from another party's raw data. `draft_schema_with_notes` drafts one
-from a party's own file for that party to review (`fedsynth schema infer FILE`), with notes on
-what to check; simulations draft it from the pooled file as a documented convenience. A draft
-leaves out columns whose values it must not make public (identifiers): the schema lists them
-under "ignored_columns", and tables holding them still validate (those columns are not read).
+The schema is public metadata every party agrees on before a job: category lists, lists of
+numeric values (discrete columns), numeric bounds, and date bounds with a resolution (datetime
+columns; see synthesis.datetimes). It never comes from another party's raw data.
+`draft_schema_with_notes` drafts one from a party's own file for that party to review
+(`fedsynth schema infer FILE`), with notes on what to check; simulations draft it from the
+pooled file as a documented convenience. A draft leaves out columns whose values it must not
+make public (identifiers): the schema lists them under "ignored_columns", and tables holding
+them still validate (those columns are not read).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import numpy as np
 import pandas as pd
 
 from fedsynth.errors import InputError
+from fedsynth.synthesis import datetimes
+from fedsynth.synthesis.datetimes import RESOLUTIONS
 
-Kind = Literal["categorical", "integer", "continuous"]
-KINDS: tuple[str, ...] = ("categorical", "integer", "continuous")
+Kind = Literal["categorical", "integer", "continuous", "discrete", "datetime"]
+KINDS: tuple[str, ...] = ("categorical", "integer", "continuous", "discrete", "datetime")
 MAX_CATEGORIES = 100
 OTHER = "__other__"
 IGNORED = "ignored_columns"  # schema key: columns a table may hold that the job does not read
@@ -31,6 +35,13 @@ IGNORED = "ignored_columns"  # schema key: columns a table may hold that the job
 # MAX_CATEGORIES a value held by fewer rows than MIN_CATEGORY_ROWS is not made public.
 MIN_IDENTIFIER_VALUES = 20
 MIN_CATEGORY_ROWS = 3
+# A numeric column with at most this many distinct values, each held by MIN_CATEGORY_ROWS rows
+# or more, is drafted "discrete" (its values listed) when they are not whole numbers, or when
+# they are whole but fill under half of their range ({36, 60}, {3, 7, 19, 250}): decoded inside
+# bins or over the whole range, such columns came out with thousands of (or 18 impossible)
+# values. 64 holds the real cases seen (7-34 values) with room, and is twice the values the
+# model keeps per numeric column (32 groups), past which a list gains little over bins.
+MAX_DISCRETE_VALUES = 64
 
 
 class SchemaError(InputError):
@@ -57,7 +68,13 @@ class DataValidationError(InputError):
 
 @dataclass(frozen=True)
 class Column:
-    """One column: its kind and public domain (categories, or numeric bounds)."""
+    """One column: its kind and public domain.
+
+    categorical: `categories`. integer, continuous: `lower`, `upper`. discrete: `values`, the
+    sorted numbers it can take (whole numbers as ints, so the output keeps an integer type;
+    `lower`/`upper` are set to their ends). datetime: `lower`, `upper` in days since 1970
+    (ISO text in the schema's JSON) and `resolution`, "day" or "second".
+    """
 
     name: str
     kind: Kind
@@ -65,6 +82,24 @@ class Column:
     lower: float | None = None
     upper: float | None = None
     nullable: bool = False
+    values: tuple[int | float, ...] = ()
+    resolution: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.values, (list, tuple)):  # numpy scalars as Python numbers
+            object.__setattr__(self, "values", tuple(
+                v.item() if isinstance(v, (np.integer, np.floating)) else v for v in self.values))
+        if self.kind == "discrete" and not _value_problems(self.values):
+            vals = tuple(sorted(self.values))
+            object.__setattr__(self, "values", vals)
+            object.__setattr__(self, "lower", float(vals[0]))
+            object.__setattr__(self, "upper", float(vals[-1]))
+
+    @property
+    def integral(self) -> bool:
+        """Values are whole numbers (integer, datetime, and discrete columns of ints)."""
+        return self.kind in ("integer", "datetime") or (
+            self.kind == "discrete" and all(isinstance(v, int) for v in self.values))
 
     def problems(self) -> list[str]:
         out: list[str] = []
@@ -75,22 +110,70 @@ class Column:
                 out.append(f"column {self.name!r}: a categorical column needs a category list")
             if len(set(self.categories)) != len(self.categories):
                 out.append(f"column {self.name!r}: categories are listed twice")
+        elif self.kind == "discrete":
+            out += [f"column {self.name!r}: {p}" for p in _value_problems(self.values)]
         else:
             lo, hi = self.lower, self.upper
             if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
-                out.append(f"column {self.name!r}: a numeric column needs finite lower and upper "
-                           "bounds")
+                out.append(f"column {self.name!r}: a {self.kind} column needs finite lower and "
+                           "upper bounds")
             elif lo > hi:
-                out.append(f"column {self.name!r}: lower bound {lo} is above upper bound {hi}")
+                out.append(f"column {self.name!r}: lower bound {self._shown(lo)} is above upper "
+                           f"bound {self._shown(hi)}")
+            elif self.kind == "integer" and math.ceil(lo) > math.floor(hi):
+                out.append(f"column {self.name!r}: no whole number lies between its bounds "
+                           f"{lo} and {hi}")
+            if self.kind == "datetime":
+                out += self._datetime_problems()
         return out
+
+    def _datetime_problems(self) -> list[str]:
+        if self.resolution not in RESOLUTIONS:
+            return [f"column {self.name!r}: a datetime column needs a resolution, one of "
+                    f"{RESOLUTIONS} (got {self.resolution!r})"]
+        lo, hi = self.lower, self.upper
+        if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+            return []  # said above
+        if not -1e6 < lo <= hi < 1e6:
+            return [f"column {self.name!r}: datetime bounds must lie between the years 1678 "
+                    "and 2261"]
+        a, b = datetimes.bound_units(lo, hi, self.resolution)
+        if a > b:
+            return [f"column {self.name!r}: no whole {self.resolution} lies between its bounds"]
+        return []
+
+    def _shown(self, v: float) -> str:
+        if self.kind == "datetime" and self.resolution in RESOLUTIONS and abs(v) < 1e6:
+            return repr(datetimes.iso(v, self.resolution or "second"))
+        return str(v)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "kind": self.kind, "nullable": self.nullable}
         if self.kind == "categorical":
             d["categories"] = list(self.categories)
+        elif self.kind == "discrete":
+            d["values"] = list(self.values)
+        elif self.kind == "datetime":
+            res = self.resolution if self.resolution in RESOLUTIONS else "second"
+            d["lower"], d["upper"] = (None if v is None else datetimes.iso(v, res)
+                                      for v in (self.lower, self.upper))
+            d["resolution"] = self.resolution
         else:
             d["lower"], d["upper"] = self.lower, self.upper
         return d
+
+
+def _value_problems(values: object) -> list[str]:
+    """What is wrong with a discrete column's value list (empty, not numbers, repeated)."""
+    if not isinstance(values, (list, tuple)) or not values:
+        return ["a discrete column needs a non-empty list of its 'values'"]
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))
+           or not math.isfinite(v)]
+    if bad:
+        return [f"'values' must be finite numbers; not {', '.join(repr(v) for v in bad[:3])}"]
+    if len({float(v) for v in values}) != len(values):
+        return ["'values' lists a number twice"]
+    return []
 
 
 @dataclass(frozen=True)
@@ -149,13 +232,19 @@ class Schema:
             if not isinstance(c.get("nullable", False), bool):
                 problems.append(f"column {c['name']!r}: 'nullable' must be true or false")
                 continue
+            if "values" in c and not isinstance(c["values"], list):
+                problems.append(f"column {c['name']!r}: 'values' must be a list of numbers")
+                continue
+            bound = datetimes.parse_bound if c["kind"] == "datetime" else float
             try:
                 cols.append(Column(
                     name=str(c["name"]), kind=c["kind"],
                     categories=tuple(str(x) for x in c.get("categories", ())),
-                    lower=None if c.get("lower") is None else float(c["lower"]),
-                    upper=None if c.get("upper") is None else float(c["upper"]),
-                    nullable=bool(c.get("nullable", False))))
+                    lower=None if c.get("lower") is None else bound(c["lower"]),
+                    upper=None if c.get("upper") is None else bound(c["upper"]),
+                    nullable=bool(c.get("nullable", False)),
+                    values=tuple(c.get("values", ())),
+                    resolution=None if c.get("resolution") is None else str(c["resolution"])))
             except (TypeError, ValueError) as exc:
                 problems.append(f"column #{i} ({c.get('name')!r}): {exc}")
         if problems:
@@ -229,8 +318,27 @@ def _draft_column(name: str, s: pd.Series, max_categories: int
     if len(values) == 0:
         return _all_missing(name)
     if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
+        dates = datetimes.iso_dates(values)
+        if dates is not None:
+            return _datetime(name, dates, nullable)
+        if not pd.api.types.is_datetime64_any_dtype(s) and datetimes.local_dates(values):
+            return None, (f"column {name!r}: dates, but not written as YYYY-MM-DD: left out, "
+                          "so none of them becomes public. Write them as YYYY-MM-DD (or "
+                          "YYYY-MM-DD HH:MM:SS) to have them synthesised as dates")
         return _categorical(name, values, nullable, max_categories, _mixed(values))
     return _numeric(name, values, nullable)
+
+
+def _datetime(name: str, parsed: pd.Series, nullable: bool) -> tuple[Column, str]:
+    """Dates: a datetime column whose public bounds are the months of the earliest and latest
+    dates, never a row's own date; times of day give a resolution of a second."""
+    resolution = "second" if datetimes.has_time(parsed) else "day"
+    lo, hi = datetimes.coarse_bounds(parsed, resolution)
+    col = Column(name, "datetime", lower=lo, upper=hi, nullable=nullable, resolution=resolution)
+    return col, (f"column {name!r}: dates (resolution: a {resolution}), drafted with bounds "
+                 f"{datetimes.iso(lo, resolution)} to {datetimes.iso(hi, resolution)}: the "
+                 "months of the earliest and latest dates, so that no row's own date becomes "
+                 "public; widen them to the period you know to be public")
 
 
 def _all_missing(name: str) -> tuple[Column, str]:
@@ -322,7 +430,8 @@ def _categorical_note(name: str, col: Column, distinct: int, mixed: str | None) 
 
 def _numeric(name: str, values: pd.Series, nullable: bool) -> tuple[Column | None, str | None]:
     """Numbers: integer if every value is whole, else continuous; the observed minimum and
-    maximum are the bounds. A whole-number column that counts rows is left out."""
+    maximum are the bounds. A whole-number column that counts rows is left out. A column of
+    few values is discrete (see MAX_DISCRETE_VALUES), if each is held by enough rows."""
     arr = values.to_numpy(dtype=float)
     whole = pd.api.types.is_integer_dtype(values) or bool(np.all(np.mod(arr, 1) == 0))
     unique = whole and len(arr) >= MIN_IDENTIFIER_VALUES and len(np.unique(arr)) == len(arr)
@@ -330,11 +439,38 @@ def _numeric(name: str, values: pd.Series, nullable: bool) -> tuple[Column | Non
         return None, (f"column {name!r}: {len(arr):,} distinct whole numbers in {len(arr):,} "
                       "rows, close together: looks like a row number or identifier; left out. "
                       "Drop it, or declare it in a schema")
-    col = Column(name, "integer" if whole else "continuous", lower=float(arr.min()),
-                 upper=float(arr.max()), nullable=nullable)
-    note = (f"column {name!r}: every value is distinct ({len(arr):,} whole numbers): drafted as "
-            "integer; if it is an identifier, drop it") if unique else None
+    kind: Kind = "integer" if whole else "continuous"
+    discrete, note = _discrete(name, arr, whole, nullable, kind)
+    if discrete is not None:
+        return discrete, None
+    col = Column(name, kind, lower=float(arr.min()), upper=float(arr.max()), nullable=nullable)
+    if unique:
+        note = (f"column {name!r}: every value is distinct ({len(arr):,} whole numbers): drafted "
+                "as integer; if it is an identifier, drop it")
     return col, note
+
+
+def _discrete(name: str, arr: np.ndarray, whole: bool, nullable: bool, kind: str
+              ) -> tuple[Column | None, str | None]:
+    """A discrete column for few values (not whole, or whole but sparse in their range), or
+    None and why not. As in a long category list, a value held by fewer than
+    MIN_CATEGORY_ROWS rows is not made public: a column with such a value strictly between its
+    smallest and largest stays binned between its bounds. The smallest and largest values are
+    public either way, as the bounds every numeric draft takes (a loan term of 72 months held
+    by one row is the upper bound of the integer draft too)."""
+    vals, counts = np.unique(arr, return_counts=True)
+    if len(vals) > MAX_DISCRETE_VALUES:
+        return None, None
+    if whole and len(vals) * 2 >= vals[-1] - vals[0] + 1:
+        return None, None  # dense whole numbers: the integer kind's exact codes already fit
+    rare = int((counts[1:-1] < MIN_CATEGORY_ROWS).sum())
+    if rare:
+        return None, (f"column {name!r}: {len(vals)} distinct values, {rare} of them held by "
+                      f"fewer than {MIN_CATEGORY_ROWS} rows: drafted as {kind} between its "
+                      "bounds rather than as a list that would make those values public; if "
+                      "its values are public, declare it discrete with their list")
+    listed = tuple(int(v) for v in vals) if whole else tuple(float(v) for v in vals)
+    return Column(name, "discrete", values=listed, nullable=nullable), None
 
 
 def _sequence_like(arr: np.ndarray) -> bool:
@@ -419,6 +555,8 @@ def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
                                 f"the schema{shown}; {fix}")
                 kind(col.name, "categories that are not in the schema")
             out[col.name] = as_str
+        elif col.kind == "datetime":
+            out[col.name] = _check_dates(col, s, na, show_values, problems, kind)
         else:
             num = pd.to_numeric(s, errors="coerce")
             bad_type = (~na) & num.isna().to_numpy()
@@ -432,7 +570,18 @@ def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
             assert col.lower is not None and col.upper is not None  # checked by Schema
             with np.errstate(invalid="ignore"):
                 out_of = (~np.isnan(arr)) & ((arr < col.lower) | (arr > col.upper))
-            if out_of.any():
+            if col.kind == "discrete":
+                unlisted = (~np.isnan(arr)) & ~np.isin(arr, np.asarray(col.values, dtype=float))
+                if unlisted.any():
+                    vals = [_cat_str(v.item()) for v in np.unique(arr[unlisted])[:5]]
+                    shown = f" (values {vals})" if show_values else ""
+                    fix = "add them to its value list" if fold_unknown else (
+                        "a table made with this schema holds only its listed values: check "
+                        "that it is the schema of the job that made the table, or add them")
+                    problems.append(f"column {col.name!r}: {describe_rows(unlisted)} hold values "
+                                    f"not in the schema's value list{shown}; {fix}")
+                    kind(col.name, "values that are not in the schema's value list")
+            elif out_of.any():
                 vals = [repr(float(v)) for v in np.unique(arr[out_of])[:5]]
                 shown = f" (values {vals})" if show_values else ""
                 problems.append(f"column {col.name!r}: {describe_rows(out_of)} lie outside the "
@@ -450,6 +599,35 @@ def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
     if problems:
         raise DataValidationError(problems, source=source, kinds=kinds)
     return pd.DataFrame(out, index=df.index).reset_index(drop=True)
+
+
+def _check_dates(col: Column, s: pd.Series, na: np.ndarray, show_values: bool,
+                 problems: list[str], kind: Any) -> pd.Series:
+    """A datetime column's values as `datetime64[ns]`; text that is not an ISO date, and dates
+    outside the bounds, are problems."""
+    parsed = datetimes.parse(s)
+    bad = (~na) & parsed.isna().to_numpy()
+    if bad.any():
+        vals = [str(v) for v in s[bad].unique()[:5]]
+        shown = f" (values {vals})" if show_values else ""
+        problems.append(f"column {col.name!r}: {describe_rows(bad)} are not dates written as "
+                        f"YYYY-MM-DD or YYYY-MM-DD HH:MM:SS{shown}; the schema declares it "
+                        "datetime")
+        kind(col.name, "values that are not dates (declared datetime)")
+    assert col.lower is not None and col.upper is not None and col.resolution  # by Schema
+    lo, hi = datetimes.bound_units(col.lower, col.upper, col.resolution)
+    u = datetimes.units(parsed, col.resolution)
+    with np.errstate(invalid="ignore"):
+        out_of = (~np.isnan(u)) & ((u < lo) | (u > hi))
+    if out_of.any():
+        vals = sorted({str(v) for v in parsed[out_of].unique()})[:5]
+        shown = f" (values {vals})" if show_values else ""
+        problems.append(f"column {col.name!r}: {describe_rows(out_of)} lie outside the declared "
+                        f"bounds [{datetimes.iso(col.lower, col.resolution)}, "
+                        f"{datetimes.iso(col.upper, col.resolution)}]{shown}; widen the bounds "
+                        "in the schema or leave those rows out")
+        kind(col.name, "values outside the declared bounds")
+    return parsed
 
 
 def _cat_str(v: object) -> str:

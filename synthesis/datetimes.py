@@ -1,0 +1,132 @@
+"""Dates and times of a `datetime` column: parsing, public bounds, and their numeric units.
+
+A datetime column is public as its bounds and resolution (a day, or a second when the values
+hold times). Internally its bounds are days since 1970-01-01 (floats, so every non-categorical
+column has numeric bounds the same way), its values are encoded as whole units of its
+resolution, and a validated table holds them as `datetime64[ns]` (written to CSV as YYYY-MM-DD
+when every value is a date, as YYYY-MM-DD HH:MM:SS otherwise). Only ISO 8601 text is read as
+dates: other layouts are ambiguous (is 03/01/2015 March or January?), and plain numbers are
+never dates.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+RESOLUTIONS: tuple[str, ...] = ("day", "second")
+DAY_NS = 86_400 * 10**9
+UNIT_NS = {"day": DAY_NS, "second": 10**9}
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}"
+                      r"([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$")
+# Dates in a local layout (03/01/2015, 1.3.15): never read as dates, never made public either
+LOCAL_DATE = re.compile(r"^\d{1,2}[/.-]\d{1,2}[/.-](\d{4}|\d{2})([T ]\d{1,2}:\d{2}.*)?$")
+
+
+def parse(s: pd.Series) -> pd.Series:
+    """`datetime64[ns]` values (UTC when the text gives a zone), NaT where a value is missing
+    or is not an ISO date (numbers included)."""
+    if pd.api.types.is_datetime64_any_dtype(s):
+        out = pd.Series(s)
+    else:
+        text = s.astype(object).map(lambda v: v if isinstance(v, str) and ISO_DATE.match(
+            v.strip()) else (v if isinstance(v, (pd.Timestamp, np.datetime64)) else None))
+        text = text.map(lambda v: v.strip() if isinstance(v, str) else v)
+        try:
+            out = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+        except (ValueError, TypeError, OverflowError):
+            out = pd.to_datetime(text.map(_one), errors="coerce", utc=True)
+    if isinstance(out.dtype, pd.DatetimeTZDtype):
+        out = out.dt.tz_convert("UTC").dt.tz_localize(None)
+    return out.astype("datetime64[ns]").reset_index(drop=True).set_axis(s.index)
+
+
+def _one(v: object) -> object:
+    try:
+        return pd.Timestamp(v)  # type: ignore[arg-type]
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def iso_dates(values: pd.Series) -> pd.Series | None:
+    """The parsed values if every one (no missing ones given) is an ISO date, else None."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return parse(values)
+    if not all(isinstance(v, str) and ISO_DATE.match(v.strip()) for v in values):
+        return None
+    parsed = parse(values)
+    return None if parsed.isna().any() else parsed
+
+
+def local_dates(values: pd.Series) -> bool:
+    """Every value is a date written in a local layout (day and month as numbers)."""
+    return all(isinstance(v, str) and LOCAL_DATE.match(v.strip()) for v in values)
+
+
+def has_time(parsed: pd.Series) -> bool:
+    ok = parsed.dropna()
+    return bool((ok != ok.dt.normalize()).any())
+
+
+def to_days(t: pd.Timestamp) -> float:
+    return (t - pd.Timestamp(0)) / pd.Timedelta(days=1)
+
+
+def from_days(days: float) -> pd.Timestamp:
+    return pd.Timestamp(0) + pd.Timedelta(round(days * DAY_NS), unit="ns")
+
+
+def bound_units(lower: float, upper: float, resolution: str) -> tuple[int, int]:
+    """The bounds as whole units of the resolution since 1970 (inner whole units)."""
+    per_day = DAY_NS // UNIT_NS[resolution]
+    lo, hi = lower * per_day, upper * per_day
+    return int(np.ceil(round(lo, 6))), int(np.floor(round(hi, 6)))
+
+
+def units(parsed: pd.Series, resolution: str) -> np.ndarray:
+    """Whole units since 1970 as floats (NaN where missing); a time inside a unit is dropped."""
+    ns = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    out = np.floor_divide(ns, UNIT_NS[resolution]).astype(float)
+    out[parsed.isna().to_numpy()] = np.nan
+    return out
+
+
+def from_units(u: np.ndarray, resolution: str) -> np.ndarray:
+    """`datetime64[ns]` for whole units since 1970."""
+    return (u.astype(np.int64) * UNIT_NS[resolution]).astype("datetime64[ns]")
+
+
+def iso(days: float, resolution: str) -> str:
+    t = from_days(days)
+    return t.strftime("%Y-%m-%d") if resolution == "day" else t.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def parse_bound(v: object) -> float:
+    """A bound from a schema: an ISO date or date-time string, as days since 1970."""
+    if not isinstance(v, str) or not ISO_DATE.match(v.strip()):
+        raise ValueError(f"{v!r} is not an ISO date such as '2015-01-31' or "
+                         "'2015-01-31T08:00:00'")
+    t = pd.Timestamp(v.strip())
+    if t.tzinfo is not None:
+        t = t.tz_convert("UTC").tz_localize(None)
+    return to_days(t)
+
+
+def coarse_bounds(parsed: pd.Series, resolution: str) -> tuple[float, float]:
+    """Drafted bounds: the start of the earliest value's month and the end of the latest's
+    (its last day, or last second), so that no row's exact date becomes public."""
+    lo = parsed.min().to_period("M").start_time
+    hi = parsed.max().to_period("M").end_time
+    hi = hi.normalize() if resolution == "day" else hi.floor("s")
+    return to_days(lo), to_days(hi)
+
+
+def as_floats(s: pd.Series) -> np.ndarray:
+    """The numbers of any non-categorical column: dates as (fractional) days since 1970."""
+    if pd.api.types.is_datetime64_any_dtype(s):
+        ns = s.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(float)
+        ns[s.isna().to_numpy()] = np.nan
+        return ns / DAY_NS
+    return s.to_numpy(dtype=float, na_value=np.nan)
