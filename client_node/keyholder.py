@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from fedsynth.crypto import he
-from fedsynth.crypto.keys import public_identity
+from fedsynth.crypto.keys import public_identity, verify_key
 from fedsynth.protocols import channels
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import (
@@ -60,13 +60,19 @@ REQUESTS = ("key_setup_request", "decrypt_request")
 class KeyHolderPolicy:
     """The key holder's own rules: its name (for routing only), its private identity key, the
     channel's parameters, and how many jobs' keys it keeps (the oldest job's key is dropped,
-    so a later decrypt request for it is refused) and how many parties a job may have."""
+    so a later decrypt request for it is refused), how many parties a job may have, and how
+    many rounds of one job it decrypts at most. Round ids are the coordinator's to choose, so
+    "once per round" alone would let a deviating coordinator query the secret key with as many
+    chosen ciphertexts as it likes (BFV is not CCA-secure: each answer, or range refusal,
+    tells about a coefficient of the key); `max_decryptions` bounds that to far fewer
+    coefficients than the key has (N = 4096), and to more rounds than a job uses."""
 
     name: str
     identity_key: bytes = field(repr=False)
     params: he.Params = channels.HE_PARAMS
     max_jobs: int = 8
     max_parties: int = 1000
+    max_decryptions: int = 64
 
 
 @dataclass
@@ -74,6 +80,7 @@ class _Job:
     holder: he.KeyHolder
     parties: int
     step: int
+    identities: tuple[bytes, ...] = ()  # the spec's parties' identity keys, 1..n
 
 
 class KeyHolderNode:
@@ -136,11 +143,12 @@ class KeyHolderNode:
             log.warning("key holder: dropped the key of job %s (at most %d jobs kept)", oldest,
                         self.policy.max_jobs)
             del self._jobs[oldest]
-        self._jobs[job_id] = _Job(holder, spec.parties, env.step)
+        self._jobs[job_id] = _Job(holder, spec.parties, env.step, tuple(spec.identity_keys))
         context, signature = holder.public_context()
         out = pb.Envelope(job_id=job_id, step=env.step, party=KEY_HOLDER)
         out.key_setup_reply.context = context
         out.key_setup_reply.signature = signature
+        out.key_setup_reply.mask_key = holder.mask_key
         log.info("key holder: job %s set up (t=%d, %d parties)", job_id, spec.threshold,
                  spec.parties)
         return out
@@ -164,14 +172,36 @@ class KeyHolderNode:
                                 f"job's parties 1..{job.parties}")
         if not 1 <= req.length <= MAX_VECTOR_LENGTH:
             raise ProtocolError(f"round {req.round}: length {req.length} is out of range")
+        if job.holder.decryptions >= self.policy.max_decryptions:
+            raise ProtocolError(f"round {req.round}: this key holder decrypts at most "
+                                f"{self.policy.max_decryptions} rounds of a job; nothing is "
+                                "decrypted")
+        job.holder.check_request(env.job_id, req.round, contributors)
         total = job.holder.decrypt(env.job_id, req.round, list(req.chunks), req.length,
-                                   contributors)
+                                   contributors, party_keys=self._party_keys(job, env),
+                                   request_digest=bytes(req.request_digest))
         out = pb.Envelope(job_id=env.job_id, step=env.step, party=KEY_HOLDER)
         out.decrypt_reply.round = req.round
         out.decrypt_reply.total = vector_bytes(total.astype(np.int64).view(np.uint64))
         log.info("key holder: job %s round %d: decrypted the sum of %d parties (%d values)",
                  env.job_id, req.round, len(contributors), req.length)
         return out
+
+    @staticmethod
+    def _party_keys(job: _Job, env: pb.Envelope) -> dict[int, bytes]:
+        """Each contributor's X25519 job key, checked against its identity signature for this
+        job (the spec's identity keys, kept from setup): the masks to remove are derived from
+        these, so a key the coordinator made up would leave its masks in place."""
+        req = env.decrypt_request
+        keys = {}
+        for p in req.contributors:
+            key, sig = bytes(req.public_keys.get(p, b"")), bytes(req.key_signatures.get(p, b""))
+            if not verify_key(job.identities[p - 1], sig, job_id=env.job_id, party=p,
+                              public_key=key):
+                raise ProtocolError(f"round {req.round}: party {p}'s job key does not carry its "
+                                    "identity signature; nothing is decrypted")
+            keys[p] = key
+        return keys
 
     # --- state between messages (a Flower ClientApp's node state) ----------------------------
     def to_state(self) -> bytes:
@@ -181,7 +211,8 @@ class KeyHolderNode:
             st = job.holder.to_state()
             st["secret"] = base64.b64encode(st["secret"]).decode()
             st["public"] = base64.b64encode(st["public"]).decode()
-            jobs[job_id] = {"holder": st, "parties": job.parties, "step": job.step}
+            jobs[job_id] = {"holder": st, "parties": job.parties, "step": job.step,
+                            "identities": [k.hex() for k in job.identities]}
         return json.dumps({"jobs": jobs}).encode()
 
     @classmethod
@@ -192,5 +223,6 @@ class KeyHolderNode:
             st["secret"] = base64.b64decode(st["secret"])
             st["public"] = base64.b64decode(st["public"])
             holder = he.KeyHolder.from_state(st, policy.identity_key, params=policy.params)
-            node._jobs[job_id] = _Job(holder, int(job["parties"]), int(job["step"]))
+            node._jobs[job_id] = _Job(holder, int(job["parties"]), int(job["step"]),
+                                      tuple(bytes.fromhex(k) for k in job["identities"]))
         return node

@@ -275,7 +275,8 @@ class Node:
             he.verify_public_context(env.job_id, context,
                                      env.setup_request.he_context_signature, spec.key_holder,
                                      channels.HE_PARAMS,
-                                     spec_digest(env.setup_request.spec))
+                                     spec_digest(env.setup_request.spec),
+                                     bytes(env.setup_request.he_mask_key))
         if any(a.get("job_id") == env.job_id for a in self._ledger().audits("setup")):
             raise ProtocolError(f"job {env.job_id} was set up at this party before; a job id "
                                 "is used once")
@@ -296,6 +297,7 @@ class Node:
                    "rounds": {}, "mask_keys": {}, "step": env.step}
         if context:
             session["he_context"] = base64.b64encode(context).decode()
+            session["he_mask_key"] = bytes(env.setup_request.he_mask_key).hex()
         out = pb.Envelope(job_id=env.job_id, step=env.step, party=env.party)
         out.setup_reply.public_key = keys.public
         out.setup_reply.key_signature = sign_key(self.policy.identity_key, job_id=env.job_id,
@@ -341,7 +343,8 @@ class Node:
             private=bytes.fromhex(session["private"]), publics=publics,
             mask_private=opened.mask_private, mask_publics=opened.mask_publics,
             identity_key=self.policy.identity_key, request_digest=bytes.fromhex(digest),
-            public_context=base64.b64decode(session.get("he_context", "")))
+            public_context=base64.b64decode(session.get("he_context", "")),
+            key_holder_key=bytes.fromhex(session.get("he_mask_key", "")))
         if channels.get(spec.channel).round_keys:
             session.setdefault("mask_keys", {})[str(round_id + 1)] = next_key.hex()
         reply.seeded_noise = self.policy.noise_seed is not None

@@ -16,6 +16,7 @@ public context: it adds ciphertexts, it cannot decrypt them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,10 +131,11 @@ def setup_request(ex: Exchange, spec: JobSpec) -> pb.SetupRequest:
     try:
         ex.he_context = he.verify_public_context(ex.job_id, reply.context, reply.signature,
                                                  spec.key_holder, channels.HE_PARAMS,
-                                                 spec_digest(req.spec))
+                                                 spec_digest(req.spec), reply.mask_key)
     except he.HEError as exc:
         raise RoundFailed(f"the key holder's public context is not usable: {exc}") from exc
     req.he_context, req.he_context_signature = reply.context, reply.signature
+    req.he_mask_key = reply.mask_key
     return req
 
 
@@ -190,7 +192,9 @@ def secure_sum_of(ex: Exchange, body: str, req: pb.MeasureRequest | pb.EvaluateR
     rnd = CoordinatorRound(round_id=round_id, channel=channel, participants=list(participants),
                            length=length, threshold=threshold, job_id=ex.job_id,
                            keys=round_keys, identities=ex.identities,
-                           he_context=ex.he_context)
+                           he_context=ex.he_context, job_keys=keys,
+                           request_digest=hashlib.sha256(
+                               req.SerializeToString(deterministic=True)).digest())
     replies = ex.call({p: (body, req) for p in participants}, "measure_reply")
     survivors = rnd.collect({p: e.measure_reply for p, e in replies.items()})
     if rnd.dropped:

@@ -23,11 +23,15 @@ Limits, stated:
 - TenSEAL has no threshold decryption, so the coordinator and the key holder must not collude:
   together they decrypt each party's ciphertext, i.e. its vector carrying only its own
   1/(t - c) share of the noise.
-- The contributor list is the coordinator's claim; a coordinator that lies about it, or sends
-  a ciphertext of its own making, is outside the semi-honest model: BFV and CKKS are not
-  CCA-secure, and a decryption oracle on chosen ciphertexts leaks the secret key. Hence one
-  decryption per round, keys per job, and the range check below (a decryption outside the
-  bound of a sum of the claimed contributors is refused, not released).
+- The contributor list, the round id and the ciphertext are the coordinator's to send. BFV
+  and CKKS are not CCA-secure (a decryption oracle on chosen ciphertexts leaks the secret
+  key), and "once per round" alone would let a deviating coordinator decrypt one round's
+  answers again over a subset under a fresh round id. For BFV sums the parties therefore mask
+  their vectors with round-bound masks only the key holder removes (crypto.he_masks,
+  `KeyHolder.decrypt(party_keys=...)`): anything but the honest sum of the listed
+  contributors' answers to one request decrypts to a refusal. Also: one decryption per round,
+  at most `max_decryptions` per job (client_node.keyholder), keys per job, and the range check
+  below (a decryption outside the bound of a sum of the claimed contributors is refused).
 - CKKS decryptions carry the encryption noise; shared widely they can reveal the key
   (Li and Micciancio 2020). Only noised sums are decrypted, keys are per job.
 
@@ -56,7 +60,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -65,7 +69,9 @@ import numpy as np
 import tenseal as ts
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedsynth.crypto import he_masks
 from fedsynth.crypto.keys import verify_statement
+from fedsynth.crypto.secagg import KeyPair, public_of
 
 # Round ids are uint32 and a node's reply announces round + 1: the node's own MAX_ROUND
 # (client_node) is the same value; crypto does not import the roles.
@@ -303,15 +309,19 @@ def _parse(public: PublicContext, context: Any, blob: bytes, size: int, what: st
     return vec
 
 
-def encrypt_counts(public: PublicContext, values: np.ndarray) -> list[bytes]:
-    """A party's integer vector as BFV chunks of N slots; refuses any |v| > bound."""
+def encrypt_counts(public: PublicContext, values: np.ndarray, *,
+                   residues: bool = False) -> list[bytes]:
+    """A party's integer vector as BFV chunks of N slots; refuses any |v| > bound. With
+    `residues`, the values are already residues mod p (centred: a masked vector,
+    crypto.he_masks, whose data part the caller checked against the bound)."""
     params = public.params
     if not isinstance(params, BfvParams):
         raise HEError("encrypt_counts needs a BFV context")
     if values.ndim != 1 or values.dtype.kind not in "iu":
         raise HEError("only 1-d integer vectors encrypt exactly under BFV")
-    if len(values) and (values.max() > params.bound or values.min() < -params.bound):
-        raise HEError(f"a value exceeds the bound {params.bound}: clip or rescale before "
+    limit = params.plain_modulus // 2 if residues else params.bound
+    if len(values) and (values.max() > limit or values.min() < -limit):
+        raise HEError(f"a value exceeds the bound {limit}: clip or rescale before "
                       "encrypting (a larger value could wrap the sum)")
     v = values.astype(np.int64)
     out, i = [], 0
@@ -375,20 +385,23 @@ def decrypt_sum(keys: JobKeys, chunks: Sequence[bytes], length: int) -> np.ndarr
     return np.concatenate([np.asarray(p, dtype=dtype) for p in parts])
 
 
-def _context_statement(scheme: str, job_id: str, digest: bytes, spec_digest: bytes) -> bytes:
-    return b"fedsynth/he-context/v2|%s|%s|%s|%s" % (
-        scheme.encode(), job_id.encode(), digest.hex().encode(), spec_digest.hex().encode())
+def _context_statement(scheme: str, job_id: str, digest: bytes, spec_digest: bytes,
+                       mask_key: bytes) -> bytes:
+    return b"fedsynth/he-context/v3|%s|%s|%s|%s|%s" % (
+        scheme.encode(), job_id.encode(), digest.hex().encode(), spec_digest.hex().encode(),
+        mask_key.hex().encode())
 
 
 def verify_public_context(job_id: str, context_bytes: bytes, signature: bytes,
                           key_holder_identity: bytes, params: Params,
-                          spec_digest: bytes = b"") -> PublicContext:
-    """A party's check of the key holder's context: signed for this job and for the job spec
+                          spec_digest: bytes = b"", mask_key: bytes = b"") -> PublicContext:
+    """A party's check of the key holder's context: signed for this job, for the job spec
     whose digest is `spec_digest` (so the key holder enforces the t, n and parties this party
-    agreed to, not another spec the coordinator showed it), public, the job's parameters.
-    Raises HEError otherwise."""
+    agreed to, not another spec the coordinator showed it) and with the key holder's X25519
+    mask key `mask_key` (crypto.he_masks), public, the job's parameters. Raises HEError
+    otherwise."""
     statement = _context_statement(params.scheme, job_id, hashlib.sha256(context_bytes).digest(),
-                                   spec_digest)
+                                   spec_digest, mask_key)
     if not verify_statement(key_holder_identity, signature, statement):
         raise HEError(f"the {params.scheme} context is not signed by the key holder for job "
                       f"{job_id!r}: tampered, replayed from another job or not the key holder's")
@@ -408,6 +421,7 @@ class KeyHolder:
         self.spec_digest = spec_digest  # the spec it was set up for, in its signed statement
         self._identity = identity_private
         self._keys = JobKeys.generate(params)
+        self._mask = KeyPair.generate()  # X25519: the parties' round masks (crypto.he_masks)
         self._decrypted: set[int] = set()
 
     def to_state(self) -> dict[str, Any]:
@@ -417,7 +431,7 @@ class KeyHolder:
         secret = self._keys.secret.serialize(save_public_key=True, save_secret_key=True,
                                              save_galois_keys=False, save_relin_keys=False)
         return {"job_id": self.job_id, "threshold": self.threshold, "secret": secret,
-                "spec_digest": self.spec_digest.hex(),
+                "spec_digest": self.spec_digest.hex(), "mask": self._mask.private.hex(),
                 "public": self._keys.public_bytes, "decrypted": sorted(self._decrypted)}
 
     @classmethod
@@ -436,26 +450,16 @@ class KeyHolder:
                                                           int(state["threshold"]), params)
         holder.spec_digest = bytes.fromhex(str(state.get("spec_digest", "")))
         holder._identity = identity_private
+        mask_private = bytes.fromhex(str(state["mask"]))
+        holder._mask = KeyPair(mask_private, public_of(mask_private))
         holder._keys = JobKeys(secret=secret, public=load_public_context(public, params),
                                public_bytes=public)
         holder._decrypted = {int(r) for r in state["decrypted"]}
         return holder
 
-    def public_context(self) -> tuple[bytes, bytes]:
-        """The public context bytes and the identity signature binding them to this job."""
-        data = self._keys.public_context_bytes()
-        sig = Ed25519PrivateKey.from_private_bytes(self._identity).sign(
-            _context_statement(self.params.scheme, self.job_id, hashlib.sha256(data).digest(),
-                               self.spec_digest))
-        return data, sig
-
-    def decrypt(self, job_id: str, round_id: int, chunks: Sequence[bytes], length: int,
-                contributors: Collection[int]) -> np.ndarray:
-        """Decrypt one round's sum, once; refuse anything else with a distinct error.
-
-        A request refused before decryption (job, round, contributors, a chunk that does not
-        parse or carries another context's fingerprint) leaves the round open; from the first
-        decryption on the round is spent, even if the range check then refuses the result."""
+    def check_request(self, job_id: str, round_id: int, contributors: Collection[int]) -> int:
+        """The checks made before any decryption (job, round, count of distinct contributors);
+        returns that count."""
         if job_id != self.job_id:
             raise WrongJob(f"this key holder serves job {self.job_id!r}, not {job_id!r}")
         if isinstance(round_id, bool) or not isinstance(round_id, int) \
@@ -469,12 +473,65 @@ class KeyHolder:
                                      f"{self.threshold}")
         if n > self.params.max_parties:
             raise HEError(f"{n} contributors exceed max_parties {self.params.max_parties}")
-        sizes = _sizes(self.params, chunks, length)
+        return n
+
+    def _unmask(self, total: np.ndarray, round_id: int, request_digest: bytes,
+                party_keys: Mapping[int, bytes]) -> np.ndarray:
+        """The decrypted sum minus the contributors' round masks; ForeignCiphertext when the
+        masks do not cancel (crypto.he_masks: not the honest sum of this round's request)."""
+        p = self.params.plain_modulus if isinstance(self.params, BfvParams) else 0
+        if not p:
+            raise HEError("round masks are for BFV sums")
+        try:
+            masks = [he_masks.round_mask(
+                he_masks.shared_secret(self._mask.private, key, job_id=self.job_id, party=party),
+                round_id=round_id, request_digest=request_digest, length=len(total), modulus=p)
+                for party, key in sorted(party_keys.items())]
+            return he_masks.unmask(total, masks, p)
+        except he_masks.MaskError as exc:
+            raise ForeignCiphertext(f"round {round_id}: {exc}; not released") from exc
+
+    @property
+    def decryptions(self) -> int:
+        """How many rounds this key holder has decrypted (each spent, released or not)."""
+        return len(self._decrypted)
+
+    @property
+    def mask_key(self) -> bytes:
+        """The public half of this job's X25519 mask key (signed with the context)."""
+        return self._mask.public
+
+    def public_context(self) -> tuple[bytes, bytes]:
+        """The public context bytes and the identity signature binding them (and the mask
+        key) to this job and its spec."""
+        data = self._keys.public_context_bytes()
+        sig = Ed25519PrivateKey.from_private_bytes(self._identity).sign(
+            _context_statement(self.params.scheme, self.job_id, hashlib.sha256(data).digest(),
+                               self.spec_digest, self._mask.public))
+        return data, sig
+
+    def decrypt(self, job_id: str, round_id: int, chunks: Sequence[bytes], length: int,
+                contributors: Collection[int], *,
+                party_keys: Mapping[int, bytes] | None = None,
+                request_digest: bytes = b"") -> np.ndarray:
+        """Decrypt one round's sum, once; refuse anything else with a distinct error.
+
+        A request refused before decryption (job, round, contributors, a chunk that does not
+        parse or carries another context's fingerprint) leaves the round open; from the first
+        decryption on the round is spent, even if the range check then refuses the result."""
+        n = self.check_request(job_id, round_id, contributors)
+        masked = party_keys is not None
+        if masked and set(party_keys or {}) != set(contributors):
+            raise HEError(f"round {round_id}: a job key is needed for every contributor, and "
+                          "only for them")
+        sizes = _sizes(self.params, chunks, length + (he_masks.TAG_SLOTS if masked else 0))
         vecs = [_parse(self._keys.public, self._keys.secret, c, s, f"chunk {j}")
                 for j, (c, s) in enumerate(zip(chunks, sizes, strict=True))]
         self._decrypted.add(round_id)  # consumed from here on, whatever the outcome
         dtype = np.int64 if self.params.scheme == "bfv" else np.float64
         out = np.concatenate([np.asarray(v.decrypt(), dtype=dtype) for v in vecs])
+        if party_keys is not None:
+            out = self._unmask(out, round_id, request_digest, party_keys)
         limit = n * self.params.bound + (CkksParams.PRECISION if dtype == np.float64 else 0)
         if not np.all(np.abs(out) <= limit):
             raise ForeignCiphertext(f"round {round_id}: the decryption is not a sum of {n} "

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from fedsynth.crypto import he
+from fedsynth.crypto import he, he_masks
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols import secure_sum
 from fedsynth.protocols.messages import ProtocolError, bytes_vector, vector_bytes
@@ -95,11 +95,12 @@ class Channel(ABC):
                    publics: Mapping[int, bytes], mask_private: bytes = b"",
                    mask_publics: Mapping[int, bytes] | None = None,
                    identity_key: bytes = b"", request_digest: bytes = b"",
-                   public_context: bytes = b"",
+                   public_context: bytes = b"", key_holder_key: bytes = b"",
                    ) -> tuple[pb.MeasureReply, bytes, bytes]:
         """The measure reply for a noised vector: (reply, state to keep for `release`, private
-        half of the next round's key to keep). `public_context`: the key holder's public
-        context, verified at setup (channels with a key holder)."""
+        half of the next round's key to keep). `public_context` and `key_holder_key`: the
+        key holder's public context and X25519 mask key, verified at setup (channels with a
+        key holder)."""
 
     def release(self, req: pb.UnmaskRequest, *, job_id: str, me: int, threshold: int,
                 participants: Sequence[int], private: bytes, publics: Mapping[int, bytes],
@@ -168,7 +169,7 @@ class SecAggChannel(Channel):
                    publics: Mapping[int, bytes], mask_private: bytes = b"",
                    mask_publics: Mapping[int, bytes] | None = None,
                    identity_key: bytes = b"", request_digest: bytes = b"",
-                   public_context: bytes = b"",
+                   public_context: bytes = b"", key_holder_key: bytes = b"",
                    ) -> tuple[pb.MeasureReply, bytes, bytes]:
         return secure_sum.secagg_measure_reply(
             values, job_id=job_id, me=me, round_id=round_id, participants=participants,
@@ -214,7 +215,7 @@ class PlainChannel(Channel):
                    publics: Mapping[int, bytes], mask_private: bytes = b"",
                    mask_publics: Mapping[int, bytes] | None = None,
                    identity_key: bytes = b"", request_digest: bytes = b"",
-                   public_context: bytes = b"",
+                   public_context: bytes = b"", key_holder_key: bytes = b"",
                    ) -> tuple[pb.MeasureReply, bytes, bytes]:
         return pb.MeasureReply(round=round_id, masked=vector_bytes(
             values.astype(np.int64).view(np.uint64))), b"", b""
@@ -249,9 +250,13 @@ class HeChannel(Channel):
     setup against the key holder's identity in the spec, which the party's policy must list);
     the coordinator keeps the ciphertexts of whoever answered, adds those of the contributors
     under the public context (it holds no secret key) and sends the one sum to the key holder,
-    which decrypts each round once and only for at least t contributors. Dropouts cost nothing
-    and a round takes one round trip with the parties; no pairwise keys are needed. The
-    coordinator and the key holder must not collude (crypto.he, README's threat model)."""
+    which decrypts each round once and only for at least t contributors. Before encrypting,
+    each party adds a mask only the key holder can remove, bound to the round and to the
+    digest of the request it answered (crypto.he_masks): a decryption is released only when it
+    is exactly the sum of the listed contributors' answers to one request, so re-labelled,
+    sub-set, mixed or forged sums are refused. Dropouts cost nothing and a round takes one
+    round trip with the parties; no pairwise keys are needed. The coordinator and the key
+    holder must not collude (crypto.he, README's threat model)."""
 
     name = "he"
     protected = True
@@ -273,14 +278,28 @@ class HeChannel(Channel):
                    publics: Mapping[int, bytes], mask_private: bytes = b"",
                    mask_publics: Mapping[int, bytes] | None = None,
                    identity_key: bytes = b"", request_digest: bytes = b"",
-                   public_context: bytes = b"",
+                   public_context: bytes = b"", key_holder_key: bytes = b"",
                    ) -> tuple[pb.MeasureReply, bytes, bytes]:
         if not public_context:
             raise ProtocolError(f"round {round_id}: no key holder's public context from setup; "
                                 "refusing to send the vector")
+        if len(key_holder_key) != 32 or len(request_digest) != 32:
+            raise ProtocolError(f"round {round_id}: no key holder's mask key or request digest;"
+                                " refusing to send the vector")
+        values = values.astype(np.int64)
+        p = HE_PARAMS.plain_modulus
+        if len(values) and np.max(np.abs(values)) > HE_PARAMS.bound:
+            raise ProtocolError(f"round {round_id}: a value exceeds the he channel's bound "
+                                f"{HE_PARAMS.bound}; refusing (a larger one could wrap the sum)")
+        try:
+            secret = he_masks.shared_secret(private, key_holder_key, job_id=job_id, party=me)
+            mask = he_masks.round_mask(secret, round_id=round_id, request_digest=request_digest,
+                                       length=len(values) + he_masks.TAG_SLOTS, modulus=p)
+        except he_masks.MaskError as exc:
+            raise ProtocolError(f"round {round_id}: {exc}") from None
         reply = pb.MeasureReply(round=round_id)
         reply.ciphertexts.extend(he.encrypt_counts(he_public_context(public_context),
-                                                   values.astype(np.int64)))
+                                                   he_masks.mask(values, mask, p), residues=True))
         return reply, b"", b""
 
     def check_round(self, rnd: CoordinatorRound) -> None:
@@ -289,7 +308,7 @@ class HeChannel(Channel):
 
     def collect(self, rnd: CoordinatorRound, party: int, reply: pb.MeasureReply) -> None:
         chunks = [bytes(c) for c in reply.ciphertexts]
-        expected = -(-rnd.length // HE_PARAMS.slots)
+        expected = -(-(rnd.length + he_masks.TAG_SLOTS) // HE_PARAMS.slots)
         if len(chunks) != expected or any(len(c) > he.MAX_CHUNK_BYTES for c in chunks):
             raise ProtocolError(f"party {party}: {len(chunks)} ciphertext chunks, expected "
                                 f"{expected} of at most {he.MAX_CHUNK_BYTES} bytes")
@@ -306,12 +325,17 @@ class HeChannel(Channel):
         contributors = rnd.survivors
         try:
             total = he.add_ciphertexts(rnd.he_context, [rnd.ciphertexts[p] for p in contributors],
-                                       rnd.length)
+                                       rnd.length + he_masks.TAG_SLOTS)
         except he.HEError as exc:
             raise RoundFailed(f"round {rnd.round_id}: the ciphertexts do not add up under the "
                               f"job's public context ({exc}); nothing was decrypted") from exc
-        return pb.DecryptRequest(round=rnd.round_id, length=rnd.length,
-                                 contributors=contributors, chunks=total)
+        req = pb.DecryptRequest(round=rnd.round_id, length=rnd.length,
+                                contributors=contributors, chunks=total,
+                                request_digest=rnd.request_digest)
+        for p in contributors:  # the key holder removes the masks these keys give
+            req.public_keys[p] = rnd.job_keys.publics[p]
+            req.key_signatures[p] = rnd.job_keys.signatures[p]
+        return req
 
     def finish(self, rnd: CoordinatorRound, replies: Mapping[int, pb.UnmaskReply]) -> np.ndarray:
         from fedsynth.protocols.secure_sum import RoundFailed

@@ -193,10 +193,13 @@ class SetupRequest(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     HE_CONTEXT_FIELD_NUMBER: _builtins.int
     HE_CONTEXT_SIGNATURE_FIELD_NUMBER: _builtins.int
+    HE_MASK_KEY_FIELD_NUMBER: _builtins.int
     he_context: _builtins.bytes
     """he channel: the key holder's public context (no secret key)"""
     he_context_signature: _builtins.bytes
     """the key holder's identity signature of it for this job"""
+    he_mask_key: _builtins.bytes
+    """he channel: the key holder's X25519 mask key (signed too)"""
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     def __init__(
@@ -205,10 +208,11 @@ class SetupRequest(_message.Message):
         spec: Global___JobSpec | None = ...,
         he_context: _builtins.bytes = ...,
         he_context_signature: _builtins.bytes = ...,
+        he_mask_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["he_context", b"he_context", "he_context_signature", b"he_context_signature", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["he_context", b"he_context", "he_context_signature", b"he_context_signature", "he_mask_key", b"he_mask_key", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1028,19 +1032,23 @@ class KeyHolderSetupReply(_message.Message):
 
     CONTEXT_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    MASK_KEY_FIELD_NUMBER: _builtins.int
     context: _builtins.bytes
     """public context: public key only (no secret, Galois or relin keys)"""
     signature: _builtins.bytes
-    """identity signature over (scheme, job, sha256 of context)"""
+    """identity signature over (scheme, job, sha256 of context, spec, mask key)"""
+    mask_key: _builtins.bytes
+    """X25519 public key: each party's round masks (crypto.he_masks)"""
     def __init__(
         self,
         *,
         context: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        mask_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "mask_key", b"mask_key", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1052,13 +1060,58 @@ class DecryptRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class PublicKeysEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class KeySignaturesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ROUND_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
     CONTRIBUTORS_FIELD_NUMBER: _builtins.int
     CHUNKS_FIELD_NUMBER: _builtins.int
+    REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEYS_FIELD_NUMBER: _builtins.int
+    KEY_SIGNATURES_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     length: _builtins.int
     """entries of the summed vector"""
+    request_digest: _builtins.bytes
+    """sha256 of the round's request, as every contributor hashed it"""
     @_builtins.property
     def contributors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """parties whose ciphertexts are in the sum (>= t)"""
@@ -1067,6 +1120,14 @@ class DecryptRequest(_message.Message):
     def chunks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """the summed ciphertext, chunk by chunk"""
 
+    @_builtins.property
+    def public_keys(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """each contributor's X25519 job key from setup"""
+
+    @_builtins.property
+    def key_signatures(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """its identity signature over (job, party, key)"""
+
     def __init__(
         self,
         *,
@@ -1074,10 +1135,13 @@ class DecryptRequest(_message.Message):
         length: _builtins.int = ...,
         contributors: _abc.Iterable[_builtins.int] | None = ...,
         chunks: _abc.Iterable[_builtins.bytes] | None = ...,
+        request_digest: _builtins.bytes = ...,
+        public_keys: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        key_signatures: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "contributors", b"contributors", "length", b"length", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "contributors", b"contributors", "key_signatures", b"key_signatures", "length", b"length", "public_keys", b"public_keys", "request_digest", b"request_digest", "round", b"round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

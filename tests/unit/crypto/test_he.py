@@ -39,7 +39,8 @@ def _holder(identity: Identity, job: str = "job-1", params: he.Params = SMALL,
             threshold: int = 2) -> tuple[he.KeyHolder, he.PublicContext]:
     kh = he.KeyHolder(job, identity.private, threshold=threshold, params=params)
     data, sig = kh.public_context()
-    return kh, he.verify_public_context(job, data, sig, identity.public, params)
+    return kh, he.verify_public_context(job, data, sig, identity.public, params,
+                                        mask_key=kh.mask_key)
 
 
 def _sum(public: he.PublicContext, vectors: list[np.ndarray]) -> list[bytes]:
@@ -168,16 +169,18 @@ def test_context_signature_fails_for_a_tampered_context_or_another_job(
         identity: Identity) -> None:
     kh = he.KeyHolder("job-1", identity.private, threshold=2, params=SMALL)
     data, sig = kh.public_context()
-    assert he.verify_public_context("job-1", data, sig, identity.public, SMALL).fingerprint
+    assert he.verify_public_context("job-1", data, sig, identity.public, SMALL,
+                                    mask_key=kh.mask_key).fingerprint
     other = he.JobKeys.generate(SMALL).public_bytes
     forged = Identity.generate("coordinator")
     for job, ctx, key in [("job-2", data, identity.public), ("job-1", other, identity.public),
                           ("job-1", data[:-1] + bytes([data[-1] ^ 1]), identity.public),
                           ("job-1", data, forged.public)]:
         with pytest.raises(he.HEError, match="not signed"):
-            he.verify_public_context(job, ctx, sig, key, SMALL)
+            he.verify_public_context(job, ctx, sig, key, SMALL, mask_key=kh.mask_key)
     with pytest.raises(he.HEError, match="not signed"):  # a BFV signature is no CKKS one
-        he.verify_public_context("job-1", data, sig, identity.public, he.CkksParams())
+        he.verify_public_context("job-1", data, sig, identity.public, he.CkksParams(),
+                                 mask_key=kh.mask_key)
 
 
 def test_context_signature_binds_the_spec_the_key_holder_was_set_up_with(
@@ -188,9 +191,11 @@ def test_context_signature_binds_the_spec_the_key_holder_was_set_up_with(
     agreed = hashlib.sha256(b"spec with t = 4").digest()
     kh = he.KeyHolder("job-1", identity.private, threshold=2, params=SMALL, spec_digest=told)
     data, sig = kh.public_context()
-    assert he.verify_public_context("job-1", data, sig, identity.public, SMALL, told)
+    assert he.verify_public_context("job-1", data, sig, identity.public, SMALL, told,
+                                    kh.mask_key)
     with pytest.raises(he.HEError, match="not signed"):
-        he.verify_public_context("job-1", data, sig, identity.public, SMALL, agreed)
+        he.verify_public_context("job-1", data, sig, identity.public, SMALL, agreed,
+                                 kh.mask_key)
     restored = he.KeyHolder.from_state(kh.to_state(), identity.private, params=SMALL)
     assert restored.spec_digest == told
 
