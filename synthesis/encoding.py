@@ -2,11 +2,11 @@
 
 Fine domain: each column's codes come from the public schema alone (categories; discrete
 values; integers, and dates in units of their resolution, one code per value when there are
-few; otherwise one code for the lower bound itself, then 256 equal-width bins between the
-public bounds), plus one code for missing. The lower-bound code
-keeps point masses such as "no debt" (0 for most rows) exact instead of smearing them over
-the first bin. Coarser domains used for measurement are `Grouping`s of fine codes,
-computed by the coordinator from noisy (DP) counts, so they are post-processing.
+few; otherwise one code for the lower bound itself, then 256 bins between the public bounds,
+equal-width, or geometric for a column on the log scale), plus one code for missing. The
+lower-bound code keeps point masses such as "no debt" (0 for most rows) exact instead of
+smearing them over the first bin. Coarser domains used for measurement are `Grouping`s of
+fine codes, computed by the coordinator from noisy (DP) counts, so they are post-processing.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from fedsynth.synthesis import datetimes
-from fedsynth.synthesis.schema import Column, Schema
+from fedsynth.synthesis.schema import FINE_BINS, Column, Schema
 
-FINE_BINS = 256
+LOG_UNITS = 2.0**20  # a log-scale column's range in units of its smallest resolution
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,13 @@ class ColumnCodec:
             return cls(col, None, int(hi - lo) + 1 + extra)
         if hi == lo:  # a single public value: one exact code
             return cls(col, None, 1 + extra)
+        if col.scale == "log":  # geometric bins: fine where a heavy tail's rows are
+            # even in log(1 + (x - lo) / u), u = range / 2^20: scale-free, each bin about 5.6%
+            # wider than the one below, from 5e-8 of the range at lo to 5% of it at hi
+            u = (hi - lo) / LOG_UNITS
+            edges = lo + u * np.expm1(np.linspace(0.0, np.log1p(LOG_UNITS), FINE_BINS + 1))
+            edges[0], edges[-1] = lo, hi
+            return cls(col, edges, 1 + FINE_BINS + extra)
         return cls(col, np.linspace(lo, hi, FINE_BINS + 1), 1 + FINE_BINS + extra)
 
     def numbers(self, s: pd.Series) -> np.ndarray:

@@ -27,6 +27,13 @@ from fedsynth.synthesis.datetimes import RESOLUTIONS
 
 Kind = Literal["categorical", "integer", "continuous", "discrete", "datetime"]
 KINDS: tuple[str, ...] = ("categorical", "integer", "continuous", "discrete", "datetime")
+SCALES: tuple[str, ...] = ("linear", "log")
+# the fine domain of a numeric column (synthesis.encoding): integers one code per value when
+# the range holds at most this many, else this many bins between the bounds
+FINE_BINS = 256
+# a binned column is drafted on the log scale when this share of its rows lies in the lowest
+# HEAVY_SPAN of its range: equal-width bins would put half the rows in the first 5 of 256
+HEAVY_SHARE, HEAVY_SPAN = 0.5, 0.02
 MAX_CATEGORIES = 100
 OTHER = "__other__"
 IGNORED = "ignored_columns"  # schema key: columns a table may hold that the job does not read
@@ -70,7 +77,8 @@ class DataValidationError(InputError):
 class Column:
     """One column: its kind and public domain.
 
-    categorical: `categories`. integer, continuous: `lower`, `upper`. discrete: `values`, the
+    categorical: `categories`. integer, continuous: `lower`, `upper`, and `scale` ("linear",
+    or "log" for heavy tails: fine bins even in log(1 + x - lower)). discrete: `values`, the
     sorted numbers it can take (whole numbers as ints, so the output keeps an integer type;
     `lower`/`upper` are set to their ends). datetime: `lower`, `upper` in days since 1970
     (ISO text in the schema's JSON) and `resolution`, "day" or "second".
@@ -84,6 +92,9 @@ class Column:
     nullable: bool = False
     values: tuple[int | float, ...] = ()
     resolution: str | None = None
+    # binned integer and continuous columns: "log" spaces the fine bins evenly in
+    # log(1 + x - lower) instead of x (heavy-tailed amounts; synthesis.encoding)
+    scale: str = "linear"
 
     def __post_init__(self) -> None:
         if isinstance(self.values, (list, tuple)):  # numpy scalars as Python numbers
@@ -103,6 +114,10 @@ class Column:
 
     def problems(self) -> list[str]:
         out: list[str] = []
+        if self.scale not in SCALES or (self.scale != "linear"
+                                        and self.kind not in ("integer", "continuous")):
+            out.append(f"column {self.name!r}: scale {self.scale!r} must be one of {SCALES}, "
+                       "and other than linear only for integer and continuous columns")
         if self.kind not in KINDS:
             out.append(f"column {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
         elif self.kind == "categorical":
@@ -160,6 +175,8 @@ class Column:
             d["resolution"] = self.resolution
         else:
             d["lower"], d["upper"] = self.lower, self.upper
+        if self.scale != "linear":  # absent when linear: older schemas keep their hash
+            d["scale"] = self.scale
         return d
 
 
@@ -244,7 +261,8 @@ class Schema:
                     upper=None if c.get("upper") is None else bound(c["upper"]),
                     nullable=bool(c.get("nullable", False)),
                     values=tuple(c.get("values", ())),
-                    resolution=None if c.get("resolution") is None else str(c["resolution"])))
+                    resolution=None if c.get("resolution") is None else str(c["resolution"]),
+                    scale=str(c.get("scale", "linear"))))
             except (TypeError, ValueError) as exc:
                 problems.append(f"column #{i} ({c.get('name')!r}): {exc}")
         if problems:
@@ -443,7 +461,16 @@ def _numeric(name: str, values: pd.Series, nullable: bool) -> tuple[Column | Non
     discrete, note = _discrete(name, arr, whole, nullable, kind)
     if discrete is not None:
         return discrete, None
-    col = Column(name, kind, lower=float(arr.min()), upper=float(arr.max()), nullable=nullable)
+    lo, hi = float(arr.min()), float(arr.max())
+    binned = kind == "continuous" or hi - lo + 1 > FINE_BINS  # else one exact code per value
+    heavy = binned and hi > lo and float(np.quantile(arr, HEAVY_SHARE)) - lo < HEAVY_SPAN * (
+        hi - lo)
+    col = Column(name, kind, lower=lo, upper=hi, nullable=nullable,
+                 scale="log" if heavy else "linear")
+    if heavy:
+        note = "; ".join(filter(None, [note, (
+            f"column {name!r}: heavy-tailed ({HEAVY_SHARE:.0%} of rows in the lowest "
+            f"{HEAVY_SPAN:.0%} of its range): binned on a log scale (scale = \"log\")")]))
     if unique:
         note = (f"column {name!r}: every value is distinct ({len(arr):,} whole numbers): drafted "
                 "as integer; if it is an identifier, drop it")

@@ -79,6 +79,15 @@ def run(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedPro
                           timeout=timeout, env={**os.environ, **ENV})
 
 
+def submit(root: Path, port: int, job: str, out: str) -> subprocess.Popen[str]:
+    """`fedsynth run JOB.toml` against the loopback coordinator, left running (the caller
+    waits for it, or kills things while it runs)."""
+    return subprocess.Popen([*FEDSYNTH, "run", f"{job}.toml", "--coordinator",
+                             f"127.0.0.1:{port}", "--keys", "consortium", "--out", out],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **ENV})
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below `pid` (from /proc; Linux)."""
     parent: dict[int, int] = {}

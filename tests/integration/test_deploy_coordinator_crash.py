@@ -14,8 +14,6 @@ after the job's first round.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +21,11 @@ from typing import Any
 
 import pytest
 from deploy_support import (
-    FEDSYNTH,
     Processes,
     kill_node,
     running_consortium,
     start_coordinator,
+    submit,
     wait_for,
     write_job,
 )
@@ -44,13 +42,6 @@ def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
         yield c
 
 
-def _submit(root: Path, port: int, job: str, out: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([*FEDSYNTH, "run", f"{job}.toml", "--coordinator",
-                             f"127.0.0.1:{port}", "--keys", "consortium", "--out", out],
-                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
-
-
 def _releases(root: Path, name: str) -> list[dict[str, Any]]:
     lines = (root / name / "ledger.jsonl").read_text().splitlines()
     entries = [json.loads(line) for line in lines]  # every line whole
@@ -61,7 +52,7 @@ def test_coordinator_killed_mid_job(consortium: tuple[Path, int, Processes]) -> 
     root, port, procs = consortium
     write_job(root, "job", PARTIES, 0.1)
     log = root / "coordinator.log"
-    run = _submit(root, port, "job", "runs/crashed")
+    run = submit(root, port, "job", "runs/crashed")
     waited = wait_for(log, ROUND_DONE, 150)
     assert waited is not None and run.poll() is None, procs.logs()
     kill_node(procs.get("coordinator"))
@@ -83,7 +74,7 @@ def test_coordinator_killed_mid_job(consortium: tuple[Path, int, Processes]) -> 
     for name in PARTIES:
         assert after_crash[name][:len(before[name])] == before[name]  # nothing lost
 
-    rerun = _submit(root, port, "job", "runs/again")
+    rerun = submit(root, port, "job", "runs/again")
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, out + err + procs.logs()
     assert (outputs / "runs" / "again" / "synthetic.csv").is_file()

@@ -15,7 +15,6 @@ share one consortium."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,11 +23,11 @@ from typing import Any
 
 import pytest
 from deploy_support import (
-    FEDSYNTH,
     Processes,
     kill_node,
     running_consortium,
     start_node,
+    submit,
     wait_for,
     write_job,
 )
@@ -46,13 +45,6 @@ _shared: dict[str, Any] = {}  # what a later test checks of an earlier one
 def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, Processes]]:
     with running_consortium(tmp_path_factory.mktemp("deploy-failures"), PARTIES) as c:
         yield c
-
-
-def _submit(root: Path, port: int, job: str, out: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([*FEDSYNTH, "run", f"{job}.toml", "--coordinator",
-                             f"127.0.0.1:{port}", "--keys", "consortium", "--out", out],
-                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
 
 
 def _kill_after_first_round(root: Path, procs: Processes, names: list[str],
@@ -86,7 +78,7 @@ def test_one_party_killed_mid_job_the_job_completes(
     write_job(root, "job_a", PARTIES, 0.1, THRESHOLD)
     mark = len((root / "coordinator.log").read_text())
     t0 = time.monotonic()
-    run = _submit(root, port, "job_a", "runs/a")
+    run = submit(root, port, "job_a", "runs/a")
     killed = _kill_after_first_round(root, procs, ["bank_d"], run, mark)
     log = root / "coordinator.log"
     after_kill = len(log.read_text())
@@ -119,7 +111,7 @@ def test_a_killed_node_started_again_keeps_its_ledger(
     start_node(procs, "bank_d", port, log_name="bank_d-restarted")
     write_job(root, "job_c", PARTIES, 0.1, THRESHOLD)
     t0 = time.monotonic()
-    run = _submit(root, port, "job_c", "runs/c")
+    run = submit(root, port, "job_c", "runs/c")
     out, err = run.communicate(timeout=300)
     print(f"\nafter the restart: job {time.monotonic() - t0:.1f} s")
     assert run.returncode == 0, out + err + procs.logs()
@@ -140,7 +132,7 @@ def test_two_of_four_parties_killed_the_job_fails(
     root, port, procs = consortium
     write_job(root, "job_b", PARTIES, 0.1, THRESHOLD)
     mark = len((root / "coordinator.log").read_text())
-    run = _submit(root, port, "job_b", "runs/b")
+    run = submit(root, port, "job_b", "runs/b")
     victims = ["bank_c", "bank_d-restarted" if "ledger_before" in _shared else "bank_d"]
     killed = _kill_after_first_round(root, procs, victims, run, mark)
     out, err = run.communicate(timeout=300)
