@@ -13,6 +13,10 @@ deployment, nothing held out) is simulated in process with `fedsynth.simulations
 engine "local" and engine "flower", `--repeats` times each. Bytes are what each party sent
 the coordinator in the deployed run (metrics.json), averaged over the parties.
 
+The consortium also runs a key holder (`fedsynth keyholder start`), and each repeat runs the
+same job over the he channel right after the secagg one (columns "he"): the ratio he / secagg
+is of medians taken on the same running consortium.
+
     python benchmarks/deploy.py [--parties 3 5] [--repeats 3] [--append]
 
 Prints a Markdown table, writes it to benchmarks/results/deploy.md and the raw rows (one per
@@ -57,30 +61,36 @@ def deployed(n: int, repeats: int, work: Path) -> tuple[list[dict[str, Any]],
     root = work / f"deploy-{n}"
     root.mkdir()
     port = rt.free_port()
-    make_consortium(root, names, port, epsilon_cap=EPSILON * repeats + 0.5)
+    make_consortium(root, names, port, epsilon_cap=2 * EPSILON * repeats + 0.5,
+                    key_holders=("kh",))
     tables = [pd.read_csv(root / name / "data.csv") for name in names]
     write_job(root, "job", names, EPSILON)
+    he_job = write_job(root, "job_he", names, EPSILON)
+    he_job.write_text(he_job.read_text() + 'channel = "he"\n', encoding="utf-8")
     procs = Processes(root)
     rows = []
     try:
         start_coordinator(procs, port)
         for name in names:
             start_node(procs, name, port)
-        for i in range(repeats):
-            t0 = time.perf_counter()
-            res = run(root, "run", "job.toml", "--coordinator", f"127.0.0.1:{port}", "--keys",
-                      "consortium", "--out", f"runs/{i}", timeout=900)
-            seconds = time.perf_counter() - t0
-            if res.returncode != 0:
-                raise RuntimeError(f"deployed run {i} with {n} parties failed:\n{res.stderr}\n"
-                                   + procs.logs())
-            metrics = json.loads((root / "outputs" / "runs" / str(i) / "metrics.json")
-                                 .read_text())
-            sent = metrics.get("bytes_sent_per_party", {})
-            rows.append({"mode": "deployed", "parties": n, "run": i, "seconds": seconds,
-                         "bytes_sent_per_party": sent,
-                         "timings_seconds": metrics.get("timings_seconds", {})})
-            print(f"deployed, {n} parties, run {i + 1}: {seconds:.1f} s", flush=True)
+        procs.start("kh", "keyholder", "start", "--coordinator", f"127.0.0.1:{port}",
+                    "--keys", "consortium/kh")
+        for i in range(repeats):  # secagg and he interleaved, on the same running consortium
+            for mode, job in (("deployed", "job"), ("deployed-he", "job_he")):
+                t0 = time.perf_counter()
+                res = run(root, "run", f"{job}.toml", "--coordinator", f"127.0.0.1:{port}",
+                          "--keys", "consortium", "--out", f"runs/{job}-{i}", timeout=900)
+                seconds = time.perf_counter() - t0
+                if res.returncode != 0:
+                    raise RuntimeError(f"{mode} run {i} with {n} parties failed:\n"
+                                       f"{res.stderr}\n" + procs.logs())
+                metrics = json.loads((root / "outputs" / "runs" / f"{job}-{i}" /
+                                      "metrics.json").read_text())
+                sent = metrics.get("bytes_sent_per_party", {})
+                rows.append({"mode": mode, "parties": n, "run": i, "seconds": seconds,
+                             "bytes_sent_per_party": sent,
+                             "timings_seconds": metrics.get("timings_seconds", {})})
+                print(f"{mode}, {n} parties, run {i + 1}: {seconds:.1f} s", flush=True)
     finally:
         procs.stop()
     return rows, tables
@@ -106,9 +116,9 @@ def _median(rows: list[dict[str, Any]], mode: str, n: int) -> float:
                              and r["parties"] == n)
 
 
-def _bytes(rows: list[dict[str, Any]], n: int) -> str:
+def _bytes(rows: list[dict[str, Any]], n: int, mode: str = "deployed") -> str:
     per = [statistics.mean(r["bytes_sent_per_party"].values()) for r in rows
-           if r["mode"] == "deployed" and r["parties"] == n and r["bytes_sent_per_party"]]
+           if r["mode"] == mode and r["parties"] == n and r["bytes_sent_per_party"]]
     return f"{statistics.mean(per) / 1e3:.0f} kB" if per else "n/a"
 
 
@@ -117,14 +127,17 @@ def table(rows: list[dict[str, Any]], counts: list[int], repeats: int) -> str:
              f"simulation; ISLR/Default, ε={EPSILON:g}, no evaluation; median of {repeats} "
              "runs each (seconds).", "",
              "| parties | deployed | simulate local | simulate flower | deployed / local "
-             "| deployed / flower | bytes sent per party (deployed) |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+             "| deployed / flower | bytes sent per party (deployed) | deployed, he channel "
+             "| he / secagg | bytes per party (he) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in counts:
         d = _median(rows, "deployed", n)
         loc = _median(rows, "simulate-local", n)
         flw = _median(rows, "simulate-flower", n)
+        he = _median(rows, "deployed-he", n)
         lines.append(f"| {n} | {d:.1f} | {loc:.1f} | {flw:.1f} | {d / loc:.1f}x "
-                     f"| {d / flw:.1f}x | {_bytes(rows, n)} |")
+                     f"| {d / flw:.1f}x | {_bytes(rows, n)} | {he:.1f} | {he / d:.2f}x "
+                     f"| {_bytes(rows, n, 'deployed-he')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -24,25 +24,30 @@ Every attack below relays the parties' real, signed job keys and the real reques
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from he_world import (
+    CLIQUES,
+    GROUPINGS,
+    KH,
+    LENGTH,
+    Federation,
+)
+from he_world import counts as _counts
+from he_world import federation as _federation
+from he_world import run_round as _round
+from he_world import setup as _setup
 
 from fedsynth.client_node.keyholder import KeyHolderNode
-from fedsynth.client_node.node import Node
 from fedsynth.coordinator.exchange import (
     Exchange,
     JobRefused,
     PartyKeys,
-    RoundResult,
     decrypt_at_key_holder,
-    secure_sum,
     setup_request,
 )
 from fedsynth.crypto import he, he_masks
@@ -50,100 +55,9 @@ from fedsynth.protocols import channels
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import KEY_HOLDER
 from fedsynth.protocols.secure_sum import CoordinatorRound
-from fedsynth.protocols.spec import JobSpec
-from fedsynth.simulations.local import LocalTransport
 from fedsynth.simulations.parties import (
-    job_spec,
-    key_holder_identity,
     key_holder_policy,
-    make_identities,
-    write_parties,
 )
-from fedsynth.synthesis import marginals
-from fedsynth.synthesis.encoding import Encoding, Grouping
-from fedsynth.synthesis.schema import Column, Schema
-
-SCHEMA = Schema((
-    Column("colour", "categorical", ("blue", "green", "red")),
-    Column("age", "integer", lower=18, upper=90),
-))
-SIZES = Encoding.from_schema(SCHEMA).sizes
-CLIQUES = [(0,), (1,), (0, 1)]
-GROUPINGS = [Grouping.identity(s) for s in SIZES]
-LENGTH = marginals.vector_length(CLIQUES, SIZES)
-IDS = make_identities(4)
-KH = key_holder_identity()
-ROWS = 40
-
-
-def _frame(seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame({"colour": rng.choice(["blue", "green", "red"], ROWS),
-                         "age": rng.integers(18, 91, ROWS)})
-
-
-def _counts(party: int) -> np.ndarray:
-    encoded = Encoding.from_schema(SCHEMA).encode(_frame(party))
-    return marginals.count(encoded, GROUPINGS, CLIQUES).astype(np.int64)
-
-
-@dataclasses.dataclass
-class Federation:
-    spec: JobSpec
-    nodes: dict[int, Node]
-    holder: KeyHolderNode
-    transport: LocalTransport
-    ex: Exchange
-    sent: dict[tuple[int, int], list[bytes]] = dataclasses.field(default_factory=dict)
-    digests: dict[int, bytes] = dataclasses.field(default_factory=dict)  # round -> request
-
-    def ledger(self, p: int) -> list[dict]:
-        return self.nodes[p].policy.ledger().entries()
-
-
-def _federation(tmp: Path, *, t: int = 3, **holder_policy: object) -> Federation:
-    spec = job_spec(SCHEMA, IDS, epsilon=10.0, delta=1e-6, threshold=t, channel="he",
-                    key_holder=KH)
-    policies = write_parties(tmp / uuid.uuid4().hex, [_frame(p) for p in range(1, 5)], spec,
-                             IDS)
-    nodes = {p: Node(pol) for p, pol in policies.items()}
-    holder = KeyHolderNode(dataclasses.replace(key_holder_policy(KH), **holder_policy))
-    transport = LocalTransport(nodes, key_holder=holder)
-    ex = Exchange(transport, uuid.uuid4().hex, identities={p: spec.identity_of(p) for p in nodes})
-    fed = Federation(spec, nodes, holder, transport, ex)
-    real = transport.exchange
-
-    def spy(requests: Mapping[int, bytes], *, timeout: float) -> dict[int, bytes]:
-        """The coordinator keeps every party's ciphertexts (it receives them anyway)."""
-        for data in requests.values():
-            env = pb.Envelope.FromString(data)
-            if env.WhichOneof("body") == "measure_request":
-                fed.digests[env.measure_request.round] = hashlib.sha256(
-                    env.measure_request.SerializeToString(deterministic=True)).digest()
-        raw = real(requests, timeout=timeout)
-        for p, data in raw.items():
-            env = pb.Envelope.FromString(data)
-            if env.WhichOneof("body") == "measure_reply":
-                fed.sent[(env.measure_reply.round, p)] = list(env.measure_reply.ciphertexts)
-        return raw
-
-    transport.exchange = spy  # type: ignore[method-assign]
-    return fed
-
-
-def _setup(fed: Federation) -> PartyKeys:
-    req = setup_request(fed.ex, fed.spec)
-    replies = fed.ex.call({p: ("setup_request", req) for p in fed.nodes}, "setup_reply")
-    return PartyKeys({p: e.setup_reply.public_key for p, e in replies.items()},
-                     {p: e.setup_reply.key_signature for p, e in replies.items()})
-
-
-def _round(fed: Federation, keys: PartyKeys, round_id: int = 1,
-           variance: float = 4.0) -> RoundResult:
-    return secure_sum(fed.ex, round_id=round_id, label="test", channel="he",
-                      threshold=fed.spec.threshold, participants=sorted(fed.nodes), keys=keys,
-                      groupings=GROUPINGS, cliques=CLIQUES, length=LENGTH,
-                      noise_variance=variance)
 
 
 def _measure_request(round_id: int, variance: float) -> pb.MeasureRequest:

@@ -8,102 +8,40 @@ refusal the coordinator reads like a party's.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from he_world import (
+    IDS,
+    KH,
+    LENGTH,
+    SIZES,
+    Federation,
+)
+from he_world import federation as _federation
+from he_world import run_round as _round
+from he_world import setup as _setup
+from he_world import spec as _spec
 
 from fedsynth.client_node.keyholder import KeyHolderNode
-from fedsynth.client_node.node import Node
 from fedsynth.coordinator.exchange import (
     Exchange,
     JobRefused,
     PartyKeys,
     RoundResult,
     decrypt_at_key_holder,
-    secure_sum,
     setup_request,
 )
 from fedsynth.crypto import he
-from fedsynth.crypto.keys import Identity
 from fedsynth.protocols import channels
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import KEY_HOLDER, PartyRefused, pack, unpack
-from fedsynth.protocols.spec import JobSpec
-from fedsynth.simulations.local import LocalTransport
 from fedsynth.simulations.parties import (
-    job_spec,
     key_holder_identity,
-    key_holder_policy,
-    make_identities,
-    write_parties,
 )
-from fedsynth.synthesis import marginals
-from fedsynth.synthesis.encoding import Encoding, Grouping
-from fedsynth.synthesis.schema import Column, Schema
-
-SCHEMA = Schema((
-    Column("colour", "categorical", ("blue", "green", "red")),
-    Column("age", "integer", lower=18, upper=90),
-))
-SIZES = Encoding.from_schema(SCHEMA).sizes
-CLIQUES = [(0,), (1,), (0, 1)]
-LENGTH = marginals.vector_length(CLIQUES, SIZES)
-IDS = make_identities(4)
-KH = key_holder_identity()
-
-
-def _frame(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame({"colour": rng.choice(["blue", "green", "red"], n),
-                         "age": rng.integers(18, 91, n)})
-
-
-def _spec(t: int = 3, holder: Identity = KH) -> JobSpec:
-    return job_spec(SCHEMA, IDS, epsilon=10.0, delta=1e-6, threshold=t, channel="he",
-                    key_holder=holder)
-
-
-@dataclasses.dataclass
-class Federation:
-    spec: JobSpec
-    nodes: dict[int, Node]
-    holder: KeyHolderNode
-    transport: LocalTransport
-    ex: Exchange
-
-
-def _federation(tmp: Path, *, t: int = 3, accepted: frozenset[bytes] | None = None,
-                holder: Identity = KH) -> Federation:
-    spec = _spec(t, holder)
-    extra = {} if accepted is None else {"key_holders": accepted}
-    policies = write_parties(tmp / uuid.uuid4().hex, [_frame(40, p) for p in range(1, 5)], spec,
-                             IDS, **extra)
-    nodes = {p: Node(pol) for p, pol in policies.items()}
-    keyholder = KeyHolderNode(key_holder_policy(holder))
-    transport = LocalTransport(nodes, key_holder=keyholder)
-    ex = Exchange(transport, uuid.uuid4().hex, identities={p: spec.identity_of(p) for p in nodes})
-    return Federation(spec, nodes, keyholder, transport, ex)
-
-
-def _setup(fed: Federation, request: pb.SetupRequest | None = None) -> PartyKeys:
-    req = request if request is not None else setup_request(fed.ex, fed.spec)
-    replies = fed.ex.call({p: ("setup_request", req) for p in fed.nodes}, "setup_reply")
-    return PartyKeys({p: e.setup_reply.public_key for p, e in replies.items()},
-                     {p: e.setup_reply.key_signature for p, e in replies.items()})
-
-
-def _round(fed: Federation, keys: PartyKeys, round_id: int = 1,
-           participants: list[int] | None = None) -> RoundResult:
-    return secure_sum(fed.ex, round_id=round_id, label="test", channel="he",
-                      threshold=fed.spec.threshold,
-                      participants=participants or sorted(fed.nodes), keys=keys,
-                      groupings=[Grouping.identity(s) for s in SIZES], cliques=CLIQUES,
-                      length=LENGTH, noise_variance=4.0)
 
 
 def _refusal_reasons(err: JobRefused) -> Mapping[int, str]:
