@@ -253,8 +253,7 @@ def _parser() -> argparse.ArgumentParser:
         "supernode.log beside the policy.",
         epilog="examples:\n  fedsynth node start --coordinator link.example.org:9443 "
         "--keys consortium/bank_a \\\n      --policy bank_a/policy.toml\n\n" + EXIT_CODES)
-    ns.add_argument("--coordinator", required=True, metavar="HOST:PORT",
-                    help="the coordinator's address (consortium.toml's `coordinator`)")
+    _dial_option(ns)
     ns.add_argument("--keys", type=Path, required=True, metavar="FOLDER",
                     help="the party's key folder (node-auth.key, identity.key, ca.pem, "
                     "consortium.toml)")
@@ -276,8 +275,7 @@ def _parser() -> argparse.ArgumentParser:
         "Ctrl-C. The SuperNode's log goes to supernode.log in --keys.",
         epilog="examples:\n  fedsynth keyholder start --coordinator link.example.org:9443 "
         "--keys consortium/kh\n\n" + EXIT_CODES)
-    khst.add_argument("--coordinator", required=True, metavar="HOST:PORT",
-                      help="the coordinator's address (consortium.toml's `coordinator`)")
+    _dial_option(khst)
     khst.add_argument("--keys", type=Path, required=True, metavar="FOLDER",
                       help="the key holder's folder from `fedsynth keys init --key-holders` "
                       "(node-auth.key, identity.key, ca.pem, consortium.toml)")
@@ -328,6 +326,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="a new output folder, named relative to the coordinator's outputs "
                    "folder (`fedsynth coordinator start --outputs`) on its machine")
     return p
+
+
+def _dial_option(p: argparse.ArgumentParser) -> None:
+    """--coordinator, for the nodes that dial out to it (a party's, a key holder's)."""
+    p.add_argument("--coordinator", required=True, metavar="HOST:PORT",
+                   help="the coordinator's address (consortium.toml's `coordinator`)")
 
 
 def main(argv: list[str] | None = None) -> int:

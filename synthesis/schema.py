@@ -524,6 +524,18 @@ def describe_rows(mask: np.ndarray) -> str:
     return f"{len(idx)} row(s) (file lines {shown}{more})"
 
 
+def _unlisted(name: str, rows: np.ndarray, vals: list[str], show_values: bool,
+              fold_unknown: bool, what: str, listing: str) -> str:
+    """The problem line for rows holding `what` (categories, values) outside the column's
+    public `listing`, with the values only when they may be shown."""
+    shown = f" (values {vals})" if show_values else ""
+    fix = f"add them to its {listing}" if fold_unknown else (
+        f"a table made with this schema holds only its listed {what}: check that it is the "
+        f"schema of the job that made the table, or add them to its {listing}")
+    return (f"column {name!r}: {describe_rows(rows)} hold {what} not in the schema's "
+            f"{listing}{shown}; {fix}")
+
+
 def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
                    show_values: bool = True, fold_unknown: bool = True) -> pd.DataFrame:
     """Check a table against the schema and return it with typed columns in schema order.
@@ -574,12 +586,8 @@ def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
                 as_str = as_str.where(~bad, OTHER)
             elif bad.any():
                 vals = sorted({str(v) for v in as_str[bad].unique()})[:5]
-                shown = f" (values {vals})" if show_values else ""
-                fix = "add them to its category list" if fold_unknown else (
-                    "a table made with this schema holds only its categories: check that it is "
-                    "the schema of the job that made the table, or add them to its list")
-                problems.append(f"column {col.name!r}: {describe_rows(bad)} hold categories not in "
-                                f"the schema{shown}; {fix}")
+                problems.append(_unlisted(col.name, bad, vals, show_values, fold_unknown,
+                                          "categories", "category list"))
                 kind(col.name, "categories that are not in the schema")
             out[col.name] = as_str
         elif col.kind == "datetime":
@@ -601,12 +609,8 @@ def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
                 unlisted = (~np.isnan(arr)) & ~np.isin(arr, np.asarray(col.values, dtype=float))
                 if unlisted.any():
                     vals = [_cat_str(v.item()) for v in np.unique(arr[unlisted])[:5]]
-                    shown = f" (values {vals})" if show_values else ""
-                    fix = "add them to its value list" if fold_unknown else (
-                        "a table made with this schema holds only its listed values: check "
-                        "that it is the schema of the job that made the table, or add them")
-                    problems.append(f"column {col.name!r}: {describe_rows(unlisted)} hold values "
-                                    f"not in the schema's value list{shown}; {fix}")
+                    problems.append(_unlisted(col.name, unlisted, vals, show_values,
+                                              fold_unknown, "values", "value list"))
                     kind(col.name, "values that are not in the schema's value list")
             elif out_of.any():
                 vals = [repr(float(v)) for v in np.unique(arr[out_of])[:5]]
