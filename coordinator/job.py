@@ -51,16 +51,17 @@ from fedsynth.synthesis import marginals
 from fedsynth.synthesis.encoding import (
     Encoding,
     Grouping,
-    decode_groups,
     quantile_grouping,
     top_grouping,
 )
 from fedsynth.synthesis.estimation import (
     Measurement,
-    fit_and_sample,
+    fit,
     model_size_mb,
     noisy_total,
+    release_compiled,
 )
+from fedsynth.synthesis.model import SynthesisModel
 from fedsynth.synthesis.selection import add_pairs, dependence_score, max_spanning_tree
 
 log = logging.getLogger("fedsynth.coordinator")
@@ -90,6 +91,7 @@ class JobResult:
     evaluation: dict[str, Any] | None = None  # the federated evaluation's measures
     evaluation_error: str | None = None  # why the evaluation did not finish (table unaffected)
     bytes_from_key_holder: int = 0  # he channel: what the key holder sent the coordinator
+    model: SynthesisModel | None = None  # the fitted model, to draw more rows at no privacy cost
 
 
 @dataclass
@@ -225,11 +227,11 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     rows = opt.rows if opt.rows is not None else max(1, round(total))
     with meter.step("estimate_and_sample", rows=rows):
         say(f"estimating the model (Private-PGM) and sampling {rows} rows")
-        codes = fit_and_sample([g.size for g in model_groups], measurements, rows=rows,
-                               seed=opt.seed, iters=opt.iters, total=total)
-        synthetic = decode_groups(enc, model_groups, codes, fine_counts,
-                                  np.random.default_rng(opt.seed),
-                                  floor=2.0 * float(np.sqrt(var1)))
+        mrf = fit([g.size for g in model_groups], measurements, iters=opt.iters, total=total)
+        model = SynthesisModel(spec.schema, model_groups, fine_counts,
+                               floor=2.0 * float(np.sqrt(var1)), mrf=mrf)
+        synthetic = model.sample(rows, seed=opt.seed)
+        release_compiled()
 
     eps = rounds.acc.epsilon(spec.delta)
     if eps > spec.epsilon * (1 + 1e-9):  # calibrate() guarantees this; never report above ask
@@ -253,7 +255,7 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     timings = {**meter.timings(), "total": time.perf_counter() - t0}
     return JobResult(synthetic, privacy, timings,
                      {p: b for p, b in ex.bytes_sent.items() if p != KEY_HOLDER}, meter.steps,
-                     evaluation, error, ex.bytes_sent.get(KEY_HOLDER, 0))
+                     evaluation, error, ex.bytes_sent.get(KEY_HOLDER, 0), model)
 
 
 def _pair_budget(rounds: _Rounds, scores: dict[tuple[int, int], float], sizes: list[int],

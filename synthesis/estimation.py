@@ -1,7 +1,7 @@
 """Graphical-model estimation from noisy marginals (Private-PGM, `mbi`) and row sampling.
 
 Only noisy, aggregated measurements enter here; everything is post-processing. mbi's own
-save/load uses pickle, so models never leave this process: the output is the sampled table.
+save/load uses pickle, so a model is never saved with it.
 """
 
 from __future__ import annotations
@@ -91,11 +91,12 @@ def _name(i: int) -> str:
     return f"c{i}"
 
 
-def fit_and_sample(sizes: Sequence[int], measurements: Sequence[Measurement], *, rows: int,
-                   seed: int, iters: int = 1000, total: float | None = None) -> np.ndarray:
-    """Fit a Markov random field to the measurements and draw `rows` rows of group codes.
+def fit(sizes: Sequence[int], measurements: Sequence[Measurement], *, iters: int = 1000,
+        total: float | None = None, warm_start: Any = None) -> Any:
+    """Fit a Markov random field (mbi's `MarkovRandomField`) to the measurements.
 
-    `total` is the model's row count (default: `noisy_total(measurements)`)."""
+    `total` is the model's row count (default: `noisy_total(measurements)`); `warm_start` is a
+    previous model whose potentials start the optimisation (an adaptive loop refits often)."""
     mbi = _mbi()
     domain = mbi.Domain([_name(i) for i in range(len(sizes))], [int(s) for s in sizes])
     ms = [mbi.LinearMeasurement(np.asarray(m.noisy, dtype=float).ravel(),
@@ -105,21 +106,37 @@ def fit_and_sample(sizes: Sequence[int], measurements: Sequence[Measurement], *,
     total = noisy_total(measurements) if total is None else total
     every = int(mbi.estimation.CALLBACK_EVERY)  # mbi calls back once per block of iterations
     with progress.task("estimating the model", total=iters, unit="iter") as bar:
-        model = mbi.estimation.MirrorDescent().estimate(
-            domain, ms, known_total=total, iters=iters,
+        return mbi.estimation.MirrorDescent().estimate(
+            domain, ms, known_total=total, iters=iters, warm_start=warm_start,
             callback_fn=lambda _: bar.advance(min(every, iters - bar.done)))
+
+
+def sample_codes(model: Any, rows: int, *, seed: int) -> np.ndarray:
+    """Draw `rows` rows of group codes (one column per model column) from a fitted model."""
     np.random.seed(seed % 2**32)  # mbi draws with numpy's global generator
     with progress.task(f"sampling {rows:,} rows"):
         data = model.synthetic_data(rows=rows)
-    # Free jax's compiled programs: each new clique set compiles new ones, and a process that
-    # runs many jobs (a notebook, a benchmark) otherwise runs out of memory maps (seen here as
-    # LLVM "Cannot allocate memory" after a few dozen jobs).
+    cols = data.to_dict()
+    return np.stack([np.asarray(cols[_name(i)], dtype=np.int64)
+                     for i in range(len(model.domain))], axis=1)
+
+
+def release_compiled() -> None:
+    """Free jax's compiled programs: each new clique set compiles new ones, and a process that
+    runs many jobs (a notebook, a benchmark) otherwise runs out of memory maps (seen here as
+    LLVM "Cannot allocate memory" after a few dozen jobs)."""
     import jax
 
     jax.clear_caches()
-    cols = data.to_dict()
-    return np.stack([np.asarray(cols[_name(i)], dtype=np.int64) for i in range(len(sizes))],
-                    axis=1)
+
+
+def fit_and_sample(sizes: Sequence[int], measurements: Sequence[Measurement], *, rows: int,
+                   seed: int, iters: int = 1000, total: float | None = None) -> np.ndarray:
+    """Fit a Markov random field to the measurements and draw `rows` rows of group codes."""
+    model = fit(sizes, measurements, iters=iters, total=total)
+    codes = sample_codes(model, rows, seed=seed)
+    release_compiled()
+    return codes
 
 
 def noisy_total(measurements: Sequence[Measurement]) -> float:
