@@ -43,6 +43,22 @@ EVALUATE_EXAMPLES = """examples:
 """
 
 
+SAMPLE_EXAMPLES = """examples:
+  fedsynth sample --model fedsynth-out --rows 50000 --out more.csv
+  fedsynth sample --model fedsynth-out --rows 1000 --condition student=Yes \\
+      --condition balance=1000..1500 --out students.csv
+  fedsynth sample --model fedsynth-out --rows 10000 --class-ratio default=Yes:0.5 \\
+      --seed 7 --out balanced.csv
+conditions: COLUMN=VALUE (a category, a listed or whole number, a date), COLUMN=LOW..HIGH (a
+  numeric or date range, both ends included, either end may be left out: balance=1000..),
+  COLUMN= (missing values). Several conditions must all hold; rows come from the model's exact
+  conditional distribution (no rejection). A condition that no row of the model can meet is
+  refused.
+class ratio: COLUMN=VALUE:SHARE gives VALUE that share of the rows (the other values keep their
+  relative proportions); everything given COLUMN stays as the model has it.
+"""
+
+
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults shown after each option that has one; examples and exit codes kept as
     written."""
@@ -150,6 +166,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true",
                    help="replace --out if it holds an earlier fedsynth output (never another "
                    "folder)")
+    s.add_argument("--condition", action="append", metavar="COLUMN=VALUE",
+                   help="draw the synthetic table from the model given this (repeatable; as "
+                   "in `fedsynth sample`); the evaluation scores the plain sample")
+    s.add_argument("--class-ratio", action="append", metavar="COLUMN=VALUE:SHARE",
+                   help="draw the synthetic table with VALUE of COLUMN at this share of the "
+                   "rows (as in `fedsynth sample`)")
 
     e = sub.add_parser("evaluate", formatter_class=_Help,
                        epilog=EVALUATE_EXAMPLES + "\n" + EXIT_CODES,
@@ -306,12 +328,35 @@ def _parser() -> argparse.ArgumentParser:
                     help="where jobs' output folders are made; a job names only a new folder "
                     "inside it (default: KEYS/coordinator/outputs)")
 
+    sm = sub.add_parser(
+        "sample", formatter_class=_Help, epilog=SAMPLE_EXAMPLES + "\n" + EXIT_CODES,
+        help="draw more rows from a job's saved model: conditioned, or a class oversampled",
+        description="Draw synthetic rows from the model a job saved in its output folder "
+        "(model.json, model.npz beside schema.json), with the columns and types of its "
+        "synthetic.csv. Post-processing of the job's DP output: no privacy cost, no party "
+        "involved.")
+    sm.add_argument("--model", type=Path, required=True, metavar="RUN_DIR",
+                    help="a job's output folder (of `fedsynth simulate` or `fedsynth run`)")
+    sm.add_argument("--rows", type=_count("rows", 1), required=True, metavar="N",
+                    help="rows to draw")
+    sm.add_argument("--seed", type=int, metavar="S",
+                    help="seed of the draw: the same seed gives the same rows (default: a "
+                    "fresh one, printed on standard error)")
+    sm.add_argument("--condition", action="append", metavar="COLUMN=VALUE",
+                    help="keep to rows where this holds (repeatable; see below)")
+    sm.add_argument("--class-ratio", action="append", metavar="COLUMN=VALUE:SHARE",
+                    help="give VALUE of COLUMN this share of the rows (repeatable, one column)")
+    sm.add_argument("--out", type=Path, metavar="FILE.csv",
+                    help="write here instead of standard output (a new file)")
+    sm.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
     r = sub.add_parser(
         "run", formatter_class=_Help,
         help="submit a job file to a running coordinator and wait for it",
         description="Check the job file against consortium.toml, submit it to the "
         "coordinator, show its progress and wait for its end. The outputs (synthetic.csv, "
-        "privacy.json, metrics.json, schema.json, job.log, report.html when evaluated) are "
+        "privacy.json, metrics.json, schema.json, model.json and model.npz (for `fedsynth "
+        "sample`), job.log, report.html when evaluated) are "
         "written by the coordinator into --out ON THE COORDINATOR'S MACHINE (on loopback, "
         "this machine); nothing is written when the job fails.",
         epilog="examples:\n  fedsynth run job.toml --coordinator 127.0.0.1:9443 --keys "
@@ -358,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _run(args)
             if args.command == "evaluate":
                 return _evaluate(args)
+            if args.command == "sample":
+                return _sample(args)
             return _simulate(args)
         except FedsynthError as exc:  # bad input, or the job stopped: one line with the fix
             print(f"error: {exc}", file=sys.stderr)
@@ -561,6 +608,33 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_JOB
 
 
+def _sample(args: argparse.Namespace) -> int:
+    import secrets
+
+    from fedsynth.synthesis.model import SynthesisModel
+
+    if args.out and args.out.exists() and not (args.overwrite and args.out.is_file()):
+        what = "a folder" if args.out.is_dir() else "an existing file"
+        print(f"error: --out {args.out} is {what}: give a new file name"
+              f"{'' if args.out.is_dir() else ', or add --overwrite to replace it'}",
+              file=sys.stderr)
+        return EXIT_INPUT
+    model = SynthesisModel.load(args.model)  # ModelFileError: main prints it, exit 3
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    print(f"drawing {args.rows:,} rows from {args.model} (seed {seed})", file=sys.stderr)
+    rows = model.sample(args.rows, seed=seed, conditions=args.condition or (),
+                        class_ratio=args.class_ratio or ())  # ConditionError: exit 3
+    text = rows.to_csv(index=False)
+    if args.out:
+        tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(args.out)
+        print(f"wrote {args.out} ({len(rows):,} rows)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _schema_infer(args: argparse.Namespace) -> int:
     from fedsynth.client_node.data import DataFileError, read_table
     from fedsynth.synthesis.schema import SchemaError, draft_schema_with_notes
@@ -686,7 +760,8 @@ def _simulate(args: argparse.Namespace) -> int:
                   threshold=args.threshold, colluders=args.colluders, engine=args.engine,
                   sensitive=args.sensitive, evaluate=args.evaluate,
                   evaluation_epsilon=None if args.exact_evaluation else args.evaluation_epsilon,
-                  overwrite=args.overwrite)
+                  overwrite=args.overwrite, conditions=args.condition or None,
+                  class_ratio=args.class_ratio or None)
     try:
         kwargs["schema"] = Schema.load(args.schema) if args.schema else None
         if len(args.epsilon) > 1:

@@ -143,6 +143,8 @@ def _run(grid: Grid, context: Context) -> None:
         "job.toml": job_text,
         "job.log": "\n".join(lines) + "\n",
     }
+    if result.model is not None:  # model.json, model.npz: more rows later (`fedsynth sample`)
+        files.update(result.model.files())
     page = None if result.evaluation is None else render_or_none(
         metrics, privacy=result.privacy,
         title=f"fedsynth: {len(spec.party_names)} parties, ε={spec.epsilon}")

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,14 @@ from fedsynth.simulations.parties import (
     make_identities,
     write_parties,
 )
+from fedsynth.synthesis.conditions import (
+    ClassRatio,
+    Conditions,
+    parse_class_ratio,
+    parse_conditions,
+)
+from fedsynth.synthesis.encoding import Encoding, Grouping
+from fedsynth.synthesis.model import SynthesisModel
 from fedsynth.synthesis.schema import Schema, draft_schema_with_notes, validate_frame
 
 log = logging.getLogger("fedsynth")
@@ -70,6 +78,7 @@ class SimulationResult:
     report: str | None = None  # report.html, when the job was evaluated
     log: list[str] = field(default_factory=list)  # job.log's lines
     heldout: pd.DataFrame | None = None  # the real rows held out for evaluation
+    model: SynthesisModel | None = None  # the fitted model: more rows later, at no privacy cost
 
 
 def _pooled(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
@@ -95,7 +104,8 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
              progress: Callable[[str], None] | None = None,
              sensitive: str | None = None,
              evaluation_epsilon: float | None = DEFAULT_EVALUATION_EPSILON,
-             overwrite: bool = False,
+             overwrite: bool = False, conditions: Conditions | None = None,
+             class_ratio: ClassRatio | None = None,
              _shared: dict[str, Any] | None = None) -> SimulationResult:
     """Run one federated synthesis job locally and return the synthetic table and reports.
 
@@ -107,9 +117,15 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
     `sensitive` as in `fedsynth evaluate`), DP at `evaluation_epsilon` per party (None: exact
     sums, not DP).
 
+    `conditions` and `class_ratio` (as in `SynthesisModel.sample`) draw the synthetic table
+    from the fitted model's conditional distribution, or with one column's values re-weighted
+    (post-processing: the privacy is unchanged); the evaluation, when asked, scores the model's
+    plain sample, and metrics.json says so.
+
     With `out`, writes synthetic.csv, privacy.json, metrics.json, report.html, schema.json,
-    job.log and real-heldout.csv (the held-out real rows, for `fedsynth evaluate`; real data:
-    keep it private) into a new folder, all or nothing. An existing non-empty folder is
+    model.json and model.npz (the fitted model, for `fedsynth sample`), job.log and
+    real-heldout.csv (the held-out real rows, for `fedsynth evaluate`; real data: keep it
+    private) into a new folder, all or nothing. An existing non-empty folder is
     refused before any work unless `overwrite` and fedsynth wrote it. Progress of long steps
     is shown on standard error (`fedsynth.progress.show("off")` silences it).
     """
@@ -128,7 +144,7 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
         return _simulate(parties, data, dataset, target, n_parties, partition_spec, epsilon,
                          delta, channel, rows, holdout, seed, out, threshold, colluders, schema,
                          engine, evaluate, options, progress, lines, sensitive,
-                         evaluation_epsilon, overwrite, _shared)
+                         evaluation_epsilon, overwrite, conditions, class_ratio, _shared)
     finally:
         logger.removeHandler(handler)
         logger.removeHandler(forward)
@@ -169,6 +185,7 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
               schema: Schema | None, engine: str, evaluate: bool, options: JobOptions | None,
               progress: Callable[[str], None] | None, lines: list[str],
               sensitive: str | None, evaluation_epsilon: float | None, overwrite: bool,
+              conditions: Conditions | None, class_ratio: ClassRatio | None,
               shared: dict[str, Any] | None) -> SimulationResult:
     def say(msg: str) -> None:
         if progress is None:
@@ -194,6 +211,7 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
     if drafted:
         schema = Schema(schema.columns, meta={**schema.meta, "provenance": DRAFTED})
     pooled = validate_frame(pooled, schema, source=source)
+    _check_sampling(schema, conditions, class_ratio)  # a typo fails before any budget is spent
     rng = np.random.default_rng(seed)
     if parties is not None:
         tables = [validate_frame(p, schema, source=f"party {i + 1}") for i, p in enumerate(parties)]
@@ -278,8 +296,21 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
     if result.evaluation is not None:
         report = render_or_none(metrics, privacy=result.privacy,
                                 title=f"fedsynth: {source}, {n} parties, ε={epsilon}")
-    res = SimulationResult(result.synthetic, result.privacy, metrics, schema,
-                           timings=result.timings, report=report, log=lines, heldout=hold)
+    synthetic = result.synthetic
+    if conditions or class_ratio:
+        if result.model is None:
+            raise RuntimeError("the job returned no model to draw conditioned rows from")
+        synthetic = result.model.sample(len(result.synthetic), seed=seed, conditions=conditions,
+                                        class_ratio=class_ratio)
+        metrics["sampling"] = {
+            "conditions": _listed(conditions), "class_ratio": _listed(class_ratio),
+            "note": "synthetic.csv was drawn from the fitted model under these conditions and "
+                    "class ratio (post-processing, no privacy cost); the evaluation measures "
+                    "scored the model's plain sample"}
+        say(f"drew {len(synthetic)} rows under the conditions and class ratio")
+    res = SimulationResult(synthetic, result.privacy, metrics, schema,
+                           timings=result.timings, report=report, log=lines, heldout=hold,
+                           model=result.model)
     if out is not None:
         res.out = write_folder(Path(out), output_files(res), overwrite=overwrite)
         say(f"wrote {res.out}")
@@ -340,6 +371,30 @@ def simulate_sweep(epsilons: Sequence[float], *, out: str | Path | None = None,
         for e, r in zip(epsilons, results, strict=True):
             r.out = where / f"epsilon-{e:g}"
     return results, curve
+
+
+def _check_sampling(schema: Schema, conditions: Conditions | None,
+                    class_ratio: ClassRatio | None) -> None:
+    """Conditions and class ratios that cannot hold under any model of this schema."""
+    enc = Encoding.from_schema(schema)
+    parse_conditions(enc, conditions)
+    parse_class_ratio(enc, [Grouping.identity(c.size) for c in enc.codecs], class_ratio)
+
+
+def _listed(given: Conditions | ClassRatio | None) -> list[str]:
+    if not given:
+        return []
+    if isinstance(given, Mapping):
+        return [f"{k}={_shown(v)}" for k, v in given.items()]
+    return [str(x) for x in given]
+
+
+def _shown(v: object) -> str:
+    if isinstance(v, Mapping):  # a class ratio's value -> share
+        return ",".join(f"{value}:{share}" for value, share in v.items())
+    if isinstance(v, tuple):  # a range
+        return "..".join("" if e is None else str(e) for e in v)
+    return "" if v is None else str(v)
 
 
 def _check_arguments(engine: str, holdout: float, rows: int | None, n: int,
@@ -492,6 +547,8 @@ def output_files(res: SimulationResult) -> dict[str, str | bytes]:
         files["report.html"] = res.report
     if res.heldout is not None and len(res.heldout):
         files[HELDOUT_FILE] = res.heldout.to_csv(index=False)
+    if res.model is not None:
+        files.update(res.model.files())
     return files
 
 

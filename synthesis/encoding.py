@@ -3,7 +3,8 @@
 Fine domain: each column's codes come from the public schema alone (categories; discrete
 values; integers, and dates in units of their resolution, one code per value when there are
 few; otherwise one code for the lower bound itself, then 256 bins between the public bounds,
-equal-width, or geometric for a column on the log scale), plus one code for missing. The
+equal-width, or geometric for a column on the log scale, then one code for each of the
+schema's points, values many rows hold), plus one code for missing. The
 lower-bound code keeps point masses such as "no debt" (0 for most rows) exact instead of
 smearing them over the first bin. Coarser domains used for measurement are `Grouping`s of
 fine codes, computed by the coordinator from noisy (DP) counts, so they are post-processing.
@@ -35,6 +36,40 @@ class ColumnCodec:
     def bin_offset(self) -> int:
         """Binned numeric columns: code 0 is the lower bound exactly, bin b has code b + 1."""
         return 1 if self.edges is not None else 0
+
+    @property
+    def point_codes(self) -> np.ndarray:
+        """Binned numeric columns: the codes of the schema's points (after the bins)."""
+        if self.edges is None:
+            return np.zeros(0, dtype=np.int64)
+        start = len(self.edges)  # 1 + bins
+        return np.arange(start, start + len(self.column.points), dtype=np.int64)
+
+    def bin_integers(self, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The first and last whole number drawn in bins b of a binned integer column: those
+        v with lo < v < hi in the first bin, lo <= v < hi inside, lo <= v <= hi in the last."""
+        assert self.edges is not None
+        lo, hi = self.edges[b], self.edges[b + 1]
+        first = np.where(b == 0, np.floor(lo) + 1, np.ceil(lo))
+        last = np.where(b == len(self.edges) - 2, np.floor(hi), np.ceil(hi) - 1)
+        return first, np.maximum(last, first)
+
+    def in_bins(self, fine: np.ndarray) -> np.ndarray:
+        """Which fine codes are bins of a binned column (values drawn inside an interval)."""
+        if self.edges is None:
+            return np.zeros(len(fine), dtype=bool)
+        return (fine >= 1) & (fine < len(self.edges))
+
+    def value_order(self) -> np.ndarray:
+        """The value codes from the smallest value to the largest (a point right after the
+        bin that holds it); identity except for binned columns with points."""
+        codes = np.arange(self.value_codes, dtype=np.int64)
+        pts = self.point_codes
+        if not len(pts) or self.edges is None:
+            return codes
+        key = np.concatenate([[-np.inf], self.edges[:-1], np.asarray(self.column.points, float)])
+        kind = np.concatenate([np.zeros(len(self.edges)), np.ones(len(pts))])
+        return codes[np.lexsort((kind, key))]
 
     @property
     def missing_code(self) -> int | None:
@@ -75,14 +110,16 @@ class ColumnCodec:
             return cls(col, None, int(hi - lo) + 1 + extra)
         if hi == lo:  # a single public value: one exact code
             return cls(col, None, 1 + extra)
+        edges: np.ndarray
         if col.scale == "log":  # geometric bins: fine where a heavy tail's rows are
             # even in log(1 + (x - lo) / u), u = range / 2^20: scale-free, each bin about 5.6%
             # wider than the one below, from 5e-8 of the range at lo to 5% of it at hi
             u = (hi - lo) / LOG_UNITS
             edges = lo + u * np.expm1(np.linspace(0.0, np.log1p(LOG_UNITS), FINE_BINS + 1))
             edges[0], edges[-1] = lo, hi
-            return cls(col, edges, 1 + FINE_BINS + extra)
-        return cls(col, np.linspace(lo, hi, FINE_BINS + 1), 1 + FINE_BINS + extra)
+        else:
+            edges = np.linspace(lo, hi, FINE_BINS + 1)
+        return cls(col, edges, 1 + FINE_BINS + len(col.points) + extra)
 
     def numbers(self, s: pd.Series) -> np.ndarray:
         """A validated column's values in the codec's units (NaN where missing)."""
@@ -111,7 +148,12 @@ class ColumnCodec:
             v = self.numbers(s)[~na]
             nb = len(self.edges) - 1
             b = np.clip(np.searchsorted(self.edges, v, side="right") - 1, 0, nb - 1)
-            codes[~na] = np.where(v == self.edges[0], 0, b + 1)
+            code = np.where(v == self.edges[0], 0, b + 1)
+            if col.points:  # a listed point is its own code
+                pts = np.asarray(col.points, dtype=float)
+                at = np.clip(np.searchsorted(pts, v), 0, len(pts) - 1)
+                code = np.where(pts[at] == v, nb + 1 + at, code)
+            codes[~na] = code
         if na.any():
             if self.missing_code is None:
                 raise ValueError(f"column {col.name!r} has missing values but is not nullable")
@@ -138,18 +180,21 @@ class ColumnCodec:
             vals = safe.astype(float) + lo_b
         else:
             point = safe == 0  # the lower bound itself
-            b = np.maximum(safe - 1, 0)
+            nb = len(self.edges) - 1
+            listed = safe > nb  # one of the schema's points
+            b = np.clip(safe - 1, 0, nb - 1)
             lo, hi = self.edges[b], self.edges[b + 1]
-            if col.integral:  # the whole numbers v with lo < v < hi in the first bin,
-                last = b == len(self.edges) - 2  # lo <= v < hi inside, lo <= v <= hi in the last
-                first_int = np.where(b == 0, np.floor(lo) + 1, np.ceil(lo))
-                last_int = np.where(last, np.floor(hi), np.ceil(hi) - 1)
-                last_int = np.maximum(last_int, first_int)
+            if col.integral:
+                first_int, last_int = self.bin_integers(b)
                 vals = first_int + np.floor(rng.random(len(safe)) * (last_int - first_int + 1))
             else:
                 vals = lo + rng.random(len(safe)) * (hi - lo)
                 vals = np.where((b == 0) & (vals <= lo), np.nextafter(lo, hi), vals)
-            vals = np.clip(np.where(point, self.edges[0], vals), lo_b, hi_b)
+            vals = np.where(point, self.edges[0], vals)
+            if listed.any():
+                pts = np.asarray(col.points, dtype=float)
+                vals = np.where(listed, pts[np.clip(safe - nb - 1, 0, len(pts) - 1)], vals)
+            vals = np.clip(vals, lo_b, hi_b)
         if col.kind == "datetime":
             assert col.resolution is not None
             stamps = pd.Series(datetimes.from_units(np.where(miss, lo_b, vals), col.resolution))
@@ -206,12 +251,14 @@ def quantile_grouping(codec: ColumnCodec, noisy_counts: np.ndarray, max_groups: 
     n_val = codec.value_codes
     if codec.column.kind == "categorical" or n_val <= max_groups:
         return Grouping.identity(codec.size)
-    mass = np.clip(noisy_counts[:n_val].astype(float), 0, None) + 1e-9
+    order = codec.value_order()
+    mass = np.clip(noisy_counts[order].astype(float), 0, None) + 1e-9
     cdf = np.cumsum(mass) / mass.sum()
     groups = np.minimum((cdf * max_groups - 1e-9).astype(np.int64), max_groups - 1)
     groups = np.maximum.accumulate(groups)
     _, dense = np.unique(groups, return_inverse=True)
-    index = dense.astype(np.int64)
+    index = np.empty(n_val, dtype=np.int64)
+    index[order] = dense
     if codec.missing_code is not None:
         index = np.append(index, index.max() + 1)
     return Grouping(index)
@@ -233,35 +280,53 @@ def top_grouping(noisy_counts: np.ndarray, keep: int, *, ordered: bool) -> Group
     return Grouping(index)
 
 
+def decode_weights(codec: ColumnCodec, grouping: Grouping, counts: np.ndarray,
+                   floor: float) -> np.ndarray:
+    """Per fine code, the weight it is drawn with inside its model group.
+
+    For exact-value codes (integers with one code per value, discrete values, and the
+    lower-bound and point codes of a binned column) the noisy counts are reduced by `floor`
+    (about two noise sds) and clipped at 0, so values whose noisy count is explained by noise
+    alone are not drawn; a group whose codes all fall below the floor draws by the clipped
+    counts. The bins of binned numeric columns use the clipped counts (flooring their smooth,
+    dense bins was measured to hurt: ISLR/Default 2-way TVD 0.045 -> 0.095 at ε=1).
+    """
+    counts = np.asarray(counts, dtype=float)
+    raw = np.clip(counts, 0, None) + 1e-6
+    if codec.exact:
+        sharp = np.clip(counts - floor, 0, None)
+    else:
+        sharp = np.clip(counts, 0, None)
+        if codec.bin_offset:
+            exact = np.concatenate([[0], codec.point_codes])
+            sharp[exact] = np.clip(counts[exact] - floor, 0, None)
+    out = np.empty(len(counts))
+    for k in range(grouping.size):
+        members = grouping.index == k
+        out[members] = sharp[members] if sharp[members].sum() > 0 else raw[members]
+    return out
+
+
+def draw_fine(grouping: Grouping, group_codes: np.ndarray, weights: np.ndarray,
+              rng: np.random.Generator) -> np.ndarray:
+    """One fine code per row, drawn inside the row's group by `weights`."""
+    fine = np.empty(len(group_codes), dtype=np.int64)
+    for k in np.unique(group_codes):
+        members = np.flatnonzero(grouping.index == k)
+        rows = np.flatnonzero(group_codes == k)
+        w = weights[members]
+        fine[rows] = rng.choice(members, size=len(rows), p=w / w.sum())
+    return fine
+
+
 def decode_groups(encoding: Encoding, groupings: Sequence[Grouping], group_codes: np.ndarray,
                   fine_counts: Sequence[np.ndarray], rng: np.random.Generator, *,
                   floor: float = 0.0) -> pd.DataFrame:
-    """Typed rows from group codes: a fine code is drawn in each group by its noisy fine count.
-
-    For exact-value codes (integers with one code per value, and the lower-bound code of a
-    binned column) the counts are reduced by `floor` (about two noise sds) and clipped at 0, so
-    values whose noisy count is explained by noise alone are not drawn; a group whose codes all
-    fall below the floor draws by the clipped counts. The other codes of binned numeric columns
-    use the clipped counts (flooring their smooth, dense bins was measured to hurt:
-    ISLR/Default 2-way TVD 0.045 -> 0.095 at ε=1).
-    """
+    """Typed rows from group codes: a fine code is drawn in each group by its noisy fine count
+    (`decode_weights`), then a value for it (`ColumnCodec.decode`)."""
     out: dict[str, pd.Series] = {}
     for j, (codec, grp) in enumerate(zip(encoding.codecs, groupings, strict=True)):
-        g = group_codes[:, j]
-        fine = np.empty(len(g), dtype=np.int64)
-        raw = np.clip(fine_counts[j].astype(float), 0, None) + 1e-6
-        counts = fine_counts[j].astype(float)
-        if codec.exact:
-            sharp = np.clip(counts - floor, 0, None)
-        else:  # binned: only the exact lower-bound code is floored (no noise-only point mass)
-            sharp = np.clip(counts, 0, None)
-            if codec.bin_offset:
-                sharp[0] = max(counts[0] - floor, 0.0)
-        for k in np.unique(g):
-            members = np.flatnonzero(grp.index == k)
-            rows = np.flatnonzero(g == k)
-            w = sharp[members] if sharp[members].sum() > 0 else raw[members]
-            p = w / w.sum()
-            fine[rows] = rng.choice(members, size=len(rows), p=p)
+        w = decode_weights(codec, grp, fine_counts[j], floor)
+        fine = draw_fine(grp, group_codes[:, j], w, rng)
         out[codec.column.name] = codec.decode(fine, rng).reset_index(drop=True)
     return pd.DataFrame(out)

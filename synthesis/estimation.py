@@ -111,6 +111,11 @@ def fit(sizes: Sequence[int], measurements: Sequence[Measurement], *, iters: int
             callback_fn=lambda _: bar.advance(min(every, iters - bar.done)))
 
 
+def project(model: Any, clique: Sequence[int]) -> np.ndarray:
+    """The model's counts on a clique of column positions, shaped as the clique."""
+    return np.asarray(model.project(tuple(_name(i) for i in clique)).datavector(flatten=False))
+
+
 def sample_codes(model: Any, rows: int, *, seed: int) -> np.ndarray:
     """Draw `rows` rows of group codes (one column per model column) from a fitted model."""
     np.random.seed(seed % 2**32)  # mbi draws with numpy's global generator
@@ -166,3 +171,81 @@ def model_size_mb(sizes: Sequence[int], cliques: Sequence[tuple[int, ...]]) -> f
 
     domain = mbi.Domain([_name(i) for i in range(len(sizes))], [int(s) for s in sizes])
     return float(hypothetical_model_size(domain, [tuple(_name(i) for i in c) for c in cliques]))
+
+
+def potentials_of(model: Any) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """A fitted model's log-potentials: (column positions, table shaped like them) per clique."""
+    out = []
+    for cl in model.potentials.cliques:
+        factor = model.potentials[cl]
+        cols = tuple(int(str(a)[1:]) for a in factor.domain.attributes)
+        out.append((cols, np.asarray(factor.values, dtype=np.float64)))
+    return out
+
+
+def from_potentials(sizes: Sequence[int], potentials: Sequence[tuple[tuple[int, ...], np.ndarray]],
+                    total: float) -> Any:
+    """The MarkovRandomField of these log-potentials (as `potentials_of` gives them); its
+    marginals come from mbi's message passing, as at the end of `fit`."""
+    mbi = _mbi()
+    import jax.numpy as jnp
+
+    domain = mbi.Domain([_name(i) for i in range(len(sizes))], [int(s) for s in sizes])
+    cliques = [tuple(_name(i) for i in cols) for cols, _ in potentials]
+    tables = {cl: mbi.Factor(domain.project(cl), jnp.asarray(values))
+              for cl, (_, values) in zip(cliques, potentials, strict=True)}
+    pots = mbi.CliqueVector(domain, cliques, tables)
+    marginals = mbi.marginal_oracles.message_passing_stable(pots, float(total))
+    return mbi.MarkovRandomField(potentials=pots, marginals=marginals, total=float(total))
+
+
+def reweighted(model: Any, weights: dict[int, np.ndarray]) -> Any:
+    """A copy of `model` whose distribution is P(x) * prod_j weights[j][x_j], renormalized to
+    the model's total.
+
+    Each column's weights are added, as logs, to the potential of a clique holding it; zero
+    weights become mbi `Constraint`s (exact zeros, which mbi's Shafer-Shenoy message passing
+    and its sampler handle; the default message passing cannot). The rows drawn from it follow
+    the model's exact conditional distribution given the weights: no rejection."""
+    mbi = _mbi()
+    import jax.numpy as jnp
+
+    pots = model.potentials
+    tables = dict(pots.tables)
+    cliques = list(pots.cliques)
+    constraints = list(model.constraints)
+    for col, w in weights.items():
+        name = _name(col)
+        w = np.asarray(w, dtype=np.float64)
+        dom = pots.domain.project((name,))
+        unary = mbi.Factor(dom, jnp.asarray(np.log(np.where(w > 0, w, 1.0))))
+        home = next((cl for cl in cliques if name in cl), None)
+        if home is None:  # a column no measurement touched: a clique of its own
+            cliques.append((name,))
+            tables[(name,)] = unary
+        else:
+            tables[home] = tables[home] + unary
+        if (w <= 0).any():
+            constraints.append(mbi.Constraint(dom, valid=np.flatnonzero(w > 0)[:, None]))
+    new = mbi.CliqueVector(pots.domain, cliques, tables)
+    marginals = mbi.marginal_oracles.message_passing_shafer_shenoy(
+        new, model.total, constraints=tuple(constraints))
+    return mbi.MarkovRandomField(potentials=new, marginals=marginals, total=model.total,
+                                 constraints=tuple(constraints))
+
+
+def column_marginal(model: Any, col: int) -> np.ndarray:
+    """P(column = code) under the model (its marginals, normalized)."""
+    p = np.asarray(model.project((_name(col),)).datavector(), dtype=np.float64)
+    return p / p.sum()
+
+
+def exact_conditional(model: Any, cols: Sequence[int], evidence: dict[int, int]) -> np.ndarray:
+    """P(cols | evidence) by mbi's variable elimination over the potentials (with the model's
+    constraints), shaped like the columns; for tests and measurements."""
+    mbi = _mbi()
+    f = mbi.marginal_oracles.variable_elimination(
+        model.potentials, tuple(_name(c) for c in cols), 1.0,
+        evidence={_name(k): v for k, v in evidence.items()} or None,
+        constraints=tuple(model.constraints))
+    return np.asarray(f.datavector(flatten=False), dtype=np.float64)

@@ -49,6 +49,13 @@ MIN_CATEGORY_ROWS = 3
 # values. 64 holds the real cases seen (7-34 values) with room, and is twice the values the
 # model keeps per numeric column (32 groups), past which a list gains little over bins.
 MAX_DISCRETE_VALUES = 64
+# A binned integer or continuous column lists as `points` the values (other than its lower
+# bound) held by at least POINT_SHARE of its rows and MIN_CATEGORY_ROWS rows, at most
+# MAX_POINTS of them, the most held first: round amounts, typical wages, top-coded maxima. Each
+# has its own exact code, so the synthetic column repeats them as the real one does instead of
+# smearing them over their bin (measured on a wage column whose 40 such values hold 47% of the
+# rows: its 1-way TVD on 16 quantile bins was 0.027 even without noise).
+POINT_SHARE, MAX_POINTS = 0.005, 32
 
 
 class SchemaError(InputError):
@@ -95,11 +102,17 @@ class Column:
     # binned integer and continuous columns: "log" spaces the fine bins evenly in
     # log(1 + x - lower) instead of x (heavy-tailed amounts; synthesis.encoding)
     scale: str = "linear"
+    # binned integer and continuous columns: values held by many rows, each decoded exactly
+    points: tuple[int | float, ...] = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.values, (list, tuple)):  # numpy scalars as Python numbers
-            object.__setattr__(self, "values", tuple(
-                v.item() if isinstance(v, (np.integer, np.floating)) else v for v in self.values))
+        for attr in ("values", "points"):  # numpy scalars as Python numbers
+            if isinstance(getattr(self, attr), (list, tuple)):
+                object.__setattr__(self, attr, tuple(
+                    v.item() if isinstance(v, (np.integer, np.floating)) else v
+                    for v in getattr(self, attr)))
+        if self.points and not _value_problems(self.points, "points"):
+            object.__setattr__(self, "points", tuple(sorted(self.points)))
         if self.kind == "discrete" and not _value_problems(self.values):
             vals = tuple(sorted(self.values))
             object.__setattr__(self, "values", vals)
@@ -140,7 +153,23 @@ class Column:
                            f"{lo} and {hi}")
             if self.kind == "datetime":
                 out += self._datetime_problems()
+        if self.points:
+            out += self._point_problems()
         return out
+
+    def _point_problems(self) -> list[str]:
+        if self.kind not in ("integer", "continuous"):
+            return [f"column {self.name!r}: 'points' are for integer and continuous columns"]
+        bad = _value_problems(self.points, "points")
+        lo, hi = self.lower, self.upper
+        if not bad and lo is not None and hi is not None:
+            out = [v for v in self.points if not lo < v <= hi]
+            if out:
+                bad.append(f"'points' must lie above the lower bound {lo} and at most at the "
+                           f"upper bound {hi}; not {', '.join(repr(v) for v in out[:3])}")
+            if self.kind == "integer" and any(float(v) != int(v) for v in self.points):
+                bad.append("'points' of an integer column must be whole numbers")
+        return [f"column {self.name!r}: {p}" for p in bad]
 
     def _datetime_problems(self) -> list[str]:
         if self.resolution not in RESOLUTIONS:
@@ -177,19 +206,22 @@ class Column:
             d["lower"], d["upper"] = self.lower, self.upper
         if self.scale != "linear":  # absent when linear: older schemas keep their hash
             d["scale"] = self.scale
+        if self.points:  # likewise absent when empty
+            d["points"] = list(self.points)
         return d
 
 
-def _value_problems(values: object) -> list[str]:
-    """What is wrong with a discrete column's value list (empty, not numbers, repeated)."""
+def _value_problems(values: object, key: str = "values") -> list[str]:
+    """What is wrong with a discrete column's value list or a column's points (empty, not
+    numbers, repeated)."""
     if not isinstance(values, (list, tuple)) or not values:
         return ["a discrete column needs a non-empty list of its 'values'"]
     bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))
            or not math.isfinite(v)]
     if bad:
-        return [f"'values' must be finite numbers; not {', '.join(repr(v) for v in bad[:3])}"]
+        return [f"{key!r} must be finite numbers; not {', '.join(repr(v) for v in bad[:3])}"]
     if len({float(v) for v in values}) != len(values):
-        return ["'values' lists a number twice"]
+        return [f"{key!r} lists a number twice"]
     return []
 
 
@@ -249,8 +281,9 @@ class Schema:
             if not isinstance(c.get("nullable", False), bool):
                 problems.append(f"column {c['name']!r}: 'nullable' must be true or false")
                 continue
-            if "values" in c and not isinstance(c["values"], list):
-                problems.append(f"column {c['name']!r}: 'values' must be a list of numbers")
+            listed = [k for k in ("values", "points") if k in c and not isinstance(c[k], list)]
+            if listed:
+                problems.append(f"column {c['name']!r}: {listed[0]!r} must be a list of numbers")
                 continue
             bound = datetimes.parse_bound if c["kind"] == "datetime" else float
             try:
@@ -262,7 +295,8 @@ class Schema:
                     nullable=bool(c.get("nullable", False)),
                     values=tuple(c.get("values", ())),
                     resolution=None if c.get("resolution") is None else str(c["resolution"]),
-                    scale=str(c.get("scale", "linear"))))
+                    scale=str(c.get("scale", "linear")),
+                    points=tuple(c.get("points", ()))))
             except (TypeError, ValueError) as exc:
                 problems.append(f"column #{i} ({c.get('name')!r}): {exc}")
         if problems:
@@ -466,7 +500,13 @@ def _numeric(name: str, values: pd.Series, nullable: bool) -> tuple[Column | Non
     heavy = binned and hi > lo and float(np.quantile(arr, HEAVY_SHARE)) - lo < HEAVY_SPAN * (
         hi - lo)
     col = Column(name, kind, lower=lo, upper=hi, nullable=nullable,
-                 scale="log" if heavy else "linear")
+                 scale="log" if heavy else "linear",
+                 points=_points(arr, lo) if binned else ())
+    if col.points:
+        note = "; ".join(filter(None, [note, (
+            f"column {name!r}: {len(col.points)} value(s) held by at least {POINT_SHARE:.1%} of "
+            "rows are listed as public 'points' and kept exact; remove any that must not be "
+            "public")]))
     if heavy:
         note = "; ".join(filter(None, [note, (
             f"column {name!r}: heavy-tailed ({HEAVY_SHARE:.0%} of rows in the lowest "
@@ -498,6 +538,16 @@ def _discrete(name: str, arr: np.ndarray, whole: bool, nullable: bool, kind: str
                       "its values are public, declare it discrete with their list")
     listed = tuple(int(v) for v in vals) if whole else tuple(float(v) for v in vals)
     return Column(name, "discrete", values=listed, nullable=nullable), None
+
+
+def _points(arr: np.ndarray, lower: float) -> tuple[float, ...]:
+    """The values of a binned column held by many rows (see POINT_SHARE): public as a
+    category held by that many rows would be."""
+    vals, counts = np.unique(arr, return_counts=True)
+    held = (counts >= max(MIN_CATEGORY_ROWS, POINT_SHARE * len(arr))) & (vals != lower)
+    top = np.argsort(-counts[held], kind="stable")[:MAX_POINTS]
+    whole = bool(np.all(np.mod(vals, 1) == 0))
+    return tuple(int(v) if whole else float(v) for v in sorted(vals[held][top]))
 
 
 def _sequence_like(arr: np.ndarray) -> bool:

@@ -130,7 +130,8 @@ def test_simulate_success_writes_the_output_folder(tmp_path: Path,
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} == {"synthetic.csv", "privacy.json", "metrics.json",
                                                "schema.json", "job.log", "report.html",
-                                               "real-heldout.csv", ".fedsynth-output"}
+                                               "real-heldout.csv", "model.json", "model.npz",
+                                               ".fedsynth-output"}
     assert json.loads((run / "privacy.json").read_text())["epsilon_spent"] <= 1.0
     assert "setup: 3 parties" in (run / "job.log").read_text()
     _only(tmp_path, "t.csv", "run")

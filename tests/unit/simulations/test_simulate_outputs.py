@@ -16,7 +16,7 @@ from fedsynth.simulations.run import simulate, simulate_sweep
 from fedsynth.synthesis.schema import Schema
 
 FILES = {"synthetic.csv", "privacy.json", "metrics.json", "schema.json", "job.log", "report.html",
-         "real-heldout.csv", MARKER}
+         "real-heldout.csv", "model.json", "model.npz", MARKER}
 
 
 def _parties(n_parties: int = 3, rows: int = 200) -> list[pd.DataFrame]:

@@ -48,7 +48,13 @@ def columns(draw: st.DrawFn) -> Column:
     span = draw(st.one_of(st.floats(0, 3), st.floats(0, 400), st.floats(0, 1e7)))
     if kind == "integer":
         span = max(span, math.ceil(lo) - lo)  # at least one whole number inside
-    return Column("c", kind, lower=lo, upper=lo + span, nullable=nullable)  # type: ignore[arg-type]
+    hi = lo + span
+    inner = [v for v in draw(st.lists(st.floats(lo, hi), max_size=5)) if lo < v <= hi]
+    if kind == "integer":
+        inner = [float(math.floor(v)) for v in inner if lo < math.floor(v)]
+    points = tuple(sorted(set(inner)))  # frequent values, decoded exactly
+    return Column("c", kind, lower=lo, upper=hi, nullable=nullable,  # type: ignore[arg-type]
+                  points=points)
 
 
 def _inside(col: Column, out: pd.Series) -> None:
