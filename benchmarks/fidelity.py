@@ -34,7 +34,7 @@ from fedsynth.synthesis.schema import infer_schema, validate_frame
 
 
 def one(name: str, eps: float, part: str, seed: int, parties: int, delta: float,
-        threshold: int | None = None) -> dict:
+        threshold: int | None = None, skip: tuple[str, ...] = ()) -> dict:
     pooled, b = datasets.load(name)
     schema = infer_schema(pooled)
     pooled = validate_frame(pooled, schema, source=name)
@@ -47,11 +47,16 @@ def one(name: str, eps: float, part: str, seed: int, parties: int, delta: float,
                    seed=seed, engine="local", evaluate=False,
                    threshold=threshold or default_threshold(parties)).synthetic
     t_fed = time.perf_counter() - t
-    cen = baselines.central(train, schema, epsilon=eps, delta=delta, seed=seed)
-    loc = baselines.local_only(tables, schema, epsilon=eps, delta=delta, seed=seed)
+    runs = [("fed", fed)]
+    if "central" not in skip:
+        runs.append(("central", baselines.central(train, schema, epsilon=eps, delta=delta,
+                                                  seed=seed)))
+    if "local" not in skip:
+        runs.append(("local", baselines.local_only(tables, schema, epsilon=eps, delta=delta,
+                                                   seed=seed)))
     row = {"dataset": name, "epsilon": eps, "partition": part, "seed": seed, "fed_seconds": t_fed,
            "threshold": threshold or default_threshold(parties)}
-    for label, syn in (("fed", fed), ("central", cen), ("local", loc)):
+    for label, syn in runs:
         row[f"{label}_tvd2"] = marginal_tvd(train, syn, way=2)
         auc = tstr_auc(train, syn, hold, target=b.target, seed=seed)
         row[f"{label}_tstr"] = auc.get("tstr_auc")
@@ -65,7 +70,30 @@ ANCHORS = {
     ("ISLR/Default", 1.0): (0.027, 0.049, 0.087), ("ISLR/Default", 3.0): (0.014, 0.020, 0.041),
     ("AER/CPS1988", 1.0): (0.013, 0.027, 0.040), ("AER/CPS1988", 3.0): (0.006, 0.024, 0.028),
     ("survival/colon", 1.0): (0.095, 0.113, 0.214), ("survival/colon", 3.0): (0.050, 0.057, 0.105),
+    ("modeldata/credit_data", 1.0): (0.109, 0.124, 0.208),
+    ("modeldata/credit_data", 3.0): (0.097, 0.084, 0.121),
 }
+
+
+def anchor_ratio_table(rows: list[dict], before: list[dict]) -> str:
+    """Federated 2-way TVD (median over seeds) per dataset, ε and partition, now and in an
+    earlier results file, against the best central anchor (AIM, or MST where lower)."""
+    out = ["| dataset | ε | partition | federated now | before | now / before | best central "
+           "anchor | now / anchor | TSTR AUC now |", "|" + "---|" * 9]
+    for (name, eps), (aim, mst, _) in ANCHORS.items():
+        for part in ("iid", "dirichlet:0.5"):
+            key = (name, eps, part)
+
+            def med(rs: list[dict], f: str, key: tuple = key) -> float:
+                vals = [r[f] for r in rs if (r["dataset"], r["epsilon"], r["partition"]) == key
+                        and r.get(f) is not None]
+                return statistics.median(vals) if vals else float("nan")
+
+            now, then, best = med(rows, "fed_tvd2"), med(before, "fed_tvd2"), min(aim, mst)
+            out.append(f"| {name} | {eps:g} | {part} | {now:.4f} | {then:.4f} | "
+                       f"{now / then:.2f}x | {best:.3f} | {now / best:.2f}x | "
+                       f"{med(rows, 'fed_tstr'):.3f} |")
+    return "\n".join(out)
 
 
 def anchor_table(rows: list[dict]) -> str:
@@ -111,13 +139,16 @@ def main() -> None:
     ap.add_argument("--jsonl", type=Path, default=Path("benchmarks/results/fidelity.jsonl"),
                     help="results, one JSON row per line; rows already there are not re-run")
     ap.add_argument("--report", action="store_true", help="only print the table")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["central", "local"],
+                    help="runs left out of each configuration (the federated run always runs)")
+    ap.add_argument("--before", type=Path, help="an earlier results file to compare with")
     ap.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:  # one configuration, in its own process (jax's compiled code stays bounded)
         logging.basicConfig(level=logging.WARNING)
         name, eps, part, seed = args.one
         print(json.dumps(one(name, float(eps), part, int(seed), args.parties, args.delta,
-                             args.threshold)))
+                             args.threshold, tuple(args.skip))))
         return
     done = []
     if args.jsonl.exists():
@@ -131,6 +162,7 @@ def main() -> None:
         def run(cfg: tuple[str, float, str, int]) -> None:
             cmd = [sys.executable, __file__, "--one", cfg[0], str(cfg[1]), cfg[2], str(cfg[3]),
                    "--parties", str(args.parties), "--delta", str(args.delta),
+                   *(["--skip", *args.skip] if args.skip else []),
                    *(["--threshold", str(args.threshold)] if args.threshold else [])]
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -148,7 +180,13 @@ def main() -> None:
         done = [json.loads(x) for x in args.jsonl.read_text().splitlines() if x.strip()]
     print(f"\n{args.parties} parties, δ={args.delta}, medians over seeds; 2-way TVD over all "
           "pairs vs the train table (lower is better)")
-    print(table(done))
+    if not args.skip:
+        print(table(done))
+    if args.before is not None:
+        before = [json.loads(x) for x in args.before.read_text().splitlines() if x.strip()]
+        print(f"\nAgainst {args.before.name} and the best central anchor (AIM, or MST where "
+              "lower; DESIGN.md):")
+        print(anchor_ratio_table(done, before))
     print("\nAgainst the central anchors (other methods, measured the same way):")
     print(anchor_table(done))
 

@@ -6,9 +6,14 @@ Budget (zCDP-style split, composed exactly in RDP by crypto.accountant):
   select   (20%): every pair of columns on a small grouped domain (<= 8 values per column);
                   pairs are scored by noisy dependence and a maximum spanning tree is chosen
                   (post-processing of aggregated noisy answers only).
-  pairs    (70%): the tree's pairs on the grouped domain.
-Private-PGM (mbi) fits a graphical model to the one-way and pair measurements; rows are
-sampled and decoded to typed values. The coordinator only ever sees secure sums.
+  pairs    (70%): the tree's pairs on the model's grouped domain, at the variance that leaves
+                  room for up to `extra_pairs * (columns - 1)` more; then
+  refine          (adaptive, AIM-style): a model is fitted to what is measured, and the pairs
+                  whose selection answers it explains worst are measured on the selection grid
+                  with exactly the budget left (the tree's pairs again if none qualifies).
+Private-PGM (mbi) fits a graphical model to all measurements; rows are sampled and decoded to
+typed values. The coordinator only ever sees secure sums; every choice between rounds is
+post-processing of them, and every round is charged (accountant and each party's ledger).
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from fedsynth.synthesis.estimation import (
     model_size_mb,
     noisy_total,
     release_compiled,
+    sample_codes,
 )
 from fedsynth.synthesis.model import SynthesisModel
 from fedsynth.synthesis.selection import add_pairs, dependence_score, max_spanning_tree
@@ -77,6 +83,7 @@ class JobOptions:
     iters: int = 1000  # estimation iterations
     extra_pairs: float = 1.0  # pairs beyond the spanning tree, as a multiple of (columns - 1)
     max_model_mb: float = 64.0  # cap on the graphical model's size when adding pairs
+    refine: bool = True  # choose the pairs beyond the tree by what the fitted tree model misses
     timeout: float = 600.0  # seconds to wait for the parties' replies in each step
     evaluate: EvalOptions | None = None  # federated evaluation after sampling (None: skip it)
 
@@ -203,24 +210,34 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
         tables, var2 = rounds.measure("select", sel, pairs)
         scores = {p: dependence_score(tab, var2) for p, tab in zip(pairs, tables, strict=True)}
         tree = max_spanning_tree(d, scores)
-        tree = add_pairs(tree, scores, limit=int(opt.extra_pairs * (d - 1)),
-                         fits=_pair_budget(rounds, scores, [g.size for g in model_groups], opt))
+        limit = int(opt.extra_pairs * (d - 1)) if opt.refine else 0
+        if not opt.refine:
+            tree = add_pairs(tree, scores, limit=int(opt.extra_pairs * (d - 1)),
+                             fits=_pair_budget(rounds, scores, [g.size for g in model_groups],
+                                               opt))
+        by_pair = dict(zip(pairs, tables, strict=True))
+        coarse_of = {p: Measurement(p, by_pair[p], float(np.sqrt(var2)),
+                                    groups=(sel_of_group[p[0]], sel_of_group[p[1]]))
+                     for p in pairs}
         names = spec.schema.names
-        chosen = [[names[a], names[b]] for a, b in tree]
-        shown = ", ".join(f"{a}~{b}" for a, b in chosen[:4])
+        shown = ", ".join(f"{names[a]}~{names[b]}" for a, b in tree[:4])
         say(f"measuring {len(tree)} selected pairs ({shown}"
             f"{', ...; all in privacy.json' if len(tree) > 4 else ''})")
-        rounds.variances["pairs"] = remaining_variance(rounds.acc, count=len(tree),
-                                                       epsilon=spec.epsilon, delta=spec.delta)
+        refine = bool(limit) and len(pairs) > len(tree)
+        # the tree now, at the variance that leaves room for `limit` more pairs in the
+        # refinement round after it (which takes exactly what is left)
+        rounds.variances["pairs"] = remaining_variance(
+            rounds.acc, count=len(tree) + (limit if refine else 0), epsilon=spec.epsilon,
+            delta=spec.delta)
         pair_tabs, var3 = rounds.measure("pairs", model_groups, tree)
         measurements += [Measurement(p, tab, float(np.sqrt(var3)))
                          for p, tab in zip(tree, pair_tabs, strict=True)]
         # The selection round's answers for the chosen pairs are kept too (coarser grouping).
         # Unchosen pairs are left out: every measured clique becomes part of the model.
-        by_pair = dict(zip(pairs, tables, strict=True))
-        measurements += [Measurement(p, by_pair[p], float(np.sqrt(var2)),
-                                     groups=(sel_of_group[p[0]], sel_of_group[p[1]]))
-                         for p in tree]
+        measurements += [coarse_of[p] for p in tree]
+        if refine:
+            measurements += _refine(rounds, opt, model_groups, sel, sel_of_group, pairs, tree,
+                                    by_pair, var2, measurements, coarse_of, say)
     total = noisy_total(measurements)  # every measurement's noisy count of all rows, weighted
     meter.end(rows=max(0, round(total)))  # the noisy count of the parties' rows
 
@@ -237,8 +254,8 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     if eps > spec.epsilon * (1 + 1e-9):  # calibrate() guarantees this; never report above ask
         raise RuntimeError(f"internal error: spent ε={eps} above the requested {spec.epsilon}")
     privacy = _privacy_report(spec, rounds, eps, plan, total)
-    privacy["marginals"] = [[spec.schema.names[j] for j in m.clique] for m in measurements
-                            if len(m.clique) > 1 and m.groups is None]
+    privacy["marginals"] = [[spec.schema.names[j] for j in c] for c in dict.fromkeys(
+        m.clique for m in measurements if len(m.clique) > 1)]
     evaluation, error = None, None
     if opt.evaluate is not None:
         with meter.step("evaluate", rows=len(synthetic)):
@@ -256,6 +273,78 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     return JobResult(synthetic, privacy, timings,
                      {p: b for p, b in ex.bytes_sent.items() if p != KEY_HOLDER}, meter.steps,
                      evaluation, error, ex.bytes_sent.get(KEY_HOLDER, 0), model)
+
+
+REFINE_DRAWS = 200_000  # rows drawn from the tree model to read its pair tables
+
+
+def _refine(rounds: _Rounds, opt: JobOptions, model_groups: list[Grouping],
+            sel: list[Grouping], sel_of_group: list[np.ndarray], pairs: list[tuple[int, int]],
+            tree: list[tuple[int, int]], by_pair: dict[tuple[int, int], np.ndarray],
+            var2: float, measurements: list[Measurement],
+            coarse_of: dict[tuple[int, int], Measurement],
+            say: Callable[[str], None]) -> list[Measurement]:
+    """The adaptive round: pairs the fitted tree model gets most wrong, measured again.
+
+    A model is fitted to what is measured so far; for each pair not yet measured its error is
+    the L1 distance between the selection round's noisy table and the model's projection on
+    the same grid, less the L1 the selection noise alone gives (AIM's score, on aggregated
+    noisy answers: a score of true counts is not a sum over parties). Pairs whose error
+    exceeds the L1 noise their own measurement would carry are measured on the selection grid
+    with all the budget left, at most `extra_pairs * (columns - 1)` of them, while the model
+    fits `max_model_mb`; the selection answers of those pairs join the model too. When no
+    pair qualifies, the budget left re-measures the tree's pairs on the model's grid. Choosing
+    is post-processing of DP answers; the round is charged like any other.
+    """
+    spec = rounds.spec
+    sizes = [g.size for g in model_groups]
+    with step_progress("fitting the tree model to choose more pairs"):
+        mrf = fit(sizes, measurements, iters=max(100, opt.iters // 4))
+        # the model's pair tables from a large sample of it: one pass, no program per pair
+        draws = sample_codes(mrf, REFINE_DRAWS, seed=opt.seed)
+    total = float(mrf.total)
+    sel_sizes = [int(g.max()) + 1 for g in sel_of_group]
+    coarse = np.stack([sel_of_group[j][draws[:, j]] for j in range(len(sizes))], axis=1)
+    noise_sel = float(np.sqrt(2 * var2 / np.pi))
+    errors: dict[tuple[int, int], float] = {}
+    for a, b in pairs:
+        if (a, b) in tree:
+            continue
+        flat = coarse[:, a] * sel_sizes[b] + coarse[:, b]
+        grid = np.bincount(flat, minlength=sel_sizes[a] * sel_sizes[b]).reshape(
+            sel_sizes[a], sel_sizes[b]) * (total / len(draws))
+        errors[(a, b)] = float(np.abs(by_pair[(a, b)] - grid).sum()) - grid.size * noise_sel
+    limit = int(opt.extra_pairs * (len(sizes) - 1))
+    chosen: list[tuple[int, int]] = []
+    var_for: dict[int, float] = {}
+    for p in sorted(errors, key=lambda q: (-errors[q], q)):
+        if len(chosen) >= limit or errors[p] <= 0:
+            break
+        n = len(chosen) + 1
+        if n not in var_for:
+            var_for[n] = remaining_variance(rounds.acc, count=n, epsilon=spec.epsilon,
+                                            delta=spec.delta)
+        cells = sel_sizes[p[0]] * sel_sizes[p[1]]
+        if errors[p] <= cells * float(np.sqrt(2 * var_for[n] / np.pi)):
+            continue
+        if model_size_mb(sizes, [*tree, *chosen, p]) > opt.max_model_mb:
+            continue
+        chosen.append(p)
+    release_compiled()
+    again = sorted(chosen) or list(tree)
+    names = spec.schema.names
+    shown = ", ".join(f"{names[a]}~{names[b]}" for a, b in again[:4])
+    say(f"measuring {len(again)} {'more' if chosen else 'tree'} pairs ({shown}"
+        f"{', ...' if len(again) > 4 else ''})")
+    rounds.variances["refine"] = remaining_variance(rounds.acc, count=len(again),
+                                                    epsilon=spec.epsilon, delta=spec.delta)
+    # more pairs on the selection grid; the tree again on the model's (two measurements of one
+    # table are one measurement at their combined precision: the budget goes where it did)
+    tabs, var4 = rounds.measure("refine", sel if chosen else model_groups, again)
+    out = [Measurement(p, tab, float(np.sqrt(var4)),
+                       groups=(sel_of_group[p[0]], sel_of_group[p[1]]) if chosen else None)
+           for p, tab in zip(again, tabs, strict=True)]
+    return out + [coarse_of[p] for p in chosen]
 
 
 def _pair_budget(rounds: _Rounds, scores: dict[tuple[int, int], float], sizes: list[int],
@@ -347,8 +436,13 @@ def _privacy_report(spec: JobSpec, rounds: _Rounds, eps: float, plan: list[StepB
                           "marginals_planned": s.count,
                           "marginals": sum(r["marginals"] for r in rounds.log_rows
                                            if r["step"] == s.step),
-                          "note": "the last step takes exactly the budget left after selection"
-                          if s.step == "pairs" else ""} for s in plan],
+                          "note": "with the refine step, takes exactly the budget left after "
+                          "selection" if s.step == "pairs" else ""} for s in plan]
+        + [{"step": "refine", "share_planned": 0.0, "marginals_planned": 0,
+            "marginals": sum(r["marginals"] for r in rounds.log_rows if r["step"] == "refine"),
+            "note": "pairs the fitted tree model gets most wrong (or the tree's again), from the "
+                    "pairs step's share"} for _ in range(1)
+           if any(r["step"] == "refine" for r in rounds.log_rows)],
         "rounds": rounds.log_rows,
         "epsilon_asked_of_party": {str(p): a.epsilon(spec.delta)
                                    for p, a in sorted(per_party.items())},

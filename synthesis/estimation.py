@@ -111,11 +111,6 @@ def fit(sizes: Sequence[int], measurements: Sequence[Measurement], *, iters: int
             callback_fn=lambda _: bar.advance(min(every, iters - bar.done)))
 
 
-def project(model: Any, clique: Sequence[int]) -> np.ndarray:
-    """The model's counts on a clique of column positions, shaped as the clique."""
-    return np.asarray(model.project(tuple(_name(i) for i in clique)).datavector(flatten=False))
-
-
 def sample_codes(model: Any, rows: int, *, seed: int) -> np.ndarray:
     """Draw `rows` rows of group codes (one column per model column) from a fitted model."""
     np.random.seed(seed % 2**32)  # mbi draws with numpy's global generator
