@@ -608,16 +608,30 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_JOB
 
 
-def _sample(args: argparse.Namespace) -> int:
-    import secrets
-
-    from fedsynth.synthesis.model import SynthesisModel
-
+def _out_file_refused(args: argparse.Namespace) -> bool:
+    """An --out file that exists (and no --overwrite) or is a folder: said, and refused."""
     if args.out and args.out.exists() and not (args.overwrite and args.out.is_file()):
         what = "a folder" if args.out.is_dir() else "an existing file"
         print(f"error: --out {args.out} is {what}: give a new file name"
               f"{'' if args.out.is_dir() else ', or add --overwrite to replace it'}",
               file=sys.stderr)
+        return True
+    return False
+
+
+def _write_file(out: Path, text: str) -> None:
+    """Write `text` to `out` whole or not at all (a temporary file beside it, then renamed)."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import secrets
+
+    from fedsynth.synthesis.model import SynthesisModel
+
+    if _out_file_refused(args):
         return EXIT_INPUT
     model = SynthesisModel.load(args.model)  # ModelFileError: main prints it, exit 3
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
@@ -626,9 +640,7 @@ def _sample(args: argparse.Namespace) -> int:
                         class_ratio=args.class_ratio or ())  # ConditionError: exit 3
     text = rows.to_csv(index=False)
     if args.out:
-        tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(args.out)
+        _write_file(args.out, text)
         print(f"wrote {args.out} ({len(rows):,} rows)", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -639,11 +651,7 @@ def _schema_infer(args: argparse.Namespace) -> int:
     from fedsynth.client_node.data import DataFileError, read_table
     from fedsynth.synthesis.schema import SchemaError, draft_schema_with_notes
 
-    if args.out and args.out.exists() and not (args.overwrite and args.out.is_file()):
-        what = "a folder" if args.out.is_dir() else "an existing file"
-        print(f"error: --out {args.out} is {what}: give a new file name"
-              f"{'' if args.out.is_dir() else ', or add --overwrite to replace it'}",
-              file=sys.stderr)
+    if _out_file_refused(args):
         return EXIT_INPUT
     try:
         schema, notes = draft_schema_with_notes(read_table(args.file))
@@ -654,9 +662,7 @@ def _schema_infer(args: argparse.Namespace) -> int:
         print(f"review: {note}", file=sys.stderr)  # stderr: stdout may be the JSON
     text = schema.to_json()
     if args.out:
-        tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(args.out)
+        _write_file(args.out, text + "\n")
         print(f"wrote {args.out}; review the bounds and categories before sharing it",
               file=sys.stderr)
     else:

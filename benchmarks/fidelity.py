@@ -15,32 +15,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
-import subprocess
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
+from _support import run_config
 
 from fedsynth.evaluation.metrics import marginal_tvd, tstr_auc
 from fedsynth.protocols.spec import default_threshold
 from fedsynth.simulations import baselines, datasets, partition
 from fedsynth.simulations.run import simulate
-from fedsynth.synthesis.schema import infer_schema, validate_frame
 
 
 def one(name: str, eps: float, part: str, seed: int, parties: int, delta: float,
         threshold: int | None = None, skip: tuple[str, ...] = ()) -> dict:
-    pooled, b = datasets.load(name)
-    schema = infer_schema(pooled)
-    pooled = validate_frame(pooled, schema, source=name)
-    rng = np.random.default_rng(seed)
-    is_hold = rng.random(len(pooled)) < 0.2
-    hold, train = pooled[is_hold].reset_index(drop=True), pooled[~is_hold].reset_index(drop=True)
+    schema, train, hold, b = datasets.benchmark_split(name, seed)
     tables = partition.split(train, parties, part, target=b.target, seed=seed)
     t = time.perf_counter()
     fed = simulate(parties=tables, schema=schema, epsilon=eps, delta=delta, holdout=0.0,
@@ -160,21 +150,16 @@ def main() -> None:
         args.jsonl.parent.mkdir(parents=True, exist_ok=True)
 
         def run(cfg: tuple[str, float, str, int]) -> None:
-            cmd = [sys.executable, __file__, "--one", cfg[0], str(cfg[1]), cfg[2], str(cfg[3]),
-                   "--parties", str(args.parties), "--delta", str(args.delta),
-                   *(["--skip", *args.skip] if args.skip else []),
-                   *(["--threshold", str(args.threshold)] if args.threshold else [])]
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-            if out.returncode != 0:
-                print(f"FAILED {cfg}: {out.stderr[-500:]}", flush=True)
-                return
-            line = out.stdout.strip().splitlines()[-1]
-            with lock, open(args.jsonl, "a") as f:
-                f.write(line + "\n")
-            print(line, flush=True)
+            row = run_config(__file__, [cfg[0], str(cfg[1]), cfg[2], str(cfg[3]),
+                                        "--parties", str(args.parties), "--delta",
+                                        str(args.delta),
+                                        *(["--skip", *args.skip] if args.skip else []),
+                                        *(["--threshold", str(args.threshold)]
+                                          if args.threshold else [])],
+                             args.jsonl, str(cfg))
+            if row is not None:
+                print(json.dumps(row), flush=True)
 
-        lock = threading.Lock()
         with ThreadPoolExecutor(max_workers=args.workers) as pool:
             list(pool.map(run, todo))
         done = [json.loads(x) for x in args.jsonl.read_text().splitlines() if x.strip()]

@@ -24,19 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _support import run_config
 
 from fedsynth.evaluation.metrics import EvaluationBinning, marginal_tvd
 from fedsynth.simulations import datasets, partition
 from fedsynth.simulations.run import simulate
-from fedsynth.synthesis.schema import infer_schema, validate_frame
 
 DATASET, TARGET, POSITIVE = "ISLR/Default", "default", "Yes"
 PRECISION = 0.5
@@ -96,12 +94,7 @@ def _conditional_tvd(real: pd.DataFrame, syn: pd.DataFrame) -> dict[str, float]:
 
 
 def one(seed: int, parties: int, epsilon: float, delta: float) -> dict:
-    pooled, _ = datasets.load(DATASET)
-    schema = infer_schema(pooled)
-    pooled = validate_frame(pooled, schema, source=DATASET)
-    rng = np.random.default_rng(seed)
-    is_hold = rng.random(len(pooled)) < 0.2
-    hold, train = pooled[is_hold].reset_index(drop=True), pooled[~is_hold].reset_index(drop=True)
+    schema, train, hold, _ = datasets.benchmark_split(DATASET, seed)
     tables = partition.split(train, parties, "iid", target=TARGET, seed=seed)
     res = simulate(parties=tables, schema=schema, epsilon=epsilon, delta=delta, holdout=0.0,
                    seed=seed, engine="local", evaluate=False)
@@ -188,17 +181,12 @@ def main() -> None:
         for seed in range(args.seeds):
             if seed in have:
                 continue
-            cmd = [sys.executable, __file__, "--one", str(seed), "--parties", str(args.parties),
-                   "--epsilon", str(args.epsilon), "--delta", str(args.delta)]
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-            if out.returncode != 0:
-                print(f"FAILED seed {seed}: {out.stderr[-800:]}", flush=True)
+            row = run_config(__file__, [str(seed), "--parties", str(args.parties),
+                                        "--epsilon", str(args.epsilon), "--delta",
+                                        str(args.delta)], args.jsonl, f"seed {seed}")
+            if row is None:
                 continue
-            line = out.stdout.strip().splitlines()[-1]
-            with open(args.jsonl, "a") as f:
-                f.write(line + "\n")
-            done.append(json.loads(line))
+            done.append(row)
             print(f"seed {seed} done", file=sys.stderr, flush=True)
     rows = [r for r in done if r["epsilon"] == args.epsilon and r["parties"] == args.parties]
     print(table(rows))

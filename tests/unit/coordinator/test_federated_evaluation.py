@@ -83,8 +83,8 @@ def test_a_party_dropping_out_of_the_evaluation_leaves_the_others_sum(tmp_path: 
     holds = [p.iloc[int(0.8 * len(p)):].reset_index(drop=True) for p in parts]
     spec = job_spec(SCHEMA, IDS, epsilon=2.0, delta=1e-6, threshold=3)
     pols = write_parties(tmp_path, trains, spec, IDS, holds, evaluation="exact")
-    # rounds 1-4 measure; round 5 is the evaluation: party 2 goes silent there
-    pols = {p: dataclasses.replace(pol, fail_at_round=5 if p == 2 else None)
+    # rounds 1-3 measure; round 4 is the evaluation: party 2 goes silent there
+    pols = {p: dataclasses.replace(pol, fail_at_round=4 if p == 2 else None)
             for p, pol in pols.items()}
     res = run_job(LocalTransport({p: Node(pol) for p, pol in pols.items()}), spec,
                   JobOptions(seed=0, iters=200, evaluate=EVAL))

@@ -1,5 +1,5 @@
-"""The adaptive refinement round: its budget keeps the job within ε whatever it chooses, and it
-measures the pair a tree model cannot explain."""
+"""The adaptive refinement round (an option, off by default): its budget keeps the job within ε
+whatever it chooses, and it measures the pair a tree model cannot explain."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def _triangle(n: int = 20000, seed: int = 0) -> pd.DataFrame:
 def test_refinement_measures_the_pair_the_tree_model_cannot_explain() -> None:
     table = _triangle()
     res = simulate(parties=[table], epsilon=10.0, engine="local", evaluate=False, holdout=0.0,
-                   channel="plain", threshold=1, options=JobOptions(seed=0, iters=300))
+                   channel="plain", threshold=1,
+                   options=JobOptions(seed=0, iters=300, refine=True))
     steps = [r["step"] for r in res.privacy["rounds"]]
     assert steps == ["one-way", "select", "pairs", "refine"]
     measured = {tuple(sorted(m)) for m in res.privacy["marginals"]}

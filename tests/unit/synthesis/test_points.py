@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from fedsynth.protocols.spec import schema_sha256
+from fedsynth.synthesis.conditions import parse_conditions
 from fedsynth.synthesis.encoding import (
     FINE_BINS,
     ColumnCodec,
@@ -104,3 +105,14 @@ def test_bad_points_are_schema_errors(points: tuple[float, ...], says: str) -> N
 def test_points_are_refused_on_a_categorical_column() -> None:
     with pytest.raises(SchemaError, match="'points' are for integer and continuous"):
         Schema((Column("c", "categorical", ("a", "b"), points=(1.0,)),))
+
+
+def test_a_range_condition_keeps_the_points_inside_it_whole() -> None:
+    col = Column("wage", "continuous", lower=10.0, upper=5000.0,
+                 points=(400.0, 500.0, 712.25, 1000.0))
+    enc = Encoding.from_schema(Schema((col,)))
+    keep = parse_conditions(enc, ["wage=500..800"])[0]
+    codes = enc.codecs[0].point_codes
+    assert list(keep.share[codes]) == [0.0, 1.0, 1.0, 0.0]
+    bins = keep.share[1:FINE_BINS + 1]
+    assert bins.max() == 1.0 and 0 < bins[bins > 0].min() < 1  # partial bins at the ends
