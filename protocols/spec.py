@@ -21,7 +21,6 @@ channel's `spec_problems`), which excludes both; the signed consistency check (B
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -51,9 +50,7 @@ def default_threshold(parties: int, colluders: int = 0) -> int:
 
 def schema_sha256(schema: Schema) -> str:
     """The hash a party's policy pins: the columns and their public domains, canonically."""
-    canonical = Schema.from_dict(schema.to_dict())  # numbers as the wire carries them (floats)
-    columns = json.dumps(canonical.to_dict()["columns"], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(columns.encode()).hexdigest()
+    return schema.sha256()
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,7 @@ class ModelFileError(FileProblems):
 def schema_digest(schema: Schema) -> str:
     """The sha256 of the schema's columns and public domains (computed as the job spec's
     `schema_sha256`, the value a party's policy pins)."""
-    canonical = Schema.from_dict(schema.to_dict())
-    columns = json.dumps(canonical.to_dict()["columns"], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(columns.encode()).hexdigest()
+    return schema.sha256()
 
 
 def model_files(schema: Schema, groupings: Sequence[Grouping], fine_counts: Sequence[np.ndarray],

@@ -12,6 +12,7 @@ them still validate (those columns are not read).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -263,6 +264,14 @@ class Schema:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+    def sha256(self) -> str:
+        """The hash a party's policy pins: the columns and their public domains, canonically
+        (numbers as the wire carries them, floats)."""
+        canonical = Schema.from_dict(self.to_dict())
+        columns = json.dumps(canonical.to_dict()["columns"], sort_keys=True,
+                             separators=(",", ":"))
+        return hashlib.sha256(columns.encode()).hexdigest()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "schema") -> Schema:
