@@ -51,12 +51,15 @@ MIN_CATEGORY_ROWS = 3
 # model keeps per numeric column (32 groups), past which a list gains little over bins.
 MAX_DISCRETE_VALUES = 64
 # A binned integer or continuous column lists as `points` the values (other than its lower
-# bound) held by at least POINT_SHARE of its rows and MIN_CATEGORY_ROWS rows, at most
-# MAX_POINTS of them, the most held first: round amounts, typical wages, top-coded maxima. Each
-# has its own exact code, so the synthetic column repeats them as the real one does instead of
+# bound) held by at least POINT_SHARE of its rows and MIN_POINT_ROWS rows, at most MAX_POINTS
+# of them, the most held first: round amounts, typical wages, top-coded maxima. Each has its
+# own exact code, so the synthetic column repeats them as the real one does instead of
 # smearing them over their bin (measured on a wage column whose 40 such values hold 47% of the
-# rows: its 1-way TVD on 16 quantile bins was 0.027 even without noise).
-POINT_SHARE, MAX_POINTS = 0.005, 32
+# rows: its 1-way TVD on 16 quantile bins was 0.027 even without noise). A point held by fewer
+# rows than the one-way noise can tell from zero (about 50-120 rows at ε=1 for 5-15 columns)
+# only adds a noisy code: with 3 rows as the minimum, small real tables (418-1,319 rows) drew
+# 8-32 points a column and their 2-way TVD rose by 0.014-0.017.
+POINT_SHARE, MIN_POINT_ROWS, MAX_POINTS = 0.005, 100, 32
 
 
 class SchemaError(InputError):
@@ -514,8 +517,8 @@ def _numeric(name: str, values: pd.Series, nullable: bool) -> tuple[Column | Non
     if col.points:
         note = "; ".join(filter(None, [note, (
             f"column {name!r}: {len(col.points)} value(s) held by at least {POINT_SHARE:.1%} of "
-            "rows are listed as public 'points' and kept exact; remove any that must not be "
-            "public")]))
+            f"rows and {MIN_POINT_ROWS} rows are listed as public 'points' and kept exact; "
+            "remove any that must not be public")]))
     if heavy:
         note = "; ".join(filter(None, [note, (
             f"column {name!r}: heavy-tailed ({HEAVY_SHARE:.0%} of rows in the lowest "
@@ -553,7 +556,7 @@ def _points(arr: np.ndarray, lower: float) -> tuple[float, ...]:
     """The values of a binned column held by many rows (see POINT_SHARE): public as a
     category held by that many rows would be."""
     vals, counts = np.unique(arr, return_counts=True)
-    held = (counts >= max(MIN_CATEGORY_ROWS, POINT_SHARE * len(arr))) & (vals != lower)
+    held = (counts >= max(MIN_POINT_ROWS, POINT_SHARE * len(arr))) & (vals != lower)
     top = np.argsort(-counts[held], kind="stable")[:MAX_POINTS]
     whole = bool(np.all(np.mod(vals, 1) == 0))
     return tuple(int(v) if whole else float(v) for v in sorted(vals[held][top]))
