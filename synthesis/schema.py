@@ -58,7 +58,7 @@ MAX_DISCRETE_VALUES = 64
 # rows: its 1-way TVD on 16 quantile bins was 0.027 even without noise). A point held by fewer
 # rows than the one-way noise can tell from zero (about 50-120 rows at ε=1 for 5-15 columns)
 # only adds a noisy code: with 3 rows as the minimum, small real tables (418-1,319 rows) drew
-# 8-32 points a column and their 2-way TVD rose by 0.014-0.017.
+# 8-32 points a column and their 2-way TVD rose by 0.015-0.017 (single runs at ε=1).
 POINT_SHARE, MIN_POINT_ROWS, MAX_POINTS = 0.005, 100, 32
 
 
