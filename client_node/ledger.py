@@ -7,13 +7,16 @@ and no noise: per release only the job, round, label, budget and the public cost
 party chooses to report from it.
 
 Format. One JSON object per line, ASCII, ending in "\\n", appended with write + fsync. A DP
-release is `{"kind": "release", "budget", "count", "variance", "l1", "l2", "job_id", "round",
-"label", "time"}` with the cost fields first; lines without a "kind" are releases written by
-earlier versions (synthesis budget, l1 = l2 = 1). "torn" lines record a repaired crash (below);
-every other kind is an audit line and costs nothing. The cap of each budget ("synthesis" ->
-`epsilon_cap`, "evaluation" -> `evaluation_epsilon_cap`) is checked on the RDP composition of
-every release of that budget in the file (all jobs on this data), converted at the party's δ; a
-request that would pass the cap is refused and nothing is recorded.
+release is `{"kind": "release", "budget", "mechanism", "sampling_rate", "count", "variance",
+"l1", "l2", "job_id", "round", "label", "time"}` with the cost fields first: an event of one of
+`crypto.accountant.MECHANISMS` (a Skellam counting release, or subsampled Gaussian steps of
+DP-SGD). Release lines without "mechanism" are Skellam releases of earlier versions, and lines
+without a "kind" releases of still earlier ones (synthesis budget, l1 = l2 = 1). "torn" lines
+record a repaired crash (below); every other kind is an audit line and costs nothing. The cap
+of each budget ("synthesis" -> `epsilon_cap`, "evaluation" -> `evaluation_epsilon_cap`) is
+checked on the RDP composition of every release of that budget in the file (all jobs on this
+data), converted at the party's δ; a request that would pass the cap is refused and nothing is
+recorded.
 
 Why a crash can only over-count. The caller must hand a noised value to its reply only after
 `charge` returned (the node does), and `charge` returns only after the entry's write and fsync
@@ -64,10 +67,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsynth.crypto.accountant import Accountant
+from fedsynth.crypto.accountant import MECHANISMS, Accountant
 
 BUDGETS = ("synthesis", "evaluation")
 COST_FIELDS = ("kind", "budget", "count", "variance", "l1", "l2")
+EVENT_FIELDS = ("mechanism", "sampling_rate")  # cost fields too, on lines that have them
 RESERVED_KINDS = ("release", "torn")
 # A torn fragment is priced from its shortest prefix, closed at a comma, that holds every cost
 # field; the cost fields come first, so a handful of commas suffices (old-format lines put the
@@ -308,19 +312,27 @@ def _check_budget(budget: str) -> None:
         raise ValueError(f"unknown budget {budget!r}; use one of {', '.join(BUDGETS)}")
 
 
-def _cost(obj: Mapping[str, Any]) -> tuple[int, float, float, float]:
+def _cost(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The validated cost fields of a release (mechanism "skellam" and sampling rate 1 when a
+    line of an earlier version has none)."""
     count, variance = obj["count"], obj["variance"]
     l1, l2 = obj.get("l1", 1.0), obj.get("l2", 1.0)
+    mechanism, rate = obj.get("mechanism", "skellam"), obj.get("sampling_rate", 1.0)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be a positive integer, got {count!r}")
-    for name, v in (("variance", variance), ("l1", l1), ("l2", l2)):
+    for name, v in (("variance", variance), ("l1", l1), ("l2", l2), ("sampling_rate", rate)):
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise ValueError(f"{name} must be a finite number, got {v!r}")
     if variance <= 0:
         raise ValueError(f"variance must be positive, got {variance!r}")
     if l1 <= 0 or l2 <= 0:
         raise ValueError(f"sensitivities must be positive, got l1={l1!r}, l2={l2!r}")
-    return count, float(variance), float(l1), float(l2)
+    if mechanism not in MECHANISMS:
+        raise ValueError(f"mechanism must be one of {MECHANISMS}, got {mechanism!r}")
+    if not 0 < rate <= 1 or (mechanism == "skellam" and rate != 1):
+        raise ValueError(f"sampling_rate {rate!r} does not fit mechanism {mechanism!r}")
+    return {"mechanism": str(mechanism), "sampling_rate": float(rate), "count": count,
+            "variance": float(variance), "l1": float(l1), "l2": float(l2)}
 
 
 def _normalise(obj: object) -> dict[str, Any]:
@@ -328,14 +340,11 @@ def _normalise(obj: object) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     if "kind" not in obj:  # written before kinds existed: a synthesis release, l1 = l2 = 1
-        count, variance, l1, l2 = _cost(obj)
-        return {**obj, "kind": "release", "budget": "synthesis", "count": count,
-                "variance": variance, "l1": l1, "l2": l2}
+        return {**obj, "kind": "release", "budget": "synthesis", **_cost(obj)}
     if obj["kind"] == "release":
         if obj.get("budget") not in BUDGETS:
             raise ValueError(f"unknown budget {obj.get('budget')!r}")
-        count, variance, l1, l2 = _cost(obj)
-        return {**obj, "count": count, "variance": variance, "l1": l1, "l2": l2}
+        return {**obj, **_cost(obj)}
     if obj["kind"] == "torn" and not isinstance(obj.get("fragment"), str):
         raise ValueError("a torn record without its fragment")
     if not isinstance(obj["kind"], str):
@@ -357,7 +366,8 @@ def _price_fragment(fragment: str) -> dict[str, Any] | None:
             return None
         if obj.get("kind", "release") != "release":
             return None  # an audit or torn record: no cost
-        needed = COST_FIELDS if "kind" in obj else ("count", "variance")
+        needed = ((*COST_FIELDS, *EVENT_FIELDS) if "mechanism" in obj else COST_FIELDS) \
+            if "kind" in obj else ("count", "variance")
         if all(k in obj for k in needed):
             try:
                 return _normalise(obj)
@@ -368,22 +378,22 @@ def _price_fragment(fragment: str) -> dict[str, Any] | None:
 
 def _release_entry(release: Mapping[str, Any], *, job_id: str, round_id: int,
                    budget: str) -> dict[str, Any]:
-    unknown = set(release) - {"label", "count", "variance", "l1", "l2"}
+    unknown = set(release) - {"label", "count", "variance", "l1", "l2", *EVENT_FIELDS}
     if unknown:
         raise ValueError(f"unknown release fields {sorted(unknown)}")
     try:  # numpy scalars welcome; stored as plain JSON numbers
-        given = {"count": operator.index(release["count"]),
+        given = {"mechanism": release.get("mechanism", "skellam"),
+                 "sampling_rate": float(release.get("sampling_rate", 1.0)),
+                 "count": operator.index(release["count"]),
                  "variance": float(release["variance"]),
                  "l1": float(release.get("l1", 1.0)), "l2": float(release.get("l2", 1.0))}
     except KeyError as exc:
         raise ValueError(f"a release needs {exc.args[0]!r}") from None
     except TypeError as exc:
         raise ValueError(f"release {dict(release)!r} has a non-numeric cost: {exc}") from None
-    count, variance, l1, l2 = _cost(given)
     # cost fields first: a fragment torn after them can still be priced (see module docstring)
-    return {"kind": "release", "budget": budget, "count": count, "variance": variance,
-            "l1": l1, "l2": l2, "job_id": str(job_id), "round": int(round_id),
-            "label": str(release.get("label", "")), "time": time.time()}
+    return {"kind": "release", "budget": budget, **_cost(given), "job_id": str(job_id),
+            "round": int(round_id), "label": str(release.get("label", "")), "time": time.time()}
 
 
 def _compose(releases: list[dict[str, Any]], budget: str) -> Accountant:
@@ -391,7 +401,8 @@ def _compose(releases: list[dict[str, Any]], budget: str) -> Accountant:
     for e in releases:
         if e["budget"] == budget:
             acc.add(step=str(e.get("label", "")), count=e["count"], variance=e["variance"],
-                    l1=e["l1"], l2=e["l2"])
+                    l1=e["l1"], l2=e["l2"], mechanism=e["mechanism"],
+                    sampling_rate=e["sampling_rate"])
     return acc
 
 

@@ -35,7 +35,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -62,7 +62,7 @@ from fedsynth.synthesis.schema import DataValidationError, Schema, SchemaError, 
 log = logging.getLogger("fedsynth.node")
 MAX_CELLS = 20_000_000
 REQUESTS = ("setup_request", "measure_request", "confirm_request", "unmask_request",
-            "evaluate_request", "mask_keys_request")
+            "evaluate_request", "mask_keys_request")  # setup, then HANDLERS (end of module)
 # the steps of a round in order, for injected dropouts (NodePolicy.fail_at)
 STEPS = {"keys": 0, "measure": 1, "confirm": 2, "unmask": 3}
 STEP_OF = {"mask_keys_request": "keys", "measure_request": "measure",
@@ -182,16 +182,7 @@ class Node:
                     reply, session = self._setup(env, session)
                 else:
                     self._check_session(env, session)
-                    if body == "mask_keys_request":
-                        reply = self._mask_keys(env, session)
-                    elif body == "measure_request":
-                        reply = self._measure(env, session)
-                    elif body == "evaluate_request":
-                        reply = self._evaluate(env, session)
-                    elif body == "confirm_request":
-                        reply = self._confirm(env, session)
-                    else:
-                        reply = self._unmask(env, session)
+                    reply = HANDLERS[str(body)](self, env, session)
             except (ProtocolError, JobSpecError, SchemaError, BudgetExceeded,
                     secagg.SecAggError, EvalOptionsError, he.HEError) as exc:
                 raise Refused(str(exc), list(getattr(exc, "problems", []))) from exc
@@ -690,3 +681,16 @@ class Node:
         if marginals.vector_length(cliques, sizes) > MAX_CELLS:
             raise ProtocolError(f"request asks for more than {MAX_CELLS} cells")
 
+
+# After setup, each request type is answered by one handler: (node, request, session) -> reply.
+# A method that adds request types registers its handlers here (with their messages in the
+# protocol) without touching the others; `REQUESTS` lists every type a node accepts.
+Handler = Callable[[Node, pb.Envelope, dict[str, Any]], pb.Envelope]
+HANDLERS: dict[str, Handler] = {
+    "mask_keys_request": Node._mask_keys,
+    "measure_request": Node._measure,
+    "evaluate_request": Node._evaluate,
+    "confirm_request": Node._confirm,
+    "unmask_request": Node._unmask,
+}
+assert set(HANDLERS) | {"setup_request"} == set(REQUESTS)

@@ -1,91 +1,49 @@
-"""The federated marginal job: setup, domain, selection, measurement, estimation, sampling.
+"""A federated job: set-up, the method's rounds, the federated evaluation, the privacy report.
 
-Budget (zCDP-style split, composed exactly in RDP by crypto.accountant):
-  one-way  (10%): every column's fine 1-way counts. Public-bounds bins are then merged into
-                  about equal-mass groups using these noisy counts (DP domain step).
-  select   (20%): every pair of columns on a small grouped domain (<= 8 values per column);
-                  pairs are scored by noisy dependence and a maximum spanning tree is chosen
-                  (post-processing of aggregated noisy answers only).
-  pairs    (70%): the tree's pairs and up to `extra_pairs * (columns - 1)` more whose noisy
-                  dependence beats the noise their measurement would carry, on the model's
-                  grouped domain. With `refine` (off by default, measured neutral) the tree
-                  leaves room for them, and an adaptive round measures the pairs a model fitted
-                  to the tree explains worst, with the tree again, on exactly the budget left.
-Private-PGM (mbi) fits a graphical model to all measurements; rows are sampled and decoded to
-typed values. The coordinator only ever sees secure sums; every choice between rounds is
-post-processing of them, and every round is charged (accountant and each party's ledger).
+The method (coordinator.methods; `marginals` today, in coordinator.marginal_method) decides
+what is measured and how the synthetic table is made. Around it every method shares: the
+parties' set-up (keys, the key holder's context), measurement rounds charged to one accountant
+(coordinator.rounds), the evaluation against the parties' held-out rows, and a privacy report
+that composes every release of the job. The coordinator only ever sees secure sums; every
+choice between rounds is post-processing of them.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fedsynth.coordinator import methods
 from fedsynth.coordinator.evaluation import federated_evaluation
 from fedsynth.coordinator.exchange import (
     Exchange,
     JobRefused,
     PartyKeys,
-    secure_sum,
     setup_request,
 )
-from fedsynth.crypto.accountant import (
-    Accountant,
-    StepBudget,
-    calibrate,
-    remaining_variance,
-    zcdp_rho_for,
-)
+from fedsynth.coordinator.options import JobOptions
+from fedsynth.coordinator.rounds import Rounds
+from fedsynth.crypto.accountant import Accountant, StepBudget, zcdp_rho_for
 from fedsynth.evaluation.meter import StepMeter
-from fedsynth.evaluation.plan import EvalOptions, EvalOptionsError
+from fedsynth.evaluation.plan import EvalOptionsError
 from fedsynth.progress import task as step_progress
 from fedsynth.protocols import channels
 from fedsynth.protocols.messages import KEY_HOLDER
 from fedsynth.protocols.secure_sum import RoundFailed
 from fedsynth.protocols.spec import JobSpec
 from fedsynth.protocols.transport import Transport
-from fedsynth.synthesis import marginals
-from fedsynth.synthesis.encoding import (
-    Encoding,
-    Grouping,
-    quantile_grouping,
-    top_grouping,
-)
-from fedsynth.synthesis.estimation import (
-    Measurement,
-    fit,
-    model_size_mb,
-    noisy_total,
-    release_compiled,
-    sample_codes,
-)
 from fedsynth.synthesis.model import SynthesisModel
-from fedsynth.synthesis.selection import add_pairs, dependence_score, max_spanning_tree
+
+__all__ = ["JobOptions", "JobResult", "run_job"]
 
 log = logging.getLogger("fedsynth.coordinator")
-
-
-@dataclass(frozen=True)
-class JobOptions:
-    rows: int | None = None  # synthetic rows; default: the noisy estimate of the real total
-    seed: int = 0
-    max_groups: int = 32  # values per numeric column in the model
-    select_groups: int = 8  # values per column in the selection round
-    shares: tuple[float, float, float] = (0.1, 0.2, 0.7)  # one-way, select, pairs
-    iters: int = 1000  # estimation iterations
-    extra_pairs: float = 1.0  # pairs beyond the spanning tree, as a multiple of (columns - 1)
-    max_model_mb: float = 64.0  # cap on the graphical model's size when adding pairs
-    refine: bool = False  # adaptive round (measured neutral, twice the time: see _refine)
-    timeout: float = 600.0  # seconds to wait for the parties' replies in each step
-    evaluate: EvalOptions | None = None  # federated evaluation after sampling (None: skip it)
 
 
 @dataclass
@@ -101,52 +59,10 @@ class JobResult:
     model: SynthesisModel | None = None  # the fitted model, to draw more rows at no privacy cost
 
 
-@dataclass
-class _Rounds:
-    """Runs measurement rounds, keeps the accountant and who still takes part."""
-
-    ex: Exchange
-    spec: JobSpec
-    keys: PartyKeys
-    participants: list[int]
-    variances: dict[str, float]
-    acc: Accountant = field(default_factory=Accountant)
-    log_rows: list[dict[str, Any]] = field(default_factory=list)
-    round_id: int = 0
-    seeded_noise: set[int] = field(default_factory=set)  # parties that said their noise was seeded
-
-    def measure(self, label: str, groupings: Sequence[Grouping],
-                cliques: Sequence[tuple[int, ...]]) -> tuple[list[np.ndarray], float]:
-        self.round_id += 1
-        sizes = [g.size for g in groupings]
-        length = marginals.vector_length(cliques, sizes)
-        var = self.variances[label]
-        with step_progress(f"round {self.round_id} ({label}): waiting for "
-                           f"{len(self.participants)} parties"):
-            res = secure_sum(self.ex, round_id=self.round_id, label=label,
-                             channel=self.spec.channel, threshold=self.spec.threshold,
-                             participants=self.participants, keys=self.keys,
-                             groupings=groupings, cliques=cliques, length=length,
-                             noise_variance=var)
-        # charged as soon as the parties release, whatever happens next
-        self.acc.add(step=label, count=len(cliques), variance=var)
-        self.seeded_noise.update(res.seeded_noise)
-        realized = var * len(res.contributors) / self.spec.noise_divisor
-        self.log_rows.append({"round": self.round_id, "step": label, "marginals": len(cliques),
-                              "cells": length, "noise_variance": var,
-                              "noise_variance_per_party": var / self.spec.noise_divisor,
-                              "noise_variance_realized": realized,
-                              "parties_asked": list(self.participants),
-                              "contributors": res.contributors})
-        self.participants = res.responsive
-        log.info("round %d (%s): %d marginals, %d cells, %d contributors", self.round_id, label,
-                 len(cliques), length, len(res.contributors))
-        return marginals.split(res.total, cliques, sizes), realized
-
-
 def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = None,
             progress: Callable[[str], None] | None = None) -> JobResult:
-    """Run one federated marginal job over `transport`; raises on refusal or below-t dropout."""
+    """Run one federated job over `transport` with the spec's method; raises on refusal or
+    below-t dropout (and `methods.MethodUnavailable` if the method needs a missing extra)."""
     opt = options or JobOptions()
     say = progress or (lambda m: log.info("%s", m))
     t0 = time.perf_counter()
@@ -154,8 +70,7 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     job_id = uuid.uuid4().hex
     ex = Exchange(transport, job_id, timeout=opt.timeout,
                   identities={p: spec.identity_of(p) for p in range(1, spec.parties + 1)})
-    enc = Encoding.from_schema(spec.schema)
-    d = len(enc.codecs)
+    method = methods.get(spec.method)
 
     parties = transport.parties()
     if not set(parties) <= set(range(1, spec.parties + 1)):
@@ -176,86 +91,13 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
                           f"{spec.threshold}")
     meter.end()
 
-    pairs = list(itertools.combinations(range(d), 2))
-    s1, s2, s3 = opt.shares
-    plan = [StepBudget("one-way", d, s1)]
-    if d > 1:
-        plan += [StepBudget("select", len(pairs), s2), StepBudget("pairs", d - 1, s3)]
-    variances = calibrate(plan, epsilon=spec.epsilon, delta=spec.delta)
-    rounds = _Rounds(ex, spec, keys, sorted(keys.publics), variances)
-
-    meter.begin("measure")
-    say("measuring one-way marginals (domain step)")
-    fine_groupings = [Grouping.identity(n) for n in enc.sizes]
-    one, var1 = rounds.measure("one-way", fine_groupings, [(j,) for j in range(d)])
-    # Noisy fine counts shape the domain and the decoding (negative noise clipped there); the
-    # model is fitted to their raw, unbiased group sums. (Zeroing cells below two noise sds
-    # was tried and hurt: on ISLR/Default at ε=1 the 2-way TVD rose from 0.044 to 0.120.)
-    fine_counts = [o.astype(float) for o in one]
-    model_groups = [quantile_grouping(c, fine_counts[j], opt.max_groups)
-                    for j, c in enumerate(enc.codecs)]
-    measurements: list[Measurement] = []
-    for j, g in enumerate(model_groups):
-        summed = np.bincount(g.index, weights=one[j].astype(float), minlength=g.size)
-        w = 1.0 / np.sqrt(np.bincount(g.index, minlength=g.size))
-        measurements.append(Measurement((j,), summed * w, float(np.sqrt(var1)), weights=w))
-    if d > 1:
-        say(f"measuring {len(pairs)} candidate pairs for selection")
-        sel_of_group = []
-        for j, g in enumerate(model_groups):
-            coarse = np.bincount(g.index, weights=fine_counts[j], minlength=g.size)
-            ordered = enc.codecs[j].column.kind != "categorical"
-            sel_of_group.append(top_grouping(coarse, opt.select_groups, ordered=ordered).index)
-        sel = [Grouping(sg[g.index]) for sg, g in zip(sel_of_group, model_groups, strict=True)]
-        tables, var2 = rounds.measure("select", sel, pairs)
-        scores = {p: dependence_score(tab, var2) for p, tab in zip(pairs, tables, strict=True)}
-        tree = max_spanning_tree(d, scores)
-        limit = int(opt.extra_pairs * (d - 1)) if opt.refine else 0
-        if not opt.refine:
-            tree = add_pairs(tree, scores, limit=int(opt.extra_pairs * (d - 1)),
-                             fits=_pair_budget(rounds, scores, [g.size for g in model_groups],
-                                               opt))
-        by_pair = dict(zip(pairs, tables, strict=True))
-        coarse_of = {p: Measurement(p, by_pair[p], float(np.sqrt(var2)),
-                                    groups=(sel_of_group[p[0]], sel_of_group[p[1]]))
-                     for p in pairs}
-        names = spec.schema.names
-        shown = ", ".join(f"{names[a]}~{names[b]}" for a, b in tree[:4])
-        say(f"measuring {len(tree)} selected pairs ({shown}"
-            f"{', ...; all in privacy.json' if len(tree) > 4 else ''})")
-        refine = bool(limit) and len(pairs) > len(tree)
-        # the tree now, at the variance that leaves room for `limit` more pairs in the
-        # refinement round after it (which takes exactly what is left)
-        rounds.variances["pairs"] = remaining_variance(
-            rounds.acc, count=len(tree) + (limit if refine else 0), epsilon=spec.epsilon,
-            delta=spec.delta)
-        pair_tabs, var3 = rounds.measure("pairs", model_groups, tree)
-        measurements += [Measurement(p, tab, float(np.sqrt(var3)))
-                         for p, tab in zip(tree, pair_tabs, strict=True)]
-        # The selection round's answers for the chosen pairs are kept too (coarser grouping).
-        # Unchosen pairs are left out: every measured clique becomes part of the model.
-        measurements += [coarse_of[p] for p in tree]
-        if refine:
-            measurements += _refine(rounds, opt, model_groups, sel, sel_of_group, pairs, tree,
-                                    by_pair, var2, measurements, coarse_of, say)
-    total = noisy_total(measurements)  # every measurement's noisy count of all rows, weighted
-    meter.end(rows=max(0, round(total)))  # the noisy count of the parties' rows
-
-    rows = opt.rows if opt.rows is not None else max(1, round(total))
-    with meter.step("estimate_and_sample", rows=rows):
-        say(f"estimating the model (Private-PGM) and sampling {rows} rows")
-        mrf = fit([g.size for g in model_groups], measurements, iters=opt.iters, total=total)
-        model = SynthesisModel(spec.schema, model_groups, fine_counts,
-                               floor=2.0 * float(np.sqrt(var1)), mrf=mrf)
-        synthetic = model.sample(rows, seed=opt.seed)
-        release_compiled()
-
+    rounds = Rounds(ex, spec, keys, sorted(keys.publics), {})
+    out = method.synthesize(rounds, opt, meter, say)
+    synthetic = out.synthetic
     eps = rounds.acc.epsilon(spec.delta)
     if eps > spec.epsilon * (1 + 1e-9):  # calibrate() guarantees this; never report above ask
         raise RuntimeError(f"internal error: spent ε={eps} above the requested {spec.epsilon}")
-    privacy = _privacy_report(spec, rounds, eps, plan, total)
-    privacy["marginals"] = [[spec.schema.names[j] for j in c] for c in dict.fromkeys(
-        m.clique for m in measurements if len(m.clique) > 1)]
+    privacy = {**_privacy_report(spec, rounds, eps, out.plan, out.total), **out.report}
     evaluation, error = None, None
     if opt.evaluate is not None:
         with meter.step("evaluate", rows=len(synthetic)):
@@ -272,107 +114,7 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     timings = {**meter.timings(), "total": time.perf_counter() - t0}
     return JobResult(synthetic, privacy, timings,
                      {p: b for p, b in ex.bytes_sent.items() if p != KEY_HOLDER}, meter.steps,
-                     evaluation, error, ex.bytes_sent.get(KEY_HOLDER, 0), model)
-
-
-REFINE_DRAWS = 200_000  # rows drawn from the tree model to read its pair tables
-
-
-def _refine(rounds: _Rounds, opt: JobOptions, model_groups: list[Grouping],
-            sel: list[Grouping], sel_of_group: list[np.ndarray], pairs: list[tuple[int, int]],
-            tree: list[tuple[int, int]], by_pair: dict[tuple[int, int], np.ndarray],
-            var2: float, measurements: list[Measurement],
-            coarse_of: dict[tuple[int, int], Measurement],
-            say: Callable[[str], None]) -> list[Measurement]:
-    """The adaptive round: pairs the fitted tree model gets most wrong, measured again.
-
-    A model is fitted to what is measured so far; for each pair not yet measured its error is
-    the L1 distance between the selection round's noisy table and the model's projection on
-    the same grid, less the L1 the selection noise alone gives (AIM's score, on aggregated
-    noisy answers: a score of true counts is not a sum over parties). Pairs whose error
-    exceeds the L1 noise their own measurement on the model's grid would carry are chosen,
-    worst first, at most `extra_pairs * (columns - 1)`, while the model fits `max_model_mb`;
-    they and the tree's pairs are measured with exactly the budget left (their selection
-    answers join the model too). With none chosen, the tree gets what the earlier one-shot
-    selection gave it: two measurements of one table are one at their combined precision.
-    Choosing is post-processing of DP answers; the round is charged like any other.
-
-    Off by default (`JobOptions.refine`): measured against the one-shot selection with the
-    same seeded noise (central, 6 seeds, ratio of 2-way TVD medians), it is neutral: CPS1988
-    ε=1 1.007x, ε=3 1.028x, colon ε=1 1.004x, at about twice the time (the extra fit).
-    Measuring the chosen pairs on the selection grid instead, without the tree again, gained
-    on CPS1988 at ε=1 (0.945x) but lost at ε=3 (1.22x) and on colon (1.055x). Scores from
-    selection answers are too noisy to find much the tree misses; AIM-class fidelity needs
-    fresh, cheaper scores each round (see the issue notes).
-    """
-    spec = rounds.spec
-    sizes = [g.size for g in model_groups]
-    with step_progress("fitting the tree model to choose more pairs"):
-        mrf = fit(sizes, measurements, iters=max(100, opt.iters // 4))
-        # the model's pair tables from a large sample of it: one pass, no program per pair
-        draws = sample_codes(mrf, REFINE_DRAWS, seed=opt.seed)
-    total = float(mrf.total)
-    sel_sizes = [int(g.max()) + 1 for g in sel_of_group]
-    coarse = np.stack([sel_of_group[j][draws[:, j]] for j in range(len(sizes))], axis=1)
-    noise_sel = float(np.sqrt(2 * var2 / np.pi))
-    errors: dict[tuple[int, int], float] = {}
-    for a, b in pairs:
-        if (a, b) in tree:
-            continue
-        flat = coarse[:, a] * sel_sizes[b] + coarse[:, b]
-        grid = np.bincount(flat, minlength=sel_sizes[a] * sel_sizes[b]).reshape(
-            sel_sizes[a], sel_sizes[b]) * (total / len(draws))
-        errors[(a, b)] = float(np.abs(by_pair[(a, b)] - grid).sum()) - grid.size * noise_sel
-    limit = int(opt.extra_pairs * (len(sizes) - 1))
-    chosen: list[tuple[int, int]] = []
-    var_for: dict[int, float] = {}
-    for p in sorted(errors, key=lambda q: (-errors[q], q)):
-        if len(chosen) >= limit or errors[p] <= 0:
-            break
-        n = len(tree) + len(chosen) + 1
-        if n not in var_for:
-            var_for[n] = remaining_variance(rounds.acc, count=n, epsilon=spec.epsilon,
-                                            delta=spec.delta)
-        if errors[p] <= sizes[p[0]] * sizes[p[1]] * float(np.sqrt(2 * var_for[n] / np.pi)):
-            continue
-        if model_size_mb(sizes, [*tree, *chosen, p]) > opt.max_model_mb:
-            continue
-        chosen.append(p)
-    release_compiled()
-    again = sorted([*tree, *chosen])
-    names = spec.schema.names
-    shown = ", ".join(f"{names[a]}~{names[b]}" for a, b in chosen[:4])
-    say(f"measuring {len(chosen)} more pairs{f' ({shown}' if chosen else ''}"
-        f"{', ...' if len(chosen) > 4 else ''}{')' if chosen else ''} and the tree's again")
-    rounds.variances["refine"] = remaining_variance(rounds.acc, count=len(again),
-                                                    epsilon=spec.epsilon, delta=spec.delta)
-    tabs, var4 = rounds.measure("refine", model_groups, again)
-    out = [Measurement(p, tab, float(np.sqrt(var4))) for p, tab in zip(again, tabs, strict=True)]
-    return out + [coarse_of[p] for p in chosen]
-
-
-def _pair_budget(rounds: _Rounds, scores: dict[tuple[int, int], float], sizes: list[int],
-                 opt: JobOptions) -> Callable[[list[tuple[int, int]]], bool]:
-    """Whether adding the last pair of a candidate list is worth it, and the model still fits.
-
-    A pair beyond the tree is worth measuring when its noisy dependence (L1, selection grid)
-    exceeds the L1 noise its final measurement would carry at the model's resolution, with the
-    final budget then shared by one more pair. This keeps few-column tables (where every extra
-    pair thins the budget of the important ones) from measuring pairs that cost more than they
-    add; measured on ISLR/Default at ε=1: 2-way TVD 0.055 with unconditional extra pairs.
-    """
-    spec = rounds.spec
-    var_for: dict[int, float] = {}
-
-    def fits(cl: list[tuple[int, int]]) -> bool:
-        a, b = cl[-1]
-        if len(cl) not in var_for:
-            var_for[len(cl)] = remaining_variance(rounds.acc, count=len(cl),
-                                                  epsilon=spec.epsilon, delta=spec.delta)
-        noise_l1 = sizes[a] * sizes[b] * float(np.sqrt(2 * var_for[len(cl)] / np.pi))
-        return scores[cl[-1]] > noise_l1 and model_size_mb(sizes, cl) <= opt.max_model_mb
-
-    return fits
+                     evaluation, error, ex.bytes_sent.get(KEY_HOLDER, 0), out.model)
 
 
 OUTSIDE_THE_GUARANTEE = [
@@ -389,16 +131,22 @@ OUTSIDE_THE_GUARANTEE = [
 ]
 
 
-def _replace_one_epsilon(rounds: _Rounds, delta: float) -> float:
+def _replace_one_epsilon(rounds: Rounds, delta: float) -> float:
     """ε if neighbours differ by replacing one row: each marginal moves one count from one cell
-    to another, so L1 = 2 and L2 = √2 for the same noise."""
+    to another, so L1 = 2 and L2 = √2 for the same noise (counting releases; other mechanisms
+    at twice their add/remove sensitivity, by the triangle inequality)."""
     acc = Accountant()
     for r in rounds.acc.releases:
-        acc.add(step=r.step, count=r.count, variance=r.variance, l1=2.0, l2=float(np.sqrt(2)))
+        if r.mechanism == "skellam":
+            acc.add(step=r.step, count=r.count, variance=r.variance, l1=2.0 * r.l1,
+                    l2=float(np.sqrt(2)) * r.l2)
+        else:
+            acc.add(step=r.step, count=r.count, variance=r.variance, l1=2.0 * r.l1,
+                    l2=2.0 * r.l2, mechanism=r.mechanism, sampling_rate=r.sampling_rate)
     return acc.epsilon(delta)
 
 
-def _privacy_report(spec: JobSpec, rounds: _Rounds, eps: float, plan: list[StepBudget],
+def _privacy_report(spec: JobSpec, rounds: Rounds, eps: float, plan: list[StepBudget],
                     total: float) -> dict[str, Any]:
     per_party: dict[int, Accountant] = {}
     for row in rounds.log_rows:

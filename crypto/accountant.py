@@ -22,6 +22,17 @@ RDP composes by addition per order, and dp-accounting's optimal RDP-to-(ε, δ) 
 the reported ε. `calibrate` scales a budget split so that the composed guarantee is never above
 the (ε, δ) asked for. Nothing here is secret: the accountant sees only the public plan (counts,
 variances, sensitivities), never data or noise.
+
+Releases are events of one of MECHANISMS, composed the same way in the coordinator's
+accountant and in every party's ledger:
+  "skellam"              `count` integer vectors with summed Skellam noise, as above;
+  "subsampled_gaussian"  `count` steps of a Poisson-subsampled Gaussian mechanism (DP-SGD: each
+                         row enters a step with probability `sampling_rate`, its clipped
+                         contribution has L2 norm at most `l2`, and the sum carries Gaussian
+                         noise of `variance` per coordinate, i.e. noise multiplier
+                         sqrt(variance) / l2). Its RDP curve is dp-accounting's
+                         PoissonSampledDpEvent(q, GaussianDpEvent(multiplier)) (Mironov, Talwar,
+                         Zhang 2019), self-composed `count` times.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import dp_accounting
 import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant
 
@@ -67,6 +79,19 @@ def skellam_rdp(variance: float, *, l1: float = 1.0, l2: float = 1.0,
     return np.asarray(gauss + extra)
 
 
+def subsampled_gaussian_rdp(variance: float, *, sampling_rate: float, l2: float = 1.0,
+                            orders: Sequence[float] = ORDERS) -> np.ndarray:
+    """RDP curve of one step of a Poisson-subsampled Gaussian mechanism (see the module
+    docstring), from dp-accounting's RDP accountant."""
+    if not variance > 0 or not 0 < sampling_rate <= 1 or not l2 > 0:
+        raise ValueError(f"a subsampled Gaussian step needs variance > 0, 0 < sampling_rate "
+                         f"<= 1 and l2 > 0, got {variance}, {sampling_rate}, {l2}")
+    acc = rdp_privacy_accountant.RdpAccountant(list(orders))
+    acc.compose(dp_accounting.PoissonSampledDpEvent(
+        sampling_rate, dp_accounting.GaussianDpEvent(float(np.sqrt(variance)) / l2)))
+    return np.asarray(acc._rdp, dtype=float)  # its curve at our orders (checked in the tests)
+
+
 def rdp_to_epsilon(rdp: np.ndarray, delta: float) -> float:
     eps, _ = rdp_privacy_accountant.compute_epsilon(ORDERS, list(rdp), delta)
     return float(eps)
@@ -86,16 +111,38 @@ def zcdp_rho_for(epsilon: float, delta: float) -> float:
     return lo
 
 
+MECHANISMS = ("skellam", "subsampled_gaussian")
+
+
 @dataclass
 class Release:
-    """`count` released noisy vectors, each with Skellam variance `variance` per coordinate and
-    L1 / L2 sensitivities `l1` / `l2` (1 and 1 for a marginal)."""
+    """`count` events of one mechanism (see MECHANISMS): noisy vectors with variance `variance`
+    per coordinate and L1 / L2 sensitivities `l1` / `l2` (1 and 1 for a marginal); for
+    "subsampled_gaussian", steps in which each row takes part with probability
+    `sampling_rate`."""
 
     step: str
     count: int
     variance: float
     l1: float = 1.0
     l2: float = 1.0
+    mechanism: str = "skellam"
+    sampling_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise ValueError(f"mechanism {self.mechanism!r} is not one of {MECHANISMS}")
+        if self.mechanism == "skellam" and self.sampling_rate != 1.0:
+            raise ValueError("a Skellam release is not subsampled (sampling_rate must be 1)")
+
+    def rdp(self) -> np.ndarray:
+        """The RDP curve of all `count` events at ORDERS."""
+        if self.mechanism == "skellam":
+            one = skellam_rdp(self.variance, l1=self.l1, l2=self.l2)
+        else:
+            one = subsampled_gaussian_rdp(self.variance, sampling_rate=self.sampling_rate,
+                                          l2=self.l2)
+        return self.count * one
 
 
 @dataclass
@@ -105,21 +152,25 @@ class Accountant:
     releases: list[Release] = field(default_factory=list)
 
     def add(self, *, step: str, count: int, variance: float, l1: float = 1.0,
-            l2: float = 1.0) -> None:
-        self.releases.append(Release(step=step, count=count, variance=variance, l1=l1, l2=l2))
+            l2: float = 1.0, mechanism: str = "skellam", sampling_rate: float = 1.0) -> None:
+        self.releases.append(Release(step=step, count=count, variance=variance, l1=l1, l2=l2,
+                                     mechanism=mechanism, sampling_rate=sampling_rate))
 
     def rdp(self) -> np.ndarray:
         total = np.zeros(len(ORDERS))
         for r in self.releases:
-            total = total + r.count * skellam_rdp(r.variance, l1=r.l1, l2=r.l2)
+            total = total + r.rdp()
         return total
 
     def epsilon(self, delta: float) -> float:
         return rdp_to_epsilon(self.rdp(), delta) if self.releases else 0.0
 
     def rho(self) -> float:
-        """zCDP ρ of the Gaussian part (the Skellam extra is in `epsilon`, not here)."""
-        return float(sum(r.count * r.l2**2 / (2.0 * r.variance) for r in self.releases))
+        """zCDP ρ of the Skellam releases' Gaussian part (the Skellam extra is in `epsilon`,
+        not here; subsampled Gaussian steps have no ρ of this form and count only in
+        `epsilon`)."""
+        return float(sum(r.count * r.l2**2 / (2.0 * r.variance) for r in self.releases
+                         if r.mechanism == "skellam"))
 
 
 @dataclass(frozen=True)

@@ -280,31 +280,60 @@ def top_grouping(noisy_counts: np.ndarray, keep: int, *, ordered: bool) -> Group
     return Grouping(index)
 
 
+FLOOR_SDS = 2.0  # the decoding floor, in noise standard deviations of the fine counts
+
+
 def decode_weights(codec: ColumnCodec, grouping: Grouping, counts: np.ndarray,
                    floor: float) -> np.ndarray:
     """Per fine code, the weight it is drawn with inside its model group.
 
     For exact-value codes (integers with one code per value, discrete values, and the
     lower-bound and point codes of a binned column) the noisy counts are reduced by `floor`
-    (about two noise sds) and clipped at 0, so values whose noisy count is explained by noise
+    (FLOOR_SDS noise sds) and clipped at 0, so values whose noisy count is explained by noise
     alone are not drawn; a group whose codes all fall below the floor draws by the clipped
-    counts. The bins of binned numeric columns use the clipped counts (flooring their smooth,
-    dense bins was measured to hurt: ISLR/Default 2-way TVD 0.045 -> 0.095 at ε=1).
+    counts. (Flooring the smooth, dense bins of binned columns was measured to hurt: ISLR/Default
+    2-way TVD 0.045 -> 0.095 at ε=1.)
+
+    The bins of a binned numeric column in one group are shrunk toward their mean instead
+    (`shrunk_bins`): a noisy count per bin is mostly noise on small tables, and drawing by
+    it scatters rows across the evaluation's quantile bins. Post-processing of the DP counts.
     """
     counts = np.asarray(counts, dtype=float)
     raw = np.clip(counts, 0, None) + 1e-6
+    bins = codec.in_bins(np.arange(len(counts)))
     if codec.exact:
         sharp = np.clip(counts - floor, 0, None)
     else:
         sharp = np.clip(counts, 0, None)
         if codec.bin_offset:
-            exact = np.concatenate([[0], codec.point_codes])
+            exact = np.concatenate([[0], codec.point_codes]).astype(np.int64)
             sharp[exact] = np.clip(counts[exact] - floor, 0, None)
+    variance = (floor / FLOOR_SDS) ** 2
     out = np.empty(len(counts))
     for k in range(grouping.size):
         members = grouping.index == k
         out[members] = sharp[members] if sharp[members].sum() > 0 else raw[members]
+        smooth = members & bins
+        if smooth.sum() > 1:
+            out[smooth] = shrunk_bins(counts[smooth], variance)
     return out
+
+
+def shrunk_bins(counts: np.ndarray, variance: float) -> np.ndarray:
+    """Weights for adjacent bins from their noisy counts: shrunk toward their mean.
+
+    Each count is c_i = θ_i + noise of `variance`. Their spread around the mean m has
+    expectation E[SS] = (k-1)·variance + Σ(θ_i - θ̄)², so s = 1 - (k-1)·variance / SS (at
+    least 0) estimates the share of the spread that is signal, and m + s·(c_i - m) is the
+    empirical-Bayes (James-Stein) estimate of θ_i. Pure noise draws the bins about uniformly;
+    a strong shape (SS far above the noise) keeps it. The mean, and so the bins' total weight
+    before clipping, is unchanged. Measured on ISLR/Default at ε=1 (paired seeded noise): 2-way
+    TVD 0.043 -> 0.031.
+    """
+    m = float(counts.mean())
+    ss = float(((counts - m) ** 2).sum())
+    s = max(0.0, 1.0 - (len(counts) - 1) * variance / ss) if ss > 0 else 0.0
+    return np.clip(m + s * (counts - m), 0, None) + 1e-6
 
 
 def draw_fine(grouping: Grouping, group_codes: np.ndarray, weights: np.ndarray,

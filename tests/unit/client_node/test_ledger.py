@@ -22,7 +22,7 @@ from fedsynth.crypto.accountant import Accountant
 
 DELTA = 1e-6
 V = 400.0  # Skellam variance of every release below
-COST_FIELDS = ["kind", "budget", "count", "variance", "l1", "l2"]
+COST_FIELDS = ["kind", "budget", "mechanism", "sampling_rate", "count", "variance", "l1", "l2"]
 LIVENESS = 60.0  # seconds; only bounds a hang, never decides an outcome
 
 
@@ -49,6 +49,13 @@ def new_format_line(tmp_path: Path, count: int = 2) -> bytes:
     scratch = Ledger(tmp_path / "scratch" / f"line-{count}.jsonl", 100.0, DELTA)
     charge(scratch, count)
     return scratch.path.read_bytes()
+
+
+def kind_format_line(count: int = 2) -> bytes:
+    """A release line as written before releases named their mechanism (Skellam)."""
+    return (json.dumps({"kind": "release", "budget": "synthesis", "count": count,
+                        "variance": V, "l1": 1.0, "l2": 1.0, "job_id": "mid", "round": 1,
+                        "label": "pairs", "time": 1.0}) + "\n").encode()
 
 
 def old_format_line(count: int = 2, label: str = "one-way, all") -> bytes:
@@ -82,8 +89,9 @@ def test_every_release_is_one_line_with_its_cost_fields_first(tmp_path: Path) ->
     ledger = Ledger(tmp_path / "ledger.jsonl", 5.0, DELTA)
     after = charge(ledger, 3, l1=2.0, l2=1.5)
     [entry] = lines(ledger.path)
-    assert list(entry)[:6] == COST_FIELDS
+    assert list(entry)[:8] == COST_FIELDS
     assert entry["kind"] == "release" and entry["budget"] == "synthesis"
+    assert (entry["mechanism"], entry["sampling_rate"]) == ("skellam", 1.0)
     assert (entry["count"], entry["variance"], entry["l1"], entry["l2"]) == (3, V, 2.0, 1.5)
     assert (entry["job_id"], entry["round"], entry["label"]) == ("job", 1, "pairs, part 1")
     assert after == ledger.spent() == pytest.approx(eps(3, l1=2.0, l2=1.5), rel=1e-12)
@@ -220,15 +228,16 @@ def test_torn_tail_is_repaired_and_its_release_counted_before_the_next_check(
     assert ledger.torn() == 1
 
 
-@pytest.mark.parametrize("form", ["new", "old"])
+@pytest.mark.parametrize("form", ["new", "kind", "old"])
 def test_every_cut_of_a_torn_line_counts_the_whole_release_or_nothing(
         tmp_path: Path, form: str) -> None:
     """Cut after the delimiter that ends the last cost field: counted in full. Cut anywhere
     before: not counted (a cut number is never read as a smaller one). Same before and after
     the repair, and the fragment is kept in a "torn" record."""
     full = old_format_line(1)
-    line = new_format_line(tmp_path, 3) if form == "new" else old_format_line(3)
-    last_cost_end = line.index(b', "job_id"' if form == "new" else b', "time"')
+    line = {"new": lambda: new_format_line(tmp_path, 3), "kind": lambda: kind_format_line(3),
+            "old": lambda: old_format_line(3)}[form]()
+    last_cost_end = line.index(b', "time"' if form == "old" else b', "job_id"')
     path = tmp_path / "ledger.jsonl"
     for cut in range(1, len(line) - 1):
         fragment = line[:cut]
@@ -417,3 +426,50 @@ def test_record_limited_checks_and_records_under_one_lock(tmp_path: Path) -> Non
     assert led.path.read_bytes() == before  # nothing written past the limit
     assert [a["h"] for a in led.audits("evaluation")] == ["x", "y", "x"]
     assert led.spent() == 0.0
+
+
+# --- events of other mechanisms ---------------------------------------------------------------
+
+
+def test_subsampled_gaussian_steps_are_priced_as_the_accountant_prices_them(
+        tmp_path: Path) -> None:
+    """A DP-SGD release (steps of a Poisson-subsampled Gaussian) composes with counting
+    releases in one cap, at exactly the accountant's price; its cost fields come first, and a
+    fragment torn after them is priced in full."""
+    ledger = Ledger(tmp_path / "ledger.jsonl", 50.0, DELTA)
+    charge(ledger, 2)
+    sgd = {"label": "train", "count": 300, "variance": 1.2**2, "mechanism": "subsampled_gaussian",
+           "sampling_rate": 0.02}
+    after = ledger.charge_many([sgd], job_id="job", round_id=2, budget="synthesis")
+    acc = Accountant()
+    acc.add(step="x", count=2, variance=V)
+    acc.add(step="y", count=300, variance=1.2**2, mechanism="subsampled_gaussian",
+            sampling_rate=0.02)
+    assert after == ledger.spent() == pytest.approx(acc.epsilon(DELTA), rel=1e-12)
+    assert after > eps(2) * 1.5  # the steps cost something of their own
+    entry = lines(ledger.path)[1]
+    assert list(entry)[:8] == COST_FIELDS
+    line = (json.dumps(entry) + "\n").encode()
+    cut = line.index(b', "job_id"') + 2
+    torn = Ledger(tmp_path / "torn.jsonl", 50.0, DELTA)
+    torn.path.write_bytes(line[:cut])
+    assert torn.spent() == pytest.approx(Accountant([acc.releases[1]]).epsilon(DELTA),
+                                         rel=1e-12)
+    rate_cut = line.index(b'"sampling_rate"')
+    torn.path.write_bytes(line[:rate_cut + 20])  # cut inside the sampling rate: not priced
+    assert torn.spent() == 0.0
+
+
+@pytest.mark.parametrize("bad", [
+    {"mechanism": "laplace"},
+    {"mechanism": "skellam", "sampling_rate": 0.5},
+    {"mechanism": "subsampled_gaussian", "sampling_rate": 0.0},
+    {"mechanism": "subsampled_gaussian", "sampling_rate": 1.5},
+])
+def test_a_release_of_an_unknown_or_inconsistent_mechanism_is_refused(
+        tmp_path: Path, bad: dict[str, Any]) -> None:
+    ledger = Ledger(tmp_path / "ledger.jsonl", 50.0, DELTA)
+    with pytest.raises(ValueError):
+        ledger.charge_many([{"label": "x", "count": 1, "variance": V, **bad}], job_id="job",
+                           round_id=1, budget="synthesis")
+    assert not ledger.path.exists() or ledger.entries() == []

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import fedsynth.coordinator.job as job_module
+import fedsynth.coordinator.rounds as job_module
 import fedsynth.simulations.run as run_module
 from fedsynth.client_node.ledger import Ledger
 from fedsynth.client_node.node import Node, NodePolicy

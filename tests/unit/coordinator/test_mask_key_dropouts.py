@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import fedsynth.client_node.node as node_module
-import fedsynth.coordinator.job as job_module
+import fedsynth.coordinator.rounds as job_module
 from fedsynth.client_node.node import Node, NodePolicy
 from fedsynth.coordinator.job import JobOptions, JobResult, run_job
 from fedsynth.evaluation.plan import EvalOptions

@@ -252,3 +252,24 @@ def test_check_epsilon_delta_reports_both_problems_at_once():
 def test_check_epsilon_delta_accepts_usual_targets():
     for eps, delta in [(1.0, 1e-6), (0.1, 1e-9), (10.0, 0.5)]:
         check_epsilon_delta(eps, delta)
+
+
+@pytest.mark.parametrize(("q", "multiplier", "steps"), [(0.01, 1.1, 1000), (0.1, 2.0, 50),
+                                                         (1.0, 5.0, 3)])
+def test_subsampled_gaussian_steps_match_dp_accounting(q: float, multiplier: float,
+                                                       steps: int) -> None:
+    """DP-SGD steps priced as dp-accounting prices PoissonSampled(Gaussian) self-composed, with
+    the clip norm as L2 sensitivity (noise variance = (multiplier * l2)^2)."""
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    from fedsynth.crypto.accountant import ORDERS
+
+    ref = rdp_privacy_accountant.RdpAccountant(list(ORDERS))
+    ref.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+        q, dp_accounting.GaussianDpEvent(multiplier)), steps))
+    acc = Accountant()
+    acc.add(step="train", count=steps, variance=(multiplier * 0.5) ** 2, l2=0.5,
+            mechanism="subsampled_gaussian", sampling_rate=q)
+    assert acc.epsilon(1e-5) == pytest.approx(ref.get_epsilon(1e-5), rel=1e-9)
+    assert acc.rho() == 0.0  # no zCDP part of the Skellam form

@@ -1,0 +1,68 @@
+"""Measurement rounds over the job's channel, charged as they happen.
+
+Every method that releases noisy vectors goes through `Rounds.measure`: one secure sum over the
+parties still taking part, charged to the coordinator's accountant as soon as the parties
+release (each party charges its own ledger before its reply leaves), and logged for the privacy
+report. Who drops out of a round takes no part in the next.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedsynth.coordinator.exchange import Exchange, PartyKeys, secure_sum
+from fedsynth.crypto.accountant import Accountant
+from fedsynth.progress import task as step_progress
+from fedsynth.protocols.spec import JobSpec
+from fedsynth.synthesis import marginals
+from fedsynth.synthesis.encoding import Grouping
+
+log = logging.getLogger("fedsynth.coordinator")
+
+
+@dataclass
+class Rounds:
+    """Runs measurement rounds, keeps the accountant and who still takes part."""
+
+    ex: Exchange
+    spec: JobSpec
+    keys: PartyKeys
+    participants: list[int]
+    variances: dict[str, float]
+    acc: Accountant = field(default_factory=Accountant)
+    log_rows: list[dict[str, Any]] = field(default_factory=list)
+    round_id: int = 0
+    seeded_noise: set[int] = field(default_factory=set)  # parties that said their noise was seeded
+
+    def measure(self, label: str, groupings: Sequence[Grouping],
+                cliques: Sequence[tuple[int, ...]]) -> tuple[list[np.ndarray], float]:
+        self.round_id += 1
+        sizes = [g.size for g in groupings]
+        length = marginals.vector_length(cliques, sizes)
+        var = self.variances[label]
+        with step_progress(f"round {self.round_id} ({label}): waiting for "
+                           f"{len(self.participants)} parties"):
+            res = secure_sum(self.ex, round_id=self.round_id, label=label,
+                             channel=self.spec.channel, threshold=self.spec.threshold,
+                             participants=self.participants, keys=self.keys,
+                             groupings=groupings, cliques=cliques, length=length,
+                             noise_variance=var)
+        # charged as soon as the parties release, whatever happens next
+        self.acc.add(step=label, count=len(cliques), variance=var)
+        self.seeded_noise.update(res.seeded_noise)
+        realized = var * len(res.contributors) / self.spec.noise_divisor
+        self.log_rows.append({"round": self.round_id, "step": label, "marginals": len(cliques),
+                              "cells": length, "noise_variance": var,
+                              "noise_variance_per_party": var / self.spec.noise_divisor,
+                              "noise_variance_realized": realized,
+                              "parties_asked": list(self.participants),
+                              "contributors": res.contributors})
+        self.participants = res.responsive
+        log.info("round %d (%s): %d marginals, %d cells, %d contributors", self.round_id, label,
+                 len(cliques), length, len(res.contributors))
+        return marginals.split(res.total, cliques, sizes), realized
