@@ -19,6 +19,6 @@ class JobOptions:
     extra_pairs: float = 1.0  # pairs beyond the spanning tree, as a multiple of (columns - 1)
     max_model_mb: float = 64.0  # cap on the graphical model's size when adding pairs
     refine: bool = False  # adaptive round (measured neutral, twice the time: marginal_method)
-    reuse_mb: float = 0.0  # model size up to which unchosen pairs' selection answers join it
+    reuse_mb: float = 2.0  # model size up to which unchosen pairs' selection answers join it
     timeout: float = 600.0  # seconds to wait for the parties' replies in each step
     evaluate: EvalOptions | None = None  # federated evaluation after sampling (None: skip it)
