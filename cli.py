@@ -152,7 +152,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="c: parties that may collude with the coordinator")
     s.add_argument("--rows", type=_count("rows", 1), metavar="N",
                    help="synthetic rows (default: about the real row count, estimated "
-                   "under DP)")
+                   "under DP; with --method dpsgd the pooled training rows)")
+    s.add_argument("--method", default="marginals", choices=["marginals", "dpsgd"],
+                   help="marginals: noisy marginals and a graphical model (the default, "
+                   "best on tabular data); dpsgd: each party trains a generator with DP-SGD "
+                   "and the updates are averaged (needs pip install -e \".[dpsgd]\")")
     s.add_argument("--holdout", type=float, default=0.2, metavar="FRACTION",
                    help="fraction of rows held out before partitioning, for evaluation only")
     s.add_argument("--seed", type=int, default=0,
@@ -767,7 +771,7 @@ def _simulate(args: argparse.Namespace) -> int:
                   sensitive=args.sensitive, evaluate=args.evaluate,
                   evaluation_epsilon=None if args.exact_evaluation else args.evaluation_epsilon,
                   overwrite=args.overwrite, conditions=args.condition or None,
-                  class_ratio=args.class_ratio or None)
+                  class_ratio=args.class_ratio or None, method=args.method)
     try:
         kwargs["schema"] = Schema.load(args.schema) if args.schema else None
         if len(args.epsilon) > 1:

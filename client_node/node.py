@@ -62,12 +62,14 @@ from fedsynth.synthesis.schema import DataValidationError, Schema, SchemaError, 
 log = logging.getLogger("fedsynth.node")
 MAX_CELLS = 20_000_000
 REQUESTS = ("setup_request", "measure_request", "confirm_request", "unmask_request",
-            "evaluate_request", "mask_keys_request")  # setup, then HANDLERS (end of module)
+            "evaluate_request", "mask_keys_request", "train_request")  # then HANDLERS (below)
 # the steps of a round in order, for injected dropouts (NodePolicy.fail_at)
 STEPS = {"keys": 0, "measure": 1, "confirm": 2, "unmask": 3}
 STEP_OF = {"mask_keys_request": "keys", "measure_request": "measure",
-           "evaluate_request": "measure", "confirm_request": "confirm",
+           "evaluate_request": "measure", "train_request": "measure",
+           "confirm_request": "confirm",
            "unmask_request": "unmask"}
+RoundRequest = pb.MeasureRequest | pb.EvaluateRequest | pb.TrainRequest  # answered masked
 MAX_PENDING_MASK_KEYS = 2  # announced keys of rounds not yet measured
 MAX_ROUND = 2**32 - 2  # round ids are uint32 and a reply announces round + 1's key
 
@@ -568,7 +570,7 @@ class Node:
             raise ProtocolError(f"round {req.round}: {len(signers)} survivors confirmed the same "
                                 f"list and request, below t={spec.threshold}; refusing to unmask")
 
-    def _open_round(self, req: pb.MeasureRequest | pb.EvaluateRequest, session: dict[str, Any],
+    def _open_round(self, req: RoundRequest, session: dict[str, Any],
                     spec: JobSpec, me: int, verb: str) -> OpenRound:
         """Checks of every masked round: injected dropout (tests), one answer per round, at
         least t participants including this party, all of them among the job's parties and
@@ -617,7 +619,7 @@ class Node:
                                             "participants": participants, "unmasked": False,
                                             "confirmed": None}
 
-    def _participants(self, req: pb.MeasureRequest | pb.EvaluateRequest | pb.MaskKeysRequest,
+    def _participants(self, req: RoundRequest | pb.MaskKeysRequest,
                       spec: JobSpec, me: int) -> list[int]:
         participants = sorted(set(req.participants))
         strangers = [p for p in participants if not 1 <= p <= spec.parties]
@@ -629,7 +631,7 @@ class Node:
                                 f"{spec.threshold}), this party included: {me in participants}")
         return participants
 
-    def _pin_keys(self, req: pb.MeasureRequest | pb.EvaluateRequest | pb.MaskKeysRequest,
+    def _pin_keys(self, req: RoundRequest | pb.MaskKeysRequest,
                   session: dict[str, Any],
                   participants: list[int], spec: JobSpec, me: int) -> None:
         """Pin every party's X25519 key at once, at the first round, each verified against its
@@ -682,6 +684,13 @@ class Node:
             raise ProtocolError(f"request asks for more than {MAX_CELLS} cells")
 
 
+def train_handler(node: Node, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
+    """The dpsgd method's training round (client_node.train; imports torch only when asked)."""
+    from fedsynth.client_node.train import train
+
+    return train(node, env, session)
+
+
 # After setup, each request type is answered by one handler: (node, request, session) -> reply.
 # A method that adds request types registers its handlers here (with their messages in the
 # protocol) without touching the others; `REQUESTS` lists every type a node accepts.
@@ -692,5 +701,6 @@ HANDLERS: dict[str, Handler] = {
     "evaluate_request": Node._evaluate,
     "confirm_request": Node._confirm,
     "unmask_request": Node._unmask,
+    "train_request": train_handler,
 }
 assert set(HANDLERS) | {"setup_request"} == set(REQUESTS)

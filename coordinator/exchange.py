@@ -155,7 +155,8 @@ def secure_sum(ex: Exchange, *, round_id: int, label: str, channel: str, thresho
                          keys=keys, length=length)
 
 
-def secure_sum_of(ex: Exchange, body: str, req: pb.MeasureRequest | pb.EvaluateRequest, *,
+def secure_sum_of(ex: Exchange, body: str,
+                  req: pb.MeasureRequest | pb.EvaluateRequest | pb.TrainRequest, *,
                   round_id: int, label: str, channel: str, threshold: int,
                   participants: Sequence[int], keys: PartyKeys,
                   length: int) -> RoundResult:

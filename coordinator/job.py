@@ -97,7 +97,11 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     eps = rounds.acc.epsilon(spec.delta)
     if eps > spec.epsilon * (1 + 1e-9):  # calibrate() guarantees this; never report above ask
         raise RuntimeError(f"internal error: spent ε={eps} above the requested {spec.epsilon}")
-    privacy = {**_privacy_report(spec, rounds, eps, out.plan, out.total), **out.report}
+    privacy = _privacy_report(spec, rounds, eps, out.plan, out.total)
+    extra = dict(out.report)
+    privacy["outside_the_guarantee"] = [*privacy["outside_the_guarantee"],
+                                        *extra.pop("outside_the_guarantee", [])]
+    privacy.update(extra)
     evaluation, error = None, None
     if opt.evaluate is not None:
         with meter.step("evaluate", rows=len(synthetic)):
@@ -147,12 +151,18 @@ def _replace_one_epsilon(rounds: Rounds, delta: float) -> float:
 
 
 def _privacy_report(spec: JobSpec, rounds: Rounds, eps: float, plan: list[StepBudget],
-                    total: float) -> dict[str, Any]:
+                    total: float | None) -> dict[str, Any]:
     per_party: dict[int, Accountant] = {}
     for row in rounds.log_rows:
         for p in row["parties_asked"]:
-            per_party.setdefault(p, Accountant()).add(step=row["step"], count=row["marginals"],
-                                                      variance=row["noise_variance"])
+            if row.get("mechanism") == "subsampled_gaussian":
+                per_party.setdefault(p, Accountant()).add(
+                    step=row["step"], count=row["steps"], variance=row["noise_variance"],
+                    l1=row["clip"], l2=row["clip"], mechanism="subsampled_gaussian",
+                    sampling_rate=row["sampling_rate"])
+            else:
+                per_party.setdefault(p, Accountant()).add(
+                    step=row["step"], count=row["marginals"], variance=row["noise_variance"])
     seeded = sorted(rounds.seeded_noise)
     return {
         "differentially_private": not seeded,

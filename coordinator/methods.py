@@ -19,6 +19,7 @@ import pandas as pd
 from fedsynth.coordinator.options import JobOptions
 from fedsynth.coordinator.rounds import Rounds
 from fedsynth.crypto.accountant import StepBudget
+from fedsynth.errors import InputError
 from fedsynth.evaluation.meter import StepMeter
 from fedsynth.synthesis.model import SynthesisModel
 
@@ -32,7 +33,7 @@ class Synthesis:
     synthetic: pd.DataFrame
     model: SynthesisModel | None
     plan: list[StepBudget]
-    total: float
+    total: float | None  # None: the method made no noisy count of the rows
     report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -43,13 +44,14 @@ class Method(Protocol):
                    say: Callable[[str], None]) -> Synthesis: ...
 
 
-class MethodUnavailable(RuntimeError):
+class MethodUnavailable(InputError):
     """A method the job names is not known, or needs an optional extra not installed."""
 
 
 # name -> (module, class, the pip extra it needs or "")
 REGISTRY: dict[str, tuple[str, str, str]] = {
     "marginals": ("fedsynth.coordinator.marginal_method", "MarginalMethod", ""),
+    "dpsgd": ("fedsynth.coordinator.dpsgd_method", "DpsgdMethod", "dpsgd"),
 }
 
 

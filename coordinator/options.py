@@ -3,7 +3,9 @@ protocols.spec.JobSpec): rows, seeds, the method's tuning knobs, timeouts, evalu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from fedsynth.evaluation.plan import EvalOptions
 
@@ -22,3 +24,4 @@ class JobOptions:
     reuse_mb: float = 2.0  # model size up to which unchosen pairs' selection answers join it
     timeout: float = 600.0  # seconds to wait for the parties' replies in each step
     evaluate: EvalOptions | None = None  # federated evaluation after sampling (None: skip it)
+    train: Mapping[str, Any] | None = None  # dpsgd: synthesis.dpsgd.TrainPlan fields

@@ -15,9 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from fedsynth.coordinator.exchange import Exchange, PartyKeys, secure_sum
+from fedsynth.coordinator.exchange import (
+    Exchange,
+    PartyKeys,
+    RoundResult,
+    secure_sum,
+    secure_sum_of,
+)
 from fedsynth.crypto.accountant import Accountant
 from fedsynth.progress import task as step_progress
+from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.spec import JobSpec
 from fedsynth.synthesis import marginals
 from fedsynth.synthesis.encoding import Grouping
@@ -66,3 +73,34 @@ class Rounds:
         log.info("round %d (%s): %d marginals, %d cells, %d contributors", self.round_id, label,
                  len(cliques), length, len(res.contributors))
         return marginals.split(res.total, cliques, sizes), realized
+
+    def train(self, label: str, req: pb.TrainRequest, length: int, *, steps: int,
+              variance: float, sampling_rate: float, l2: float) -> RoundResult:
+        """A training round: every participant answers `req` with its fixed-point update,
+        after `steps` subsampled Gaussian steps (noise `variance`, clip `l2`, rate
+        `sampling_rate`) that it charged to its ledger; the sum and who is still here."""
+        self.round_id += 1
+        req.round = self.round_id
+        del req.participants[:]
+        req.participants.extend(self.participants)
+        with step_progress(f"round {self.round_id} ({label}): waiting for "
+                           f"{len(self.participants)} parties to train"):
+            res = secure_sum_of(self.ex, "train_request", req, round_id=self.round_id,
+                                label=label, channel=self.spec.channel,
+                                threshold=self.spec.threshold, participants=self.participants,
+                                keys=self.keys, length=length)
+        self.acc.add(step=label, count=steps, variance=variance, l1=l2, l2=l2,
+                     mechanism="subsampled_gaussian", sampling_rate=sampling_rate)
+        self.seeded_noise.update(res.seeded_noise)
+        self.log_rows.append({"round": self.round_id, "step": label, "marginals": 0,
+                              "cells": length, "noise_variance": variance,
+                              "mechanism": "subsampled_gaussian", "steps": steps,
+                              "sampling_rate": sampling_rate, "clip": l2,
+                              "noise_note": "each party's own DP-SGD noise (local DP per "
+                                            "party); the channel only hides single updates",
+                              "parties_asked": list(self.participants),
+                              "contributors": res.contributors})
+        self.participants = res.responsive
+        log.info("round %d (%s): %d parameters, %d contributors", self.round_id, label, length,
+                 len(res.contributors))
+        return res

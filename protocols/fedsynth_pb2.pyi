@@ -42,6 +42,7 @@ class Envelope(_message.Message):
     KEY_SETUP_REPLY_FIELD_NUMBER: _builtins.int
     DECRYPT_REQUEST_FIELD_NUMBER: _builtins.int
     DECRYPT_REPLY_FIELD_NUMBER: _builtins.int
+    TRAIN_REQUEST_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     job_id: _builtins.str
@@ -91,6 +92,10 @@ class Envelope(_message.Message):
     def decrypt_request(self) -> Global___DecryptRequest: ...
     @_builtins.property
     def decrypt_reply(self) -> Global___DecryptReply: ...
+    @_builtins.property
+    def train_request(self) -> Global___TrainRequest:
+        """answered with a measure_reply, then unmask as usual"""
+
     def __init__(
         self,
         *,
@@ -114,13 +119,14 @@ class Envelope(_message.Message):
         key_setup_reply: Global___KeyHolderSetupReply | None = ...,
         decrypt_request: Global___DecryptRequest | None = ...,
         decrypt_reply: Global___DecryptReply | None = ...,
+        train_request: Global___TrainRequest | None = ...,
         signature: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "confirm_reply", b"confirm_reply", "confirm_request", b"confirm_request", "decrypt_reply", b"decrypt_reply", "decrypt_request", b"decrypt_request", "evaluate_request", b"evaluate_request", "key_setup_reply", b"key_setup_reply", "key_setup_request", b"key_setup_request", "mask_keys_reply", b"mask_keys_reply", "mask_keys_request", b"mask_keys_request", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "confirm_reply", b"confirm_reply", "confirm_request", b"confirm_request", "decrypt_reply", b"decrypt_reply", "decrypt_request", b"decrypt_request", "evaluate_request", b"evaluate_request", "key_setup_reply", b"key_setup_reply", "key_setup_request", b"key_setup_request", "mask_keys_reply", b"mask_keys_reply", "mask_keys_request", b"mask_keys_request", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "train_request", b"train_request", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "confirm_reply", b"confirm_reply", "confirm_request", b"confirm_request", "decrypt_reply", b"decrypt_reply", "decrypt_request", b"decrypt_request", "evaluate_request", b"evaluate_request", "job_id", b"job_id", "key_setup_reply", b"key_setup_reply", "key_setup_request", b"key_setup_request", "mask_keys_reply", b"mask_keys_reply", "mask_keys_request", b"mask_keys_request", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "party", b"party", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "signature", b"signature", "step", b"step", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "confirm_reply", b"confirm_reply", "confirm_request", b"confirm_request", "decrypt_reply", b"decrypt_reply", "decrypt_request", b"decrypt_request", "evaluate_request", b"evaluate_request", "job_id", b"job_id", "key_setup_reply", b"key_setup_reply", "key_setup_request", b"key_setup_request", "mask_keys_reply", b"mask_keys_reply", "mask_keys_request", b"mask_keys_request", "measure_reply", b"measure_reply", "measure_request", b"measure_request", "party", b"party", "refusal", b"refusal", "setup_reply", b"setup_reply", "setup_request", b"setup_request", "signature", b"signature", "step", b"step", "train_request", b"train_request", "unmask_reply", b"unmask_reply", "unmask_request", b"unmask_request", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["setup_request", "setup_reply", "measure_request", "measure_reply", "unmask_request", "unmask_reply", "refusal", "evaluate_request", "confirm_request", "confirm_reply", "mask_keys_request", "mask_keys_reply", "key_setup_request", "key_setup_reply", "decrypt_request", "decrypt_reply"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["setup_request", "setup_reply", "measure_request", "measure_reply", "unmask_request", "unmask_reply", "refusal", "evaluate_request", "confirm_request", "confirm_reply", "mask_keys_request", "mask_keys_reply", "key_setup_request", "key_setup_reply", "decrypt_request", "decrypt_reply", "train_request"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -776,6 +782,139 @@ class EvaluateRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvaluateRequest: _TypeAlias = EvaluateRequest  # noqa: Y015
+
+@_typing.final
+class TrainRequest(_message.Message):
+    """The DP-generator method: each party trains the global generator on its own rows with DP-SGD
+    and answers with its parameter update in fixed point, masked like a measurement.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PublicKeysEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class KeySignaturesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class MaskKeysEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class MaskKeySignaturesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OPTIONS_JSON_FIELD_NUMBER: _builtins.int
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEYS_FIELD_NUMBER: _builtins.int
+    KEY_SIGNATURES_FIELD_NUMBER: _builtins.int
+    MASK_KEYS_FIELD_NUMBER: _builtins.int
+    MASK_KEY_SIGNATURES_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    parameters: _builtins.bytes
+    """the global generator's parameters (npz, no pickle)"""
+    options_json: _builtins.str
+    """the public training plan (synthesis.dpsgd.TrainPlan)"""
+    @_builtins.property
+    def participants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def public_keys(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """as in EvaluateRequest"""
+
+    @_builtins.property
+    def key_signatures(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]: ...
+    @_builtins.property
+    def mask_keys(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]: ...
+    @_builtins.property
+    def mask_key_signatures(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        parameters: _builtins.bytes = ...,
+        options_json: _builtins.str = ...,
+        participants: _abc.Iterable[_builtins.int] | None = ...,
+        public_keys: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        key_signatures: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        mask_keys: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        mask_key_signatures: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_signatures", b"key_signatures", "mask_key_signatures", b"mask_key_signatures", "mask_keys", b"mask_keys", "options_json", b"options_json", "parameters", b"parameters", "participants", b"participants", "public_keys", b"public_keys", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainRequest: _TypeAlias = TrainRequest  # noqa: Y015
 
 @_typing.final
 class ConfirmRequest(_message.Message):

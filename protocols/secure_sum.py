@@ -240,7 +240,7 @@ class RoundKeys:
         self.signatures[party] = bytes(ann.signature)
         self.shares[party] = {int(v): bytes(b) for v, b in ann.encrypted_shares.items()}
 
-    def fill(self, req: pb.MeasureRequest | pb.EvaluateRequest,
+    def fill(self, req: pb.MeasureRequest | pb.EvaluateRequest | pb.TrainRequest,
              participants: Sequence[int]) -> None:
         """Put the participants' signed mask keys into a round's request."""
         for p in participants:

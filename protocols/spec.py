@@ -31,7 +31,7 @@ from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.synthesis.schema import Schema
 
 CHANNELS = channels.names()  # registered at import; validation reads the registry itself
-METHODS = ("marginals",)
+METHODS = ("marginals", "dpsgd")
 
 
 class JobSpecError(InputError):

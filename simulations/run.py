@@ -105,7 +105,7 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
              sensitive: str | None = None,
              evaluation_epsilon: float | None = DEFAULT_EVALUATION_EPSILON,
              overwrite: bool = False, conditions: Conditions | None = None,
-             class_ratio: ClassRatio | None = None,
+             class_ratio: ClassRatio | None = None, method: str = "marginals",
              _shared: dict[str, Any] | None = None) -> SimulationResult:
     """Run one federated synthesis job locally and return the synthetic table and reports.
 
@@ -144,7 +144,8 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
         return _simulate(parties, data, dataset, target, n_parties, partition_spec, epsilon,
                          delta, channel, rows, holdout, seed, out, threshold, colluders, schema,
                          engine, evaluate, options, progress, lines, sensitive,
-                         evaluation_epsilon, overwrite, conditions, class_ratio, _shared)
+                         evaluation_epsilon, overwrite, conditions, class_ratio, _shared,
+                         method)
     finally:
         logger.removeHandler(handler)
         logger.removeHandler(forward)
@@ -186,7 +187,7 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
               progress: Callable[[str], None] | None, lines: list[str],
               sensitive: str | None, evaluation_epsilon: float | None, overwrite: bool,
               conditions: Conditions | None, class_ratio: ClassRatio | None,
-              shared: dict[str, Any] | None) -> SimulationResult:
+              shared: dict[str, Any] | None, method: str = "marginals") -> SimulationResult:
     def say(msg: str) -> None:
         if progress is None:
             log.info("%s", msg)  # the job.log handler records it
@@ -236,7 +237,7 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
     identities = shared.setdefault("identities", make_identities(n))
     holder = shared.setdefault("key_holder", key_holder_identity())
     spec = job_spec(schema, identities, epsilon=epsilon, delta=delta, threshold=threshold,
-                    colluders=colluders, channel=channel, key_holder=holder)
+                    colluders=colluders, channel=channel, method=method, key_holder=holder)
     # No party's exact row count goes into the job's log or outputs: only the pooled table's
     # shape, which the simulation's user gave.
     say(f"{source}: {len(schema.columns)} columns, {n} parties; ε={epsilon}, δ={delta}")
@@ -247,6 +248,8 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
     opts = options or JobOptions(rows=rows, seed=seed)
     if rows is not None and opts.rows != rows:
         raise ValueError("give rows either directly or in options, not both")
+    if method == "dpsgd" and opts.rows is None:  # no DP count of its own: the pooled table's
+        opts = replace(opts, rows=len(train))  # training rows, which the simulation's user holds
     if evaluate and opts.evaluate is None:
         opts = replace(opts, evaluate=EvalOptions(target=target, sensitive=sensitive, seed=seed,
                                                   epsilon=evaluation_epsilon, delta=delta))
@@ -299,7 +302,9 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
     synthetic = result.synthetic
     if conditions or class_ratio:
         if result.model is None:
-            raise RuntimeError("the job returned no model to draw conditioned rows from")
+            raise ValueError(f"method {method!r} keeps no model to draw conditioned or "
+                             "re-weighted rows from; use --method marginals for --condition "
+                             "and --class-ratio")
         synthetic = result.model.sample(len(result.synthetic), seed=seed, conditions=conditions,
                                         class_ratio=class_ratio)
         metrics["sampling"] = {

@@ -264,6 +264,31 @@ def quantile_grouping(codec: ColumnCodec, noisy_counts: np.ndarray, max_groups: 
     return Grouping(index)
 
 
+def public_grouping(codec: ColumnCodec, max_groups: int) -> Grouping:
+    """About `max_groups` groups from the schema alone (no data): adjacent bins, or adjacent
+    whole-number values, in runs of equal length; the lower bound and points of a binned column,
+    each category and missing keep their own codes. For methods that may not look at the data
+    before they start (synthesis.dpsgd)."""
+    n_val = codec.value_codes
+    if codec.column.kind == "categorical" or n_val <= max_groups:
+        return Grouping.identity(codec.size)
+    codes = np.arange(n_val, dtype=np.int64)
+    runs = codec.in_bins(codes) if codec.edges is not None else np.ones(n_val, dtype=bool)
+    width = int(np.ceil(runs.sum() / max_groups))
+    key = np.empty(n_val, dtype=np.int64)  # a run's first code, or the code itself
+    ranked = np.flatnonzero(runs)
+    key[ranked] = ranked[(np.arange(len(ranked)) // width) * width]
+    key[~runs] = codes[~runs]
+    order = codec.value_order()
+    first: dict[int, int] = {}
+    for c in order:  # groups numbered in value order
+        first.setdefault(int(key[c]), len(first))
+    index = np.array([first[int(k)] for k in key], dtype=np.int64)
+    if codec.missing_code is not None:
+        index = np.append(index, index.max() + 1)
+    return Grouping(index)
+
+
 def top_grouping(noisy_counts: np.ndarray, keep: int, *, ordered: bool) -> Grouping:
     """At most `keep` groups: adjacent equal-mass groups if `ordered`, else top values + rest."""
     n = len(noisy_counts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -69,13 +70,22 @@ def test_refinement_measures_the_pair_the_tree_model_cannot_explain() -> None:
     assert res.privacy["epsilon_spent"] <= 10.0 * (1 + 1e-9)
 
 
-def test_without_refinement_a_tree_misses_that_pair() -> None:
-    """The same table and budget with the extra pairs chosen up front (the earlier method's
-    rule) or none: some pair's agreement falls toward the tree's prediction."""
+@pytest.mark.parametrize("reuse_mb", [0.0, 2.0])
+def test_without_refinement_a_tree_misses_that_pair_unless_its_selection_answer_is_reused(
+        reuse_mb: float) -> None:
+    """The same table and budget with no extra pairs: without the selection answers of the
+    pairs left out, some pair's agreement falls toward the tree's prediction; with them (the
+    default) the third pair is in the model, from the selection round's answer."""
     table = _triangle()
     res = simulate(parties=[table], epsilon=10.0, engine="local", evaluate=False, holdout=0.0,
                    channel="plain", threshold=1,
-                   options=JobOptions(seed=0, iters=300, refine=False, extra_pairs=0.0))
+                   options=JobOptions(seed=0, iters=300, refine=False, extra_pairs=0.0,
+                                      reuse_mb=reuse_mb))
     syn = res.synthetic
     worst = min((syn[u] == syn[v]).mean() for u, v in (("a", "b"), ("a", "c"), ("b", "c")))
-    assert worst < 0.70
+    measured = {tuple(sorted(m)) for m in res.privacy["marginals"]}
+    if reuse_mb:
+        assert {("a", "b"), ("a", "c"), ("b", "c")} <= measured
+        assert worst > 0.72
+    else:
+        assert worst < 0.70

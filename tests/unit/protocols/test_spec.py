@@ -122,7 +122,7 @@ def test_schema_hash_pins_columns_and_domains_only():
         ({"channel": "he", "key_holder": IDS[2].public}, "must not be one of the job's parties"),
         ({"key_holder": KH.public}, "channel 'secagg' has no key holder"),
         ({"channel": "SECAGG"}, "channel 'SECAGG'"),
-        ({"method": "dpsgd"}, "method 'dpsgd'"),
+        ({"method": "gan"}, "method 'gan'"),
         ({"epsilon": 0.0}, "--epsilon"),
         ({"epsilon": -2.0}, "--epsilon"),
         ({"epsilon": math.nan}, "--epsilon"),

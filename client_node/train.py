@@ -1,0 +1,81 @@
+"""The party's side of the dpsgd method: one round of local DP-SGD, released as a masked update.
+
+Checks before any training: the job's method is dpsgd; the training plan parses, names the
+job's own ε and δ, and is the one this party pinned at its first training round (a coordinator
+cannot stretch the plan mid-job: more rounds, a higher rate or a smaller noise multiplier would
+spend more than the job's ε); the round is not past the plan's `rounds`; the global parameters
+have the plan's shape and are finite. Then: DP-SGD on the party's rows (synthesis.dpsgd), the
+update in fixed point (crypto.fixed_point), masked for the channel, the round's steps charged
+to the ledger (a subsampled Gaussian event, refused past the party's cap) and only then the
+reply. What a refusal tells the coordinator is the kind of problem, as for every request.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from fedsynth.crypto import fixed_point
+from fedsynth.protocols import fedsynth_pb2 as pb
+from fedsynth.protocols.messages import ProtocolError
+
+if TYPE_CHECKING:
+    from fedsynth.client_node.node import Node
+
+log = logging.getLogger("fedsynth.node")
+
+
+def train(node: Node, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
+    from fedsynth.client_node.node import encoded_table
+
+    req = env.train_request
+    spec = node._spec(session)
+    me = int(session["party"])
+    if spec.method != "dpsgd":
+        raise ProtocolError(f"a training request in a job whose method is {spec.method!r}")
+    try:
+        from fedsynth.synthesis import dpsgd
+    except ImportError:
+        raise ProtocolError("this party cannot train: its installation lacks the dpsgd extra "
+                            '(pip install -e ".[dpsgd]")') from None
+    try:
+        plan = dpsgd.TrainPlan.from_json(req.options_json)
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
+    if (plan.epsilon, plan.delta) != (spec.epsilon, spec.delta):
+        raise ProtocolError(f"the training plan's ε={plan.epsilon}, δ={plan.delta} is not the "
+                            f"job's ε={spec.epsilon}, δ={spec.delta}")
+    pinned = session.setdefault("train_plan", plan.to_json())
+    if pinned != plan.to_json():
+        raise ProtocolError("the training plan changed during the job; refusing")
+    done = int(session.get("train_rounds", 0))
+    if done >= plan.rounds:
+        raise ProtocolError(f"this party already trained the plan's {plan.rounds} rounds")
+    groupings = dpsgd.domain(spec.schema)
+    sizes = [g.size for g in groupings]
+    try:
+        start = dpsgd.vector_from_bytes(req.parameters, dpsgd.parameter_count(plan, sizes))
+    except ValueError as exc:
+        raise ProtocolError(f"round {req.round}: {exc}") from None
+    opened = node._open_round(req, session, spec, me, "trained")
+    session["train_rounds"] = done + 1  # opened: this round is spent, whatever happens next
+    fine = encoded_table(node.policy, spec.schema)
+    codes = fine.copy()
+    for j, g in enumerate(groupings):
+        codes[:, j] = g.index[fine[:, j]]
+    seed = node.policy.noise_seed  # tests only, like all seeded noise (the reply says so)
+    if seed is not None:
+        seed = (seed * 1_000_003 + me) * 1_000_003 + req.round
+    update = dpsgd.train_local(plan, sizes, start, codes, seed=seed)
+    vector = fixed_point.encode(update, node._rng(me, req.round))
+    out = node._masked_reply(env, session, spec, req.round, vector, opened)
+    sigma = plan.noise_multiplier()
+    ledger = node._ledger()
+    out.measure_reply.ledger_epsilon = ledger.charge_many(
+        [{"label": "train", "count": plan.steps_per_round, "variance": (sigma * plan.clip) ** 2,
+          "l1": plan.clip, "l2": plan.clip, "mechanism": "subsampled_gaussian",
+          "sampling_rate": plan.sampling_rate}],
+        job_id=env.job_id, round_id=req.round, budget="synthesis")
+    log.info("party %d round %d: trained %d local DP-SGD steps (σ=%.3f)", me, req.round,
+             plan.steps_per_round, sigma)
+    return out

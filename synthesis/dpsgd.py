@@ -1,0 +1,343 @@
+"""DP-SGD generators over the encoded table (PyTorch + Opacus): what a party trains locally.
+
+Preprocessing comes from the public schema only: each column's fine codes (synthesis.encoding:
+categories, public-bounds bins, whole numbers, points), one-hot encoded. Nothing data-dependent
+is fitted outside DP-SGD, and there is no early stopping, validation loss or model selection on
+real rows (the most common privacy bug in published DP generators): the architecture, the
+number of steps and the learning rate all come from the public `TrainPlan`.
+
+Privacy (per party, one row of one party, add/remove). Every local step Poisson-samples the
+party's rows with the public rate q, clips each row's gradient to L2 norm `clip`, sums them and
+adds Gaussian noise of standard deviation `noise_multiplier * clip` to the sum (Opacus's
+GradSampleModule, DPDataLoader and DPOptimizer): one step of the subsampled Gaussian mechanism.
+`noise_multiplier` is the smallest σ at which all `rounds * steps_per_round` steps of a job
+compose (RDP, crypto.accountant) to the job's ε at its δ; it is a function of the public plan
+alone, so the coordinator's accountant and every party's ledger price the same event. What
+leaves the party is the trained parameters minus the global ones it started from: a function of
+the DP-SGD output and of public parameters (post-processing). The noise comes from a torch
+Generator seeded from OS entropy for each round, never from a seed anyone else could know;
+torch's generator is not a cryptographic one (Opacus's secure mode needs torchcsprng, which is
+not available here), and the Gaussian is drawn in floating point: both are listed outside the
+guarantee in the job's privacy report.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import secrets
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from opacus.grad_sample import GradSampleModule, register_grad_sampler
+from opacus.optimizers import DPOptimizer
+from torch import nn
+
+from fedsynth.crypto.accountant import Accountant
+from fedsynth.synthesis.encoding import Encoding, Grouping, public_grouping
+from fedsynth.synthesis.schema import Schema
+
+MODELS = ("made", "vae")
+DOMAIN_GROUPS = 32  # values per numeric column in the generator's domain (public runs of bins)
+
+
+def domain(schema: Schema) -> list[Grouping]:
+    """The generator's domain, from the schema alone: coordinator and parties agree on it."""
+    return [public_grouping(c, DOMAIN_GROUPS) for c in Encoding.from_schema(schema).codecs]
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """The public training plan every party follows and pins for the job."""
+
+    epsilon: float
+    delta: float
+    model: str = "made"  # "made" (autoregressive masked MLP) or "vae"
+    hidden: int = 128
+    latent: int = 16  # vae only
+    rounds: int = 10
+    local_epochs: float = 2.0  # expected passes over a party's rows per round
+    sampling_rate: float = 0.05  # Poisson rate q: each row enters a step with probability q
+    clip: float = 1.0
+    lr: float = 1e-2
+    init_seed: int = 0  # the global model's initial parameters (public)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.model not in MODELS:
+            problems.append(f"model {self.model!r} is not one of {MODELS}")
+        if not 0 < self.sampling_rate <= 1:
+            problems.append(f"sampling_rate {self.sampling_rate} is not in (0, 1]")
+        if not 1 <= self.rounds <= 1000 or not 0 < self.local_epochs <= 100:
+            problems.append(f"rounds {self.rounds} (1..1000) or local_epochs "
+                            f"{self.local_epochs} (0..100] out of range")
+        if not (self.clip > 0 and self.lr > 0 and 1 <= self.hidden <= 4096
+                and 1 <= self.latent <= 1024):
+            problems.append("clip, lr, hidden and latent must be positive (hidden <= 4096, "
+                            "latent <= 1024)")
+        if not (self.epsilon > 0 and 0 < self.delta < 1):
+            problems.append(f"ε={self.epsilon}, δ={self.delta} is not a usable budget")
+        if problems:
+            raise ValueError("training plan: " + "; ".join(problems))
+
+    @property
+    def steps_per_round(self) -> int:
+        return max(1, math.ceil(self.local_epochs / self.sampling_rate))
+
+    @property
+    def steps(self) -> int:
+        return self.rounds * self.steps_per_round
+
+    def noise_multiplier(self) -> float:
+        return noise_multiplier(self.steps, self.sampling_rate, self.epsilon, self.delta)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainPlan:
+        try:
+            raw = json.loads(text)
+            return cls(**raw)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"training plan {text[:200]!r} does not parse: {exc}") from None
+
+
+def noise_multiplier(steps: int, sampling_rate: float, epsilon: float, delta: float) -> float:
+    """Smallest σ (to 0.1%) at which `steps` subsampled Gaussian steps stay within (ε, δ)."""
+
+    def eps(sigma: float) -> float:
+        acc = Accountant()
+        acc.add(step="train", count=steps, variance=sigma**2, mechanism="subsampled_gaussian",
+                sampling_rate=sampling_rate)
+        return acc.epsilon(delta)
+
+    lo, hi = 0.05, 1.0
+    while eps(hi) > epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e6:
+            raise ValueError(f"no noise multiplier meets ε={epsilon} for {steps} steps")
+    while hi / lo > 1.001:
+        mid = math.sqrt(lo * hi)
+        if eps(mid) <= epsilon:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+# --- generators ------------------------------------------------------------------------------
+
+
+class MaskedLinear(nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask (MADE)."""
+
+    def __init__(self, n_in: int, n_out: int, mask: torch.Tensor) -> None:
+        super().__init__(n_in, n_out)
+        self.mask = mask.float()  # a plain attribute: Opacus refuses buffers in trainable layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight * self.mask, self.bias)
+
+
+@register_grad_sampler(MaskedLinear)
+def _masked_linear_grad_sample(layer: MaskedLinear, activations: Sequence[torch.Tensor],
+                               backprops: torch.Tensor) -> dict[Any, torch.Tensor]:
+    """Per-row gradients of a masked layer: the linear layer's, times the mask (so a row's
+    clipped norm counts only weights it can move)."""
+    a = activations[0]
+    gs = torch.einsum("n...i,n...j->nij", backprops, a) * layer.mask
+    return {layer.weight: gs, layer.bias: torch.einsum("n...k->nk", backprops)}
+
+
+class Generator(nn.Module):
+    """A generator over one-hot fine codes: per-row loss and sampling."""
+
+    sizes: list[int]
+
+    def row_loss(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, n: int, gen: torch.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def _nll(self, logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(codes.shape[0])
+        start = 0
+        for j, k in enumerate(self.sizes):
+            out = out + nn.functional.cross_entropy(logits[:, start:start + k], codes[:, j],
+                                                    reduction="none")
+            start += k
+        return out
+
+
+class Made(Generator):
+    """Autoregressive: p(x) = prod_j p(x_j | x_<j), one masked MLP (Germain et al. 2015)."""
+
+    def __init__(self, sizes: Sequence[int], hidden: int) -> None:
+        super().__init__()
+        self.sizes = [int(s) for s in sizes]
+        d = len(self.sizes)
+        deg_in = torch.cat([torch.full((k,), j + 1) for j, k in enumerate(self.sizes)])
+        deg_h = torch.arange(hidden) % max(1, d - 1) + 1
+        m1 = deg_h[:, None] >= deg_in[None, :]
+        m2 = deg_h[:, None] >= deg_h[None, :]
+        m3 = deg_in[:, None] > deg_h[None, :]
+        n = int(deg_in.numel())
+        self.l1, self.l2 = MaskedLinear(n, hidden, m1), MaskedLinear(hidden, hidden, m2)
+        self.l3 = MaskedLinear(hidden, n, m3)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.l1(x))
+        return self.l3(torch.relu(self.l2(h)))
+
+    def row_loss(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return self._nll(self.logits(x), codes)
+
+    @torch.no_grad()
+    def sample(self, n: int, gen: torch.Generator) -> np.ndarray:
+        x = torch.zeros(n, sum(self.sizes))
+        codes = torch.zeros(n, len(self.sizes), dtype=torch.long)
+        start = 0
+        for j, k in enumerate(self.sizes):
+            p = torch.softmax(self.logits(x)[:, start:start + k], dim=1)
+            codes[:, j] = torch.multinomial(p, 1, generator=gen)[:, 0]
+            x[torch.arange(n), start + codes[:, j]] = 1.0
+            start += k
+        return codes.numpy()
+
+
+class Vae(Generator):
+    """A variational autoencoder with a Gaussian latent and one softmax per column."""
+
+    def __init__(self, sizes: Sequence[int], hidden: int, latent: int) -> None:
+        super().__init__()
+        self.sizes = [int(s) for s in sizes]
+        n = sum(self.sizes)
+        self.latent = latent
+        self.enc = nn.Sequential(nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent))
+        self.dec = nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, n))
+
+    def row_loss(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self.enc(x).chunk(2, dim=1)
+        logvar = logvar.clamp(-8, 8)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(dim=1)
+        return self._nll(self.dec(z), codes) + kl
+
+    @torch.no_grad()
+    def sample(self, n: int, gen: torch.Generator) -> np.ndarray:
+        logits = self.dec(torch.randn(n, self.latent, generator=gen))
+        codes = np.empty((n, len(self.sizes)), dtype=np.int64)
+        start = 0
+        for j, k in enumerate(self.sizes):
+            p = torch.softmax(logits[:, start:start + k], dim=1)
+            codes[:, j] = torch.multinomial(p, 1, generator=gen)[:, 0].numpy()
+            start += k
+        return codes
+
+
+def parameter_count(plan: TrainPlan, sizes: Sequence[int]) -> int:
+    return sum(p.numel() for p in build(plan, sizes).parameters())
+
+
+def build(plan: TrainPlan, sizes: Sequence[int]) -> Generator:
+    """The plan's generator with its public initial parameters."""
+    torch.manual_seed(plan.init_seed)
+    if plan.model == "made":
+        return Made(sizes, plan.hidden)
+    return Vae(sizes, plan.hidden, plan.latent)
+
+
+def sampling_generator(seed: int) -> torch.Generator:
+    """The generator rows are sampled with (post-processing: a public seed is fine)."""
+    return torch.Generator().manual_seed(int(seed))
+
+
+# --- parameters as one vector ------------------------------------------------------------
+
+
+def get_vector(model: nn.Module) -> np.ndarray:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double().numpy()
+
+
+def set_vector(model: nn.Module, vec: np.ndarray) -> None:
+    vec = np.asarray(vec, dtype=np.float64)
+    n = sum(p.numel() for p in model.parameters())
+    if vec.shape != (n,) or not np.all(np.isfinite(vec)):
+        raise ValueError(f"a parameter vector of shape {vec.shape} (finite) for a model with "
+                         f"{n} parameters")
+    start = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.from_numpy(vec[start:start + p.numel()]).reshape(p.shape))
+            start += p.numel()
+
+
+def vector_bytes(vec: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(vec, dtype=np.float64), allow_pickle=False)
+    return buf.getvalue()
+
+
+def vector_from_bytes(data: bytes, length: int) -> np.ndarray:
+    try:
+        vec = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"the parameter vector does not parse: {exc}") from None
+    if vec.dtype != np.float64 or vec.shape != (length,) or not np.all(np.isfinite(vec)):
+        raise ValueError(f"a parameter vector must be {length} finite float64 values")
+    return np.asarray(vec)
+
+
+# --- one party's local training ----------------------------------------------------------
+
+
+def one_hot(codes: np.ndarray, sizes: Sequence[int]) -> torch.Tensor:
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    x = torch.zeros(codes.shape[0], int(sum(sizes)))
+    idx = torch.from_numpy(codes.astype(np.int64) + offsets[None, :])
+    x.scatter_(1, idx, 1.0)
+    return x
+
+
+def train_local(plan: TrainPlan, sizes: Sequence[int], start: np.ndarray,
+                codes: np.ndarray, *, seed: int | None = None) -> np.ndarray:
+    """One round of DP-SGD on this party's rows from the global parameters `start`; returns
+    the update (trained minus `start`). `seed` is for tests only: None draws the noise and the
+    sampling from OS entropy."""
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")  # inputs are data
+    model = build(plan, sizes)
+    set_vector(model, start)
+    gen = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
+    torch.manual_seed(secrets.randbits(63) if seed is None else seed + 1)  # latent draws
+    n = len(codes)
+    x, c = one_hot(codes, sizes), torch.from_numpy(codes.astype(np.int64))
+    gsm = GradSampleModule(model)
+    opt = DPOptimizer(torch.optim.Adam(gsm.parameters(), lr=plan.lr),
+                      noise_multiplier=plan.noise_multiplier(), max_grad_norm=plan.clip,
+                      expected_batch_size=max(1, round(plan.sampling_rate * n)), generator=gen)
+    for _ in range(plan.steps_per_round):
+        take = torch.rand(n, generator=gen) < plan.sampling_rate  # Poisson sampling
+        opt.zero_grad()
+        if bool(take.any()):
+            loss = model_loss(gsm, x[take], c[take])
+            loss.backward()
+        else:  # an empty batch still takes a step: noise only
+            for p in gsm.parameters():
+                p.grad_sample = torch.zeros((0, *p.shape))
+        opt.step()
+    return get_vector(model) - np.asarray(start, dtype=np.float64)
+
+
+def model_loss(gsm: GradSampleModule, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Mean per-row loss of the wrapped generator (the optimizer scales by the expected batch)."""
+    inner: Any = gsm._module
+    loss: torch.Tensor = inner.row_loss(x, codes).mean()
+    return loss
