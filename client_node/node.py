@@ -184,6 +184,9 @@ class Node:
                     reply, session = self._setup(env, session)
                 else:
                     self._check_session(env, session)
+                    method = self._spec(session).method
+                    if METHOD_OF.get(str(body), method) != method:
+                        raise ProtocolError(f"a {body} in a job whose method is {method!r}")
                     reply = HANDLERS[str(body)](self, env, session)
             except (ProtocolError, JobSpecError, SchemaError, BudgetExceeded,
                     secagg.SecAggError, EvalOptionsError, he.HEError) as exc:
@@ -704,3 +707,5 @@ HANDLERS: dict[str, Handler] = {
     "train_request": train_handler,
 }
 assert set(HANDLERS) | {"setup_request"} == set(REQUESTS)
+# requests that belong to one method: a job of another method never gets an answer to them
+METHOD_OF = {"measure_request": "marginals", "train_request": "dpsgd"}

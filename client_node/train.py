@@ -4,16 +4,23 @@ Checks before any training: the job's method is dpsgd; the training plan parses,
 job's own ε and δ, and is the one this party pinned at its first training round (a coordinator
 cannot stretch the plan mid-job: more rounds, a higher rate or a smaller noise multiplier would
 spend more than the job's ε); the round is not past the plan's `rounds`; the global parameters
-have the plan's shape and are finite. Then: DP-SGD on the party's rows (synthesis.dpsgd), the
-update in fixed point (crypto.fixed_point), masked for the channel, the round's steps charged
-to the ledger (a subsampled Gaussian event, refused past the party's cap) and only then the
-reply. What a refusal tells the coordinator is the kind of problem, as for every request.
+have the plan's shape, are finite and within ±PARAMETER_BOUND (so no layer overflows), and the
+model is within the party's size limit. Then the round's steps are charged to the ledger (a
+subsampled Gaussian event, refused past the party's cap) BEFORE the data is read, DP-SGD runs
+on the party's rows (synthesis.dpsgd: rows whose gradient is not finite count as zero, memory
+is bounded by micro-batches), and the update goes out in fixed point (crypto.fixed_point),
+masked for the channel. Whatever fails after the charge, the party answers with a zero update:
+no failure depends on the data and costs nothing (a coordinator must not be able to ask a
+question of the rows through an error). Refusals before the charge depend only on the request
+and the party's policy.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from fedsynth.crypto import fixed_point
 from fedsynth.protocols import fedsynth_pb2 as pb
@@ -53,29 +60,40 @@ def train(node: Node, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
         raise ProtocolError(f"this party already trained the plan's {plan.rounds} rounds")
     groupings = dpsgd.domain(spec.schema)
     sizes = [g.size for g in groupings]
+    length = dpsgd.parameter_count(plan, sizes)
+    if length > dpsgd.MAX_PARAMETERS:
+        raise ProtocolError(f"a generator of {length} parameters is over this party's limit of "
+                            f"{dpsgd.MAX_PARAMETERS}")
     try:
-        start = dpsgd.vector_from_bytes(req.parameters, dpsgd.parameter_count(plan, sizes))
+        start = dpsgd.vector_from_bytes(req.parameters, length)
     except ValueError as exc:
         raise ProtocolError(f"round {req.round}: {exc}") from None
     opened = node._open_round(req, session, spec, me, "trained")
     session["train_rounds"] = done + 1  # opened: this round is spent, whatever happens next
-    fine = encoded_table(node.policy, spec.schema)
-    codes = fine.copy()
-    for j, g in enumerate(groupings):
-        codes[:, j] = g.index[fine[:, j]]
-    seed = node.policy.noise_seed  # tests only, like all seeded noise (the reply says so)
-    if seed is not None:
-        seed = (seed * 1_000_003 + me) * 1_000_003 + req.round
-    update = dpsgd.train_local(plan, sizes, start, codes, seed=seed)
-    vector = fixed_point.encode(update, node._rng(me, req.round))
-    out = node._masked_reply(env, session, spec, req.round, vector, opened)
+    # Charged before the data is read: the cap's refusal cannot depend on the rows, and every
+    # later failure costs budget, so no failure is a free question about the data.
     sigma = plan.noise_multiplier()
-    ledger = node._ledger()
-    out.measure_reply.ledger_epsilon = ledger.charge_many(
+    spent = node._ledger().charge_many(
         [{"label": "train", "count": plan.steps_per_round, "variance": (sigma * plan.clip) ** 2,
           "l1": plan.clip, "l2": plan.clip, "mechanism": "subsampled_gaussian",
           "sampling_rate": plan.sampling_rate}],
         job_id=env.job_id, round_id=req.round, budget="synthesis")
+    seed = node.policy.noise_seed  # tests only, like all seeded noise (the reply says so)
+    if seed is not None:
+        seed = (seed * 1_000_003 + me) * 1_000_003 + req.round
+    try:
+        fine = encoded_table(node.policy, spec.schema)
+        codes = fine.copy()
+        for j, g in enumerate(groupings):
+            codes[:, j] = g.index[fine[:, j]]
+        update = dpsgd.train_local(plan, sizes, start, codes, seed=seed)
+    except Exception:  # the same answer whatever went wrong: an update of zeros
+        log.exception("party %d round %d: training failed; sending a zero update (the round "
+                      "is charged)", me, req.round)
+        update = np.zeros(length)
+    vector = fixed_point.encode(update, node._rng(me, req.round))
+    out = node._masked_reply(env, session, spec, req.round, vector, opened)
+    out.measure_reply.ledger_epsilon = spent
     log.info("party %d round %d: trained %d local DP-SGD steps (σ=%.3f)", me, req.round,
              plan.steps_per_round, sigma)
     return out

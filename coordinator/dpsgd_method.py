@@ -44,6 +44,8 @@ OUTSIDE = [
     "entropy each round, but not a cryptographic generator)",
     "dpsgd: each party's update is DP by its own DP-SGD noise; the secure sum hides single "
     "updates but adds no noise, so the ε is that of each party's local training",
+    "dpsgd: a party's training time grows with its row count (a step takes about q * n rows), "
+    "which a coordinator can time",
 ]
 
 

@@ -9,7 +9,9 @@ number of steps and the learning rate all come from the public `TrainPlan`.
 Privacy (per party, one row of one party, add/remove). Every local step Poisson-samples the
 party's rows with the public rate q, clips each row's gradient to L2 norm `clip`, sums them and
 adds Gaussian noise of standard deviation `noise_multiplier * clip` to the sum (Opacus's
-GradSampleModule, DPDataLoader and DPOptimizer): one step of the subsampled Gaussian mechanism.
+GradSampleModule and DPOptimizer; the sampling as DPDataLoader's): one step of the subsampled
+Gaussian mechanism. The noisy sum is divided by the plan's public `batch_scale`, not by the
+party's expected batch q * n, which depends on its private row count.
 `noise_multiplier` is the smallest σ at which all `rounds * steps_per_round` steps of a job
 compose (RDP, crypto.accountant) to the job's ε at its δ; it is a function of the public plan
 alone, so the coordinator's accountant and every party's ledger price the same event. What
@@ -43,6 +45,12 @@ from fedsynth.synthesis.encoding import Encoding, Grouping, public_grouping
 from fedsynth.synthesis.schema import Schema
 
 MODELS = ("made", "vae")
+MIN_SAMPLING_RATE = 1e-4
+MAX_STEPS_PER_ROUND = 100_000
+MAX_HIDDEN = 1024
+MAX_PARAMETERS = 2_000_000  # what a party trains at most (memory, time); refused above
+PARAMETER_BOUND = 1e4  # |global parameter| a party accepts: no overflow in float32 layers
+MICRO_BATCH = 64  # rows per backward pass: memory does not grow with a party's row count
 DOMAIN_GROUPS = 32  # values per numeric column in the generator's domain (public runs of bins)
 
 
@@ -65,23 +73,39 @@ class TrainPlan:
     sampling_rate: float = 0.05  # Poisson rate q: each row enters a step with probability q
     clip: float = 1.0
     lr: float = 1e-2
+    # the noisy gradient sum is divided by this public number, never by the party's own
+    # expected batch q * n: n is private, and a step scaled by it would not be post-processing
+    batch_scale: int = 64
     init_seed: int = 0  # the global model's initial parameters (public)
 
     def __post_init__(self) -> None:
         problems = []
+
+        def whole(name: str, lo: int, hi: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                problems.append(f"{name} must be a whole number in {lo}..{hi}, got {v!r}")
+
+        def real(name: str, lo: float, hi: float) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not (
+                    math.isfinite(v) and lo <= v <= hi):
+                problems.append(f"{name} must be a number in [{lo:g}, {hi:g}], got {v!r}")
+
         if self.model not in MODELS:
             problems.append(f"model {self.model!r} is not one of {MODELS}")
-        if not 0 < self.sampling_rate <= 1:
-            problems.append(f"sampling_rate {self.sampling_rate} is not in (0, 1]")
-        if not 1 <= self.rounds <= 1000 or not 0 < self.local_epochs <= 100:
-            problems.append(f"rounds {self.rounds} (1..1000) or local_epochs "
-                            f"{self.local_epochs} (0..100] out of range")
-        if not (self.clip > 0 and self.lr > 0 and 1 <= self.hidden <= 4096
-                and 1 <= self.latent <= 1024):
-            problems.append("clip, lr, hidden and latent must be positive (hidden <= 4096, "
-                            "latent <= 1024)")
-        if not (self.epsilon > 0 and 0 < self.delta < 1):
-            problems.append(f"ε={self.epsilon}, δ={self.delta} is not a usable budget")
+        for name, lo, hi in (("rounds", 1, 1000), ("hidden", 1, MAX_HIDDEN), ("latent", 1, 1024),
+                             ("batch_scale", 1, 2**20), ("init_seed", 0, 2**62)):
+            whole(name, lo, hi)
+        # public ranges that keep the accounting's assumptions true: q on float64's grid far
+        # above its resolution, a clip norm far from subnormal numbers
+        for fname, flo, fhi in (("sampling_rate", MIN_SAMPLING_RATE, 1.0), ("clip", 1e-3, 1e3),
+                                ("lr", 1e-6, 1.0), ("local_epochs", 1e-3, 100.0),
+                                ("epsilon", 1e-3, 1e3), ("delta", 1e-300, 0.1)):
+            real(fname, flo, fhi)
+        if not problems and self.steps_per_round > MAX_STEPS_PER_ROUND:
+            problems.append(f"{self.steps_per_round} local steps per round (local_epochs / "
+                            f"sampling_rate) is over {MAX_STEPS_PER_ROUND}")
         if problems:
             raise ValueError("training plan: " + "; ".join(problems))
 
@@ -292,6 +316,8 @@ def vector_from_bytes(data: bytes, length: int) -> np.ndarray:
         raise ValueError(f"the parameter vector does not parse: {exc}") from None
     if vec.dtype != np.float64 or vec.shape != (length,) or not np.all(np.isfinite(vec)):
         raise ValueError(f"a parameter vector must be {length} finite float64 values")
+    if np.abs(vec).max(initial=0.0) > PARAMETER_BOUND:
+        raise ValueError(f"a parameter vector must stay within ±{PARAMETER_BOUND:g}")
     return np.asarray(vec)
 
 
@@ -318,22 +344,43 @@ def train_local(plan: TrainPlan, sizes: Sequence[int], start: np.ndarray,
     gen = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
     torch.manual_seed(secrets.randbits(63) if seed is None else seed + 1)  # latent draws
     n = len(codes)
-    x, c = one_hot(codes, sizes), torch.from_numpy(codes.astype(np.int64))
+    c = torch.from_numpy(codes.astype(np.int64))
     gsm = GradSampleModule(model)
     opt = DPOptimizer(torch.optim.Adam(gsm.parameters(), lr=plan.lr),
                       noise_multiplier=plan.noise_multiplier(), max_grad_norm=plan.clip,
-                      expected_batch_size=max(1, round(plan.sampling_rate * n)), generator=gen)
+                      expected_batch_size=plan.batch_scale, generator=gen)
     for _ in range(plan.steps_per_round):
-        take = torch.rand(n, generator=gen) < plan.sampling_rate  # Poisson sampling
-        opt.zero_grad()
-        if bool(take.any()):
-            loss = model_loss(gsm, x[take], c[take])
-            loss.backward()
-        else:  # an empty batch still takes a step: noise only
-            for p in gsm.parameters():
-                p.grad_sample = torch.zeros((0, *p.shape))
-        opt.step()
-    return get_vector(model) - np.asarray(start, dtype=np.float64)
+        # Poisson sampling in float64 (float32's 2^-24 grid would sample small q far too often)
+        rows = torch.nonzero(torch.rand(n, generator=gen, dtype=torch.float64)
+                             < plan.sampling_rate)[:, 0]
+        parts = list(torch.split(rows, MICRO_BATCH)) or [rows]
+        for i, part in enumerate(parts):  # Opacus accumulates clipped sums over micro-batches
+            opt.signal_skip_step(do_skip=i < len(parts) - 1)
+            if len(part):
+                model_loss(gsm, one_hot(codes[part.numpy()], sizes), c[part]).backward()
+                _drop_non_finite_rows(gsm)
+            else:  # an empty batch still takes a step: noise only
+                for p in gsm.parameters():
+                    p.grad_sample = torch.zeros((0, *p.shape))
+            opt.step()
+            opt.zero_grad()
+    update = get_vector(model) - np.asarray(start, dtype=np.float64)
+    # non-finite coordinates (a function of the noisy clipped sums alone): post-processing
+    return np.where(np.isfinite(update), update, 0.0)
+
+
+def _drop_non_finite_rows(gsm: GradSampleModule) -> None:
+    """A row whose gradient is not finite contributes nothing (zero, within the clip norm), so
+    parameters crafted to overflow on some rows' values cannot turn them into an error."""
+    params = [p for p in gsm.parameters() if getattr(p, "grad_sample", None) is not None]
+    if not params:
+        return
+    bad = torch.zeros(params[0].grad_sample.shape[0], dtype=torch.bool)
+    for p in params:
+        bad |= ~torch.isfinite(p.grad_sample.reshape(len(bad), -1)).all(dim=1)
+    if bool(bad.any()):
+        for p in params:
+            p.grad_sample[bad] = 0.0
 
 
 def model_loss(gsm: GradSampleModule, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:

@@ -103,3 +103,40 @@ def test_a_plan_outside_its_ranges_is_refused_and_round_trips_as_json() -> None:
         dpsgd.TrainPlan.from_json('{"epsilon": 1, "delta": 1e-6, "surprise": 1}')
     with pytest.raises(ValueError, match="finite float64"):
         dpsgd.vector_from_bytes(dpsgd.vector_bytes(np.array([1.0, np.nan])), 2)
+
+
+def test_parameters_crafted_to_overflow_on_one_value_give_a_finite_update() -> None:
+    """A coordinator that weights one input value at the bound cannot make the rows holding it
+    fail training (an error would be an uncharged answer about them): their gradients count
+    as zero and the update stays finite; beyond the bound, parameters are refused."""
+    plan = dpsgd.TrainPlan(epsilon=3.0, delta=1e-6, hidden=16, rounds=2, local_epochs=1.0,
+                           sampling_rate=0.2)
+    rng = np.random.default_rng(3)
+    codes = np.stack([rng.integers(0, k, 200) for k in SIZES], axis=1)
+    model = dpsgd.build(plan, SIZES)
+    with torch.no_grad():
+        model.l1.weight[:, 1] = dpsgd.PARAMETER_BOUND  # column 0 = value 1
+        model.l2.weight.fill_(dpsgd.PARAMETER_BOUND)
+        model.l3.weight.fill_(dpsgd.PARAMETER_BOUND)
+    start = dpsgd.get_vector(model)
+    update = dpsgd.train_local(plan, SIZES, start, codes, seed=1)
+    assert np.all(np.isfinite(update))
+    with pytest.raises(ValueError, match="within"):
+        dpsgd.vector_from_bytes(dpsgd.vector_bytes(start * 10), len(start))
+
+
+@pytest.mark.parametrize(("field", "value", "needle"), [
+    ("rounds", 1.5, "rounds must be a whole number"),
+    ("rounds", True, "rounds must be a whole number"),
+    ("sampling_rate", 1e-12, "sampling_rate must be a number"),
+    ("clip", 5e-45, "clip must be a number"),
+    ("lr", float("inf"), "lr must be a number"),
+    ("local_epochs", 100.0, "local steps per round"),
+])
+def test_plans_that_would_break_the_accounting_are_refused(field: str, value: object,
+                                                           needle: str) -> None:
+    kw = {"epsilon": 1.0, "delta": 1e-6, field: value}
+    if field == "local_epochs":
+        kw["sampling_rate"] = 1e-4  # 10^6 steps a round
+    with pytest.raises(ValueError, match=needle):
+        dpsgd.TrainPlan(**kw)  # type: ignore[arg-type]

@@ -90,3 +90,24 @@ def test_a_training_plan_changed_mid_job_is_refused(tmp_path: Path,
                                                      "local_epochs": 0.2}))
     for ledger in _ledgers(tmp_path):  # the first round only: nothing charged for the second
         assert len([e for e in ledger.entries() if e["label"] == "train"]) == 1
+
+
+def test_a_failure_in_training_is_charged_and_answered_with_a_zero_update(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The round is charged before the data is read, and whatever fails after that, the party
+    answers as always (a zero update): an error is never a free question about the rows."""
+    progress.show("off")
+    parties, _ = _parties()
+
+    def broken(*args: object, **kw: object) -> np.ndarray:
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(dpsgd, "train_local", broken)
+    plan = {"rounds": 2, "hidden": 16, "local_epochs": 0.2}
+    res = simulate(parties=parties, epsilon=3.0, channel="secagg", holdout=0.0, engine="local",
+                   evaluate=False, method="dpsgd", _shared={"work": str(tmp_path)},
+                   options=JobOptions(rows=50, train=plan))
+    assert len(res.synthetic) == 50
+    assert res.privacy["training_plan"]["rounds"] == 2
+    for ledger in _ledgers(tmp_path):
+        assert len([e for e in ledger.entries() if e["label"] == "train"]) == 2
