@@ -88,7 +88,18 @@ class DpsgdMethod:
                                       [np.ones(c.size) for c in enc.codecs],
                                       np.random.default_rng(opt.seed))
         plan_step = StepBudget("train", plan.steps, 1.0)
+        done = sum(r.get("steps", 0) for r in rounds.log_rows if r["step"] == "train")
         report = {"method": "dpsgd", "outside_the_guarantee": OUTSIDE,
+                  "mechanism": "each party trains with DP-SGD on its own rows: Poisson "
+                               "sampling at rate q, per-row gradients clipped to L2 norm "
+                               "`clip`, Gaussian noise of sd noise_multiplier * clip on each "
+                               "step's sum (Opacus); its update goes through the channel in "
+                               "fixed point, and the coordinator sees only the sum",
+                  "accounting": "Rényi DP of Poisson-subsampled Gaussian steps (dp-accounting), "
+                                "composed over all steps of all rounds and converted to (ε, δ); "
+                                "unit: one row of one party (add/remove)",
+                  "budget_split": [{"step": "train", "share_planned": 1.0,
+                                    "steps_planned": plan.steps, "steps": done}],
                   "training_plan": {**asdict(plan),
                                                        "noise_multiplier": sigma,
                                                        "steps_per_round": plan.steps_per_round,
