@@ -13,6 +13,9 @@
     target = "default"                # optional: the evaluation's ML-efficacy target
     evaluate = false                  # federated DP evaluation on the parties' held-out rows
     evaluation_epsilon = 1.0
+    method = "marginals"              # or "dpsgd" (needs the dpsgd extra and `rows`)
+    [train]                           # dpsgd only, optional: the training plan's fields
+    rounds = 10                       #   (synthesis.dpsgd.TrainPlan: model, hidden, ...)
 
 The identity keys come from the coordinator's consortium.toml, never from the job file: the
 spec names each party with the key the consortium agreed on, and each party checks that list
@@ -36,7 +39,8 @@ from fedsynth.protocols.spec import JobSpec, JobSpecError, default_threshold
 from fedsynth.synthesis.schema import Schema, SchemaError
 
 KNOWN = {"schema", "parties", "epsilon", "delta", "channel", "threshold", "colluders", "rows",
-         "seed", "target", "sensitive", "evaluate", "evaluation_epsilon", "key_holder"}
+         "seed", "target", "sensitive", "evaluate", "evaluation_epsilon", "key_holder", "method",
+         "train"}
 
 
 class JobFileError(FileProblems):
@@ -122,6 +126,17 @@ def _job(text: str, path: Path, consortium: Consortium,
     elif channel != "he" and holder is not None:
         problems.append(f"'key_holder' is set but 'channel' is {channel!r}: only the he channel "
                         "has a key holder")
+    method = doc.get("method", "marginals")
+    train = doc.get("train")
+    if method not in ("marginals", "dpsgd"):
+        problems.append(f"'method' must be \"marginals\" or \"dpsgd\", got {method!r}")
+    elif method == "dpsgd":
+        if not doc.get("rows"):
+            problems.append("'rows' is needed with method = \"dpsgd\" (it makes no noisy count "
+                            "of the parties' rows)")
+        problems += _train_problems(train, eps, delta)
+    elif train is not None:
+        problems.append("a [train] table is only for method = \"dpsgd\"")
     if problems or schema is None:
         raise JobFileError(path, problems)
     colluders = int(doc.get("colluders", 0))
@@ -138,7 +153,7 @@ def _job(text: str, path: Path, consortium: Consortium,
                        threshold=int(doc.get("threshold", default_threshold(len(names),
                                                                             colluders))),
                        colluders=colluders, channel=channel,
-                       method="marginals", party_names=tuple(names),
+                       method=str(method), party_names=tuple(names),
                        identity_keys=tuple(consortium.identities[n] for n in names),
                        key_holder=consortium.key_holders.get(str(holder), b"")
                        if channel == "he" else b"")
@@ -148,8 +163,24 @@ def _job(text: str, path: Path, consortium: Consortium,
         raise JobFileError(path, [str(exc)]) from None
     rows = doc.get("rows")
     options = JobOptions(rows=int(rows) if rows else None, seed=int(doc.get("seed", 0)),
-                         evaluate=evaluate)
+                         evaluate=evaluate, train=dict(train) if train else None)
     return Job(spec, options, path, holder if channel == "he" else None)
+
+
+def _train_problems(train: object, eps: object, delta: object) -> list[str]:
+    """What is wrong with a dpsgd job's [train] table (checked by the plan itself)."""
+    if train is not None and not isinstance(train, dict):
+        return ["'train' must be a table ([train]) of training plan fields"]
+    try:
+        from fedsynth.synthesis import dpsgd
+    except ImportError:
+        return ['method = "dpsgd" needs the dpsgd extra on the coordinator: '
+                'pip install -e ".[dpsgd]"']
+    try:
+        dpsgd.TrainPlan(epsilon=eps, delta=delta, **dict(train or {}))  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        return [f"[train]: {exc}"]
+    return []
 
 
 def _positive(v: object) -> bool:
