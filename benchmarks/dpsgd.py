@@ -20,12 +20,11 @@ import json
 import logging
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _support import run_config
+from _support import sweep
 
 from fedsynth.evaluation.metrics import marginal_tvd, tstr_auc
 from fedsynth.simulations import datasets, partition
@@ -113,24 +112,10 @@ def main() -> None:
         name, eps, part, seed = args.one
         print(json.dumps(one(name, float(eps), part, int(seed), args.parties, args.delta)))
         return
-    done = [json.loads(x) for x in args.jsonl.read_text().splitlines() if x.strip()] \
-        if args.jsonl.exists() else []
-    have = {(r["dataset"], r["epsilon"], r["partition"], r["seed"]) for r in done}
-    todo = [(n, e, p, s) for n in args.datasets for e in args.epsilons for p in args.partitions
-            for s in range(args.seeds) if (n, e, p, s) not in have]
-    if not args.report:
-        args.jsonl.parent.mkdir(parents=True, exist_ok=True)
-
-        def run(cfg: tuple[str, float, str, int]) -> None:
-            row = run_config(__file__, [cfg[0], str(cfg[1]), cfg[2], str(cfg[3]),
-                                        "--parties", str(args.parties), "--delta",
-                                        str(args.delta)], args.jsonl, str(cfg))
-            if row is not None:
-                print(json.dumps(row), flush=True)
-
-        with ThreadPoolExecutor(max_workers=args.workers) as pool:
-            list(pool.map(run, todo))
-        done = [json.loads(x) for x in args.jsonl.read_text().splitlines() if x.strip()]
+    configs = [(n, e, p, s) for n in args.datasets for e in args.epsilons
+               for p in args.partitions for s in range(args.seeds)]
+    done = sweep(__file__, configs, ["--parties", str(args.parties), "--delta", str(args.delta)],
+                 args.jsonl, workers=args.workers, report_only=args.report)
     print(f"\n{args.parties} parties, δ={args.delta}, iid, medians over seeds; 2-way TVD over "
           "all pairs vs the train table (lower is better)\n")
     print(table(done, marginal_numbers(args.marginals)))

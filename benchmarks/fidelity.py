@@ -17,10 +17,9 @@ import json
 import logging
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _support import run_config
+from _support import sweep
 
 from fedsynth.evaluation.metrics import marginal_tvd, tstr_auc
 from fedsynth.protocols.spec import default_threshold
@@ -140,29 +139,13 @@ def main() -> None:
         print(json.dumps(one(name, float(eps), part, int(seed), args.parties, args.delta,
                              args.threshold, tuple(args.skip))))
         return
-    done = []
-    if args.jsonl.exists():
-        done = [json.loads(x) for x in args.jsonl.read_text().splitlines() if x.strip()]
-    have = {(r["dataset"], r["epsilon"], r["partition"], r["seed"]) for r in done}
-    todo = [(n, e, p, s) for n in args.datasets for e in args.epsilons for p in args.partitions
-            for s in range(args.seeds) if (n, e, p, s) not in have]
-    if not args.report:
-        args.jsonl.parent.mkdir(parents=True, exist_ok=True)
-
-        def run(cfg: tuple[str, float, str, int]) -> None:
-            row = run_config(__file__, [cfg[0], str(cfg[1]), cfg[2], str(cfg[3]),
-                                        "--parties", str(args.parties), "--delta",
-                                        str(args.delta),
-                                        *(["--skip", *args.skip] if args.skip else []),
-                                        *(["--threshold", str(args.threshold)]
-                                          if args.threshold else [])],
-                             args.jsonl, str(cfg))
-            if row is not None:
-                print(json.dumps(row), flush=True)
-
-        with ThreadPoolExecutor(max_workers=args.workers) as pool:
-            list(pool.map(run, todo))
-        done = [json.loads(x) for x in args.jsonl.read_text().splitlines() if x.strip()]
+    configs = [(n, e, p, s) for n in args.datasets for e in args.epsilons
+               for p in args.partitions for s in range(args.seeds)]
+    extra = ["--parties", str(args.parties), "--delta", str(args.delta),
+             *(["--skip", *args.skip] if args.skip else []),
+             *(["--threshold", str(args.threshold)] if args.threshold else [])]
+    done = sweep(__file__, configs, extra, args.jsonl, workers=args.workers,
+                 report_only=args.report)
     print(f"\n{args.parties} parties, δ={args.delta}, medians over seeds; 2-way TVD over all "
           "pairs vs the train table (lower is better)")
     if not args.skip:
