@@ -19,9 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fedsynth.synthesis import datetimes
-from fedsynth.synthesis.schema import FINE_BINS, Column, Schema
-
-LOG_UNITS = 2.0**20  # a log-scale column's range in units of its smallest resolution
+from fedsynth.synthesis.schema import FINE_BINS, LOG_UNITS, Column, Schema
 
 
 @dataclass(frozen=True)
@@ -163,7 +161,7 @@ class ColumnCodec:
     def decode(self, fine: np.ndarray, rng: np.random.Generator) -> pd.Series:
         """Typed values for fine codes, never outside the column's declared support: listed
         categories and values, whole numbers and dates inside the bounds, and numbers drawn
-        uniformly inside their bin."""
+        uniformly inside their bin (spread evenly over the rows of each bin)."""
         col = self.column
         miss = np.zeros(len(fine), dtype=bool) if self.missing_code is None else (
             fine == self.missing_code)
@@ -184,11 +182,12 @@ class ColumnCodec:
             listed = safe > nb  # one of the schema's points
             b = np.clip(safe - 1, 0, nb - 1)
             lo, hi = self.edges[b], self.edges[b + 1]
+            u = stratified_uniform(safe, rng)  # evenly inside each bin, not clumped
             if col.integral:
                 first_int, last_int = self.bin_integers(b)
-                vals = first_int + np.floor(rng.random(len(safe)) * (last_int - first_int + 1))
+                vals = first_int + np.floor(u * (last_int - first_int + 1))
             else:
-                vals = lo + rng.random(len(safe)) * (hi - lo)
+                vals = lo + u * (hi - lo)
                 vals = np.where((b == 0) & (vals <= lo), np.nextafter(lo, hi), vals)
             vals = np.where(point, self.edges[0], vals)
             if listed.any():
@@ -361,15 +360,41 @@ def shrunk_bins(counts: np.ndarray, variance: float) -> np.ndarray:
     return np.clip(m + s * (counts - m), 0, None) + 1e-6
 
 
+def stratified_uniform(codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One number in [0, 1) per row, spread evenly among the rows that share a code.
+
+    The m rows of one code get (i + u)/m for i = 0..m-1 in a random order, with one random u
+    per code: each number is still uniform in [0, 1), but the m of them fill the interval
+    with one in each [i/m, (i+1)/m) instead of clumping as independent draws do. Whatever is
+    read through them (a fine code by its cumulative weight, a value inside its bin) follows
+    its distribution up to rounding instead of with the sampling noise of m independent
+    draws: with 22,558 rows and 16 bins that noise alone is a 1-way TVD of about 0.01. The
+    random order keeps the numbers independent of everything else a row holds.
+    """
+    n = len(codes)
+    perm = rng.permutation(n)
+    order = perm[np.argsort(np.asarray(codes)[perm], kind="stable")]
+    _, first, inverse, count = np.unique(np.asarray(codes)[order], return_index=True,
+                                         return_inverse=True, return_counts=True)
+    rank = np.arange(n) - first[inverse]
+    out = np.empty(n)
+    out[order] = (rank + rng.random(len(first))[inverse]) / count[inverse]
+    return out
+
+
 def draw_fine(grouping: Grouping, group_codes: np.ndarray, weights: np.ndarray,
               rng: np.random.Generator) -> np.ndarray:
-    """One fine code per row, drawn inside the row's group by `weights`."""
+    """One fine code per row inside the row's group, by `weights`: the rows of a group take
+    each code in proportion to its weight up to rounding (`stratified_uniform`), in random
+    order."""
     fine = np.empty(len(group_codes), dtype=np.int64)
+    u = stratified_uniform(group_codes, rng)
     for k in np.unique(group_codes):
         members = np.flatnonzero(grouping.index == k)
         rows = np.flatnonzero(group_codes == k)
-        w = weights[members]
-        fine[rows] = rng.choice(members, size=len(rows), p=w / w.sum())
+        cdf = np.cumsum(weights[members], dtype=float)
+        at = np.searchsorted(cdf, u[rows] * cdf[-1], side="right")
+        fine[rows] = members[np.minimum(at, len(members) - 1)]
     return fine
 
 

@@ -112,11 +112,12 @@ def fit(sizes: Sequence[int], measurements: Sequence[Measurement], *, iters: int
 
 
 def sample_codes(model: Any, rows: int, *, seed: int) -> np.ndarray:
-    """Draw `rows` rows of group codes (one column per model column) from a fitted model."""
-    np.random.seed(seed % 2**32)  # mbi draws with numpy's global generator
+    """Draw `rows` rows of group codes (one column per model column) from a fitted model,
+    its marginals kept up to rounding (synthesis.sampling)."""
+    from fedsynth.synthesis.sampling import draw_codes
+
     with progress.task(f"sampling {rows:,} rows"):
-        data = model.synthetic_data(rows=rows)
-    cols = data.to_dict()
+        cols = draw_codes(model, rows, np.random.default_rng(seed % 2**63))
     return np.stack([np.asarray(cols[_name(i)], dtype=np.int64)
                      for i in range(len(model.domain))], axis=1)
 

@@ -32,9 +32,11 @@ SCALES: tuple[str, ...] = ("linear", "log")
 # the fine domain of a numeric column (synthesis.encoding): integers one code per value when
 # the range holds at most this many, else this many bins between the bounds
 FINE_BINS = 256
-# a binned column is drafted on the log scale when this share of its rows lies in the lowest
-# HEAVY_SPAN of its range: equal-width bins would put half the rows in the first 5 of 256
-HEAVY_SHARE, HEAVY_SPAN = 0.5, 0.02
+# a log-scale column's range in units of its smallest resolution (synthesis.encoding)
+LOG_UNITS = 2.0**20
+# a binned column is drafted on the log scale when log-spaced fine bins split the middle
+# HEAVY_MIDDLE of its rows into at least HEAVY_GAIN times as many bins as equal-width ones
+HEAVY_MIDDLE, HEAVY_GAIN = 0.9, 1.5
 MAX_CATEGORIES = 100
 OTHER = "__other__"
 IGNORED = "ignored_columns"  # schema key: columns a table may hold that the job does not read
@@ -509,8 +511,7 @@ def _numeric(name: str, values: pd.Series, nullable: bool) -> tuple[Column | Non
         return discrete, None
     lo, hi = float(arr.min()), float(arr.max())
     binned = kind == "continuous" or hi - lo + 1 > FINE_BINS  # else one exact code per value
-    heavy = binned and hi > lo and float(np.quantile(arr, HEAVY_SHARE)) - lo < HEAVY_SPAN * (
-        hi - lo)
+    heavy = binned and hi > lo and _log_resolves_better(arr, lo, hi)
     col = Column(name, kind, lower=lo, upper=hi, nullable=nullable,
                  scale="log" if heavy else "linear",
                  points=_points(arr, lo) if binned else ())
@@ -521,12 +522,31 @@ def _numeric(name: str, values: pd.Series, nullable: bool) -> tuple[Column | Non
             "remove any that must not be public")]))
     if heavy:
         note = "; ".join(filter(None, [note, (
-            f"column {name!r}: heavy-tailed ({HEAVY_SHARE:.0%} of rows in the lowest "
-            f"{HEAVY_SPAN:.0%} of its range): binned on a log scale (scale = \"log\")")]))
+            f"column {name!r}: heavy-tailed (log-spaced bins split its middle "
+            f"{HEAVY_MIDDLE:.0%} of rows at least {HEAVY_GAIN:g} times as finely as equal-width "
+            "ones): binned on a log scale (scale = \"log\")")]))
     if unique:
         note = (f"column {name!r}: every value is distinct ({len(arr):,} whole numbers): drafted "
                 "as integer; if it is an identifier, drop it")
     return col, note
+
+
+def _log_resolves_better(arr: np.ndarray, lo: float, hi: float) -> bool:
+    """Whether log-spaced fine bins split the middle HEAVY_MIDDLE of the values into at least
+    HEAVY_GAIN times as many bins as equal-width ones. Amounts and durations with a long tail
+    (wages: 16 equal-width bins against 52 log ones on AER/CPS1988) go to log; ages, dates
+    and other spread-out values stay linear. Measured on AER/CPS1988 (paired seeded noise,
+    wage on log instead of linear): 2-way TVD 0.0244 -> 0.0235 at ε=1, 0.0160 -> 0.0141 at ε=3.
+    """
+    tail = (1 - HEAVY_MIDDLE) / 2
+    a, b = (float(q) for q in np.quantile(arr, [tail, 1 - tail]))
+
+    def log_pos(x: float) -> float:
+        return float(np.log1p((x - lo) / (hi - lo) * LOG_UNITS))
+
+    linear = (b - a) / (hi - lo)
+    log = (log_pos(b) - log_pos(a)) / float(np.log1p(LOG_UNITS))
+    return log > 0 and log >= HEAVY_GAIN * linear
 
 
 def _discrete(name: str, arr: np.ndarray, whole: bool, nullable: bool, kind: str

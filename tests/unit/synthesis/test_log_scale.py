@@ -29,6 +29,15 @@ def test_a_heavy_tailed_amount_is_drafted_on_the_log_scale_and_said_so() -> None
     assert again.columns[0].scale == "log"
 
 
+def test_a_wage_with_a_few_far_outliers_goes_to_log_and_a_spread_out_column_does_not() -> None:
+    rng = np.random.default_rng(2)
+    # weekly wages: the middle 90% within 4% of the range because of a few very high ones
+    wage = np.round(np.r_[rng.lognormal(6.2, 0.6, 4990), rng.uniform(5000, 19000, 10)], 2)
+    spread = np.round(rng.normal(100, 15, 5000), 2)  # wide middle: equal-width bins do well
+    schema, _ = draft_schema_with_notes(pd.DataFrame({"wage": wage, "score": spread}))
+    assert [c.scale for c in schema.columns] == ["log", "linear"]
+
+
 def test_log_bins_spread_a_heavy_tail_over_many_codes() -> None:
     values = _incomes()
     lo, hi = float(values.min()), float(values.max())

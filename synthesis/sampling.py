@@ -1,0 +1,101 @@
+"""Rows of group codes from a fitted graphical model, its marginals kept up to rounding.
+
+A model's rows are drawn column by column along its junction tree's elimination order: the
+first column from its marginal, each later one given the values already drawn for its
+parents (the earlier columns it shares a junction-tree clique with), from the exact
+conditional the model's marginals give. That is mbi's own scheme; what differs is how the
+counts are rounded.
+
+Independent draws give every marginal the sampling noise of `rows` draws: on a table of
+22,558 rows, a 1-way TVD of about 0.013 between a 32-value column and the very model it was
+drawn from, as large as the DP noise at ε = 3. mbi's "round" option removes it only for the
+first column: later ones are rounded within each combination of parent values, which on
+real tables holds a handful of rows, so their marginals carry the same noise again.
+
+Here the rows of each parent combination get every value floor or ceil of its expected
+count (so each conditional is kept up to rounding), and which values get the extra row is
+chosen by error diffusion over the combinations: a value rounded down in one combination is
+favoured in the next, so the column's totals stay within about one row of the model's.
+Combinations are visited in the order of their parent values, with a random parent first,
+so the totals of the column with that parent are kept close as well. Randomness: the rows'
+order, the tie-breaks and the parent chosen first come from `rng`. The rows are
+post-processing of the fitted model, like any draw from it: no privacy cost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def allocate(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Whole counts for a table of expected counts (groups x values) whose rows sum to whole
+    numbers: each cell floor or ceil of its expectation, each row's sum exact, each column's
+    sum within a few units of its expectation (error diffusion down the rows, in order)."""
+    expected = np.clip(np.asarray(expected, dtype=float), 0, None)
+    base = np.floor(expected)
+    frac = expected - base
+    need = np.rint(frac.sum(axis=1)).astype(np.int64)
+    out = base.astype(np.int64)
+    carry = np.zeros(expected.shape[1])
+    jitter = rng.random(expected.shape) * 1e-9  # random tie-breaks
+    for g in np.flatnonzero(need > 0):
+        score = np.where(frac[g] > 0, frac[g] + carry + jitter[g], -np.inf)
+        k = min(int(need[g]), int(np.count_nonzero(frac[g] > 0)))
+        pick = np.argpartition(-score, k - 1)[:k]
+        out[g, pick] += 1
+        carry += frac[g]
+        carry[pick] -= 1
+    return out
+
+
+def _marginals(model: Any) -> tuple[Any, list[str], list[set[str]]]:
+    from mbi import junction_tree, marginal_oracles
+
+    jtree, order = junction_tree.make_junction_tree(
+        model.domain, [tuple(cl) for cl in model.cliques])
+    potentials = model.potentials.expand(list(jtree.nodes))
+    if model.constraints:  # Shafer-Shenoy handles the zeros of conditions
+        marginals = marginal_oracles.message_passing_shafer_shenoy(
+            potentials, model.total, constraints=model.constraints)
+    else:
+        marginals = marginal_oracles.message_passing_stable(potentials, model.total)
+    return marginals, list(order[::-1]), [set(cl) for cl in jtree.nodes]
+
+
+def draw_codes(model: Any, rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """`rows` rows of the model's attributes (name -> codes), drawn as the module says."""
+    marginals, order, cliques = _marginals(model)
+    sizes = dict(zip(model.domain.attributes, model.domain.shape, strict=True))
+    data: dict[str, np.ndarray] = {}
+    for col in order:
+        near = set().union(*[cl for cl in cliques if col in cl])
+        parents = [a for a in data if a in near]
+        table = np.asarray(marginals.project((*parents, col)).datavector(flatten=False),
+                           dtype=float).reshape(-1, sizes[col])
+        if not parents:
+            p = table[0] / table[0].sum() if table[0].sum() > 0 else np.full(sizes[col],
+                                                                              1 / sizes[col])
+            counts = allocate(rows * p[None, :], rng)[0]
+            data[col] = rng.permutation(np.repeat(np.arange(sizes[col]), counts))
+            continue
+        # parents in a random order of priority: the first is kept closest with the column
+        lead = list(rng.permutation(len(parents)))
+        combo = np.ravel_multi_index(tuple(data[parents[i]] for i in lead),
+                                     tuple(sizes[parents[i]] for i in lead))
+        perm = rng.permutation(rows)
+        by = perm[np.argsort(combo[perm], kind="stable")]  # rows by combination, shuffled inside
+        uniq, n_g = np.unique(combo[by], return_counts=True)
+        # the model's table is ordered by `parents`; reorder its rows to the `lead` order
+        cells = table.reshape(*[sizes[a] for a in parents], sizes[col])
+        cells = np.transpose(cells, (*lead, len(parents))).reshape(-1, sizes[col])[uniq]
+        tot = cells.sum(axis=1, keepdims=True)
+        fallback = table.sum(axis=0) / max(float(table.sum()), 1e-300)
+        cond = np.where(tot > 0, cells / np.where(tot > 0, tot, 1), fallback[None, :])
+        counts = allocate(n_g[:, None] * cond, rng)
+        values = np.repeat(np.tile(np.arange(sizes[col]), len(uniq)), counts.ravel())
+        out = np.empty(rows, dtype=np.int64)
+        out[by] = values
+        data[col] = out
+    return data
