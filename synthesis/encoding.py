@@ -132,9 +132,11 @@ class ColumnCodec:
         col = self.column
         na = s.isna().to_numpy()
         codes = np.zeros(len(s), dtype=np.int64)
-        if col.kind == "categorical":
-            lookup = {c: i for i, c in enumerate(col.categories)}
-            codes[~na] = s[~na].map(lookup).to_numpy(dtype=np.int64)
+        if col.kind == "categorical":  # one hash pass (a dict per row took 0.1 s per 1M rows)
+            cat = pd.Categorical(s, categories=list(col.categories)).codes.astype(np.int64)
+            if (cat[~na] < 0).any():
+                raise ValueError(f"column {col.name!r} holds values not in its categories")
+            codes[~na] = cat[~na]
         elif col.kind == "discrete":
             listed = np.asarray(col.values, dtype=float)
             v = self.numbers(s)[~na]
@@ -225,6 +227,23 @@ class Encoding:
         """(rows, columns) int64 fine codes of a validated table."""
         return np.stack([c.encode(df[c.column.name]) for c in self.codecs], axis=1) if len(
             df) else np.zeros((0, len(self.codecs)), dtype=np.int64)
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        """The smallest unsigned type that holds every column's fine codes (a binned column
+        has at most 1 + 256 bins + 32 points + missing: uint16 at most, unless a category
+        list is longer): an eighth to a quarter of int64's memory for a table kept as codes."""
+        top = max(self.sizes, default=0)
+        return np.dtype(np.uint8 if top <= 1 << 8 else np.uint16 if top <= 1 << 16 else
+                        np.uint32)
+
+    def encode_compact(self, df: pd.DataFrame) -> np.ndarray:
+        """(columns, rows) fine codes of a validated table in `code_dtype`, one contiguous row
+        of codes per column (what marginal counting reads)."""
+        out = np.empty((len(self.codecs), len(df)), dtype=self.code_dtype)
+        for j, c in enumerate(self.codecs):
+            out[j] = c.encode(df[c.column.name])
+        return out
 
 
 @dataclass(frozen=True)
