@@ -112,13 +112,107 @@ def fit(sizes: Sequence[int], measurements: Sequence[Measurement], *, iters: int
 
 
 def sample_codes(model: Any, rows: int, *, seed: int) -> np.ndarray:
-    """Draw `rows` rows of group codes (one column per model column) from a fitted model."""
-    np.random.seed(seed % 2**32)  # mbi draws with numpy's global generator
+    """Draw `rows` rows of group codes (one column per model column) from a fitted model:
+    the rows mbi's `synthetic_data(rows)` draws (`synthetic_codes`), faster."""
+    np.random.seed(seed % 2**32)  # mbi draws with numpy's global generator; so do we
     with progress.task(f"sampling {rows:,} rows"):
-        data = model.synthetic_data(rows=rows)
-    cols = data.to_dict()
-    return np.stack([np.asarray(cols[_name(i)], dtype=np.int64)
-                     for i in range(len(model.domain))], axis=1)
+        return synthetic_codes(model, rows)
+
+
+def synthetic_codes(model: Any, rows: int) -> np.ndarray:
+    """mbi 2.0.0's `MarkovRandomField.synthetic_data` (randomized rounding), column by column
+    along the junction tree, drawing the same numbers from numpy's global generator in the
+    same order, so the rows are the same (tested); returns (rows, columns) int64 codes.
+
+    What changed is how rows are grouped by the values of a column's parents: mbi sorts the
+    parent columns' rows (`np.unique(axis=0)`, 3.7 s of the 6 s for 1M rows, 10x that for
+    10M), here each row's parents are one integer (their flat index), counted with
+    np.bincount and ordered by a stable radix sort on the group number."""
+    _mbi()  # jax configured before mbi is used
+    from mbi import junction_tree, marginal_oracles
+
+    total = max(1, int(rows or model.total))
+    domain = model.domain
+    jtree, elimination_order = junction_tree.make_junction_tree(
+        domain, [tuple(cl) for cl in model.cliques])
+    cliques = [set(cl) for cl in jtree.nodes]
+    potentials = model.potentials.expand(list(jtree.nodes))
+    if model.constraints:
+        marginals = marginal_oracles.message_passing_shafer_shenoy(
+            potentials, model.total, constraints=model.constraints)
+    else:
+        marginals = marginal_oracles.message_passing_stable(potentials, model.total)
+
+    data: dict[Any, np.ndarray] = {}
+    order = elimination_order[::-1]
+    data[order[0]] = _rounded_column(marginals.project((order[0],)).datavector(flatten=False),
+                                     total)
+    used = {order[0]}
+    for col in order[1:]:
+        relevant = used.intersection(set().union(*[cl for cl in cliques if col in cl]))
+        proj = tuple(relevant)  # mbi's order of the parents (a set's), kept for its rows
+        used.add(col)
+        if not proj:
+            data[col] = _rounded_column(marginals.project((col,)).datavector(flatten=False),
+                                        total)
+            continue
+        marg = np.asarray(marginals.project((*proj, col)).datavector(flatten=False))
+        parents = marg.sum(axis=-1, keepdims=True)
+        cond = np.divide(marg, parents, out=np.zeros_like(marg), where=parents != 0)
+        cdfs = cond.cumsum(axis=-1).reshape(-1, marg.shape[-1])
+        data[col] = _draw_given_parents([data[c] for c in proj], marg.shape[:-1], cdfs, total,
+                                        int(domain[col]))
+    return np.stack([np.asarray(data[_name(i)], dtype=np.int64)
+                     for i in range(len(domain))], axis=1)
+
+
+def _rounded_column(counts: Any, total: int) -> np.ndarray:
+    """mbi's `synthetic_col` (randomized rounding of the counts to `total` rows, shuffled)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    options = np.arange(counts.size, dtype=np.min_scalar_type(counts.size))
+    counts = counts * (total / counts.sum())
+    frac, integ = np.modf(counts)
+    whole = integ.astype(int)
+    extra = total - whole.sum()
+    if extra > 0:
+        idx = np.random.choice(options, extra, False, frac / frac.sum())
+        whole[idx] += 1
+    vals = np.repeat(options, whole)
+    np.random.shuffle(vals)
+    return vals
+
+
+def _draw_given_parents(parent_codes: list[np.ndarray], shape: tuple[int, ...],
+                        cdfs: np.ndarray, total: int, size: int) -> np.ndarray:
+    """One column's codes given its parents' codes: rows with the same parents get evenly
+    spread quantiles (ranks in a shuffled order plus uniform noise), looked up in that parent
+    cell's conditional CDF; numbers drawn as mbi draws them."""
+    key = np.zeros(total, dtype=np.int64)  # the parents' flat cell, C order as `marg`
+    for codes, n in zip(parent_codes, shape, strict=True):
+        key *= n
+        key += codes
+    full = np.bincount(key, minlength=int(np.prod(shape)))
+    present = np.flatnonzero(full)  # the distinct parent cells, ascending (as np.unique)
+    counts = full[present]
+    rank_of = np.zeros(len(full), dtype=np.int64)
+    rank_of[present] = np.arange(len(present))
+    inverse = rank_of[key]
+    small = inverse.astype(np.uint16) if len(present) <= 1 << 16 else inverse
+    perm = np.argsort(small, kind="stable")  # radix sort for 16-bit keys
+    starts = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    for s, c in zip(starts, counts, strict=True):  # shuffle within each parent group
+        np.random.shuffle(perm[s:s + c])
+    ranks = np.empty(total, dtype=np.int64)
+    ranks[perm] = np.arange(total) - starts[inverse[perm]]
+    u = (ranks + np.random.rand(total)) / counts[inverse]
+    u_sorted = u[perm]
+    choices = np.empty(total, dtype=np.min_scalar_type(size))
+    for i, (s, c) in enumerate(zip(starts, counts, strict=True)):
+        picked = np.searchsorted(cdfs[present[i]], u_sorted[s:s + c], side="right")
+        np.minimum(picked, size - 1, out=picked)
+        choices[perm[s:s + c]] = picked
+    return choices
 
 
 def release_compiled() -> None:
