@@ -382,11 +382,22 @@ def shrunk_bins(counts: np.ndarray, variance: float) -> np.ndarray:
 
 def draw_fine(grouping: Grouping, group_codes: np.ndarray, weights: np.ndarray,
               rng: np.random.Generator) -> np.ndarray:
-    """One fine code per row, drawn inside the row's group by `weights`."""
+    """One fine code per row, drawn inside the row's group by `weights`.
+
+    Groups in ascending order, each group's rows in row order (a stable sort of the rows by
+    group, then one slice per group: scanning every row once per group took 6.6 s of
+    decoding 10M rows)."""
     fine = np.empty(len(group_codes), dtype=np.int64)
-    for k in np.unique(group_codes):
+    if not len(group_codes):
+        return fine
+    codes = np.asarray(group_codes)
+    small = codes.astype(np.uint16) if codes.max() < 1 << 16 else codes
+    order = np.argsort(small, kind="stable")  # radix sort for 16-bit keys
+    counts = np.bincount(codes)
+    ends = np.cumsum(counts)
+    for k in np.flatnonzero(counts):
         members = np.flatnonzero(grouping.index == k)
-        rows = np.flatnonzero(group_codes == k)
+        rows = order[ends[k] - counts[k]:ends[k]]
         w = weights[members]
         fine[rows] = rng.choice(members, size=len(rows), p=w / w.sum())
     return fine

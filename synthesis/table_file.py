@@ -108,6 +108,10 @@ def _strings(s: pd.Series) -> object:
         midnight = bool((ok == ok.dt.normalize()).all())
         text = s.dt.strftime("%Y-%m-%d" if midnight else "%Y-%m-%d %H:%M:%S")
         return pc.fill_null(pa.array(text, type=pa.string(), from_pandas=True), "")
+    if pd.api.types.is_object_dtype(dt):  # text (checked by _formattable) and missing
+        text = pa.array(s.to_numpy(), type=pa.string(), from_pandas=True)
+        if not pc.any(pc.match_substring_regex(text, '[,"\n\r]')).as_py():
+            return pc.fill_null(text, "")  # no field to quote: each is its own text
     if pd.api.types.is_object_dtype(dt) or pd.api.types.is_bool_dtype(dt):
         codes, uniques = pd.factorize(s, use_na_sentinel=True)
         fields = [_field(v) for v in np.asarray(uniques, dtype=object)] + [""]

@@ -57,3 +57,29 @@ def test_the_sampler_draws_mbis_rows_under_constraints(model: object) -> None:
     ours = sample_codes(conditioned, 3000, seed=5)
     assert np.array_equal(ours, _mbi_rows(conditioned, 3000, 5))
     assert set(np.unique(ours[:, 2])) <= {1, 2}
+
+
+def _draw_fine_row_scan(grouping: object, group_codes: np.ndarray, weights: np.ndarray,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Decoding inside groups as it was: every row scanned once per group."""
+    fine = np.empty(len(group_codes), dtype=np.int64)
+    for k in np.unique(group_codes):
+        members = np.flatnonzero(grouping.index == k)  # type: ignore[attr-defined]
+        rows = np.flatnonzero(group_codes == k)
+        w = weights[members]
+        fine[rows] = rng.choice(members, size=len(rows), p=w / w.sum())
+    return fine
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_decoding_inside_groups_draws_the_same_codes_as_the_row_scan(seed: int) -> None:
+    from fedsynth.synthesis.encoding import Grouping, draw_fine
+
+    rng = np.random.default_rng(seed)
+    index = np.sort(rng.integers(0, 6, 40))
+    grouping = Grouping(np.unique(index, return_inverse=True)[1].astype(np.int64))
+    codes = rng.integers(0, grouping.size, int(rng.integers(0, 3000)))
+    weights = rng.random(40) + 0.01
+    assert np.array_equal(draw_fine(grouping, codes, weights, np.random.default_rng(seed)),
+                          _draw_fine_row_scan(grouping, codes, weights,
+                                              np.random.default_rng(seed)))
