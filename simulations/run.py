@@ -274,6 +274,11 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
                 evaluation_epsilon_cap=0.0 if ev_eps is None else ev_eps * evaluations,
                 evaluations=evaluations)
         policies: dict[int, NodePolicy] = shared["policies"]
+        # the parties read their own files from here on: the pooled copies go (10M rows:
+        # about 1 GB), the training rows stay only for the evaluation's anchor measure
+        tables, pooled = [], pooled.iloc[:0]
+        if ev is None:
+            train = train.iloc[:0]
         result = _run(engine, policies, spec, opts, say,
                       key_holder_policy(holder) if spec.key_holder else None)
         ledgers = {str(p): pol.ledger() for p, pol in policies.items()}
