@@ -22,12 +22,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     with a few words among numbers comes back as numbers from some chunks and text from others.
     """
     p = Path(path)
-    kind = SUFFIXES.get(p.suffix.lower())
-    if kind is None:
-        raise DataFileError(f"{p}: unsupported file type {p.suffix!r}; give a .csv or .parquet "
-                            "file")
-    if not p.exists():
-        raise DataFileError(f"{p}: no such file")
+    kind = table_kind(p)
     try:
         df = pd.read_csv(p, low_memory=False) if kind == "csv" else pd.read_parquet(p)
     except Exception as exc:
@@ -35,3 +30,15 @@ def read_table(path: str | Path) -> pd.DataFrame:
                             f"file really is {kind.upper()}") from None
     df.attrs["source"] = str(p)
     return df
+
+
+def table_kind(path: str | Path) -> str:
+    """"csv" or "parquet" by the file's suffix; DataFileError if neither, or no such file."""
+    p = Path(path)
+    kind = SUFFIXES.get(p.suffix.lower())
+    if kind is None:
+        raise DataFileError(f"{p}: unsupported file type {p.suffix!r}; give a .csv or .parquet "
+                            "file")
+    if not p.exists():
+        raise DataFileError(f"{p}: no such file")
+    return kind

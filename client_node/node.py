@@ -37,7 +37,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ import numpy as np
 
 from fedsynth.client_node.data import DataFileError, read_table
 from fedsynth.client_node.ledger import BudgetExceeded, Ledger, LimitReached
+from fedsynth.client_node.table import PartyTable, party_table
 from fedsynth.crypto import he, noise, secagg
 from fedsynth.crypto.keys import public_identity, sign_key, sign_round, verify_key, verify_round
 from fedsynth.evaluation.plan import EvalOptions, EvalOptionsError, EvaluationPlan
@@ -153,16 +153,15 @@ class NodePolicy:
         return (round_id, STEPS[STEP_OF[body]]) >= (at_round, STEPS[at_step])
 
 
-@lru_cache(maxsize=4)
-def _encoded(path: str, mtime: float, schema_json: str) -> np.ndarray:
-    schema = Schema.from_json(schema_json)
-    df = validate_frame(read_table(path), schema, source=path, show_values=False)
-    return Encoding.from_schema(schema).encode(df)
+def data_table(policy: NodePolicy, schema: Schema) -> PartyTable:
+    """The party's table under the job's schema, encoded once and kept for the job's rounds
+    (client_node.table)."""
+    return party_table(Path(policy.data_path), schema)
 
 
 def encoded_table(policy: NodePolicy, schema: Schema) -> np.ndarray:
-    p = policy.data_path
-    return _encoded(str(p), p.stat().st_mtime if p.exists() else 0.0, schema.to_json())
+    """(rows, columns) int64 fine codes of the party's whole table."""
+    return data_table(policy, schema).fine()
 
 
 class Node:
@@ -285,7 +284,7 @@ class Node:
         except LimitReached:
             raise ProtocolError(f"this party accepts at most {self.policy.max_setups_per_hour} "
                                 "job setups an hour; try again later") from None
-        encoded_table(self.policy, spec.schema)  # validate the local data against the schema now
+        data_table(self.policy, spec.schema)  # read, validate and encode the data now, once
         keys = secagg.KeyPair.generate()
         session = {"job_id": env.job_id, "party": env.party,
                    "spec": base64.b64encode(env.setup_request.spec.SerializeToString()).decode(),
@@ -431,7 +430,7 @@ class Node:
                                 "positive; refusing to release unnoised counts")
         if req.noise_variance > MAX_VARIANCE or len(req.label) > 64:
             raise ProtocolError(f"round {req.round}: noise variance or label out of range")
-        counts = marginals.count(encoded_table(self.policy, spec.schema), groupings, cliques)
+        counts = data_table(self.policy, spec.schema).count(groupings, cliques)
         share = noise.share_variance(req.noise_variance, honest_min=spec.noise_divisor)
         noised = counts + noise.skellam(share, len(counts), self._rng(me, req.round))
         out = self._masked_reply(env, session, spec, req.round, noised, opened)

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,11 @@ from fedsynth.coordinator.exchange import JobRefused
 from fedsynth.coordinator.job import run_job
 from fedsynth.coordinator.job_file import job_from_text
 from fedsynth.crypto.keyfiles import CA_CERT, CONSORTIUM, SERVER_CERT, SERVER_KEY, Consortium
-from fedsynth.evaluation.output import check_out, write_folder
+from fedsynth.evaluation.output import Content, check_out, write_folder
 from fedsynth.evaluation.report import render_or_none
 from fedsynth.protocols import flower_runtime as rt
 from fedsynth.protocols.messages import KEY_HOLDER
+from fedsynth.synthesis import table_file
 
 log = logging.getLogger("fedsynth.coordinator")
 _consortium: dict[str, Consortium] = {}  # set by start_coordinator: this coordinator's list
@@ -135,8 +137,9 @@ def _run(grid: Grid, context: Context) -> None:
     metrics["timings_seconds"] = result.timings
     metrics["bytes_sent_per_party"] = {spec.party_names[k - 1]: v
                                        for k, v in result.bytes_from_party.items()}
-    files: dict[str, str | bytes] = {
-        "synthetic.csv": result.synthetic.to_csv(index=False),
+    files: dict[str, Content] = {
+        table_file.file_name("synthetic", job.output_format): table_file.writer(
+            result.synthetic, job.output_format),
         "privacy.json": json.dumps(result.privacy, indent=2, default=_json),
         "metrics.json": json.dumps(metrics, indent=2, default=_json),
         "schema.json": spec.schema.to_json(),
@@ -319,14 +322,16 @@ def _terminate(proc: subprocess.Popen[bytes], wait: float = 10.0) -> None:
 
 def submit_job(job_path: Path, coordinator: str, keys_dir: Path, out: Path, *,
                progress: Any = None, timeout: float = 24 * 3600.0,
-               poll: float = 0.5, reconnect: float = 300.0) -> tuple[int, str, str]:
+               poll: float = 0.5, reconnect: float = 300.0,
+               output_format: str | None = None) -> tuple[int, str, str]:
     """Submit the job file to a running coordinator (`fedsynth run`) and wait for its end.
 
     Checks the job against the local consortium.toml first (JobFileError), then submits the
     fedsynth app bundle with the job's text, its schema and `out` (a relative name: the
     coordinator makes it inside its outputs folder) over TLS, and polls the run, waiting up to
     `reconnect` seconds for a coordinator that stops answering. Returns (run id, sub-status,
-    details): sub-status "completed", "failed", "stopped", "timeout" or "lost"."""
+    details): sub-status "completed", "failed", "stopped", "timeout" or "lost".
+    `output_format` ("csv", "parquet") sets the job's `format` when the file leaves it out."""
     from fedsynth.coordinator.job_file import load_job
 
     say = progress or (lambda m: log.info("%s", m))
@@ -337,7 +342,14 @@ def submit_job(job_path: Path, coordinator: str, keys_dir: Path, out: Path, *,
                                "coordinator is checked against")
     cons = Consortium.load(keys_dir / CONSORTIUM)
     job = load_job(job_path, cons)
-    config = {"job-toml": Path(job_path).read_text(encoding="utf-8"),
+    job_text = Path(job_path).read_text(encoding="utf-8")
+    if output_format is not None and output_format != job.output_format:
+        if "format" in tomllib.loads(job_text):
+            raise ValueError(f"--format {output_format}: the job file says format = "
+                             f"{job.output_format!r}; give one or the other")
+        table_file.file_name("synthetic", output_format)  # ValueError for an unknown one
+        job_text = f"format = {output_format!r}\n" + job_text  # a top-level key, first
+    config = {"job-toml": job_text,
               "schema-json": job.spec.schema.to_json(), "out": output_name(str(out))}
     control = rt.control_client(coordinator, ca.read_bytes())
     try:

@@ -14,6 +14,7 @@
     evaluate = false                  # federated DP evaluation on the parties' held-out rows
     evaluation_epsilon = 1.0
     method = "marginals"              # or "dpsgd" (needs the dpsgd extra and `rows`)
+    format = "csv"                    # or "parquet": synthetic.parquet instead of synthetic.csv
     [train]                           # dpsgd only, optional: the training plan's fields
     rounds = 10                       #   (synthesis.dpsgd.TrainPlan: model, hidden, ...)
 
@@ -37,10 +38,11 @@ from fedsynth.errors import FileProblems
 from fedsynth.evaluation.plan import EvalOptions
 from fedsynth.protocols.spec import JobSpec, JobSpecError, default_threshold
 from fedsynth.synthesis.schema import Schema, SchemaError
+from fedsynth.synthesis.table_file import FORMATS
 
 KNOWN = {"schema", "parties", "epsilon", "delta", "channel", "threshold", "colluders", "rows",
          "seed", "target", "sensitive", "evaluate", "evaluation_epsilon", "key_holder", "method",
-         "train"}
+         "train", "format"}
 
 
 class JobFileError(FileProblems):
@@ -56,6 +58,7 @@ class Job:
     options: JobOptions
     source: Path
     key_holder: str | None = None  # the he channel's key holder, by its consortium name
+    output_format: str = "csv"  # the synthetic table's file: synthetic.csv or .parquet
 
 
 def load_job(path: Path, consortium: Consortium) -> Job:
@@ -137,6 +140,10 @@ def _job(text: str, path: Path, consortium: Consortium,
         problems += _train_problems(train, eps, delta)
     elif train is not None:
         problems.append("a [train] table is only for method = \"dpsgd\"")
+    output_format = doc.get("format", "csv")
+    if output_format not in FORMATS:
+        problems.append(f"'format' must be one of {', '.join(map(repr, FORMATS))}, got "
+                        f"{output_format!r}")
     if problems or schema is None:
         raise JobFileError(path, problems)
     colluders = int(doc.get("colluders", 0))
@@ -164,7 +171,7 @@ def _job(text: str, path: Path, consortium: Consortium,
     rows = doc.get("rows")
     options = JobOptions(rows=int(rows) if rows else None, seed=int(doc.get("seed", 0)),
                          evaluate=evaluate, train=dict(train) if train else None)
-    return Job(spec, options, path, holder if channel == "he" else None)
+    return Job(spec, options, path, holder if channel == "he" else None, str(output_format))
 
 
 def _train_problems(train: object, eps: object, delta: object) -> list[str]:

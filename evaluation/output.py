@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from fedsynth import scratch
@@ -63,7 +63,12 @@ def _check_writable(out: Path, flag: str) -> None:
                           "choose a folder you can write to") from None
 
 
-def write_folder(out: Path, files: Mapping[str, str | bytes], *,
+# a file's content: text, bytes, or a function that writes the file itself (a big table,
+# written straight to the disk instead of first into a string)
+Content = str | bytes | Callable[[Path], None]
+
+
+def write_folder(out: Path, files: Mapping[str, Content], *,
                  overwrite: bool = False) -> Path:
     """Write `files` (name -> content) as the folder `out`, all or nothing.
 
@@ -78,8 +83,10 @@ def write_folder(out: Path, files: Mapping[str, str | bytes], *,
             path.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(content, bytes):
                 path.write_bytes(content)
-            else:
+            elif isinstance(content, str):
                 path.write_text(content, encoding="utf-8")
+            else:
+                content(path)
         if out.exists():  # empty, or fedsynth's own (checked above)
             backup = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(backup)

@@ -32,7 +32,7 @@ from fedsynth.client_node.keyholder import KeyHolderNode, KeyHolderPolicy
 from fedsynth.client_node.node import Node, NodePolicy
 from fedsynth.coordinator.job import JobOptions, JobResult, run_job
 from fedsynth.evaluation.metrics import marginal_tvd
-from fedsynth.evaluation.output import check_out, write_folder
+from fedsynth.evaluation.output import Content, check_out, write_folder
 from fedsynth.evaluation.plan import EvalOptions
 from fedsynth.evaluation.report import render_or_none
 from fedsynth.protocols import channels
@@ -47,6 +47,7 @@ from fedsynth.simulations.parties import (
     make_identities,
     write_parties,
 )
+from fedsynth.synthesis import table_file
 from fedsynth.synthesis.conditions import (
     ClassRatio,
     Conditions,
@@ -79,6 +80,7 @@ class SimulationResult:
     log: list[str] = field(default_factory=list)  # job.log's lines
     heldout: pd.DataFrame | None = None  # the real rows held out for evaluation
     model: SynthesisModel | None = None  # the fitted model: more rows later, at no privacy cost
+    output_format: str = "csv"  # synthetic.csv, or synthetic.parquet
 
 
 def _pooled(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
@@ -106,6 +108,7 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
              evaluation_epsilon: float | None = DEFAULT_EVALUATION_EPSILON,
              overwrite: bool = False, conditions: Conditions | None = None,
              class_ratio: ClassRatio | None = None, method: str = "marginals",
+             output_format: str = "csv",
              _shared: dict[str, Any] | None = None) -> SimulationResult:
     """Run one federated synthesis job locally and return the synthetic table and reports.
 
@@ -122,7 +125,8 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
     (post-processing: the privacy is unchanged); the evaluation, when asked, scores the model's
     plain sample, and metrics.json says so.
 
-    With `out`, writes synthetic.csv, privacy.json, metrics.json, report.html, schema.json,
+    With `out`, writes synthetic.csv (synthetic.parquet with `output_format="parquet"`: the
+    same columns, with their types kept), privacy.json, metrics.json, report.html, schema.json,
     model.json and model.npz (the fitted model, for `fedsynth sample`), job.log and
     real-heldout.csv (the held-out real rows, for `fedsynth evaluate`; real data: keep it
     private) into a new folder, all or nothing. An existing non-empty folder is
@@ -145,7 +149,7 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
                          delta, channel, rows, holdout, seed, out, threshold, colluders, schema,
                          engine, evaluate, options, progress, lines, sensitive,
                          evaluation_epsilon, overwrite, conditions, class_ratio, _shared,
-                         method)
+                         method, output_format)
     finally:
         logger.removeHandler(handler)
         logger.removeHandler(forward)
@@ -187,7 +191,8 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
               progress: Callable[[str], None] | None, lines: list[str],
               sensitive: str | None, evaluation_epsilon: float | None, overwrite: bool,
               conditions: Conditions | None, class_ratio: ClassRatio | None,
-              shared: dict[str, Any] | None, method: str = "marginals") -> SimulationResult:
+              shared: dict[str, Any] | None, method: str = "marginals",
+              output_format: str = "csv") -> SimulationResult:
     def say(msg: str) -> None:
         if progress is None:
             log.info("%s", msg)  # the job.log handler records it
@@ -196,6 +201,7 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
             lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}")
 
     t0 = time.perf_counter()
+    table_file.file_name("synthetic", output_format)  # an unknown format fails before any work
     if out is not None and shared is None:  # a sweep checks its folder itself
         check_out(Path(out), overwrite=overwrite)
     _check_arguments(engine, holdout, rows, n_parties if parties is None else len(parties),
@@ -268,6 +274,11 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
                 evaluation_epsilon_cap=0.0 if ev_eps is None else ev_eps * evaluations,
                 evaluations=evaluations)
         policies: dict[int, NodePolicy] = shared["policies"]
+        # the parties read their own files from here on: the pooled copies go (10M rows:
+        # about 1 GB), the training rows stay only for the evaluation's anchor measure
+        tables, pooled = [], pooled.iloc[:0]
+        if ev is None:
+            train = train.iloc[:0]
         result = _run(engine, policies, spec, opts, say,
                       key_holder_policy(holder) if spec.key_holder else None)
         ledgers = {str(p): pol.ledger() for p, pol in policies.items()}
@@ -315,9 +326,11 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
         say(f"drew {len(synthetic)} rows under the conditions and class ratio")
     res = SimulationResult(synthetic, result.privacy, metrics, schema,
                            timings=result.timings, report=report, log=lines, heldout=hold,
-                           model=result.model)
+                           model=result.model, output_format=output_format)
     if out is not None:
+        t_write = time.perf_counter()
         res.out = write_folder(Path(out), output_files(res), overwrite=overwrite)
+        res.timings["write"] = time.perf_counter() - t_write
         say(f"wrote {res.out}")
     return res
 
@@ -352,7 +365,7 @@ def simulate_sweep(epsilons: Sequence[float], *, out: str | Path | None = None,
                   "membership_inference_auc"),
               "source": f"epsilon-{e:g}"} for e, r in zip(epsilons, results, strict=True)]
     if out is not None:
-        files: dict[str, str | bytes] = {}
+        files: dict[str, Content] = {}
         for e, r in zip(epsilons, results, strict=True):
             own = output_files(r)
             heldout = own.pop(HELDOUT_FILE, None)  # the same rows in every run: written once
@@ -539,10 +552,11 @@ def _quiet_flower() -> None:
     logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
-def output_files(res: SimulationResult) -> dict[str, str | bytes]:
-    """The files of a job's output folder, by name."""
-    files: dict[str, str | bytes] = {
-        "synthetic.csv": res.synthetic.to_csv(index=False),
+def output_files(res: SimulationResult) -> dict[str, Content]:
+    """The files of a job's output folder, by name (the tables written when the folder is)."""
+    files: dict[str, Content] = {
+        table_file.file_name("synthetic", res.output_format): table_file.writer(
+            res.synthetic, res.output_format),
         "privacy.json": json.dumps(res.privacy, indent=2, default=_json),
         "metrics.json": json.dumps(res.metrics, indent=2, default=_json),
         "schema.json": res.schema.to_json(),
@@ -551,7 +565,7 @@ def output_files(res: SimulationResult) -> dict[str, str | bytes]:
     if res.report is not None:
         files["report.html"] = res.report
     if res.heldout is not None and len(res.heldout):
-        files[HELDOUT_FILE] = res.heldout.to_csv(index=False)
+        files[HELDOUT_FILE] = table_file.writer(res.heldout, "csv")
     if res.model is not None:
         files.update(res.model.files())
     return files

@@ -130,9 +130,11 @@ class ColumnCodec:
         col = self.column
         na = s.isna().to_numpy()
         codes = np.zeros(len(s), dtype=np.int64)
-        if col.kind == "categorical":
-            lookup = {c: i for i, c in enumerate(col.categories)}
-            codes[~na] = s[~na].map(lookup).to_numpy(dtype=np.int64)
+        if col.kind == "categorical":  # one hash pass (a dict per row took 0.1 s per 1M rows)
+            cat = pd.Categorical(s, categories=list(col.categories)).codes.astype(np.int64)
+            if (cat[~na] < 0).any():
+                raise ValueError(f"column {col.name!r} holds values not in its categories")
+            codes[~na] = cat[~na]
         elif col.kind == "discrete":
             listed = np.asarray(col.values, dtype=float)
             v = self.numbers(s)[~na]
@@ -224,6 +226,23 @@ class Encoding:
         """(rows, columns) int64 fine codes of a validated table."""
         return np.stack([c.encode(df[c.column.name]) for c in self.codecs], axis=1) if len(
             df) else np.zeros((0, len(self.codecs)), dtype=np.int64)
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        """The smallest unsigned type that holds every column's fine codes (a binned column
+        has at most 1 + 256 bins + 32 points + missing: uint16 at most, unless a category
+        list is longer): an eighth to a quarter of int64's memory for a table kept as codes."""
+        top = max(self.sizes, default=0)
+        return np.dtype(np.uint8 if top <= 1 << 8 else np.uint16 if top <= 1 << 16 else
+                        np.uint32)
+
+    def encode_compact(self, df: pd.DataFrame) -> np.ndarray:
+        """(columns, rows) fine codes of a validated table in `code_dtype`, one contiguous row
+        of codes per column (what marginal counting reads)."""
+        out = np.empty((len(self.codecs), len(df)), dtype=self.code_dtype)
+        for j, c in enumerate(self.codecs):
+            out[j] = c.encode(df[c.column.name])
+        return out
 
 
 @dataclass(frozen=True)
@@ -386,12 +405,20 @@ def draw_fine(grouping: Grouping, group_codes: np.ndarray, weights: np.ndarray,
               rng: np.random.Generator) -> np.ndarray:
     """One fine code per row inside the row's group, by `weights`: the rows of a group take
     each code in proportion to its weight up to rounding (`stratified_uniform`), in random
-    order."""
+    order. Rows are sorted by group once, then one slice per group (scanning every row once
+    per group took 6.6 s of decoding 10M rows)."""
     fine = np.empty(len(group_codes), dtype=np.int64)
-    u = stratified_uniform(group_codes, rng)
-    for k in np.unique(group_codes):
+    if not len(group_codes):
+        return fine
+    codes = np.asarray(group_codes)
+    u = stratified_uniform(codes, rng)
+    small = codes.astype(np.uint16) if codes.max() < 1 << 16 else codes
+    order = np.argsort(small, kind="stable")  # radix sort for 16-bit keys
+    counts = np.bincount(codes)
+    ends = np.cumsum(counts)
+    for k in np.flatnonzero(counts):
         members = np.flatnonzero(grouping.index == k)
-        rows = np.flatnonzero(group_codes == k)
+        rows = order[ends[k] - counts[k]:ends[k]]
         cdf = np.cumsum(weights[members], dtype=float)
         at = np.searchsorted(cdf, u[rows] * cdf[-1], side="right")
         fine[rows] = members[np.minimum(at, len(members) - 1)]

@@ -134,3 +134,26 @@ def test_help_shows_examples(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "--class-ratio default=Yes:0.5" in text and "exit codes:" in text
+
+
+def test_parquet_by_format_or_suffix_keeps_the_csv_columns_and_types(
+        run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, _ = _run(["sample", "--model", str(run), "--rows", "500", "--seed", "4", "--out",
+                     "more.csv"], capsys)
+    assert rc == 0
+    rc, _, _ = _run(["sample", "--model", str(run), "--rows", "500", "--seed", "4", "--out",
+                     "more.parquet"], capsys)
+    assert rc == 0
+    rc, _, _ = _run(["sample", "--model", str(run), "--rows", "500", "--seed", "4", "--out",
+                     "more.bin", "--format", "parquet"], capsys)
+    assert rc == 0
+    csv, pq = pd.read_csv("more.csv"), pd.read_parquet("more.parquet")
+    pd.testing.assert_frame_equal(pq, pd.read_parquet("more.bin"))
+    pd.testing.assert_frame_equal(csv, pq, check_dtype=True)
+
+
+def test_parquet_to_standard_output_is_refused(run: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = _run(["sample", "--model", str(run), "--rows", "5", "--format", "parquet"],
+                      capsys)
+    assert rc == EXIT_INPUT and "--out" in err

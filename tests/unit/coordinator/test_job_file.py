@@ -94,3 +94,13 @@ def test_a_dpsgd_job_takes_its_training_plan_and_needs_rows(tmp_path: Path,
     with pytest.raises(JobFileError, match="only for method"):
         load_job(_job(tmp_path, base.replace('"dpsgd"', '"marginals"') + '[train]\nrounds = 2\n'),
                  consortium)
+
+
+def test_the_synthetic_table_format_is_csv_unless_the_job_says_parquet(
+        tmp_path: Path, consortium: Consortium) -> None:
+    base = 'schema = "schema.json"\nparties = ["a", "b"]\nepsilon = 1\n'
+    assert load_job(_job(tmp_path, base), consortium).output_format == "csv"
+    assert load_job(_job(tmp_path, base + 'format = "parquet"\n'),
+                    consortium).output_format == "parquet"
+    with pytest.raises(JobFileError, match="'format' must be one of 'csv', 'parquet'"):
+        load_job(_job(tmp_path, base + 'format = "xlsx"\n'), consortium)

@@ -149,3 +149,31 @@ def test_unknown_sensitive_column_fails_before_the_job(tmp_path: Path) -> None:
         simulate(parties=_parties(), engine="local", target="b", sensitive="nope",
                  out=tmp_path / "run")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_parquet_output_round_trips_the_columns_and_types_of_the_csv(tmp_path: Path) -> None:
+    parts = _parties()
+    parts[0].loc[:9, "z"] = np.nan  # a nullable column, missing in the synthetic table too
+    kw = {"parties": parts, "engine": "local", "epsilon": 2.0, "rows": 300, "evaluate": False,
+          "seed": 3}
+    a = simulate(out=tmp_path / "csv", **kw)
+    b = simulate(out=tmp_path / "pq", output_format="parquet", **kw)
+    assert (tmp_path / "csv" / "synthetic.csv").is_file()
+    assert not (tmp_path / "pq" / "synthetic.csv").exists()
+    table = pd.read_parquet(tmp_path / "pq" / "synthetic.parquet")
+    pd.testing.assert_frame_equal(table, b.synthetic)  # every column and its type kept
+    from_csv = pd.read_csv(tmp_path / "csv" / "synthetic.csv")
+    assert list(from_csv.columns) == list(table.columns) == list(a.synthetic.columns)
+    assert [str(t) for t in a.synthetic.dtypes] == [str(t) for t in table.dtypes]
+    schema = Schema.load(tmp_path / "pq" / "schema.json")
+    from fedsynth.synthesis.schema import validate_frame
+
+    typed_csv = validate_frame(from_csv, schema, source="csv")
+    typed_pq = validate_frame(table, schema, source="parquet")
+    assert [str(t) for t in typed_csv.dtypes] == [str(t) for t in typed_pq.dtypes]
+
+
+def test_an_unknown_output_format_is_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not one of csv, parquet"):
+        simulate(parties=_parties(), engine="local", out=tmp_path / "x", output_format="xlsx")
+    assert not (tmp_path / "x").exists()
