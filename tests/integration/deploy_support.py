@@ -186,6 +186,8 @@ def running_consortium(root: Path, parties: Sequence[str], *,
         for name in key_holders:  # the he channel's key holders, each a node of its own
             procs.start(name, "keyholder", "start", "--coordinator", f"127.0.0.1:{port}",
                         "--keys", f"consortium/{name}")
+        for name in (*parties, *key_holders):
+            wait_connected(procs, name)
         yield root, port, procs
     finally:
         procs.stop()
@@ -198,6 +200,24 @@ def start_coordinator(procs: Processes, port: int, wait: float = 60.0) -> None:
     while "coordinator listening" not in (procs.root / "coordinator.log").read_text():
         if coordinator.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("the coordinator did not start:\n" + procs.logs())
+        time.sleep(0.2)
+
+
+def wait_connected(procs: Processes, name: str, wait: float = 120.0) -> None:
+    """Wait until the node `name` (a party's or a key holder's) has its SuperNode connected
+    to the SuperLink: its SuperNode log shows the node id the SuperLink gave it. A job
+    submitted before that finds the party missing (on a loaded machine the processes can
+    take longer to start than the job waits for its parties)."""
+    deadline = time.monotonic() + wait
+    log = procs.root / f"{name}.log"
+    while True:
+        found = re.search(r"SuperNode log (\S+)", log.read_text(errors="replace"))
+        supernode = procs.root / found.group(1) if found else None
+        if supernode is not None and supernode.is_file() and \
+                "SuperNode ID:" in supernode.read_text(errors="replace"):
+            return
+        if procs.get(name).poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the node {name} did not connect:\n" + procs.logs())
         time.sleep(0.2)
 
 

@@ -1,6 +1,11 @@
-"""Deployed on loopback: a real coordinator (SuperLink + coordinator runtime) and three party
-nodes (SuperNode + party runtime) as separate `fedsynth` processes on 127.0.0.1, a job
-submitted with `fedsynth run`. Every process is started and stopped by the test."""
+"""Deployed on loopback: a real coordinator (SuperLink + coordinator runtime), three party
+nodes (SuperNode + party runtime) and a key holder (`fedsynth keyholder start`) as separate
+`fedsynth` processes on 127.0.0.1, jobs submitted with `fedsynth run`. Every process is started
+and stopped by the test; the tests share one consortium.
+
+The key holder is a member of the consortium of its own (`keys init --key-holders`); every
+party's policy accepts the he channel and lists it among the key holders it accepts, so the
+same consortium runs secagg jobs and a job with `channel = "he"`."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -30,7 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, Processes]]:
     # bank_c allows little: the refusal test needs it
     with running_consortium(tmp_path_factory.mktemp("deploy"), PARTIES,
-                            caps={"bank_c": 0.05}, evaluation="dp") as c:
+                            caps={"bank_c": 0.05}, evaluation="dp", key_holders=("kh",)) as c:
         yield c
 
 
@@ -42,6 +48,11 @@ epsilon = {epsilon}
 delta = 1e-6
 {extra}''', encoding="utf-8")
     return path
+
+
+def _releases(root: Path, name: str) -> list[dict[str, Any]]:
+    lines = (root / name / "ledger.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e.get("kind") == "release"]
 
 
 def test_job_runs_end_to_end(consortium: tuple[Path, int, Processes]) -> None:
@@ -148,3 +159,26 @@ def test_job_with_federated_evaluation(consortium: tuple[Path, int, Processes]) 
         lines = (root / name / "ledger.jsonl").read_text().splitlines()
         budgets = [e.get("budget") for e in map(json.loads, lines) if e.get("kind") == "release"]
         assert "evaluation" in budgets, budgets
+
+
+def test_he_job_runs_end_to_end(consortium: tuple[Path, int, Processes]) -> None:
+    """A job over the he channel: the key holder decrypts each round's sum; every party
+    contributes each round and is charged each round once. ε is small: with the jobs above,
+    bank_c's 0.05 holds 0.04 + 0.005 + 0.004, whatever order the tests run in."""
+    root, port, procs = consortium
+    _job(root, "job_he", 0.004, 'channel = "he"\nkey_holder = "kh"\n')
+    before = {name: len(_releases(root, name)) for name in PARTIES}
+    res = run(root, "run", "job_he.toml", "--coordinator", f"127.0.0.1:{port}",
+              "--keys", "consortium", "--out", "runs/he")
+    assert res.returncode == 0, res.stdout + res.stderr + procs.logs()
+    folder = root / "outputs" / "runs" / "he"
+    privacy = json.loads((folder / "privacy.json").read_text())
+    assert privacy["channel"] == "he", privacy
+    assert all(sorted(r["contributors"]) == [1, 2, 3] for r in privacy["rounds"]), privacy
+    assert (folder / "synthetic.csv").stat().st_size > 0
+    for name in PARTIES:  # each party charged each round once, under the he job
+        releases = _releases(root, name)[before[name]:]
+        assert len(releases) == len(privacy["rounds"]), releases
+        assert len({e["job_id"] for e in releases}) == 1, releases
+    holder_log = (root / "kh.log").read_text()
+    assert "key holder kh" in holder_log, holder_log

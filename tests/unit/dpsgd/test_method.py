@@ -46,15 +46,20 @@ def _independent(train: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
 def test_dpsgd_beats_independent_columns_at_epsilon_10(tmp_path: Path) -> None:
     progress.show("off")
     parties, train = _parties()
+    # half the default rounds and hidden units: 2-way TVD 0.58-0.68 of independent columns'
+    # over seven runs (the default plan: 0.56-0.59), in a third of the time
+    train_plan = {"rounds": 5, "hidden": 64}
     res = simulate(parties=parties, epsilon=10.0, channel="secagg", holdout=0.0, engine="local",
-                   evaluate=False, method="dpsgd", _shared={"work": str(tmp_path)})
+                   evaluate=False, method="dpsgd", _shared={"work": str(tmp_path)},
+                   options=JobOptions(train=train_plan))
     syn = res.synthetic
     assert list(syn.columns) == list(train.columns) and len(syn) == len(train)
     assert [str(t) for t in syn.dtypes] == [str(t) for t in train.dtypes]
     ours, independent = marginal_tvd(train, syn, way=2), marginal_tvd(train, _independent(train),
                                                                        way=2)
     assert ours < independent, (ours, independent)
-    plan = dpsgd.TrainPlan(epsilon=10.0, delta=1e-6)
+    plan = dpsgd.TrainPlan(epsilon=10.0, delta=1e-6, **train_plan)
+    assert res.privacy["training_plan"]["rounds"] == plan.rounds
     assert res.privacy["epsilon_spent"] == pytest.approx(10.0, rel=0.01)
     assert res.privacy["epsilon_spent"] <= 10.0
     ledgers = _ledgers(tmp_path)
