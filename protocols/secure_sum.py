@@ -48,6 +48,51 @@ parties would need t - c honest releases of each, more than the n - c honest par
   t - c honest survivors).
 - each party: its own secrets, its pair secrets, its pair seeds with each peer of a round in
   which it takes part, and one share of each peer's self-mask seed and mask key.
+The sparse graph (SecAgg+, Bell et al. 2020; the spec's graph "sparse"). Everything above
+holds with "every other participant" read as "every neighbour among the participants" and t
+for Shamir read as t_k: crypto.secagg_graph derives one public Erdős–Rényi graph of expected
+degree k = O(log n) per job (every role, from the job id, the spec and all n signed job keys;
+why the coordinator cannot bias it is there) and the smallest k and t_k for n, t, c with
+σ = 40, η = 30. A party masks with, and shares b_u(r) and m_u(r) to, its neighbours only; the
+coordinator rebuilds b_u from t_k of u's neighbours, and m_d only for a dropped d that has a
+surviving neighbour, pairing it with those neighbours only. The message flow, the one-shot
+round keys, the signed survivor list with the global t and 2t >= n + c + 2 are unchanged, so
+all honest parties that unmask still see the same survivors and dropped parties and none
+releases both halves for any party (the argument above needs nothing of the graph). What the
+graph changes, at (n, t, c) = (1000, 800, 0) with k = 39, t_k = 2 and at (1000, 800, 50) with
+k = 102, t_k = 29 (`SparseParams`):
+- secret from whom: as above; in addition a party holds shares, pair secrets and pair seeds
+  only for its neighbours, and learns nothing of the others beyond their public keys.
+- a coordinator colluding with c parties: an honest u's secrets have |N(u) ∩ C| shares among
+  the colluders, at most c_k < t_k for every honest u except with probability below 2^-σ
+  (Binomial(c, p) tail, union over the n - c honest parties; the colluders are fixed before
+  the keys that seed the graph are drawn). The masks between two honest survivors are
+  removed only if one is rebuilt, which never happens; so what the coordinator can unmask is
+  the sum over each connected part of the graph on the honest survivors. That graph stays
+  connected except with probability below 2^-σ (both events together) when the dropouts do
+  not depend on the graph (the paper's semi-honest model), so it learns, as with the
+  complete graph, the sum over all survivors and nothing finer.
+- dropouts: a round finishes when at least t parties survive (as before), every survivor
+  keeps at least t_k surviving neighbours, every dropped party with a surviving neighbour
+  keeps t_k of them, and t_k of each rebuilt secret's holders answer the unmask step. Up to
+  n - t dropouts that do not depend on the graph meet this except with probability below
+  2^-η; otherwise the coordinator stops the round (`check_graph`, `secagg_finish`:
+  RoundFailed naming the parties short of neighbours), and every party refuses to unmask a
+  survivor list that leaves a survivor fewer than t_k surviving neighbours. A wrong or
+  partial sum is never returned.
+- refusals when the guarantee cannot hold: a spec asking "sparse" for n, t, c where no graph
+  sparser than complete reaches 2^-σ and 2^-η (small n) is refused by every party
+  (protocols.spec, with the reason and "use the complete graph"); "auto" picks the complete
+  graph there and below `secagg_graph.SPARSE_FROM` parties. A sparse job missing any party's
+  job key stops before its first round.
+- a coordinator that deviates, naming live honest parties dropped after seeing the graph (or
+  colluding parties that grind their job keys after seeing the honest ones), is outside the
+  paper's semi-honest guarantee. The party's check keeps each honest survivor with at least
+  t_k - c_k honest surviving neighbours, so a part cut off this way has more than t_k - c_k
+  honest members, and its sum (noised for t - c) is what could come out; the bound on such a
+  cut over every dropout set is `SparseParams.adaptive_log2`, far weaker at k = O(log n). Jobs
+  that must hold against that deviation use the complete graph.
+
 This is the "secagg" channel of protocols.channels; with channel "plain" (simulation and tests
 only) the vector goes unmasked, without keys or an unmask exchange; with channel "he" it goes
 encrypted under the key holder's public context and the key holder decrypts the sum
