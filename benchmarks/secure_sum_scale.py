@@ -153,6 +153,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = ([json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()]
                         if args.resume and jsonl.exists() else [])
+    rows = [r for r in rows if not r.get("superseded")]  # kept in the file, with the reason
 
     if not args.resume:
         jsonl.write_text("")
@@ -178,8 +179,8 @@ def main() -> None:
                         rows.append(r)
                         with open(jsonl, "a") as f:
                             f.write(json.dumps(r) + "\n")
-    lines = [f"Median of {args.repeats} runs each (complete graph from n = {args.once_from}: "
-             "fewer, it takes minutes); round: one secure-sum round alone, "
+    lines = ["Medians (number of runs in brackets; complete and sparse alternate within a "
+             "run of the script); round: one secure-sum round alone, "
              f"{args.cells} cells, no dropouts; job: whole marginals job, local engine, "
              "1,000 rows per party, ε = 1, evaluation off.", "",
              "| what | parties | complete (s) | sparse (s) | complete / sparse | "
@@ -193,7 +194,8 @@ def main() -> None:
             ratio = ("" if med["complete"] is None or not med["sparse"]
                      else f"{med['complete'] / med['sparse']:.1f}x")
             sp = got["sparse"][0] if got["sparse"] else {}
-            cells = ["n/a" if med[g] is None else f"{med[g]:.1f}" for g in GRAPHS]
+            cells = ["n/a" if med[g] is None else f"{med[g]:.1f} ({len(got[g])})"
+                     for g in GRAPHS]
             below = [m for m in sizes if m < n and any(
                 r["kind"] == kind and r["parties"] == m and r["graph"] == "complete"
                 for r in rows)]
