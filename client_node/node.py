@@ -339,7 +339,7 @@ class Node:
             mask_private=opened.mask_private, mask_publics=opened.mask_publics,
             identity_key=self.policy.identity_key, request_digest=bytes.fromhex(digest),
             public_context=base64.b64decode(session.get("he_context", "")),
-            key_holder_key=bytes.fromhex(session.get("he_mask_key", "")))
+            key_holder_key=bytes.fromhex(session.get("he_mask_key", "")), spec=spec)
         if channels.get(spec.channel).round_keys:
             session.setdefault("mask_keys", {})[str(round_id + 1)] = next_key.hex()
         reply.seeded_noise = self.policy.noise_seed is not None
@@ -376,7 +376,8 @@ class Node:
         ann, private = channel.announce(job_id=env.job_id, me=me, round_id=req.round,
                                         holders=participants, threshold=spec.threshold,
                                         private=bytes.fromhex(session["private"]),
-                                        publics=publics, identity_key=self.policy.identity_key)
+                                        publics=publics, identity_key=self.policy.identity_key,
+                                        spec=spec)
         pending[str(req.round)] = private.hex()
         out = pb.Envelope(job_id=env.job_id, step=env.step, party=me)
         out.mask_keys_reply.CopyFrom(ann)
@@ -546,7 +547,7 @@ class Node:
             req, job_id=env.job_id, me=me, threshold=spec.threshold,
             participants=rnd["participants"], private=bytes.fromhex(session["private"]),
             publics=publics, own_share=bytes.fromhex(rnd["own_share"]),
-            request_digest=bytes.fromhex(rnd["digest"]))
+            request_digest=bytes.fromhex(rnd["digest"]), spec=spec)
         rnd["unmasked"] = True
         out = pb.Envelope(job_id=env.job_id, step=env.step, party=me)
         out.unmask_reply.CopyFrom(reply)

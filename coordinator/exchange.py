@@ -25,6 +25,7 @@ import numpy as np
 
 from fedsynth.crypto import he
 from fedsynth.crypto.keys import verify_key
+from fedsynth.crypto.secagg_graph import Graph
 from fedsynth.errors import JobStopped
 from fedsynth.protocols import channels
 from fedsynth.protocols import fedsynth_pb2 as pb
@@ -36,7 +37,7 @@ from fedsynth.protocols.messages import (
     unpack,
     verify,
 )
-from fedsynth.protocols.secure_sum import CoordinatorRound, RoundFailed, RoundKeys
+from fedsynth.protocols.secure_sum import CoordinatorRound, RoundFailed, RoundKeys, job_graph
 from fedsynth.protocols.spec import JobSpec, spec_digest
 from fedsynth.protocols.transport import Transport
 from fedsynth.synthesis.encoding import Grouping
@@ -63,6 +64,7 @@ class Exchange:
     bytes_sent: dict[int, int] = field(default_factory=dict)  # party -> bytes it sent us
     round_keys: dict[int, RoundKeys] = field(default_factory=dict)  # round -> its mask keys
     he_context: he.PublicContext | None = None  # the key holder's public context (he)
+    graph: Graph | None = None  # secagg's sparse graph (protocols.secure_sum.job_graph)
 
     def call(self, bodies: Mapping[int, tuple[str, object]], expect: str) -> dict[int, pb.Envelope]:
         """Send one request per party; return the valid replies (missing = dropped)."""
@@ -192,7 +194,7 @@ def secure_sum_of(ex: Exchange, body: str,
         round_keys.fill(req, participants)
     rnd = CoordinatorRound(round_id=round_id, channel=channel, participants=list(participants),
                            length=length, threshold=threshold, job_id=ex.job_id,
-                           keys=round_keys, identities=ex.identities,
+                           keys=round_keys, identities=ex.identities, graph=ex.graph,
                            he_context=ex.he_context, job_keys=keys,
                            request_digest=hashlib.sha256(
                                req.SerializeToString(deterministic=True)).digest())
@@ -252,10 +254,24 @@ def distribute_mask_keys(ex: Exchange, *, round_id: int, participants: Sequence[
     for p, env in replies.items():
         try:
             book.add(p, env.mask_keys_reply, job_id=ex.job_id,
-                     identity=ex.identities.get(p, b""), holders=participants)
+                     identity=ex.identities.get(p, b""), holders=participants, graph=ex.graph)
         except ProtocolError as exc:
             log.warning("%s; the party sits out round %d", exc, round_id)
     return book
+
+
+def set_graph(ex: Exchange, spec: JobSpec, keys: PartyKeys) -> None:
+    """Derive the job's sparse secagg graph once setup is done (as every party derives it from
+    the keys it pins); RoundFailed if a sparse job is missing a party's job key."""
+    try:
+        ex.graph = job_graph(spec, job_id=ex.job_id, job_keys=keys.publics)
+    except ProtocolError as exc:
+        raise RoundFailed(str(exc)) from None
+    if ex.graph is not None and ex.graph.params is not None:
+        p = ex.graph.params
+        log.info("secagg graph: sparse, %d parties, expected degree %d, share threshold %d "
+                 "(privacy 2^%.0f, correctness 2^%.0f)", p.parties, p.degree,
+                 p.share_threshold, p.privacy_log2, p.correctness_log2)
 
 
 @dataclass(frozen=True)

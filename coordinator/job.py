@@ -26,6 +26,7 @@ from fedsynth.coordinator.exchange import (
     Exchange,
     JobRefused,
     PartyKeys,
+    set_graph,
     setup_request,
 )
 from fedsynth.coordinator.options import JobOptions
@@ -89,6 +90,7 @@ def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = No
     if len(keys.publics) < spec.threshold:
         raise RoundFailed(f"only {len(keys.publics)} parties completed setup, below t="
                           f"{spec.threshold}")
+    set_graph(ex, spec, keys)  # secagg's sparse graph, if the spec asks for one
     meter.end()
 
     rounds = Rounds(ex, spec, keys, sorted(keys.publics), {})

@@ -65,6 +65,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -180,6 +181,7 @@ def verify_mask_key(identity: bytes, signature: bytes, *, job_id: str, party: in
                             _mask_key_statement(job_id, party, round_id, public_key))
 
 
+@lru_cache(maxsize=1 << 14)
 def usable_x25519(public_key: bytes) -> bool:
     """Whether key agreement with this public key gives a non-zero secret (RFC 7748 sec. 6.1:
     low-order points give the all-zero secret, which the library refuses)."""
@@ -324,16 +326,19 @@ def recover_mask_key(shares: Mapping[int, bytes], *, threshold: int, public: byt
 
 def dropped_pair_seeds(key_shares: Mapping[int, Mapping[int, bytes]],
                        mask_publics: Mapping[int, bytes], survivors: Collection[int], *,
-                       job_id: str, round_id: int,
-                       threshold: int) -> dict[tuple[int, int], bytes]:
+                       job_id: str, round_id: int, threshold: int,
+                       neighbours: Mapping[int, Collection[int]] | None = None,
+                       ) -> dict[tuple[int, int], bytes]:
     """s_dv(r) for every dropped party d (key_shares[d]: holder -> share of m_d(r)) and every
-    survivor v, from m_d(r) and v's public mask key."""
+    survivor v it masked with (all of them, or `neighbours[d]` in a sparse graph), from m_d(r)
+    and v's public mask key."""
     out: dict[tuple[int, int], bytes] = {}
     for d, shares in key_shares.items():
         if d in survivors:
             raise SecAggError(f"party {d} is a survivor: its mask key is never reconstructed")
         private = recover_mask_key(shares, threshold=threshold, public=mask_publics[d], party=d)
-        for v in survivors:
+        peers = survivors if neighbours is None else sorted(set(neighbours[d]) & set(survivors))
+        for v in peers:
             out[(d, v)] = round_pair_seed(private, mask_publics[v], job_id=job_id,
                                           round_id=round_id, me=d, peer=v)
     return out

@@ -84,7 +84,8 @@ class Channel(ABC):
     # --- the party's side --------------------------------------------------------------------
     def announce(self, *, job_id: str, me: int, round_id: int, holders: Sequence[int],
                  threshold: int, private: bytes, publics: Mapping[int, bytes],
-                 identity_key: bytes) -> tuple[pb.MaskKeyAnnouncement, bytes]:
+                 identity_key: bytes, spec: JobSpec | None = None,
+                 ) -> tuple[pb.MaskKeyAnnouncement, bytes]:
         """A round key for `round_id`: its announcement and the private half to keep
         (channels with `round_keys`; any other refuses)."""
         raise ProtocolError(f"a job over the {self.name} channel has no mask keys")
@@ -96,15 +97,17 @@ class Channel(ABC):
                    mask_publics: Mapping[int, bytes] | None = None,
                    identity_key: bytes = b"", request_digest: bytes = b"",
                    public_context: bytes = b"", key_holder_key: bytes = b"",
-                   ) -> tuple[pb.MeasureReply, bytes, bytes]:
+                   spec: JobSpec | None = None) -> tuple[pb.MeasureReply, bytes, bytes]:
         """The measure reply for a noised vector: (reply, state to keep for `release`, private
         half of the next round's key to keep). `public_context` and `key_holder_key`: the
         key holder's public context and X25519 mask key, verified at setup (channels with a
-        key holder)."""
+        key holder). `spec`: the job's spec, for what it says about the channel (secagg's
+        graph)."""
 
     def release(self, req: pb.UnmaskRequest, *, job_id: str, me: int, threshold: int,
                 participants: Sequence[int], private: bytes, publics: Mapping[int, bytes],
-                own_share: bytes, request_digest: bytes = b"") -> pb.UnmaskReply:
+                own_share: bytes, request_digest: bytes = b"",
+                spec: JobSpec | None = None) -> pb.UnmaskReply:
         """What the party releases on the coordinator's follow-up request, answered once
         (channels with a `follow_up`; any other refuses)."""
         raise ProtocolError(f"round {req.round}: a job over the {self.name} channel has no "
@@ -135,7 +138,9 @@ class Channel(ABC):
 
 class SecAggChannel(Channel):
     """Pairwise masking with one-shot round keys (Bonawitz et al. 2017); the protocol and its
-    security argument are in protocols.secure_sum and crypto.secagg."""
+    security argument are in protocols.secure_sum and crypto.secagg. The spec's `graph` says
+    whom each party masks with: everyone (complete) or its neighbours in the job's SecAgg+
+    graph (sparse, crypto.secagg_graph), derived by every role from the spec and the job keys."""
 
     name = "secagg"
     protected = True
@@ -159,10 +164,13 @@ class SecAggChannel(Channel):
 
     def announce(self, *, job_id: str, me: int, round_id: int, holders: Sequence[int],
                  threshold: int, private: bytes, publics: Mapping[int, bytes],
-                 identity_key: bytes) -> tuple[pb.MaskKeyAnnouncement, bytes]:
+                 identity_key: bytes, spec: JobSpec | None = None,
+                 ) -> tuple[pb.MaskKeyAnnouncement, bytes]:
         return secure_sum.party_mask_key(job_id=job_id, me=me, round_id=round_id,
                                          holders=holders, threshold=threshold, private=private,
-                                         publics=publics, identity_key=identity_key)
+                                         publics=publics, identity_key=identity_key,
+                                         graph=secure_sum.job_graph(spec, job_id=job_id,
+                                                                    job_keys=publics))
 
     def contribute(self, values: np.ndarray, *, job_id: str, me: int, round_id: int,
                    participants: Sequence[int], threshold: int, private: bytes,
@@ -170,20 +178,23 @@ class SecAggChannel(Channel):
                    mask_publics: Mapping[int, bytes] | None = None,
                    identity_key: bytes = b"", request_digest: bytes = b"",
                    public_context: bytes = b"", key_holder_key: bytes = b"",
-                   ) -> tuple[pb.MeasureReply, bytes, bytes]:
+                   spec: JobSpec | None = None) -> tuple[pb.MeasureReply, bytes, bytes]:
         return secure_sum.secagg_measure_reply(
             values, job_id=job_id, me=me, round_id=round_id, participants=participants,
             threshold=threshold, private=private, publics=publics, mask_private=mask_private,
             mask_publics=mask_publics, identity_key=identity_key,
-            request_digest=request_digest)
+            request_digest=request_digest,
+            graph=secure_sum.job_graph(spec, job_id=job_id, job_keys=publics))
 
     def release(self, req: pb.UnmaskRequest, *, job_id: str, me: int, threshold: int,
                 participants: Sequence[int], private: bytes, publics: Mapping[int, bytes],
-                own_share: bytes, request_digest: bytes = b"") -> pb.UnmaskReply:
+                own_share: bytes, request_digest: bytes = b"",
+                spec: JobSpec | None = None) -> pb.UnmaskReply:
         return secure_sum.party_unmask_reply(
             req, job_id=job_id, me=me, threshold=threshold, participants=participants,
             private=private, publics=publics, own_share=own_share,
-            request_digest=request_digest)
+            request_digest=request_digest,
+            graph=secure_sum.job_graph(spec, job_id=job_id, job_keys=publics))
 
     def check_round(self, rnd: CoordinatorRound) -> None:
         secure_sum.secagg_check_round(rnd)
@@ -216,7 +227,7 @@ class PlainChannel(Channel):
                    mask_publics: Mapping[int, bytes] | None = None,
                    identity_key: bytes = b"", request_digest: bytes = b"",
                    public_context: bytes = b"", key_holder_key: bytes = b"",
-                   ) -> tuple[pb.MeasureReply, bytes, bytes]:
+                   spec: JobSpec | None = None) -> tuple[pb.MeasureReply, bytes, bytes]:
         return pb.MeasureReply(round=round_id, masked=vector_bytes(
             values.astype(np.int64).view(np.uint64))), b"", b""
 
@@ -279,7 +290,7 @@ class HeChannel(Channel):
                    mask_publics: Mapping[int, bytes] | None = None,
                    identity_key: bytes = b"", request_digest: bytes = b"",
                    public_context: bytes = b"", key_holder_key: bytes = b"",
-                   ) -> tuple[pb.MeasureReply, bytes, bytes]:
+                   spec: JobSpec | None = None) -> tuple[pb.MeasureReply, bytes, bytes]:
         if not public_context:
             raise ProtocolError(f"round {round_id}: no key holder's public context from setup; "
                                 "refusing to send the vector")

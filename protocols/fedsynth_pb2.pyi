@@ -147,6 +147,7 @@ class JobSpec(_message.Message):
     PARTY_NAMES_FIELD_NUMBER: _builtins.int
     IDENTITY_KEYS_FIELD_NUMBER: _builtins.int
     KEY_HOLDER_FIELD_NUMBER: _builtins.int
+    GRAPH_FIELD_NUMBER: _builtins.int
     schema_json: _builtins.str
     epsilon: _builtins.float
     delta: _builtins.float
@@ -161,6 +162,8 @@ class JobSpec(_message.Message):
     """"marginals" """
     key_holder: _builtins.bytes
     """he channel: the key holder's Ed25519 identity key (else empty)"""
+    graph: _builtins.str
+    """secagg: "complete" (also when empty) | "sparse" (SecAgg+)"""
     @_builtins.property
     def party_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """party i is party_names[i - 1]"""
@@ -183,10 +186,11 @@ class JobSpec(_message.Message):
         party_names: _abc.Iterable[_builtins.str] | None = ...,
         identity_keys: _abc.Iterable[_builtins.bytes] | None = ...,
         key_holder: _builtins.bytes = ...,
+        graph: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "colluders", b"colluders", "delta", b"delta", "epsilon", b"epsilon", "identity_keys", b"identity_keys", "key_holder", b"key_holder", "method", b"method", "parties", b"parties", "party_names", b"party_names", "schema_json", b"schema_json", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "colluders", b"colluders", "delta", b"delta", "epsilon", b"epsilon", "graph", b"graph", "identity_keys", b"identity_keys", "key_holder", b"key_holder", "method", b"method", "parties", b"parties", "party_names", b"party_names", "schema_json", b"schema_json", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

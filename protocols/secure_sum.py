@@ -48,6 +48,51 @@ parties would need t - c honest releases of each, more than the n - c honest par
   t - c honest survivors).
 - each party: its own secrets, its pair secrets, its pair seeds with each peer of a round in
   which it takes part, and one share of each peer's self-mask seed and mask key.
+The sparse graph (SecAgg+, Bell et al. 2020; the spec's graph "sparse"). Everything above
+holds with "every other participant" read as "every neighbour among the participants" and t
+for Shamir read as t_k: crypto.secagg_graph derives one public Erdős–Rényi graph of expected
+degree k = O(log n) per job (every role, from the job id, the spec and all n signed job keys;
+why the coordinator cannot bias it is there) and the smallest k and t_k for n, t, c with
+σ = 40, η = 30. A party masks with, and shares b_u(r) and m_u(r) to, its neighbours only; the
+coordinator rebuilds b_u from t_k of u's neighbours, and m_d only for a dropped d that has a
+surviving neighbour, pairing it with those neighbours only. The message flow, the one-shot
+round keys, the signed survivor list with the global t and 2t >= n + c + 2 are unchanged, so
+all honest parties that unmask still see the same survivors and dropped parties and none
+releases both halves for any party (the argument above needs nothing of the graph). What the
+graph changes, at (n, t, c) = (1000, 800, 0) with k = 39, t_k = 2 and at (1000, 800, 50) with
+k = 102, t_k = 29 (`SparseParams`):
+- secret from whom: as above; in addition a party holds shares, pair secrets and pair seeds
+  only for its neighbours, and learns nothing of the others beyond their public keys.
+- a coordinator colluding with c parties: an honest u's secrets have |N(u) ∩ C| shares among
+  the colluders, at most c_k < t_k for every honest u except with probability below 2^-σ
+  (Binomial(c, p) tail, union over the n - c honest parties; the colluders are fixed before
+  the keys that seed the graph are drawn). The masks between two honest survivors are
+  removed only if one is rebuilt, which never happens; so what the coordinator can unmask is
+  the sum over each connected part of the graph on the honest survivors. That graph stays
+  connected except with probability below 2^-σ (both events together) when the dropouts do
+  not depend on the graph (the paper's semi-honest model), so it learns, as with the
+  complete graph, the sum over all survivors and nothing finer.
+- dropouts: a round finishes when at least t parties survive (as before), every survivor
+  keeps at least t_k surviving neighbours, every dropped party with a surviving neighbour
+  keeps t_k of them, and t_k of each rebuilt secret's holders answer the unmask step. Up to
+  n - t dropouts that do not depend on the graph meet this except with probability below
+  2^-η; otherwise the coordinator stops the round (`check_graph`, `secagg_finish`:
+  RoundFailed naming the parties short of neighbours), and every party refuses to unmask a
+  survivor list that leaves a survivor fewer than t_k surviving neighbours. A wrong or
+  partial sum is never returned.
+- refusals when the guarantee cannot hold: a spec asking "sparse" for n, t, c where no graph
+  sparser than complete reaches 2^-σ and 2^-η (small n) is refused by every party
+  (protocols.spec, with the reason and "use the complete graph"); "auto" picks the complete
+  graph there and below `secagg_graph.SPARSE_FROM` parties. A sparse job missing any party's
+  job key stops before its first round.
+- a coordinator that deviates, naming live honest parties dropped after seeing the graph (or
+  colluding parties that grind their job keys after seeing the honest ones), is outside the
+  paper's semi-honest guarantee. The party's check keeps each honest survivor with at least
+  t_k - c_k honest surviving neighbours, so a part cut off this way has more than t_k - c_k
+  honest members, and its sum (noised for t - c) is what could come out; the bound on such a
+  cut over every dropout set is `SparseParams.adaptive_log2`, far weaker at k = O(log n). Jobs
+  that must hold against that deviation use the complete graph.
+
 This is the "secagg" channel of protocols.channels; with channel "plain" (simulation and tests
 only) the vector goes unmasked, without keys or an unmask exchange; with channel "he" it goes
 encrypted under the key holder's public context and the key holder decrypts the sum
@@ -63,13 +108,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedsynth.crypto import secagg, shamir
+from fedsynth.crypto import secagg, secagg_graph, shamir
+from fedsynth.crypto.secagg_graph import Graph
 from fedsynth.errors import JobStopped
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.protocols.messages import ProtocolError, bytes_vector, vector_bytes
 
 if TYPE_CHECKING:
     from fedsynth.protocols.channels import Channel
+    from fedsynth.protocols.spec import JobSpec
 
 log = logging.getLogger("fedsynth.coordinator")
 
@@ -84,18 +131,55 @@ def pair_secrets(private: bytes, publics: Mapping[int, bytes], *, job_id: str, m
             for v in peers if v != me}
 
 
+def job_graph(spec: JobSpec | None, *, job_id: str,
+              job_keys: Mapping[int, bytes]) -> Graph | None:
+    """The job's sparse graph (crypto.secagg_graph), the same at every role: from the spec and
+    every party's signed job key. None for the complete graph. ProtocolError if a sparse job
+    lacks a party's job key."""
+    params = spec.sparse_params() if spec is not None else None
+    if spec is None or params is None:
+        return None
+    try:
+        seed = secagg_graph.graph_seed(job_id=job_id, parties=spec.parties,
+                                       threshold=spec.threshold, colluders=spec.colluders,
+                                       identity_keys=spec.identity_keys, job_keys=job_keys)
+    except secagg_graph.GraphError as exc:
+        raise ProtocolError(str(exc)) from None
+    return secagg_graph.sparse_graph(seed, params)
+
+
+def peers_of(graph: Graph | None, me: int, participants: Sequence[int]) -> list[int]:
+    """Whom `me` masks with and shares to in a round: every other participant (complete
+    graph) or its neighbours among them (sparse graph)."""
+    if graph is None:
+        return [v for v in participants if v != me]
+    return graph.among(me, participants)
+
+
+def share_threshold(graph: Graph | None, threshold: int) -> int:
+    """Shares that rebuild a secret: the job's t (complete graph) or the graph's t_k."""
+    return threshold if graph is None else graph.share_threshold
+
+
 # --- the party's side ------------------------------------------------------------------------
 
 
 def party_mask_key(*, job_id: str, me: int, round_id: int, holders: Sequence[int],
                    threshold: int, private: bytes, publics: Mapping[int, bytes],
-                   identity_key: bytes) -> tuple[pb.MaskKeyAnnouncement, bytes]:
+                   identity_key: bytes, graph: Graph | None = None,
+                   ) -> tuple[pb.MaskKeyAnnouncement, bytes]:
     """A fresh mask key for round `round_id`: its announcement and the private half to keep.
 
     The private half is Shamir-shared with threshold t among `holders` (the participants of
-    the round in which it is announced, this party included); the own share is discarded."""
-    pairs = pair_secrets(private, publics, job_id=job_id, me=me, peers=holders)
-    key = secagg.new_mask_key(me=me, round_id=round_id, job_id=job_id, threshold=threshold,
+    the round in which it is announced, this party included; in a sparse graph, its
+    neighbours among them, with the graph's t_k); the own share is discarded."""
+    peers = peers_of(graph, me, holders)
+    t = share_threshold(graph, threshold)
+    if graph is not None and len(peers) + 1 < t:
+        raise ProtocolError(f"round {round_id}: this party has {len(peers)} neighbours among the "
+                            f"participants, fewer than the {t} its key shares need; refusing")
+    pairs = pair_secrets(private, publics, job_id=job_id, me=me, peers=peers)
+    key = secagg.new_mask_key(me=me, round_id=round_id, job_id=job_id, threshold=t,
                               pairs=pairs)
     ann = pb.MaskKeyAnnouncement(round=round_id, public_key=key.keys.public,
                                  signature=secagg.sign_mask_key(
@@ -128,14 +212,14 @@ def party_measure_reply(values: np.ndarray, *, channel: str, job_id: str, me: in
                         mask_publics: Mapping[int, bytes] | None = None,
                         identity_key: bytes = b"", request_digest: bytes = b"",
                         public_context: bytes = b"", key_holder_key: bytes = b"",
-                        ) -> tuple[pb.MeasureReply, bytes, bytes]:
+                        spec: JobSpec | None = None) -> tuple[pb.MeasureReply, bytes, bytes]:
     """The party's measure reply over `channel` (`protocols.channels`, `Channel.contribute`);
     under secagg, `secagg_measure_reply`."""
     return _channel(channel).contribute(
         values, job_id=job_id, me=me, round_id=round_id, participants=participants,
         threshold=threshold, private=private, publics=publics, mask_private=mask_private,
         mask_publics=mask_publics, identity_key=identity_key, request_digest=request_digest,
-        public_context=public_context, key_holder_key=key_holder_key)
+        public_context=public_context, key_holder_key=key_holder_key, spec=spec)
 
 
 def secagg_measure_reply(values: np.ndarray, *, job_id: str, me: int, round_id: int,
@@ -143,10 +227,12 @@ def secagg_measure_reply(values: np.ndarray, *, job_id: str, me: int, round_id: 
                          publics: Mapping[int, bytes], mask_private: bytes = b"",
                          mask_publics: Mapping[int, bytes] | None = None,
                          identity_key: bytes = b"", request_digest: bytes = b"",
+                         graph: Graph | None = None,
                          ) -> tuple[pb.MeasureReply, bytes, bytes]:
     """The party's reply for a noised vector: (reply, own self-mask share to keep, private half
     of its next round's mask key to keep). `mask_private` is this party's round mask key and
-    `mask_publics` every participant's (verified); the caller deletes `mask_private` after."""
+    `mask_publics` every participant's (verified); the caller deletes `mask_private` after.
+    In a sparse `graph` the party masks with, and shares to, its neighbours only."""
     mask_publics = mask_publics or {}
     if set(mask_publics) != set(participants):
         raise ProtocolError(f"round {round_id}: mask keys of parties {sorted(mask_publics)}, "
@@ -154,10 +240,15 @@ def secagg_measure_reply(values: np.ndarray, *, job_id: str, me: int, round_id: 
     if secagg.public_of(mask_private) != mask_publics[me]:
         raise ProtocolError(f"round {round_id}: this party's own mask key was not relayed "
                             "faithfully; refusing")
-    pairs = pair_secrets(private, publics, job_id=job_id, me=me, peers=participants)
-    seeds = secagg.round_pair_seeds(mask_private, mask_publics, job_id=job_id, round_id=round_id,
-                                    me=me)
-    m = secagg.mask(values, me=me, round_id=round_id, job_id=job_id, threshold=threshold,
+    peers = peers_of(graph, me, participants)
+    t = share_threshold(graph, threshold)
+    if graph is not None and len(peers) + 1 < t:
+        raise ProtocolError(f"round {round_id}: this party has {len(peers)} neighbours among the "
+                            f"participants, fewer than the {t} its shares need; refusing")
+    pairs = pair_secrets(private, publics, job_id=job_id, me=me, peers=peers)
+    seeds = secagg.round_pair_seeds(mask_private, {v: mask_publics[v] for v in peers},
+                                    job_id=job_id, round_id=round_id, me=me)
+    m = secagg.mask(values, me=me, round_id=round_id, job_id=job_id, threshold=t,
                     pairs=pairs, seeds=seeds, context=request_digest)
     reply = pb.MeasureReply(round=round_id, masked=vector_bytes(m.masked))
     for v, blob in m.encrypted_shares.items():
@@ -165,7 +256,7 @@ def secagg_measure_reply(values: np.ndarray, *, job_id: str, me: int, round_id: 
     ann, next_private = party_mask_key(job_id=job_id, me=me, round_id=round_id + 1,
                                        holders=participants, threshold=threshold,
                                        private=private, publics=publics,
-                                       identity_key=identity_key)
+                                       identity_key=identity_key, graph=graph)
     reply.next_mask_key.CopyFrom(ann)
     return reply, m.own_share, next_private
 
@@ -173,9 +264,13 @@ def secagg_measure_reply(values: np.ndarray, *, job_id: str, me: int, round_id: 
 def party_unmask_reply(req: pb.UnmaskRequest, *, job_id: str, me: int, threshold: int,
                        participants: Sequence[int], private: bytes,
                        publics: Mapping[int, bytes], own_share: bytes,
-                       request_digest: bytes = b"") -> pb.UnmaskReply:
+                       request_digest: bytes = b"", graph: Graph | None = None,
+                       ) -> pb.UnmaskReply:
     """Release self-mask shares for survivors and mask-key shares for dropped parties, never
-    both for one party (the lists must be disjoint; the caller answers each round once)."""
+    both for one party (the lists must be disjoint; the caller answers each round once). In a
+    sparse `graph`, only for its neighbours, and only if every survivor keeps at least t_k
+    surviving neighbours (else the honest survivors might not stay connected, and the sum of
+    a small group could come out)."""
     survivors, dropped = set(req.survivors), set(req.dropped)
     if survivors & dropped:
         raise ProtocolError(f"round {req.round}: parties {sorted(survivors & dropped)} are named "
@@ -187,6 +282,15 @@ def party_unmask_reply(req: pb.UnmaskRequest, *, job_id: str, me: int, threshold
                             f"threshold {threshold}; refusing to unmask")
     if me not in survivors:
         raise ProtocolError(f"round {req.round}: this party is not listed as a survivor")
+    if graph is not None:
+        short = graph.short_of(survivors, survivors)
+        if short:
+            raise ProtocolError(f"round {req.round}: survivors {short[:10]} keep fewer than "
+                                f"t_k={graph.share_threshold} surviving neighbours in the job's "
+                                "graph, beyond the dropouts it is built for; refusing to unmask")
+        mine = graph.neighbours(me)
+        survivors = {u for u in survivors if u in mine or u == me}
+        dropped = {d for d in dropped if d in mine}
     reply = pb.UnmaskReply(round=req.round)
     for u in sorted(survivors):
         if u == me:
@@ -223,8 +327,9 @@ class RoundKeys:
     shares: dict[int, dict[int, bytes]] = field(default_factory=dict)
 
     def add(self, party: int, ann: pb.MaskKeyAnnouncement, *, job_id: str, identity: bytes,
-            holders: Sequence[int]) -> None:
-        """Check and keep one party's announcement (ProtocolError if it is not usable)."""
+            holders: Sequence[int], graph: Graph | None = None) -> None:
+        """Check and keep one party's announcement (ProtocolError if it is not usable): a
+        share for every other holder (in a sparse graph, every neighbour among them)."""
         if ann.round != self.round_id:
             raise ProtocolError(f"party {party}: mask key for round {ann.round}, expected "
                                 f"{self.round_id}")
@@ -232,7 +337,7 @@ class RoundKeys:
                                       round_id=self.round_id, public_key=ann.public_key):
             raise ProtocolError(f"party {party}: its round-{self.round_id} mask key does not "
                                 "carry its identity signature")
-        missing = set(holders) - {party} - set(ann.encrypted_shares)
+        missing = set(peers_of(graph, party, holders)) - set(ann.encrypted_shares)
         if missing:
             raise ProtocolError(f"party {party}: no encrypted mask-key share for parties "
                                 f"{sorted(missing)}")
@@ -268,6 +373,7 @@ class CoordinatorRound:
     job_id: str = ""
     keys: RoundKeys | None = None
     identities: Mapping[int, bytes] = field(default_factory=dict)
+    graph: Graph | None = None  # secagg's sparse graph (crypto.secagg_graph); None: complete
     he_context: Any = None  # crypto.he.PublicContext, for channels with a key holder
     job_keys: Any = None  # the parties' signed job keys from setup (coordinator.exchange)
     request_digest: bytes = b""  # sha256 of the round's request as sent to every participant
@@ -336,14 +442,17 @@ def secagg_check_round(rnd: CoordinatorRound) -> None:
 
 def secagg_collect(rnd: CoordinatorRound, u: int, r: pb.MeasureReply) -> None:
     """Keep party u's encrypted self-mask shares (by holder) and its next round's mask key."""
-    missing = set(rnd.participants) - {u} - set(r.encrypted_shares)
+    peers = set(peers_of(rnd.graph, u, rnd.participants))
+    missing = peers - set(r.encrypted_shares)
     if missing:
         raise ProtocolError(f"party {u}: no encrypted share for parties {sorted(missing)}")
     for v, blob in r.encrypted_shares.items():
-        rnd.shares_to.setdefault(v, {})[u] = blob
+        if v in peers:
+            rnd.shares_to.setdefault(v, {})[u] = blob
     try:  # a party without a usable next key just sits out the next round
         rnd.next_keys.add(u, r.next_mask_key, job_id=rnd.job_id,
-                          identity=rnd.identities.get(u, b""), holders=rnd.participants)
+                          identity=rnd.identities.get(u, b""), holders=rnd.participants,
+                          graph=rnd.graph)
     except ProtocolError as exc:
         log.warning("%s; the party cannot take part in round %d", exc, rnd.round_id + 1)
 
@@ -354,6 +463,7 @@ def secagg_unmask_requests(rnd: CoordinatorRound, confirmations: Mapping[int, by
     survivor's confirmation, the self-mask shares of the survivors and the mask-key shares
     of the dropped parties addressed to it."""
     key_shares = rnd.keys.shares if rnd.keys is not None else {}
+    check_graph(rnd)
     out = {}
     for v in sorted(confirmations) or rnd.survivors:
         req = pb.UnmaskRequest(round=rnd.round_id, survivors=rnd.survivors,
@@ -370,15 +480,36 @@ def secagg_unmask_requests(rnd: CoordinatorRound, confirmations: Mapping[int, by
     return out
 
 
+def check_graph(rnd: CoordinatorRound) -> None:
+    """In a sparse graph, refuse a round whose dropouts exceed what the graph is built for:
+    a survivor with fewer than t_k surviving neighbours (the parties refuse to unmask it), or
+    a dropped party whose pair masks fewer than t_k surviving neighbours could remove."""
+    g = rnd.graph
+    if g is None:
+        return
+    short = g.short_of(rnd.survivors, rnd.survivors)
+    lost = g.short_of(rnd.survivors, rnd.dropped, isolated_ok=True)
+    if short or lost:
+        raise RoundFailed(f"round {rnd.round_id}: {len(rnd.dropped)} of {len(rnd.participants)} "
+                          f"parties dropped out, and parties {sorted(short + lost)[:10]} keep "
+                          f"fewer than t_k={g.share_threshold} surviving neighbours in the job's "
+                          "sparse graph: beyond the dropouts it is built for, so the job stops "
+                          "(no sum is revealed); rerun with the complete graph or fewer dropouts")
+
+
 def secagg_finish(rnd: CoordinatorRound, replies: Mapping[int, pb.UnmaskReply]) -> np.ndarray:
     """Remove all masks using the released shares; return the exact sum.
 
-    Any t answers suffice, whoever else dropped in the measure or the unmask step."""
+    Complete graph: any t answers suffice, whoever else dropped in the measure or the unmask
+    step. Sparse graph: at least t answers, and t_k of each rebuilt secret's neighbours."""
+    t_k = share_threshold(rnd.graph, rnd.threshold)
     if len(replies) < rnd.threshold:
         raise RoundFailed(f"round {rnd.round_id}: {len(replies)} parties answered the unmask "
                           f"step, below the threshold t={rnd.threshold}; the job stops")
     shares: dict[int, dict[int, bytes]] = {}
-    key_shares: dict[int, dict[int, bytes]] = {d: {} for d in rnd.dropped}
+    alive = set(rnd.survivors)
+    key_shares: dict[int, dict[int, bytes]] = {  # the dropped whose masks are in the sum
+        d: {} for d in rnd.dropped if rnd.graph is None or rnd.graph.neighbours(d) & alive}
     for v, r in replies.items():
         if r.round != rnd.round_id:
             raise ProtocolError(f"party {v}: unmask reply for round {r.round}, expected "
@@ -389,19 +520,25 @@ def secagg_finish(rnd: CoordinatorRound, replies: Mapping[int, pb.UnmaskReply]) 
         for d, s in r.dropped_key_shares.items():
             if d in key_shares:
                 key_shares[d][v] = s
-    short = sorted(d for d, ks in key_shares.items() if len(ks) < rnd.threshold)
+    short = sorted(d for d, ks in key_shares.items() if len(ks) < t_k)
     if short:
-        raise RoundFailed(f"round {rnd.round_id}: fewer than t={rnd.threshold} shares of "
+        raise RoundFailed(f"round {rnd.round_id}: fewer than t={t_k} shares of "
                           f"the mask keys of dropped parties {short}; the job stops (no "
                           "partial sum is revealed)")
+    few = sorted(u for u in rnd.masked if len(shares.get(u, {})) < t_k)
+    if few:
+        raise RoundFailed(f"round {rnd.round_id}: fewer than t={t_k} shares of the self-masks "
+                          f"of survivors {few[:10]}; the job stops (no partial sum is revealed)")
     if key_shares and rnd.keys is None:
         raise RoundFailed(f"round {rnd.round_id}: no mask keys for the dropped parties")
     try:
         seeds = secagg.dropped_pair_seeds(
             key_shares, rnd.keys.publics if rnd.keys is not None else {}, rnd.survivors,
-            job_id=rnd.job_id, round_id=rnd.round_id, threshold=rnd.threshold)
+            job_id=rnd.job_id, round_id=rnd.round_id, threshold=t_k,
+            neighbours=None if rnd.graph is None else {
+                d: rnd.graph.neighbours(d) for d in key_shares})
         return secagg.unmask_sum(rnd.masked, self_shares=shares, dropped_seeds=seeds,
-                                 threshold=rnd.threshold)
+                                 threshold=t_k)
     except (secagg.SecAggError, shamir.ShamirError) as exc:
         raise RoundFailed(f"round {rnd.round_id}: the released shares do not unmask the "
                           f"sum ({exc}); the job stops (no partial sum is revealed)") from exc

@@ -16,6 +16,15 @@ n + c + 1 >= 2t, shown on a 5-party job with t = 3.) The spec, and every party's
 it, require 2t >= n + c + 2 for secagg whenever n >= 2 (protocols.channels, the secagg
 channel's `spec_problems`), which excludes both; the signed consistency check (Bonawitz et al.
 2017, Sec. 4) is a second, independent line. A one-party job has nothing to unmask.
+
+The secagg graph (`graph`): "complete" (Bonawitz et al.: every party masks with and shares to
+every other) or "sparse" (SecAgg+, Bell et al. 2020: a random graph of degree O(log n) whose
+parameters crypto.secagg_graph derives from n, t and c, with its guarantees). "auto", the
+default, resolves here, once, to "sparse" from `secagg_graph.SPARSE_FROM` parties on when
+such a graph exists for n, t and c, else "complete"; the wire form carries the resolved name,
+which every party checks like the rest of the spec (an explicit "sparse" the parameters cannot
+support is refused with the reason). The global t, c and 2t >= n + c + 2 keep their meaning
+under both graphs.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
+from fedsynth.crypto import secagg_graph
 from fedsynth.crypto.accountant import check_epsilon_delta
 from fedsynth.errors import InputError
 from fedsynth.protocols import channels
@@ -32,6 +42,7 @@ from fedsynth.synthesis.schema import Schema
 
 CHANNELS = channels.names()  # registered at import; validation reads the registry itself
 METHODS = ("marginals", "dpsgd")
+GRAPHS = ("complete", "sparse")  # and "auto", which a spec resolves to one of these
 
 
 class JobSpecError(InputError):
@@ -69,9 +80,24 @@ class JobSpec:
     identity_keys: tuple[bytes, ...] = field(default=(), repr=False)
     # the he channel's key holder (Ed25519 identity key); empty for channels without one
     key_holder: bytes = field(default=b"", repr=False)
+    graph: str = "auto"  # secagg: "complete" | "sparse" | "auto" (resolved at construction)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        if self.graph == "auto":
+            object.__setattr__(self, "graph", auto_graph(self.parties, self.threshold,
+                                                         self.colluders, self.channel))
+        elif self.graph not in GRAPHS:
+            problems.append(f"graph {self.graph!r} is not one of {GRAPHS} or 'auto'")
+        elif self.graph == "sparse":
+            if self.channel != "secagg":
+                problems.append(f"graph 'sparse' is a secagg option; channel {self.channel!r} "
+                                "takes graph 'complete'")
+            else:
+                try:
+                    secagg_graph.sparse_params(self.parties, self.threshold, self.colluders)
+                except secagg_graph.GraphError as exc:
+                    problems.append(str(exc))
         try:
             check_epsilon_delta(self.epsilon, self.delta)
         except ValueError as exc:
@@ -133,7 +159,8 @@ class JobSpec:
                           delta=self.delta, parties=self.parties, threshold=self.threshold,
                           colluders=self.colluders, channel=self.channel, method=self.method,
                           party_names=list(self.party_names),
-                          identity_keys=list(self.identity_keys), key_holder=self.key_holder)
+                          identity_keys=list(self.identity_keys), key_holder=self.key_holder,
+                          graph=self.graph)
 
     @classmethod
     def from_proto(cls, m: pb.JobSpec) -> JobSpec:
@@ -141,7 +168,25 @@ class JobSpec:
                    epsilon=m.epsilon, delta=m.delta, parties=m.parties, threshold=m.threshold,
                    colluders=m.colluders, channel=m.channel, method=m.method,
                    party_names=tuple(m.party_names), identity_keys=tuple(m.identity_keys),
-                   key_holder=bytes(m.key_holder))
+                   key_holder=bytes(m.key_holder), graph=m.graph or "complete")
+
+    def sparse_params(self) -> secagg_graph.SparseParams | None:
+        """The sparse graph's parameters (None for the complete graph)."""
+        if self.graph != "sparse":
+            return None
+        return secagg_graph.sparse_params(self.parties, self.threshold, self.colluders)
+
+
+def auto_graph(parties: int, threshold: int, colluders: int, channel: str) -> str:
+    """"sparse" for secagg from `secagg_graph.SPARSE_FROM` parties on when a sparse graph
+    exists for n, t and c (smaller neighbourhoods than n - 1); else "complete"."""
+    if channel != "secagg" or parties < secagg_graph.SPARSE_FROM:
+        return "complete"
+    try:
+        secagg_graph.sparse_params(parties, threshold, colluders)
+    except secagg_graph.GraphError:
+        return "complete"
+    return "sparse"
 
 
 def spec_digest(m: pb.JobSpec) -> bytes:
