@@ -8,7 +8,7 @@
     key_holder = "kh"                 # he: the key holder (consortium.toml) to use
     threshold = 2                     # optional: fewest survivors (default: 80%, secure min)
     colluders = 0
-    graph = "auto"                    # secagg: "complete", "sparse" (SecAgg+) or "auto"
+    graph = "complete"                # secagg: "complete" (default), "sparse" (SecAgg+) or "auto"
     rows = 10000                      # optional: synthetic rows (default: about the real count)
     seed = 0                          # sampling of synthetic rows only; never the DP noise
     target = "default"                # optional: the evaluation's ML-efficacy target
@@ -161,7 +161,7 @@ def _job(text: str, path: Path, consortium: Consortium,
                        threshold=int(doc.get("threshold", default_threshold(len(names),
                                                                             colluders))),
                        colluders=colluders, channel=channel,
-                       method=str(method), graph=str(doc.get("graph", "auto")),
+                       method=str(method), graph=str(doc.get("graph", "complete")),
                        party_names=tuple(names),
                        identity_keys=tuple(consortium.identities[n] for n in names),
                        key_holder=consortium.key_holders.get(str(holder), b"")

@@ -61,6 +61,10 @@ from scipy.stats import binom
 SIGMA = 40  # security parameter of the paper: privacy fails with probability at most 2^-σ
 ETA = 30  # correctness parameter: a round within the dropout bound fails at most 2^-η
 SPARSE_FROM = 50  # parties: a round is ~2x faster sparse here, even at ~35 (secure_sum_scale.py)
+# the graph is sized for at least this share of colluders whatever c the spec declares: on a
+# sparse graph an under-declared c costs secrecy, not only noise (with c = 0, t_k would be 2
+# and any two colluding neighbours of a party could rebuild its mask key)
+COLLUDER_FLOOR = 0.05
 MAX_PARTIES = 20_000  # the whole adjacency is derived (n²/2 words); past this, derive per row
 
 
@@ -129,6 +133,7 @@ def sparse_params(parties: int, threshold: int, colluders: int, *, sigma: int = 
         raise GraphError(f"a sparse graph needs n >= 3 and 0 <= c < t <= n (n={n}, t={t}, c={c})")
     if n > MAX_PARTIES:
         raise GraphError(f"{n} parties: the graph is derived whole, up to {MAX_PARTIES} parties")
+    c = min(max(c, math.ceil(COLLUDER_FLOOR * n)), t - 1)  # sized for at least the floor
     h = t - c
     honest = n - c
     dropout_sets = float(_log2_sum(_log2_comb(n, np.arange(0, n - t + 1))))
@@ -217,6 +222,24 @@ class Graph:
         counts = self.adjacency[idx][:, alive].sum(axis=1)
         bad = (counts < self.share_threshold) & ((counts > 0) | (not isolated_ok))
         return [int(i) + 1 for i in idx[bad]]
+
+
+    def split(self, survivors: Collection[int]) -> bool:
+        """Whether the graph on `survivors` falls apart. Each connected component's masks
+        cancel within it, so a coordinator could open the sum of any component alone: a
+        survivor list whose graph is not connected must never be unmasked, whatever the
+        neighbourhood sizes (a triangle of honest parties whose other neighbours are all left
+        out keeps t_k = 2 survivors each, and its sum would come out)."""
+        if self.adjacency is None:
+            return False
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        idx = np.asarray(sorted(survivors), dtype=np.int64) - 1
+        if idx.size <= 1:
+            return False
+        sub = csr_matrix(self.adjacency[np.ix_(idx, idx)])
+        return int(connected_components(sub, directed=False, return_labels=False)) > 1
 
 
 def complete_graph(parties: int, threshold: int) -> Graph:

@@ -59,8 +59,10 @@ surviving neighbour, pairing it with those neighbours only. The message flow, th
 round keys, the signed survivor list with the global t and 2t >= n + c + 2 are unchanged, so
 all honest parties that unmask still see the same survivors and dropped parties and none
 releases both halves for any party (the argument above needs nothing of the graph). What the
-graph changes, at (n, t, c) = (1000, 800, 0) with k = 39, t_k = 2 and at (1000, 800, 50) with
-k = 102, t_k = 29 (`SparseParams`):
+graph changes, at (n, t, c) = (1000, 800, 50) with k = 102, t_k = 29 (`SparseParams`; the
+graph is sized for at least 5% colluders whatever c the spec declares, so c = 0 gets the same
+graph: sized for c = 0, t_k would be 2, and two colluding neighbours of a party could rebuild
+its mask key):
 - secret from whom: as above; in addition a party holds shares, pair secrets and pair seeds
   only for its neighbours, and learns nothing of the others beyond their public keys.
 - a coordinator colluding with c parties: an honest u's secrets have |N(u) ∩ C| shares among
@@ -82,16 +84,20 @@ k = 102, t_k = 29 (`SparseParams`):
   partial sum is never returned.
 - refusals when the guarantee cannot hold: a spec asking "sparse" for n, t, c where no graph
   sparser than complete reaches 2^-σ and 2^-η (small n) is refused by every party
-  (protocols.spec, with the reason and "use the complete graph"); "auto" picks the complete
-  graph there and below `secagg_graph.SPARSE_FROM` parties. A sparse job missing any party's
-  job key stops before its first round.
-- a coordinator that deviates, naming live honest parties dropped after seeing the graph (or
-  colluding parties that grind their job keys after seeing the honest ones), is outside the
-  paper's semi-honest guarantee. The party's check keeps each honest survivor with at least
-  t_k - c_k honest surviving neighbours, so a part cut off this way has more than t_k - c_k
-  honest members, and its sum (noised for t - c) is what could come out; the bound on such a
-  cut over every dropout set is `SparseParams.adaptive_log2`, far weaker at k = O(log n). Jobs
-  that must hold against that deviation use the complete graph.
+  (protocols.spec, with the reason and "use the complete graph"); "auto" (asked for, not the
+  default) picks the complete graph there and below `secagg_graph.SPARSE_FROM` parties. A
+  sparse job missing any party's job key stops before its first round.
+- a survivor list on which the graph is not connected is never unmasked: every party refuses
+  it and the coordinator stops the round (`Graph.split`). Without this check a coordinator
+  that chooses a round's participants (or names live parties dropped) after seeing the graph
+  could leave out all outside neighbours of a few honest parties (a triangle at n = 1000 has
+  about 76, within n - t = 200) and open their sum, noised for t - c parties, alone. For c = 0
+  the check is exact; for c > 0, colluders could still bridge two honest parts (a cut needs
+  the graph on the honest survivors to split while the colluders keep it connected), the
+  case `SparseParams.adaptive_log2` bounds, far weaker at k = O(log n) than 2^-σ. This and
+  colluding parties that grind their job keys after seeing the honest ones are outside the
+  paper's semi-honest guarantee; jobs that must hold against such deviations use the
+  complete graph, the default (sparse is asked for in the spec, never assumed).
 
 This is the "secagg" channel of protocols.channels; with channel "plain" (simulation and tests
 only) the vector goes unmasked, without keys or an unmask exchange; with channel "he" it goes
@@ -288,6 +294,10 @@ def party_unmask_reply(req: pb.UnmaskRequest, *, job_id: str, me: int, threshold
             raise ProtocolError(f"round {req.round}: survivors {short[:10]} keep fewer than "
                                 f"t_k={graph.share_threshold} surviving neighbours in the job's "
                                 "graph, beyond the dropouts it is built for; refusing to unmask")
+        if graph.split(survivors):
+            raise ProtocolError(f"round {req.round}: the job's graph on the {len(survivors)} "
+                                "survivors is not connected, so the sum of one part of it "
+                                "could be opened alone; refusing to unmask")
         mine = graph.neighbours(me)
         survivors = {u for u in survivors if u in mine or u == me}
         dropped = {d for d in dropped if d in mine}
@@ -489,6 +499,11 @@ def check_graph(rnd: CoordinatorRound) -> None:
         return
     short = g.short_of(rnd.survivors, rnd.survivors)
     lost = g.short_of(rnd.survivors, rnd.dropped, isolated_ok=True)
+    if g.split(rnd.survivors):
+        raise RoundFailed(f"round {rnd.round_id}: the job's sparse graph on the "
+                          f"{len(rnd.survivors)} survivors is not connected (the parties refuse "
+                          "to unmask such a list): the job stops, no sum is revealed; rerun "
+                          "with the complete graph or fewer dropouts")
     if short or lost:
         raise RoundFailed(f"round {rnd.round_id}: {len(rnd.dropped)} of {len(rnd.participants)} "
                           f"parties dropped out, and parties {sorted(short + lost)[:10]} keep "

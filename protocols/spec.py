@@ -19,9 +19,11 @@ channel's `spec_problems`), which excludes both; the signed consistency check (B
 
 The secagg graph (`graph`): "complete" (Bonawitz et al.: every party masks with and shares to
 every other) or "sparse" (SecAgg+, Bell et al. 2020: a random graph of degree O(log n) whose
-parameters crypto.secagg_graph derives from n, t and c, with its guarantees). "auto", the
-default, resolves here, once, to "sparse" from `secagg_graph.SPARSE_FROM` parties on when
-such a graph exists for n, t and c, else "complete"; the wire form carries the resolved name,
+parameters crypto.secagg_graph derives from n, t and c, with its guarantees). "complete" is
+the default; "auto" resolves here, once, to "sparse" from `secagg_graph.SPARSE_FROM` parties
+on when such a graph exists for n, t and c, else "complete". Sparse is asked for, never
+assumed: its secrecy (not only its noise) rests on c being declared right, and it holds
+against a coordinator that follows the protocol. The wire form carries the resolved name,
 which every party checks like the rest of the spec (an explicit "sparse" the parameters cannot
 support is refused with the reason). The global t, c and 2t >= n + c + 2 keep their meaning
 under both graphs.
@@ -80,7 +82,7 @@ class JobSpec:
     identity_keys: tuple[bytes, ...] = field(default=(), repr=False)
     # the he channel's key holder (Ed25519 identity key); empty for channels without one
     key_holder: bytes = field(default=b"", repr=False)
-    graph: str = "auto"  # secagg: "complete" | "sparse" | "auto" (resolved at construction)
+    graph: str = "complete"  # secagg: "complete" | "sparse" | "auto" (resolved at construction)
 
     def __post_init__(self) -> None:
         problems: list[str] = []

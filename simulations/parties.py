@@ -42,7 +42,8 @@ def key_holder_policy(identity: Identity) -> KeyHolderPolicy:
 
 def job_spec(schema: Schema, identities: Sequence[Identity], *, epsilon: float, delta: float,
              threshold: int | None = None, colluders: int = 0, channel: str = "secagg",
-             method: str = "marginals", key_holder: Identity | None = None) -> JobSpec:
+             method: str = "marginals", key_holder: Identity | None = None,
+             graph: str = "complete") -> JobSpec:
     """The spec of a job among `identities` (party i is identities[i - 1]); `key_holder` is
     named in it if the channel has one (he)."""
     n = len(identities)
@@ -54,7 +55,8 @@ def job_spec(schema: Schema, identities: Sequence[Identity], *, epsilon: float, 
                        n, colluders),
                    colluders=colluders, channel=channel, method=method,
                    party_names=tuple(i.name for i in identities),
-                   identity_keys=tuple(i.public for i in identities), key_holder=holder)
+                   identity_keys=tuple(i.public for i in identities), key_holder=holder,
+                   graph=graph)
 
 
 def write_parties(work: Path, tables: Sequence[pd.DataFrame], spec: JobSpec,

@@ -108,7 +108,7 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
              evaluation_epsilon: float | None = DEFAULT_EVALUATION_EPSILON,
              overwrite: bool = False, conditions: Conditions | None = None,
              class_ratio: ClassRatio | None = None, method: str = "marginals",
-             output_format: str = "csv",
+             output_format: str = "csv", graph: str = "complete",
              _shared: dict[str, Any] | None = None) -> SimulationResult:
     """Run one federated synthesis job locally and return the synthetic table and reports.
 
@@ -124,6 +124,9 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
     from the fitted model's conditional distribution, or with one column's values re-weighted
     (post-processing: the privacy is unchanged); the evaluation, when asked, scores the model's
     plain sample, and metrics.json says so.
+
+    `graph` is the secagg channel's ("complete", the default; "sparse" or "auto" for SecAgg+
+    on many parties: protocols.spec).
 
     With `out`, writes synthetic.csv (synthetic.parquet with `output_format="parquet"`: the
     same columns, with their types kept), privacy.json, metrics.json, report.html, schema.json,
@@ -149,7 +152,7 @@ def simulate(parties: Sequence[pd.DataFrame] | None = None, *, data: str | Path 
                          delta, channel, rows, holdout, seed, out, threshold, colluders, schema,
                          engine, evaluate, options, progress, lines, sensitive,
                          evaluation_epsilon, overwrite, conditions, class_ratio, _shared,
-                         method, output_format)
+                         method, output_format, graph)
     finally:
         logger.removeHandler(handler)
         logger.removeHandler(forward)
@@ -192,7 +195,7 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
               sensitive: str | None, evaluation_epsilon: float | None, overwrite: bool,
               conditions: Conditions | None, class_ratio: ClassRatio | None,
               shared: dict[str, Any] | None, method: str = "marginals",
-              output_format: str = "csv") -> SimulationResult:
+              output_format: str = "csv", graph: str = "complete") -> SimulationResult:
     def say(msg: str) -> None:
         if progress is None:
             log.info("%s", msg)  # the job.log handler records it
@@ -243,7 +246,8 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
     identities = shared.setdefault("identities", make_identities(n))
     holder = shared.setdefault("key_holder", key_holder_identity())
     spec = job_spec(schema, identities, epsilon=epsilon, delta=delta, threshold=threshold,
-                    colluders=colluders, channel=channel, method=method, key_holder=holder)
+                    colluders=colluders, channel=channel, method=method, key_holder=holder,
+                    graph=graph)
     # No party's exact row count goes into the job's log or outputs: only the pooled table's
     # shape, which the simulation's user gave.
     say(f"{source}: {len(schema.columns)} columns, {n} parties; ε={epsilon}, δ={delta}")

@@ -242,3 +242,68 @@ def test_a_spec_asking_sparse_for_too_few_parties_says_why_and_the_wire_keeps_th
     sparse = spec(N, "sparse")
     assert JobSpec.from_proto(_wire(sparse.to_proto())).graph == "sparse"
     assert JobSpec.from_proto(_wire(spec(N, "complete").to_proto())).graph == "complete"
+
+
+# --- a survivor list whose graph falls apart is never unmasked ----------------------------
+
+
+def _two_cliques(n: int = N) -> secagg_graph.Graph:
+    """Two halves, each a clique, with no edge between them: every party keeps far more than
+    t_k neighbours, yet each half's masks cancel within it."""
+    adj = np.zeros((n, n), dtype=bool)
+    half = n // 2
+    adj[:half, :half] = True
+    adj[half:, half:] = True
+    np.fill_diagonal(adj, False)
+    return secagg_graph.Graph(parties=n, share_threshold=2, adjacency=adj)
+
+
+def test_a_graph_that_falls_apart_on_the_survivors_is_seen():
+    g = _two_cliques()
+    assert g.split(range(1, N + 1))
+    assert not g.split(range(1, N // 2 + 1))  # one half alone is connected
+    joined = np.array(g.adjacency)
+    joined[0, N - 1] = joined[N - 1, 0] = True
+    assert not secagg_graph.Graph(parties=N, share_threshold=2, adjacency=joined).split(
+        range(1, N + 1))
+    assert not secagg_graph.complete_graph(N, T).split(range(1, N + 1))
+
+
+def test_a_party_refuses_to_unmask_survivors_whose_graph_is_not_connected():
+    g = _two_cliques()
+    survivors = list(range(1, N + 1))
+    assert not g.short_of(survivors, survivors)  # every neighbourhood is large enough
+    req = pb.UnmaskRequest(round=2, survivors=survivors)
+    with pytest.raises(ProtocolError, match="not connected"):
+        party_unmask_reply(req, job_id=JOB, me=1, threshold=T, participants=survivors,
+                           private=KEYS[1].private, publics=PUBLICS, own_share=b"", graph=g)
+
+
+def test_the_coordinator_stops_a_round_whose_survivor_graph_is_not_connected():
+    from types import SimpleNamespace
+
+    from fedsynth.protocols.secure_sum import check_graph
+
+    rnd = SimpleNamespace(graph=_two_cliques(), survivors=list(range(1, N + 1)), dropped=[],
+                          round_id=2, participants=list(range(1, N + 1)))
+    with pytest.raises(RoundFailed, match="not connected"):
+        check_graph(rnd)  # type: ignore[arg-type]
+
+
+def test_the_graph_is_sized_for_some_colluders_even_when_none_are_declared():
+    """With c = 0 taken at its word, t_k would be 2: any two colluding neighbours of a party
+    could rebuild its mask key. The graph is sized for at least COLLUDER_FLOOR of n."""
+    none = secagg_graph.sparse_params(1000, 800, 0)
+    floor = secagg_graph.sparse_params(1000, 800, math.ceil(secagg_graph.COLLUDER_FLOOR * 1000))
+    assert none.share_threshold == floor.share_threshold > 2
+    assert none.degree == floor.degree < 999
+
+
+def test_jobs_use_the_complete_graph_unless_sparse_is_asked_for():
+    from fedsynth.simulations.parties import job_spec, make_identities
+    from fedsynth.synthesis.schema import Column, Schema
+
+    schema = Schema((Column("a", "categorical", ("x", "y")),))
+    ids = make_identities(60)
+    assert job_spec(schema, ids, epsilon=1.0, delta=1e-6).graph == "complete"
+    assert job_spec(schema, ids, epsilon=1.0, delta=1e-6, graph="auto").graph == "sparse"
