@@ -110,7 +110,9 @@ class NodePolicy:
     may collude with the coordinator: a job claiming fewer colluders would size this party's
     noise share for more honest survivors than it believes in, and is refused. `key_holders`
     lists the identity keys of the key holders it accepts for channels with a key holder (he):
-    one that must not collude with the coordinator, in this party's own judgement.
+    one that must not collude with the coordinator, in this party's own judgement. `graphs`
+    are the secagg graphs it takes part in: "complete" only by default; "sparse" (SecAgg+)
+    holds against a coordinator that follows the protocol, and each party says it accepts it.
     """
 
     data_path: Path
@@ -122,6 +124,7 @@ class NodePolicy:
     consortium: Mapping[str, bytes]
     schema_sha256: str
     channels: tuple[str, ...] = ("secagg",)
+    graphs: tuple[str, ...] = ("complete",)
     key_holders: frozenset[bytes] = field(default=frozenset(), repr=False)
     assume_colluders: int = 0
     max_parties: int = 1000
@@ -238,6 +241,10 @@ class Node:
         if spec.channel not in pol.channels:
             out.append(f"channel {spec.channel!r} is not allowed by this party's policy "
                        f"(allowed: {', '.join(pol.channels)})")
+        if spec.graph not in pol.graphs:
+            out.append(f"the {spec.graph} secagg graph is not allowed by this party's policy "
+                       f"(allowed: {', '.join(pol.graphs)}; add \"sparse\" to 'graphs' to "
+                       "take part in SecAgg+)")
         if channels.get(spec.channel).key_holder and spec.key_holder not in pol.key_holders:
             out.append(f"the job's key holder (identity {spec.key_holder.hex()[:12]}...) is not "
                        "one this party's policy accepts (key_holders)")

@@ -42,12 +42,14 @@ from fedsynth.crypto.keyfiles import (
 )
 from fedsynth.errors import FileProblems
 from fedsynth.protocols.channels import names as registered_channels
+from fedsynth.protocols.spec import GRAPHS
 
 CHANNELS = registered_channels()  # what a policy may list: the registered channels
 EVALUATION = ("off", "dp", "exact")
 REQUIRED = ("party", "data", "ledger", "schema_sha256", "epsilon_cap", "delta")
 KNOWN = {*REQUIRED, "keys", "holdout", "channels", "assume_colluders", "max_parties", "evaluation",
-         "evaluation_epsilon_cap", "max_evaluations", "max_setups_per_hour", "key_holders"}
+         "evaluation_epsilon_cap", "max_evaluations", "max_setups_per_hour", "key_holders",
+         "graphs"}
 
 
 class PolicyFileError(FileProblems):
@@ -86,6 +88,7 @@ def load_policy(path: Path, *, keys: Path | None = None) -> NodePolicy:
     eps = get.number("epsilon_cap", low=0.0)
     delta = get.number("delta", low=0.0, high=1.0)
     channels = tuple(get.choices("channels", CHANNELS, default=["secagg"]))
+    graphs = tuple(get.choices("graphs", GRAPHS, default=["complete"]))
     colluders = get.integer("assume_colluders", default=0, low=0)
     max_parties = get.integer("max_parties", default=1000, low=2)
     evaluation = get.choice("evaluation", EVALUATION, default="off")
@@ -142,7 +145,7 @@ def load_policy(path: Path, *, keys: Path | None = None) -> NodePolicy:
     return NodePolicy(data_path=data, ledger_path=ledger, epsilon_cap=eps, delta=delta,
                       party_name=party, identity_key=identity,
                       consortium=consortium.identities, schema_sha256=sha, channels=channels,
-                      assume_colluders=colluders, max_parties=max_parties,
+                      graphs=graphs, assume_colluders=colluders, max_parties=max_parties,
                       max_setups_per_hour=setups, evaluation=evaluation,
                       evaluation_epsilon_cap=ev_cap, max_evaluations=max_evals,
                       holdout_path=holdout,
@@ -227,6 +230,7 @@ schema_sha256 = "SET-ME"                  # fedsynth schema hash SCHEMA.json
 epsilon_cap = 1.0                         # total ε over all jobs on these rows
 delta = 1e-6
 channels = ["secagg"]                     # add "he" to take part over homomorphic encryption
+# graphs = ["complete", "sparse"]         # secagg: also take part in SecAgg+ (sparse graph)
 # key_holders = ["kh"]                    # he: the key holders (consortium.toml) accepted
 assume_colluders = 0                      # parties that may collude with the coordinator
 max_parties = 100

@@ -83,6 +83,7 @@ def write_parties(work: Path, tables: Sequence[pd.DataFrame], spec: JobSpec,
             party_name=ident.name, identity_key=ident.private, consortium=members,
             schema_sha256=schema_sha256(spec.schema),
             channels=tuple(dict.fromkeys(("secagg", spec.channel))),  # the default and the job's
+            graphs=tuple(dict.fromkeys(("complete", spec.graph))),  # the simulation's user asked
             assume_colluders=spec.colluders, evaluation=evaluation,
             evaluation_epsilon_cap=evaluation_epsilon_cap, max_evaluations=evaluations,
             holdout_path=None if h is None else home / "holdout.parquet", **policy)

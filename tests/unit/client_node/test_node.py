@@ -329,6 +329,19 @@ def test_plain_channel_refused_unless_policy_allows_it(tmp_path: Path) -> None:
     assert _body(reply) == "setup_reply" and state is not None
 
 
+def test_sparse_graph_refused_unless_policy_allows_it(tmp_path: Path) -> None:
+    """SecAgg+ holds against a coordinator that follows the protocol: each party opts in."""
+    many = make_identities(60)  # enough parties for a sparse graph
+    spec = job_spec(SCHEMA, many, epsilon=EPS, delta=DELTA, graph="sparse")
+    assert spec.graph == "sparse"
+    strict = Node(_policy(tmp_path / "a", 1, _frame(20, 1)))
+    assert any("sparse secagg graph is not allowed" in p
+               for p in strict._policy_problems(spec, 1))
+    lax = Node(_policy(tmp_path / "b", 1, _frame(20, 1), graphs=("complete", "sparse")))
+    assert not any("graph" in p for p in lax._policy_problems(spec, 1))
+    assert not any("graph" in p for p in strict._policy_problems(_spec(), 1))
+
+
 def test_job_delta_above_policy_is_refused(tmp_path: Path) -> None:
     node = Node(_policy(tmp_path, 1, _frame(20, 1)))
     reply, _ = node.handle(_setup_bytes("j", 1, _spec(delta=1e-3)), None)

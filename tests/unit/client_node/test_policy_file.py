@@ -59,6 +59,11 @@ def test_a_good_policy_loads_into_the_node_policy(tmp_path: Path, keys: Path) ->
     assert set(pol.consortium) == {"bank_a", "bank_b", "bank_c"}
     assert public_identity(pol.identity_key) == cons.identities["bank_a"]
     assert pol.evaluation == "off"
+    assert pol.graphs == ("complete",)  # SecAgg+'s sparse graph only when the party says so
+    sparse = load_policy(_policy(tmp_path, keys, graphs=["complete", "sparse"]))
+    assert sparse.graphs == ("complete", "sparse")
+    with pytest.raises(PolicyFileError, match="'graphs' must be a list"):
+        load_policy(_policy(tmp_path, keys, graphs=["ring"]))
 
 
 def test_every_problem_is_listed_at_once(tmp_path: Path, keys: Path) -> None:
