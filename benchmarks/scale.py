@@ -70,24 +70,8 @@ def _children_rss(root: int) -> int:
 
 def run_one(parties: int, rows: int, channel: str) -> dict:
     cmd = [sys.executable, __file__, "--one", str(parties), str(rows), channel]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, _children_rss(proc.pid))
-            time.sleep(0.1)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    out, _ = proc.communicate()
-    stop.set()
-    th.join()
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
+    out, peak, wall, rc = _measured(cmd, dict(os.environ))
+    if rc != 0:
         return {"parties": parties, "rows": rows, "channel": channel, "error": True}
     res = json.loads(out.strip().splitlines()[-1])
     res.update(parties=parties, rows=rows, channel=channel, wall_seconds=wall,

@@ -162,6 +162,18 @@ def peers_of(graph: Graph | None, me: int, participants: Sequence[int]) -> list[
     return graph.among(me, participants)
 
 
+def _peers_and_threshold(graph: Graph | None, me: int, members: Sequence[int], threshold: int,
+                         round_id: int, what: str) -> tuple[list[int], int]:
+    """Whom this party masks with and shares to among `members`, and the Shamir threshold of
+    its shares; a ProtocolError when a sparse graph leaves it too few neighbours for them."""
+    peers = peers_of(graph, me, members)
+    t = share_threshold(graph, threshold)
+    if graph is not None and len(peers) + 1 < t:
+        raise ProtocolError(f"round {round_id}: this party has {len(peers)} neighbours among the "
+                            f"participants, fewer than the {t} its {what} need; refusing")
+    return peers, t
+
+
 def share_threshold(graph: Graph | None, threshold: int) -> int:
     """Shares that rebuild a secret: the job's t (complete graph) or the graph's t_k."""
     return threshold if graph is None else graph.share_threshold
@@ -179,11 +191,7 @@ def party_mask_key(*, job_id: str, me: int, round_id: int, holders: Sequence[int
     The private half is Shamir-shared with threshold t among `holders` (the participants of
     the round in which it is announced, this party included; in a sparse graph, its
     neighbours among them, with the graph's t_k); the own share is discarded."""
-    peers = peers_of(graph, me, holders)
-    t = share_threshold(graph, threshold)
-    if graph is not None and len(peers) + 1 < t:
-        raise ProtocolError(f"round {round_id}: this party has {len(peers)} neighbours among the "
-                            f"participants, fewer than the {t} its key shares need; refusing")
+    peers, t = _peers_and_threshold(graph, me, holders, threshold, round_id, "key shares")
     pairs = pair_secrets(private, publics, job_id=job_id, me=me, peers=peers)
     key = secagg.new_mask_key(me=me, round_id=round_id, job_id=job_id, threshold=t,
                               pairs=pairs)
@@ -246,11 +254,7 @@ def secagg_measure_reply(values: np.ndarray, *, job_id: str, me: int, round_id: 
     if secagg.public_of(mask_private) != mask_publics[me]:
         raise ProtocolError(f"round {round_id}: this party's own mask key was not relayed "
                             "faithfully; refusing")
-    peers = peers_of(graph, me, participants)
-    t = share_threshold(graph, threshold)
-    if graph is not None and len(peers) + 1 < t:
-        raise ProtocolError(f"round {round_id}: this party has {len(peers)} neighbours among the "
-                            f"participants, fewer than the {t} its shares need; refusing")
+    peers, t = _peers_and_threshold(graph, me, participants, threshold, round_id, "shares")
     pairs = pair_secrets(private, publics, job_id=job_id, me=me, peers=peers)
     seeds = secagg.round_pair_seeds(mask_private, {v: mask_publics[v] for v in peers},
                                     job_id=job_id, round_id=round_id, me=me)
