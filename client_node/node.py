@@ -187,7 +187,7 @@ class Node:
                 else:
                     self._check_session(env, session)
                     method = self._spec(session).method
-                    if METHOD_OF.get(str(body), method) != method:
+                    if method not in METHOD_OF.get(str(body), (method,)):
                         raise ProtocolError(f"a {body} in a job whose method is {method!r}")
                     reply = HANDLERS[str(body)](self, env, session)
             except (ProtocolError, JobSpecError, SchemaError, BudgetExceeded,
@@ -670,7 +670,8 @@ class Node:
                 raise ProtocolError(f"the public key of party {p} changed during the job; "
                                     "refusing (possible key substitution)")
 
-    def _groupings(self, req: pb.MeasureRequest, spec: JobSpec) -> list[Grouping]:
+    def _groupings(self, req: pb.MeasureRequest | pb.TrainRequest, spec: JobSpec
+                   ) -> list[Grouping]:
         fine = Encoding.from_schema(spec.schema).sizes
         if len(req.groupings) != len(fine):
             raise ProtocolError(f"{len(req.groupings)} groupings for {len(fine)} columns")
@@ -714,5 +715,6 @@ HANDLERS: dict[str, Handler] = {
     "train_request": train_handler,
 }
 assert set(HANDLERS) | {"setup_request"} == set(REQUESTS)
-# requests that belong to one method: a job of another method never gets an answer to them
-METHOD_OF = {"measure_request": "marginals", "train_request": "dpsgd"}
+# requests that belong to some methods only: a job of another method never gets an answer to
+# them (dpsgd measures its domain round: synthesis.dpsgd; every round is charged to the cap)
+METHOD_OF = {"measure_request": ("marginals", "dpsgd"), "train_request": ("dpsgd",)}

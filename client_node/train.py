@@ -1,18 +1,19 @@
 """The party's side of the dpsgd method: one round of local DP-SGD, released as a masked update.
 
-Checks before any training: the job's method is dpsgd; the training plan parses, names the
-job's own ε and δ, and is the one this party pinned at its first training round (a coordinator
-cannot stretch the plan mid-job: more rounds, a higher rate or a smaller noise multiplier would
-spend more than the job's ε); the round is not past the plan's `rounds`; the global parameters
-have the plan's shape, are finite and within ±PARAMETER_BOUND (so no layer overflows), and the
-model is within the party's size limit. Then the round's steps are charged to the ledger (a
-subsampled Gaussian event, refused past the party's cap) BEFORE the data is read, DP-SGD runs
-on the party's rows (synthesis.dpsgd: rows whose gradient is not finite count as zero, memory
-is bounded by micro-batches), and the update goes out in fixed point (crypto.fixed_point),
-masked for the channel. Whatever fails after the charge, the party answers with a zero update:
-no failure depends on the data and costs nothing (a coordinator must not be able to ask a
-question of the rows through an error). Refusals before the charge depend only on the request
-and the party's policy.
+Checks before any training: the job's method is dpsgd; the training plan parses, names the job's
+own ε and δ, and is the one this party pinned at its first training round (a coordinator cannot
+stretch the plan mid-job: more rounds, a higher rate or a smaller noise multiplier would spend more
+than the job's ε); the round is not past the plan's `rounds`; the generator's domain (groups of the
+schema's fine codes, sent by the coordinator when the plan has a domain round) maps every code and
+is the one pinned at the first training round; the global parameters have the plan's shape, are
+finite and within ±PARAMETER_BOUND (so no layer overflows), and the model is within the party's
+size limit. Then the round's steps are charged to the ledger (a subsampled Gaussian event, refused
+past the party's cap) BEFORE the data is read, DP-SGD runs on the party's rows (synthesis.dpsgd:
+rows whose gradient is not finite count as zero, memory is bounded by micro-batches), and the
+update goes out in fixed point (crypto.fixed_point), masked for the channel. Whatever fails after
+the charge, the party answers with a zero update: no failure depends on the data and costs nothing
+(a coordinator must not be able to ask a question of the rows through an error). Refusals before
+the charge depend only on the request and the party's policy.
 """
 
 from __future__ import annotations
@@ -58,7 +59,15 @@ def train(node: Node, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
     done = int(session.get("train_rounds", 0))
     if done >= plan.rounds:
         raise ProtocolError(f"this party already trained the plan's {plan.rounds} rounds")
-    groupings = dpsgd.domain(spec.schema)
+    if plan.domain_share > 0:  # the domain the DP one-way round shaped (coordinator's choice)
+        groupings = node._groupings(req, spec)  # any grouping: DP-SGD's ε does not depend on it
+    elif req.groupings:
+        raise ProtocolError("groupings sent with a plan whose domain comes from the schema")
+    else:
+        groupings = dpsgd.domain(spec.schema)
+    domain = [g.index.tolist() for g in groupings]
+    if session.setdefault("train_domain", domain) != domain:
+        raise ProtocolError("the generator's domain changed during the job; refusing")
     sizes = [g.size for g in groupings]
     length = dpsgd.parameter_count(plan, sizes)
     if length > dpsgd.MAX_PARAMETERS:
@@ -72,7 +81,7 @@ def train(node: Node, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
     session["train_rounds"] = done + 1  # opened: this round is spent, whatever happens next
     # Charged before the data is read: the cap's refusal cannot depend on the rows, and every
     # later failure costs budget, so no failure is a free question about the data.
-    sigma = plan.noise_multiplier()
+    sigma = plan.noise_multiplier(len(sizes))
     spent = node._ledger().charge_many(
         [{"label": "train", "count": plan.steps_per_round, "variance": (sigma * plan.clip) ** 2,
           "l1": plan.clip, "l2": plan.clip, "mechanism": "subsampled_gaussian",

@@ -16,10 +16,16 @@ adds no noise here: it hides single updates. (A distributed-noise variant, with 
 gradient sums and noise shares through the secure sum at every step, would reach central
 DP-SGD's utility at one round trip per step; not built.)
 
-Preprocessing is from the schema alone (`encoding.public_grouping`): a method that trains on
-rows from the first step may not shape its domain from data, as the marginal method's one-way
-round does with DP counts. Its fitted model is not saved for `fedsynth sample` (yet): the
-output folder has no model files.
+The domain. Unless the plan's `domain_share` is 0, the job starts with one counting round:
+every column's fine one-way counts through the channel at the plan's Skellam variance
+(`TrainPlan.domain_variance`, charged by the accountant and every ledger like any counting
+round, and priced into the training noise multiplier so the whole job spends exactly ε). Its
+noisy counts, post-processed, give the generator's domain (about equal-mass groups,
+synthesis.dpsgd.data_domain), sent with every training request; its starting output biases
+(each column's noisy marginal); the values drawn inside a group; and the noisy count of rows
+that sets the synthetic table's size. Measured on AER/CPS1988 at ε = 10 (5 parties): the wage
+column's 1-way TVD was 0.069 with public runs of bins (the round's 10% left to training).
+Its fitted model is not saved for `fedsynth sample` (yet): the output folder has no model files.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from fedsynth.crypto.accountant import StepBudget
 from fedsynth.evaluation.meter import StepMeter
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.synthesis import dpsgd
-from fedsynth.synthesis.encoding import Encoding, decode_groups
+from fedsynth.synthesis.encoding import FLOOR_SDS, Encoding, Grouping, decode_groups
 
 OUTSIDE = [
     "dpsgd: the Gaussian noise is drawn in floating point by torch's generator (seeded from OS "
@@ -56,19 +62,44 @@ class DpsgdMethod:
                    say: Callable[[str], None]) -> Synthesis:
         spec = rounds.spec
         enc = Encoding.from_schema(spec.schema)
-        groupings = dpsgd.domain(spec.schema)
-        sizes = [g.size for g in groupings]
+        d = len(enc.codecs)
         plan = dpsgd.TrainPlan(epsilon=spec.epsilon, delta=spec.delta, **dict(opt.train or {}))
-        sigma = plan.noise_multiplier()
+        steps = []
+        total: float | None = None
+        fine_counts = [np.ones(c.size) for c in enc.codecs]  # uniform inside public groups
+        floor = 0.0
+        meter.begin("train")
+        if plan.domain_share > 0:
+            var1 = plan.domain_variance(d)
+            rounds.variances[dpsgd.DOMAIN_STEP] = var1
+            say("measuring one-way marginals (domain step)")
+            one, realized = rounds.measure(dpsgd.DOMAIN_STEP,
+                                           [Grouping.identity(n) for n in enc.sizes],
+                                           [(j,) for j in range(d)])
+            fine_counts = [o.astype(float) for o in one]
+            groupings = dpsgd.data_domain(spec.schema, fine_counts)
+            floor = FLOOR_SDS * float(np.sqrt(realized))
+            # each column's noisy total, weighted by its precision (1 / cells): the row count
+            total = float(np.average([c.sum() for c in fine_counts],
+                                     weights=[1.0 / len(c) for c in fine_counts]))
+            steps.append(StepBudget(dpsgd.DOMAIN_STEP, d, plan.domain_share))
+        else:
+            groupings = dpsgd.domain(spec.schema)
+        sizes = [g.size for g in groupings]
+        sigma = plan.noise_multiplier(d)
         model = dpsgd.build(plan, sizes)
+        marginals = dpsgd.group_log_probs(groupings, fine_counts)
+        if plan.domain_share > 0:
+            model.start_from(marginals)
         params = dpsgd.get_vector(model)
         say(f"training a {plan.model} generator ({len(params)} parameters) with DP-SGD: "
             f"{plan.rounds} rounds of {plan.steps_per_round} local steps, noise multiplier "
             f"{sigma:.3f}")
-        meter.begin("train")
         for r in range(plan.rounds):
             req = pb.TrainRequest(parameters=dpsgd.vector_bytes(params),
                                   options_json=plan.to_json())
+            if plan.domain_share > 0:
+                req.groupings.extend(pb.Grouping(index=g.index.tolist()) for g in groupings)
             res = rounds.train("train", req, len(params), steps=plan.steps_per_round,
                                variance=(sigma * plan.clip) ** 2,
                                sampling_rate=plan.sampling_rate, l2=plan.clip)
@@ -77,17 +108,22 @@ class DpsgdMethod:
                 "averaged")
         meter.end()
         dpsgd.set_vector(model, params)
-        if opt.rows is None:
-            raise ValueError("the dpsgd method has no noisy row count of its own: give the "
-                             "number of synthetic rows (--rows)")
-        rows = opt.rows
+        if plan.domain_share > 0:
+            say("matching the generator's marginals to the one-way counts")
+            model.match_marginals(marginals, dpsgd.sampling_generator(opt.seed + 1))
+        if opt.rows is not None:
+            rows = opt.rows
+        elif total is not None:
+            rows = max(1, round(total))
+        else:
+            raise ValueError("the dpsgd method without a domain round (domain_share 0) has no "
+                             "noisy row count: give the number of synthetic rows (--rows)")
         with meter.step("sample", rows=rows):
             say(f"sampling {rows} rows from the generator")
             codes = model.sample(rows, dpsgd.sampling_generator(opt.seed))
-            synthetic = decode_groups(enc, groupings, codes,
-                                      [np.ones(c.size) for c in enc.codecs],
-                                      np.random.default_rng(opt.seed))
-        plan_step = StepBudget("train", plan.steps, 1.0)
+            synthetic = decode_groups(enc, groupings, codes, fine_counts,
+                                      np.random.default_rng(opt.seed), floor=floor)
+        steps.append(StepBudget("train", plan.steps, 1.0 - plan.domain_share))
         done = sum(r.get("steps", 0) for r in rounds.log_rows if r["step"] == "train")
         report = {"method": "dpsgd", "outside_the_guarantee": OUTSIDE,
                   "mechanism": "each party trains with DP-SGD on its own rows: Poisson "
@@ -98,10 +134,14 @@ class DpsgdMethod:
                   "accounting": "Rényi DP of Poisson-subsampled Gaussian steps (dp-accounting), "
                                 "composed over all steps of all rounds and converted to (ε, δ); "
                                 "unit: one row of one party (add/remove)",
-                  "budget_split": [{"step": "train", "share_planned": 1.0,
-                                    "steps_planned": plan.steps, "steps": done}],
+                  "budget_split": [
+                      *([{"step": dpsgd.DOMAIN_STEP, "share_planned": plan.domain_share,
+                          "marginals": d, "noise_variance": plan.domain_variance(d)}]
+                        if plan.domain_share > 0 else []),
+                      {"step": "train", "share_planned": 1.0 - plan.domain_share,
+                       "steps_planned": plan.steps, "steps": done}],
                   "training_plan": {**asdict(plan),
                                                        "noise_multiplier": sigma,
                                                        "steps_per_round": plan.steps_per_round,
                                                        "parameters": len(params)}}
-        return Synthesis(synthetic, None, [plan_step], None, report)
+        return Synthesis(synthetic, None, steps, total, report)

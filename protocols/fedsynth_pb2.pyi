@@ -883,6 +883,7 @@ class TrainRequest(_message.Message):
     KEY_SIGNATURES_FIELD_NUMBER: _builtins.int
     MASK_KEYS_FIELD_NUMBER: _builtins.int
     MASK_KEY_SIGNATURES_FIELD_NUMBER: _builtins.int
+    GROUPINGS_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     parameters: _builtins.bytes
     """the global generator's parameters (npz, no pickle)"""
@@ -900,6 +901,10 @@ class TrainRequest(_message.Message):
     def mask_keys(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]: ...
     @_builtins.property
     def mask_key_signatures(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]: ...
+    @_builtins.property
+    def groupings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Grouping]:
+        """the generator's domain (empty: from the schema alone)"""
+
     def __init__(
         self,
         *,
@@ -911,10 +916,11 @@ class TrainRequest(_message.Message):
         key_signatures: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
         mask_keys: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
         mask_key_signatures: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        groupings: _abc.Iterable[Global___Grouping] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_signatures", b"key_signatures", "mask_key_signatures", b"mask_key_signatures", "mask_keys", b"mask_keys", "options_json", b"options_json", "parameters", b"parameters", "participants", b"participants", "public_keys", b"public_keys", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groupings", b"groupings", "key_signatures", b"key_signatures", "mask_key_signatures", b"mask_key_signatures", "mask_keys", b"mask_keys", "options_json", b"options_json", "parameters", b"parameters", "participants", b"participants", "public_keys", b"public_keys", "round", b"round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

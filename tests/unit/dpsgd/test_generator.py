@@ -18,8 +18,10 @@ from fedsynth.synthesis import dpsgd  # noqa: E402
 SIZES = [3, 5, 2, 4]
 
 
-def _eps(plan: dpsgd.TrainPlan, sigma: float) -> float:
+def _eps(plan: dpsgd.TrainPlan, sigma: float, columns: int = 0) -> float:
     acc = Accountant()
+    if plan.domain_share:  # the domain round, as every ledger charges it
+        acc.add(step=dpsgd.DOMAIN_STEP, count=columns, variance=plan.domain_variance(columns))
     acc.add(step="train", count=plan.steps, variance=sigma**2, mechanism="subsampled_gaussian",
             sampling_rate=plan.sampling_rate)
     return acc.epsilon(plan.delta)
@@ -29,14 +31,66 @@ def _eps(plan: dpsgd.TrainPlan, sigma: float) -> float:
                                                   (3.0, 0.1, 3)])
 def test_the_noise_multiplier_spends_the_job_epsilon_as_opacus_prices_it(
         eps: float, q: float, rounds: int) -> None:
-    plan = dpsgd.TrainPlan(epsilon=eps, delta=1e-6, sampling_rate=q, rounds=rounds)
-    sigma = plan.noise_multiplier()
+    plan = dpsgd.TrainPlan(epsilon=eps, delta=1e-6, sampling_rate=q, rounds=rounds,
+                           domain_share=0.0)
+    sigma = plan.noise_multiplier(len(SIZES))
     assert _eps(plan, sigma) <= eps
     assert _eps(plan, sigma / 1.01) > eps  # the smallest such noise, to 1%
     opacus = RDPAccountant()
     opacus.history = [(sigma, q, plan.steps)]
     # Opacus composes the same steps on its own order grid: within 3% of ours
     assert opacus.get_epsilon(plan.delta) == pytest.approx(eps, rel=0.03)
+
+
+@pytest.mark.parametrize(("eps", "share", "columns"), [(1.0, 0.1, 7), (10.0, 0.3, 20),
+                                                       (3.0, 0.05, 2)])
+def test_the_domain_round_and_the_training_steps_together_spend_the_job_epsilon(
+        eps: float, share: float, columns: int) -> None:
+    plan = dpsgd.TrainPlan(epsilon=eps, delta=1e-6, rounds=4, domain_share=share)
+    sigma = plan.noise_multiplier(columns)
+    assert _eps(plan, sigma, columns) <= eps
+    assert _eps(plan, sigma / 1.01, columns) > eps  # the smallest such noise, to 1%
+    # the domain round alone takes about its share of ρ: more noise than without it, less ε
+    alone = Accountant()
+    alone.add(step=dpsgd.DOMAIN_STEP, count=columns, variance=plan.domain_variance(columns))
+    assert 0 < alone.epsilon(plan.delta) < eps
+    assert sigma > dpsgd.TrainPlan(epsilon=eps, delta=1e-6, rounds=4,
+                                   domain_share=0.0).noise_multiplier(columns)
+
+
+def test_matching_marginals_moves_the_generator_to_the_counts_and_keeps_its_dependence(
+        ) -> None:
+    torch.manual_seed(0)
+    sizes = [3, 4]
+    model = dpsgd.Made(sizes, hidden=16)
+    with torch.no_grad():  # a strong dependence of column 1 on column 0
+        model.l3.weight.mul_(0).add_(torch.randn_like(model.l3.weight) * 3)
+    gen = dpsgd.sampling_generator(1)
+    before = model.sample(50_000, gen)
+    cond_before = [np.bincount(before[before[:, 0] == v, 1], minlength=4) / max(
+        1, (before[:, 0] == v).sum()) for v in range(3)]
+    target = [np.array([0.6, 0.3, 0.1]), np.array([0.1, 0.2, 0.3, 0.4])]
+    model.match_marginals([np.log(t) for t in target], gen)
+    after = model.sample(50_000, gen)
+    for j, t in enumerate(target):
+        got = np.bincount(after[:, j], minlength=len(t)) / len(after)
+        assert 0.5 * np.abs(got - t).sum() < 0.01, (j, got, t)
+    # column 0's values keep distinct conditionals of column 1 (the dependence survives)
+    cond_after = [np.bincount(after[after[:, 0] == v, 1], minlength=4) / (after[:, 0] == v).sum()
+                  for v in range(3)]
+    spread = lambda c: max(0.5 * np.abs(a - b).sum() for a in c for b in c)  # noqa: E731
+    assert spread(cond_after) > 0.5 * spread(cond_before) > 0.05
+
+
+def test_sampling_rounds_the_first_column_to_its_probabilities() -> None:
+    model = dpsgd.Made([5, 3], hidden=8)
+    probs = np.array([0.05, 0.15, 0.2, 0.25, 0.35])
+    model.start_from([np.log(probs), np.log(np.ones(3) / 3)])
+    for seed in range(5):
+        codes = model.sample(1000, dpsgd.sampling_generator(seed))
+        counts = np.bincount(codes[:, 0], minlength=5)
+        # independent draws would miss by about sqrt(1000 p (1 - p)), up to 15 rows
+        assert np.abs(counts - 1000 * probs).max() <= 1, counts
 
 
 def test_each_column_depends_only_on_the_columns_before_it() -> None:

@@ -53,7 +53,8 @@ def test_dpsgd_beats_independent_columns_at_epsilon_10(tmp_path: Path) -> None:
                    evaluate=False, method="dpsgd", _shared={"work": str(tmp_path)},
                    options=JobOptions(train=train_plan))
     syn = res.synthetic
-    assert list(syn.columns) == list(train.columns) and len(syn) == len(train)
+    # as many rows as the domain round's noisy count: within a few rows at this ε
+    assert list(syn.columns) == list(train.columns) and abs(len(syn) - len(train)) < 50
     assert [str(t) for t in syn.dtypes] == [str(t) for t in train.dtypes]
     ours, independent = marginal_tvd(train, syn, way=2), marginal_tvd(train, _independent(train),
                                                                        way=2)
@@ -67,6 +68,9 @@ def test_dpsgd_beats_independent_columns_at_epsilon_10(tmp_path: Path) -> None:
     for ledger in ledgers:
         steps = [e for e in ledger.entries() if e["label"] == "train"]
         assert len(steps) == plan.rounds
+        domain = [e for e in ledger.entries() if e["label"] == dpsgd.DOMAIN_STEP]
+        assert [(e["count"], e["variance"]) for e in domain] == [
+            (train.shape[1], plan.domain_variance(train.shape[1]))]
         assert {e["mechanism"] for e in steps} == {"subsampled_gaussian"}
         assert ledger.spent() == pytest.approx(res.privacy["epsilon_spent"], rel=1e-9)
 
@@ -89,6 +93,31 @@ def test_a_training_plan_changed_mid_job_is_refused(tmp_path: Path,
 
     monkeypatch.setattr(rounds_module.Rounds, "train", stretched)
     with pytest.raises((JobRefused, RoundFailed), match="training plan changed"):
+        simulate(parties=parties, epsilon=3.0, channel="secagg", holdout=0.0, engine="local",
+                 evaluate=False, method="dpsgd", _shared={"work": str(tmp_path)},
+                 options=JobOptions(rows=100, train={"rounds": 3, "hidden": 16,
+                                                     "local_epochs": 0.2}))
+    for ledger in _ledgers(tmp_path):  # the first round only: nothing charged for the second
+        assert len([e for e in ledger.entries() if e["label"] == "train"]) == 1
+
+
+def test_a_domain_changed_mid_job_is_refused(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    progress.show("off")
+    parties, _ = _parties()
+    real = rounds_module.Rounds.train
+    calls = []
+
+    def regrouped(self: rounds_module.Rounds, label: str, req: object, length: int,
+                  **kw: float) -> object:
+        calls.append(1)
+        if len(calls) == 2:  # the second round merges column 0's first two groups
+            first = req.groupings[0]  # type: ignore[attr-defined]
+            first.index[:] = [max(0, i - 1) for i in first.index]
+        return real(self, label, req, length, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rounds_module.Rounds, "train", regrouped)
+    with pytest.raises((JobRefused, RoundFailed), match="domain changed"):
         simulate(parties=parties, epsilon=3.0, channel="secagg", holdout=0.0, engine="local",
                  evaluate=False, method="dpsgd", _shared={"work": str(tmp_path)},
                  options=JobOptions(rows=100, train={"rounds": 3, "hidden": 16,
