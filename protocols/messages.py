@@ -9,7 +9,8 @@ from google.protobuf.message import DecodeError
 
 from fedsynth.protocols import fedsynth_pb2 as pb
 
-PROTOCOL_VERSION = 3  # 2: one-shot per-round mask keys (secure_sum); 3: the secagg graph
+PROTOCOL_VERSION = 4  # 2: one-shot per-round mask keys (secure_sum); 3: the secagg graph;
+# 4: dpsgd domain round (TrainRequest.groupings)
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 MAX_VECTOR_LENGTH = 50_000_000
 RECORD_KEY = "fedsynth"  # the ConfigRecord entry that carries the serialized Envelope
