@@ -57,32 +57,34 @@ def one(name: str, eps: float, part: str, seed: int, parties: int, delta: float)
     return row
 
 
-def marginal_numbers(path: Path) -> dict[tuple[str, float], float]:
-    """The marginal method's federated 2-way TVD (iid, median over seeds) from fidelity runs."""
+def marginal_numbers(path: Path) -> dict[tuple[str, float, str], float]:
+    """The marginal method's federated 2-way TVD (median over seeds) from fidelity runs, by
+    (dataset, ε, partition)."""
     if not path.exists():
         return {}
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    out: dict[tuple[str, float], list[float]] = {}
+    out: dict[tuple[str, float, str], list[float]] = {}
     for r in rows:
-        if r.get("partition") == "iid" and r.get("fed_tvd2") is not None:
-            out.setdefault((r["dataset"], r["epsilon"]), []).append(r["fed_tvd2"])
+        if r.get("fed_tvd2") is not None:
+            out.setdefault((r["dataset"], r["epsilon"], r["partition"]), []).append(r["fed_tvd2"])
     return {k: statistics.median(v) for k, v in out.items()}
 
 
-def table(rows: list[dict], marginal: dict[tuple[str, float], float]) -> str:
-    keys = sorted({(r["dataset"], r["epsilon"]) for r in rows})
-    out = ["| dataset | ε | dpsgd federated | dpsgd local-only | independent columns | "
+def table(rows: list[dict], marginal: dict[tuple[str, float, str], float]) -> str:
+    keys = sorted({(r["dataset"], r["epsilon"], r["partition"]) for r in rows})
+    out = ["| dataset | ε | partition | dpsgd federated | dpsgd local-only | independent columns | "
            "marginals federated | dpsgd / independent | TSTR dpsgd | TSTR independent | "
-           "TRTR | seconds | MB per party |", "|" + "---|" * 12]
+           "TRTR | seconds | MB per party |", "|" + "---|" * 13]
     for k in keys:
-        rs = [r for r in rows if (r["dataset"], r["epsilon"]) == k]
+        rs = [r for r in rows if (r["dataset"], r["epsilon"], r["partition"]) == k]
 
         def med(f: str, rs: list[dict] = rs) -> float:
             vals = [r[f] for r in rs if r.get(f) is not None]
             return statistics.median(vals) if vals else float("nan")
 
         m = marginal.get(k)
-        out.append(f"| {k[0]} | {k[1]:g} | {med('fed_tvd2'):.4f} | {med('local_tvd2'):.4f} | "
+        out.append(f"| {k[0]} | {k[1]:g} | {k[2]} | {med('fed_tvd2'):.4f} | "
+                   f"{med('local_tvd2'):.4f} | "
                    f"{med('independent_tvd2'):.4f} | {'-' if m is None else f'{m:.4f}'} | "
                    f"{med('fed_tvd2') / med('independent_tvd2'):.2f}x | "
                    f"{med('fed_tstr'):.3f} | {med('independent_tstr'):.3f} | "
@@ -102,7 +104,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--jsonl", type=Path, default=Path("benchmarks/results/dpsgd.jsonl"))
     ap.add_argument("--marginals", type=Path,
-                    default=Path("benchmarks/results/fidelity-shrink-reuse.jsonl"),
+                    default=Path("benchmarks/results/fidelity-rounding.jsonl"),
                     help="fidelity results to take the marginal method's numbers from")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
@@ -116,7 +118,7 @@ def main() -> None:
                for p in args.partitions for s in range(args.seeds)]
     done = sweep(__file__, configs, ["--parties", str(args.parties), "--delta", str(args.delta)],
                  args.jsonl, workers=args.workers, report_only=args.report)
-    print(f"\n{args.parties} parties, δ={args.delta}, iid, medians over seeds; 2-way TVD over "
+    print(f"\n{args.parties} parties, δ={args.delta}, medians over seeds; 2-way TVD over "
           "all pairs vs the train table (lower is better)\n")
     print(table(done, marginal_numbers(args.marginals)))
 
