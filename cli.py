@@ -660,7 +660,7 @@ def _sample(args: argparse.Namespace) -> int:
     import secrets
 
     from fedsynth.synthesis import table_file
-    from fedsynth.synthesis.model import SynthesisModel
+    from fedsynth.synthesis.model import load_model
 
     if _out_file_refused(args):
         return EXIT_INPUT
@@ -670,7 +670,7 @@ def _sample(args: argparse.Namespace) -> int:
         print("error: --format parquet writes a file: give --out FILE.parquet",
               file=sys.stderr)
         return EXIT_INPUT
-    model = SynthesisModel.load(args.model)  # ModelFileError: main prints it, exit 3
+    model = load_model(args.model)  # ModelFileError: main prints it, exit 3
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     print(f"drawing {args.rows:,} rows from {args.model} (seed {seed})", file=sys.stderr)
     rows = model.sample(args.rows, seed=seed, conditions=args.condition or (),

@@ -25,7 +25,8 @@ synthesis.dpsgd.data_domain), sent with every training request; its starting out
 (each column's noisy marginal); the values drawn inside a group; and the noisy count of rows
 that sets the synthetic table's size. Measured on AER/CPS1988 at ε = 10 (5 parties): the wage
 column's 1-way TVD was 0.069 with public runs of bins (the round's 10% left to training).
-Its fitted model is not saved for `fedsynth sample` (yet): the output folder has no model files.
+The trained generator is kept (synthesis.generator_model: model.json and model.npz in the
+output folder), so `fedsynth sample --model RUN_DIR --rows N` draws more rows from it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from fedsynth.crypto.accountant import StepBudget
 from fedsynth.evaluation.meter import StepMeter
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.synthesis import dpsgd
-from fedsynth.synthesis.encoding import FLOOR_SDS, Encoding, Grouping, decode_groups
+from fedsynth.synthesis.encoding import FLOOR_SDS, Encoding, Grouping
+from fedsynth.synthesis.generator_model import GeneratorModel
 
 OUTSIDE = [
     "dpsgd: the Gaussian noise is drawn in floating point by torch's generator (seeded from OS "
@@ -118,11 +120,11 @@ class DpsgdMethod:
         else:
             raise ValueError("the dpsgd method without a domain round (domain_share 0) has no "
                              "noisy row count: give the number of synthetic rows (--rows)")
+        kept = GeneratorModel(spec.schema, plan, groupings, fine_counts, floor,
+                              dpsgd.get_vector(model))
         with meter.step("sample", rows=rows):
             say(f"sampling {rows} rows from the generator")
-            codes = model.sample(rows, dpsgd.sampling_generator(opt.seed))
-            synthetic = decode_groups(enc, groupings, codes, fine_counts,
-                                      np.random.default_rng(opt.seed), floor=floor)
+            synthetic = kept.sample(rows, seed=opt.seed)
         steps.append(StepBudget("train", plan.steps, 1.0 - plan.domain_share))
         done = sum(r.get("steps", 0) for r in rounds.log_rows if r["step"] == "train")
         report = {"method": "dpsgd", "outside_the_guarantee": OUTSIDE,
@@ -144,4 +146,4 @@ class DpsgdMethod:
                                                        "noise_multiplier": sigma,
                                                        "steps_per_round": plan.steps_per_round,
                                                        "parameters": len(params)}}
-        return Synthesis(synthetic, None, steps, total, report)
+        return Synthesis(synthetic, kept, steps, total, report)

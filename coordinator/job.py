@@ -40,7 +40,7 @@ from fedsynth.protocols.messages import KEY_HOLDER
 from fedsynth.protocols.secure_sum import RoundFailed
 from fedsynth.protocols.spec import JobSpec
 from fedsynth.protocols.transport import Transport
-from fedsynth.synthesis.model import SynthesisModel
+from fedsynth.synthesis.model import SavedModel
 
 __all__ = ["JobOptions", "JobResult", "run_job"]
 
@@ -57,7 +57,7 @@ class JobResult:
     evaluation: dict[str, Any] | None = None  # the federated evaluation's measures
     evaluation_error: str | None = None  # why the evaluation did not finish (table unaffected)
     bytes_from_key_holder: int = 0  # he channel: what the key holder sent the coordinator
-    model: SynthesisModel | None = None  # the fitted model, to draw more rows at no privacy cost
+    model: SavedModel | None = None  # the fitted model, to draw more rows at no privacy cost
 
 
 def run_job(transport: Transport, spec: JobSpec, options: JobOptions | None = None,

@@ -21,7 +21,7 @@ from fedsynth.coordinator.rounds import Rounds
 from fedsynth.crypto.accountant import StepBudget
 from fedsynth.errors import InputError
 from fedsynth.evaluation.meter import StepMeter
-from fedsynth.synthesis.model import SynthesisModel
+from fedsynth.synthesis.model import SavedModel
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Synthesis:
     privacy report (e.g. which marginals were measured)."""
 
     synthetic: pd.DataFrame
-    model: SynthesisModel | None
+    model: SavedModel | None
     plan: list[StepBudget]
     total: float | None  # None: the method made no noisy count of the rows
     report: dict[str, Any] = field(default_factory=dict)

@@ -55,7 +55,7 @@ from fedsynth.synthesis.conditions import (
     parse_conditions,
 )
 from fedsynth.synthesis.encoding import Encoding, Grouping
-from fedsynth.synthesis.model import SynthesisModel
+from fedsynth.synthesis.model import SavedModel
 from fedsynth.synthesis.schema import Schema, draft_schema_with_notes, validate_frame
 
 log = logging.getLogger("fedsynth")
@@ -79,7 +79,7 @@ class SimulationResult:
     report: str | None = None  # report.html, when the job was evaluated
     log: list[str] = field(default_factory=list)  # job.log's lines
     heldout: pd.DataFrame | None = None  # the real rows held out for evaluation
-    model: SynthesisModel | None = None  # the fitted model: more rows later, at no privacy cost
+    model: SavedModel | None = None  # the fitted model: more rows later, at no privacy cost
     output_format: str = "csv"  # synthetic.csv, or synthetic.parquet
 
 

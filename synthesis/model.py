@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -36,8 +36,44 @@ from fedsynth.synthesis.estimation import (
     reweighted,
     sample_codes,
 )
-from fedsynth.synthesis.model_file import SCHEMA_JSON, model_files, read_model
+from fedsynth.synthesis.model_file import (
+    GENERATOR_FORMAT,
+    SCHEMA_JSON,
+    ModelFileError,
+    model_files,
+    read_model,
+    saved_format,
+)
 from fedsynth.synthesis.schema import Schema
+
+
+class SavedModel(Protocol):
+    """What a job keeps to draw more rows later: the marginal method's SynthesisModel or the
+    dpsgd method's GeneratorModel (synthesis.generator_model)."""
+
+    schema: Schema
+
+    def sample(self, rows: int, *, seed: int, conditions: Conditions | None = None,
+               class_ratio: ClassRatio | None = None) -> pd.DataFrame: ...
+
+    def files(self) -> dict[str, str | bytes]: ...
+
+    def save(self, folder: str | Path) -> Path: ...
+
+
+def load_model(folder: str | Path) -> SavedModel:
+    """The model a job saved in `folder`, of whichever method made it; ModelFileError as the
+    formats' loaders raise it, or when a generator needs the dpsgd extra not installed."""
+    path = Path(folder)
+    if saved_format(path) != GENERATOR_FORMAT:
+        return SynthesisModel.load(path)
+    try:
+        from fedsynth.synthesis.generator_model import GeneratorModel
+    except ImportError as exc:
+        raise ModelFileError("model folder", path, [
+            f"it holds a dpsgd generator, which needs the optional extra 'dpsgd' to sample: "
+            f'pip install -e ".[dpsgd]" ({exc})']) from None
+    return GeneratorModel.load(path)
 
 
 @dataclass

@@ -1,12 +1,16 @@
 """A fitted model's files: model.json and model.npz beside a job's schema.json, never pickle.
 
-model.json holds the format and its version, the sha256 of the schema's columns (so a model is
-never read against another schema.json), each column's fine codes and model groups, the
-cliques, the total, the decoding floor, and the sha256 of model.npz. model.npz holds numeric
-arrays only and is read with allow_pickle=False: `potential_<i>` (clique i's log-potential,
-shaped by its columns' groups), `grouping_<j>` (column j's fine code -> group) and
-`fine_counts_<j>` (its noisy fine 1-way counts). Every array is checked against the schema
-before use; what does not fit is refused with the file's name and every problem found.
+Two formats share the file names, told apart by model.json's "format": "fedsynth-model" (the
+marginal method's graphical model, below) and "fedsynth-generator" (the dpsgd method's
+generator: its public training plan in model.json, `parameters` in model.npz, beside the same
+per-column groupings and fine counts). model.json holds the format and its version, the sha256
+of the schema's columns (so a model is never read against another schema.json), each column's
+fine codes and model groups, the cliques, the total, the decoding floor, and the sha256 of
+model.npz. model.npz holds numeric arrays only and is read with allow_pickle=False:
+`potential_<i>` (clique i's log-potential, shaped by its columns' groups), `grouping_<j>`
+(column j's fine code -> group) and `fine_counts_<j>` (its noisy fine 1-way counts). Every array
+is checked against the schema before use; what does not fit is refused with the file's name and
+every problem found.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from fedsynth.synthesis.encoding import Encoding, Grouping
 from fedsynth.synthesis.schema import Schema, SchemaError
 
 FORMAT, VERSION = "fedsynth-model", 1
+GENERATOR_FORMAT, GENERATOR_VERSION = "fedsynth-generator", 1
+VERSIONS = {FORMAT: VERSION, GENERATOR_FORMAT: GENERATOR_VERSION}
 MODEL_JSON, MODEL_NPZ, SCHEMA_JSON = "model.json", "model.npz", "schema.json"
 FILES = (MODEL_JSON, MODEL_NPZ)
 
@@ -45,27 +51,87 @@ def schema_digest(schema: Schema) -> str:
 
 def model_files(schema: Schema, groupings: Sequence[Grouping], fine_counts: Sequence[np.ndarray],
                 floor: float, potentials: Potentials, total: float) -> dict[str, str | bytes]:
-    """model.json (text) and model.npz (bytes)."""
-    arrays: dict[str, np.ndarray] = {}
-    for i, (_, table) in enumerate(potentials):
-        arrays[f"potential_{i}"] = np.asarray(table, dtype=np.float64)
+    """model.json (text) and model.npz (bytes) of the marginal method's model."""
+    arrays = {f"potential_{i}": np.asarray(table, dtype=np.float64)
+              for i, (_, table) in enumerate(potentials)}
+    return _files(FORMAT, schema, groupings, fine_counts, floor, arrays,
+                  {"cliques": [list(cols) for cols, _ in potentials], "total": float(total)})
+
+
+def generator_files(schema: Schema, groupings: Sequence[Grouping],
+                    fine_counts: Sequence[np.ndarray], floor: float, plan: dict[str, Any],
+                    parameters: np.ndarray) -> dict[str, str | bytes]:
+    """model.json (text) and model.npz (bytes) of a dpsgd generator."""
+    return _files(GENERATOR_FORMAT, schema, groupings, fine_counts, floor,
+                  {"parameters": np.asarray(parameters, dtype=np.float64)}, {"plan": plan})
+
+
+def _files(fmt: str, schema: Schema, groupings: Sequence[Grouping],
+           fine_counts: Sequence[np.ndarray], floor: float, arrays: dict[str, np.ndarray],
+           fields: dict[str, Any]) -> dict[str, str | bytes]:
+    arrays = dict(arrays)
     for j, (grp, counts) in enumerate(zip(groupings, fine_counts, strict=True)):
         arrays[f"grouping_{j}"] = np.asarray(grp.index, dtype=np.int64)
         arrays[f"fine_counts_{j}"] = np.asarray(counts, dtype=np.float64)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
     npz = buf.getvalue()
-    doc = {"format": FORMAT, "version": VERSION, "schema_sha256": schema_digest(schema),
+    doc = {"format": fmt, "version": VERSIONS[fmt], "schema_sha256": schema_digest(schema),
            "columns": [{"name": c.name, "fine_codes": len(g.index), "groups": g.size}
                        for c, g in zip(schema.columns, groupings, strict=True)],
-           "cliques": [list(cols) for cols, _ in potentials], "total": float(total),
-           "floor": float(floor), "model_npz_sha256": hashlib.sha256(npz).hexdigest()}
+           **fields, "floor": float(floor), "model_npz_sha256": hashlib.sha256(npz).hexdigest()}
     return {MODEL_JSON: json.dumps(doc, indent=2) + "\n", MODEL_NPZ: npz}
+
+
+def saved_format(folder: Path) -> str:
+    """The format model.json in `folder` names (FORMAT or GENERATOR_FORMAT); ModelFileError
+    when the folder or its files are missing or model.json is not a fedsynth model."""
+    paths = _paths(folder)
+    return str(_json(paths[MODEL_JSON])["format"])
 
 
 def read_model(folder: Path) -> tuple[Schema, list[Grouping], list[np.ndarray], float,
                                       list[int], Potentials, float]:
     """(schema, groupings, fine counts, floor, group sizes, potentials, total) from a folder."""
+    schema, doc, arrays, path = _open(folder, FORMAT)
+    problems = []
+    if not isinstance(doc.get("cliques"), list) or not all(
+            isinstance(c, list) and c and all(isinstance(i, int) and 0 <= i < len(schema.names)
+                                              for i in c) and len(set(c)) == len(c)
+            for c in doc["cliques"]):
+        problems.append("'cliques' must be lists of distinct column positions")
+    if not _number(doc.get("total"), 1e-300):
+        problems.append("'total' must be a finite number above 0")
+    if problems:
+        raise ModelFileError("model file", folder / MODEL_JSON, problems)
+    return _checked(path, schema, doc, arrays)
+
+
+def read_generator(folder: Path) -> tuple[Schema, list[Grouping], list[np.ndarray], float,
+                                          dict[str, Any], np.ndarray]:
+    """(schema, groupings, fine counts, floor, training plan, parameters) of a saved dpsgd
+    generator; the parameters' count against the plan is the caller's check (synthesis.dpsgd)."""
+    schema, doc, arrays, path = _open(folder, GENERATOR_FORMAT)
+    problems = []
+    if not isinstance(doc.get("plan"), dict):
+        problems.append("'plan' (the training plan) must be an object")
+    params = arrays.get("parameters")
+    if params is None or params.ndim != 1 or params.dtype.kind != "f" \
+            or not np.isfinite(params).all():
+        problems.append("'parameters' must be one row of finite numbers")
+    groupings, counts, _ = _columns(Encoding.from_schema(schema), doc, arrays, problems)
+    expected = {"parameters"} | {f"{k}_{j}" for j in range(len(schema.names))
+                                 for k in ("grouping", "fine_counts")}
+    if set(arrays) - expected:
+        problems.append(f"unexpected arrays {sorted(set(arrays) - expected)}")
+    if problems:
+        raise ModelFileError("model file", path, problems)
+    assert params is not None
+    return (schema, groupings, counts, float(doc["floor"]), doc["plan"],
+            params.astype(np.float64))
+
+
+def _paths(folder: Path) -> dict[str, Path]:
     paths = {name: folder / name for name in (SCHEMA_JSON, MODEL_JSON, MODEL_NPZ)}
     if not folder.is_dir():
         raise ModelFileError("model folder", folder, ["no such folder: give a job's output "
@@ -75,32 +141,50 @@ def read_model(folder: Path) -> tuple[Schema, list[Grouping], list[np.ndarray], 
         raise ModelFileError("model folder", folder, [
             f"{', '.join(absent)} missing: give the output folder of a job run with this "
             "version of fedsynth (older versions did not save the model; run the job again)"])
+    return paths
+
+
+def _open(folder: Path, fmt: str) -> tuple[Schema, dict[str, Any], dict[str, np.ndarray], Path]:
+    """The schema, model.json and model.npz's arrays of a folder, checked against each other."""
+    paths = _paths(folder)
     try:
         schema = Schema.load(paths[SCHEMA_JSON])
     except SchemaError as exc:
         raise ModelFileError("schema", paths[SCHEMA_JSON], exc.problems) from None
-    doc = _doc(paths[MODEL_JSON], schema)
+    doc = _doc(paths[MODEL_JSON], schema, fmt)
     npz_bytes = paths[MODEL_NPZ].read_bytes()
     if hashlib.sha256(npz_bytes).hexdigest() != doc["model_npz_sha256"]:
         raise ModelFileError("model file", paths[MODEL_NPZ], [
             "its sha256 is not the one model.json records: it was altered or comes from "
             "another job"])
-    arrays = _arrays(paths[MODEL_NPZ], npz_bytes)
-    return _checked(paths[MODEL_NPZ], schema, doc, arrays)
+    return schema, doc, _arrays(paths[MODEL_NPZ], npz_bytes), paths[MODEL_NPZ]
 
 
-def _doc(path: Path, schema: Schema) -> dict[str, Any]:
+def _number(v: object, least: float) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) \
+        and v >= least
+
+
+def _json(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFileError("model file", path, [f"not valid JSON: {exc}"]) from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") not in VERSIONS:
         raise ModelFileError("model file", path, [f"not a fedsynth model (no \"format\": "
-                                                  f"\"{FORMAT}\")"])
-    if doc.get("version") != VERSION:
+                                                  f"\"{FORMAT}\" or \"{GENERATOR_FORMAT}\")"])
+    return doc
+
+
+def _doc(path: Path, schema: Schema, fmt: str) -> dict[str, Any]:
+    doc = _json(path)
+    if doc["format"] != fmt:
         raise ModelFileError("model file", path, [
-            f"format version {doc.get('version')!r}; this fedsynth reads version {VERSION} "
-            "(use the fedsynth version that wrote it, or run the job again)"])
+            f"a {doc['format']!r} file where a {fmt!r} one was expected"])
+    if doc.get("version") != VERSIONS[fmt]:
+        raise ModelFileError("model file", path, [
+            f"format version {doc.get('version')!r}; this fedsynth reads version "
+            f"{VERSIONS[fmt]} (use the fedsynth version that wrote it, or run the job again)"])
     problems = []
     if doc.get("schema_sha256") != schema_digest(schema):
         problems.append("it was saved with another schema than the schema.json beside it "
@@ -109,16 +193,8 @@ def _doc(path: Path, schema: Schema) -> dict[str, Any]:
     if not isinstance(cols, list) or [c.get("name") if isinstance(c, dict) else None
                                       for c in cols] != schema.names:
         problems.append(f"its columns are not the schema's ({', '.join(schema.names)})")
-    if not isinstance(doc.get("cliques"), list) or not all(
-            isinstance(c, list) and c and all(isinstance(i, int) and 0 <= i < len(schema.names)
-                                              for i in c) and len(set(c)) == len(c)
-            for c in doc["cliques"]):
-        problems.append("'cliques' must be lists of distinct column positions")
-    for key, least in (("total", 1e-300), ("floor", 0.0)):
-        v = doc.get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                or v < least:
-            problems.append(f"{key!r} must be a finite number{' above 0' if least else ' >= 0'}")
+    if not _number(doc.get("floor"), 0.0):
+        problems.append("'floor' must be a finite number >= 0")
     if not isinstance(doc.get("model_npz_sha256"), str):
         problems.append("'model_npz_sha256' is missing")
     if problems:
@@ -134,11 +210,10 @@ def _arrays(path: Path, data: bytes) -> dict[str, np.ndarray]:
         raise ModelFileError("model file", path, [f"not a numeric array file ({exc})"]) from None
 
 
-def _checked(path: Path, schema: Schema, doc: dict[str, Any], arrays: dict[str, np.ndarray]
-             ) -> tuple[Schema, list[Grouping], list[np.ndarray], float, list[int], Potentials,
-                        float]:
-    enc = Encoding.from_schema(schema)
-    problems: list[str] = []
+def _columns(enc: Encoding, doc: dict[str, Any], arrays: dict[str, np.ndarray],
+             problems: list[str]) -> tuple[list[Grouping], list[np.ndarray], list[int]]:
+    """Each column's grouping and fine counts from the arrays; what does not fit goes to
+    `problems`."""
     groupings: list[Grouping] = []
     counts: list[np.ndarray] = []
     sizes: list[int] = []
@@ -163,6 +238,15 @@ def _checked(path: Path, schema: Schema, doc: dict[str, Any], arrays: dict[str, 
         if doc["columns"][j].get("groups") != sizes[-1]:
             problems.append(f"column {name!r}: {sizes[-1]} groups, model.json says "
                             f"{doc['columns'][j].get('groups')!r}")
+    return groupings, counts, sizes
+
+
+def _checked(path: Path, schema: Schema, doc: dict[str, Any], arrays: dict[str, np.ndarray]
+             ) -> tuple[Schema, list[Grouping], list[np.ndarray], float, list[int], Potentials,
+                        float]:
+    enc = Encoding.from_schema(schema)
+    problems: list[str] = []
+    groupings, counts, sizes = _columns(enc, doc, arrays, problems)
     potentials: Potentials = []
     if not problems:
         for i, cols in enumerate(doc["cliques"]):

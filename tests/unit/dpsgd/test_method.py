@@ -145,3 +145,37 @@ def test_a_failure_in_training_is_charged_and_answered_with_a_zero_update(
     assert res.privacy["training_plan"]["rounds"] == 2
     for ledger in _ledgers(tmp_path):
         assert len([e for e in ledger.entries() if e["label"] == "train"]) == 2
+
+
+def test_the_trained_generator_is_saved_and_draws_the_same_rows_again(tmp_path: Path) -> None:
+    """model.json and model.npz hold the generator (no pickle); `load_model` gives it back, and
+    the same seed draws the job's own synthetic table; conditions are refused with the reason,
+    an altered file or parameters that do not fit the plan are refused."""
+    import json as jsonlib
+
+    from fedsynth.synthesis.conditions import ConditionError
+    from fedsynth.synthesis.model import load_model
+    from fedsynth.synthesis.model_file import ModelFileError
+
+    progress.show("off")
+    parties, _ = _parties()
+    out = tmp_path / "run"
+    res = simulate(parties=parties, epsilon=3.0, channel="secagg", holdout=0.0, engine="local",
+                   evaluate=False, method="dpsgd", out=out, seed=4,
+                   options=JobOptions(seed=4, train={"rounds": 1, "hidden": 16,
+                                                     "local_epochs": 0.2}))
+    doc = jsonlib.loads((out / "model.json").read_text())
+    assert doc["format"] == "fedsynth-generator" and doc["plan"]["rounds"] == 1
+    model = load_model(out)
+    again = model.sample(len(res.synthetic), seed=4)
+    pd.testing.assert_frame_equal(again, res.synthetic.reset_index(drop=True))
+    with pytest.raises(ConditionError, match="marginal method"):
+        model.sample(10, seed=0, conditions=["student=Yes"])
+
+    doc["plan"]["hidden"] = 32  # the parameters no longer fit the network
+    (out / "model.json").write_text(jsonlib.dumps(doc))
+    with pytest.raises(ModelFileError, match="parameters where its plan"):
+        load_model(out)
+    (out / "model.npz").write_bytes((out / "model.npz").read_bytes()[:-10] + b"0" * 10)
+    with pytest.raises(ModelFileError, match="sha256"):
+        load_model(out)
