@@ -14,7 +14,7 @@
     target = "default"                # optional: the evaluation's ML-efficacy target
     evaluate = false                  # federated DP evaluation on the parties' held-out rows
     evaluation_epsilon = 1.0
-    method = "marginals"              # or "dpsgd" (needs the dpsgd extra and `rows`)
+    method = "marginals"              # or "dpsgd" (needs the dpsgd extra)
     format = "csv"                    # or "parquet": synthetic.parquet instead of synthetic.csv
     [train]                           # dpsgd only, optional: the training plan's fields
     rounds = 10                       #   (synthesis.dpsgd.TrainPlan: model, hidden, ...)
@@ -135,9 +135,9 @@ def _job(text: str, path: Path, consortium: Consortium,
     if method not in ("marginals", "dpsgd"):
         problems.append(f"'method' must be \"marginals\" or \"dpsgd\", got {method!r}")
     elif method == "dpsgd":
-        if not doc.get("rows"):
-            problems.append("'rows' is needed with method = \"dpsgd\" (it makes no noisy count "
-                            "of the parties' rows)")
+        if not doc.get("rows") and isinstance(train, dict) and train.get("domain_share") == 0:
+            problems.append("'rows' is needed with method = \"dpsgd\" and domain_share = 0 (it "
+                            "then makes no noisy count of the parties' rows)")
         problems += _train_problems(train, eps, delta)
     elif train is not None:
         problems.append("a [train] table is only for method = \"dpsgd\"")

@@ -79,16 +79,17 @@ def test_an_he_job_without_key_holders_in_the_consortium(tmp_path: Path,
                                 'epsilon = 1.0\nchannel = "he"\n'), consortium)
 
 
-def test_a_dpsgd_job_takes_its_training_plan_and_needs_rows(tmp_path: Path,
-                                                            consortium: Consortium) -> None:
+def test_a_dpsgd_job_takes_its_training_plan_and_needs_rows_without_a_domain_round(
+        tmp_path: Path, consortium: Consortium) -> None:
     pytest.importorskip("torch")
     base = 'schema = "schema.json"\nparties = ["a", "b", "c"]\nepsilon = 3\nmethod = "dpsgd"\n'
     job = load_job(_job(tmp_path, base + 'rows = 500\n[train]\nrounds = 4\nhidden = 32\n'),
                    consortium)
     assert job.spec.method == "dpsgd" and job.options.rows == 500
     assert job.options.train == {"rounds": 4, "hidden": 32}
+    assert load_job(_job(tmp_path, base), consortium).options.rows is None  # the noisy count
     with pytest.raises(JobFileError) as info:
-        load_job(_job(tmp_path, base + '[train]\nrounds = 1.5\n'), consortium)
+        load_job(_job(tmp_path, base + '[train]\nrounds = 1.5\ndomain_share = 0\n'), consortium)
     assert "'rows' is needed" in str(info.value)
     assert "rounds must be a whole number" in str(info.value)
     with pytest.raises(JobFileError, match="only for method"):
