@@ -433,6 +433,8 @@ class Node:
         sizes = [g.size for g in groupings]
         cliques = [tuple(int(i) for i in c.columns) for c in req.cliques]
         self._check_cliques(cliques, len(sizes), sizes)
+        if spec.method == "dpsgd":
+            _check_domain_round(req, session, spec, groupings, cliques)
         if not np.isfinite(req.noise_variance) or req.noise_variance <= 0:
             raise ProtocolError(f"round {req.round}: noise variance {req.noise_variance} is not "
                                 "positive; refusing to release unnoised counts")
@@ -693,6 +695,31 @@ class Node:
                 raise ProtocolError(f"marginal {c} does not name distinct columns 0..{d - 1}")
         if marginals.vector_length(cliques, sizes) > MAX_CELLS:
             raise ProtocolError(f"request asks for more than {MAX_CELLS} cells")
+
+
+def _check_domain_round(req: pb.MeasureRequest, session: dict[str, Any], spec: JobSpec,
+                        groupings: list[Grouping], cliques: list[tuple[int, ...]]) -> None:
+    """A dpsgd job measures once, before any training: every column's fine one-way counts at
+    exactly the variance its training plan (sent with the request, checked and pinned here as
+    at a training round: client_node.train) prices into its noise multiplier. So a dpsgd job
+    releases only what its plan was computed for: a coordinator cannot add counting rounds,
+    ask for more than one-way counts, or buy a smaller variance than the plan's (found in a
+    review: three cheap domain rounds took a job of ε = 3 to ε = 13.6 at every party)."""
+    from fedsynth.client_node.train import pinned_plan
+
+    if "train_plan" in session:
+        raise ProtocolError("a dpsgd job measures one domain round, before any training; "
+                            "refusing another")
+    plan = pinned_plan(req.options_json, session, spec)
+    expected = plan.domain_variance(len(spec.schema.columns))
+    if not plan.domain_share or req.noise_variance != expected:
+        raise ProtocolError(f"a domain round at variance {req.noise_variance}, where the "
+                            f"training plan prices {expected}; refusing")
+    if cliques != [(j,) for j in range(len(groupings))] or any(
+            not np.array_equal(g.index, np.arange(len(g.index))) for g in groupings):
+        raise ProtocolError("a dpsgd job's domain round measures every column's fine one-way "
+                            "counts, nothing else")
+    session["domain_measured"] = True
 
 
 def train_handler(node: Node, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:

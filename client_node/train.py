@@ -7,13 +7,15 @@ than the job's ε); the round is not past the plan's `rounds`; the generator's d
 schema's fine codes, sent by the coordinator when the plan has a domain round) maps every code and
 is the one pinned at the first training round; the global parameters have the plan's shape, are
 finite and within ±PARAMETER_BOUND (so no layer overflows), and the model is within the party's
-size limit. Then the round's steps are charged to the ledger (a subsampled Gaussian event, refused
-past the party's cap) BEFORE the data is read, DP-SGD runs on the party's rows (synthesis.dpsgd:
-rows whose gradient is not finite count as zero, memory is bounded by micro-batches), and the
-update goes out in fixed point (crypto.fixed_point), masked for the channel. Whatever fails after
-the charge, the party answers with a zero update: no failure depends on the data and costs nothing
-(a coordinator must not be able to ask a question of the rows through an error). Refusals before
-the charge depend only on the request and the party's policy.
+size limit; the domain round this party answered (client_node.node: at most one, one-way counts
+only, before training) is exactly the one the plan prices, or none when the plan has none. Then the
+round's steps are charged to the ledger (a subsampled Gaussian event, refused past the party's cap)
+BEFORE the data is read, DP-SGD runs on the party's rows (synthesis.dpsgd: rows whose gradient is
+not finite count as zero, memory is bounded by micro-batches), and the update goes out in fixed
+point (crypto.fixed_point), masked for the channel. Whatever fails after the charge, the party
+answers with a zero update: no failure depends on the data and costs nothing (a coordinator must
+not be able to ask a question of the rows through an error). Refusals before the charge depend only
+on the request and the party's policy.
 """
 
 from __future__ import annotations
@@ -33,6 +35,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedsynth.node")
 
 
+def pinned_plan(options_json: str, session: dict[str, Any], spec: Any) -> Any:
+    """The request's training plan (synthesis.dpsgd.TrainPlan) if it parses, names the job's
+    ε and δ, and is the plan this party pinned at its first dpsgd round (pinned now if none)."""
+    try:
+        from fedsynth.synthesis import dpsgd
+    except ImportError:
+        raise ProtocolError("this party cannot train: its installation lacks the dpsgd extra "
+                            '(pip install -e ".[dpsgd]")') from None
+    try:
+        plan = dpsgd.TrainPlan.from_json(options_json)
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
+    if (plan.epsilon, plan.delta) != (spec.epsilon, spec.delta):
+        raise ProtocolError(f"the training plan's ε={plan.epsilon}, δ={plan.delta} is not the "
+                            f"job's ε={spec.epsilon}, δ={spec.delta}")
+    if session.setdefault("train_plan", plan.to_json()) != plan.to_json():
+        raise ProtocolError("the training plan changed during the job; refusing")
+    return plan
+
+
 def train(node: Node, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
     from fedsynth.client_node.node import encoded_table
 
@@ -46,16 +68,11 @@ def train(node: Node, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
     except ImportError:
         raise ProtocolError("this party cannot train: its installation lacks the dpsgd extra "
                             '(pip install -e ".[dpsgd]")') from None
-    try:
-        plan = dpsgd.TrainPlan.from_json(req.options_json)
-    except ValueError as exc:
-        raise ProtocolError(str(exc)) from None
-    if (plan.epsilon, plan.delta) != (spec.epsilon, spec.delta):
-        raise ProtocolError(f"the training plan's ε={plan.epsilon}, δ={plan.delta} is not the "
-                            f"job's ε={spec.epsilon}, δ={spec.delta}")
-    pinned = session.setdefault("train_plan", plan.to_json())
-    if pinned != plan.to_json():
-        raise ProtocolError("the training plan changed during the job; refusing")
+    plan = pinned_plan(req.options_json, session, spec)
+    if bool(plan.domain_share) != bool(session.get("domain_measured")):
+        raise ProtocolError("the training plan's domain round and the rounds this party "
+                            "answered differ; refusing (the noise multiplier would not match "
+                            "what was released)")
     done = int(session.get("train_rounds", 0))
     if done >= plan.rounds:
         raise ProtocolError(f"this party already trained the plan's {plan.rounds} rounds")

@@ -70,6 +70,7 @@ class DpsgdMethod:
         total: float | None = None
         fine_counts = [np.ones(c.size) for c in enc.codecs]  # uniform inside public groups
         floor = 0.0
+        sigma = plan.noise_multiplier(d)  # before any release: an infeasible plan stops here
         meter.begin("train")
         if plan.domain_share > 0:
             var1 = plan.domain_variance(d)
@@ -77,7 +78,8 @@ class DpsgdMethod:
             say("measuring one-way marginals (domain step)")
             one, realized = rounds.measure(dpsgd.DOMAIN_STEP,
                                            [Grouping.identity(n) for n in enc.sizes],
-                                           [(j,) for j in range(d)])
+                                           [(j,) for j in range(d)],
+                                           options_json=plan.to_json())
             fine_counts = [o.astype(float) for o in one]
             groupings = dpsgd.data_domain(spec.schema, fine_counts)
             floor = FLOOR_SDS * float(np.sqrt(realized))
@@ -88,7 +90,6 @@ class DpsgdMethod:
         else:
             groupings = dpsgd.domain(spec.schema)
         sizes = [g.size for g in groupings]
-        sigma = plan.noise_multiplier(d)
         model = dpsgd.build(plan, sizes)
         marginals = dpsgd.group_log_probs(groupings, fine_counts)
         if plan.domain_share > 0:

@@ -144,10 +144,11 @@ def setup_request(ex: Exchange, spec: JobSpec) -> pb.SetupRequest:
 def secure_sum(ex: Exchange, *, round_id: int, label: str, channel: str, threshold: int,
                participants: Sequence[int], keys: PartyKeys,
                groupings: Sequence[Grouping], cliques: Sequence[tuple[int, ...]],
-               length: int, noise_variance: float) -> RoundResult:
-    """One measurement round over the secure channel: the noisy sum and who is still here."""
+               length: int, noise_variance: float, options_json: str = "") -> RoundResult:
+    """One measurement round over the secure channel: the noisy sum and who is still here.
+    `options_json`: a method's public plan the round belongs to (dpsgd's domain round)."""
     req = pb.MeasureRequest(round=round_id, label=label, noise_variance=noise_variance,
-                            participants=list(participants))
+                            participants=list(participants), options_json=options_json)
     for g in groupings:
         req.groupings.add().index.extend(int(i) for i in g.index)
     for c in cliques:

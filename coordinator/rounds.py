@@ -47,7 +47,8 @@ class Rounds:
     seeded_noise: set[int] = field(default_factory=set)  # parties that said their noise was seeded
 
     def measure(self, label: str, groupings: Sequence[Grouping],
-                cliques: Sequence[tuple[int, ...]]) -> tuple[list[np.ndarray], float]:
+                cliques: Sequence[tuple[int, ...]], *, options_json: str = ""
+                ) -> tuple[list[np.ndarray], float]:
         self.round_id += 1
         sizes = [g.size for g in groupings]
         length = marginals.vector_length(cliques, sizes)
@@ -58,7 +59,7 @@ class Rounds:
                              channel=self.spec.channel, threshold=self.spec.threshold,
                              participants=self.participants, keys=self.keys,
                              groupings=groupings, cliques=cliques, length=length,
-                             noise_variance=var)
+                             noise_variance=var, options_json=options_json)
         # charged as soon as the parties release, whatever happens next
         self.acc.add(step=label, count=len(cliques), variance=var)
         self.seeded_noise.update(res.seeded_noise)

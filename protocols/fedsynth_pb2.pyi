@@ -390,12 +390,15 @@ class MeasureRequest(_message.Message):
     KEY_SIGNATURES_FIELD_NUMBER: _builtins.int
     MASK_KEYS_FIELD_NUMBER: _builtins.int
     MASK_KEY_SIGNATURES_FIELD_NUMBER: _builtins.int
+    OPTIONS_JSON_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     """aggregation round id"""
     label: _builtins.str
     """what the round is for, e.g. "one-way" """
     noise_variance: _builtins.float
     """Skellam variance per cell the t - c honest survivors reach"""
+    options_json: _builtins.str
+    """dpsgd's domain round: the training plan that prices it"""
     @_builtins.property
     def groupings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Grouping]:
         """one per schema column"""
@@ -435,10 +438,11 @@ class MeasureRequest(_message.Message):
         key_signatures: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
         mask_keys: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
         mask_key_signatures: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
+        options_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cliques", b"cliques", "groupings", b"groupings", "key_signatures", b"key_signatures", "label", b"label", "mask_key_signatures", b"mask_key_signatures", "mask_keys", b"mask_keys", "noise_variance", b"noise_variance", "participants", b"participants", "public_keys", b"public_keys", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cliques", b"cliques", "groupings", b"groupings", "key_signatures", b"key_signatures", "label", b"label", "mask_key_signatures", b"mask_key_signatures", "mask_keys", b"mask_keys", "noise_variance", b"noise_variance", "options_json", b"options_json", "participants", b"participants", "public_keys", b"public_keys", "round", b"round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -202,6 +202,13 @@ def noise_multiplier(steps: int, sampling_rate: float, epsilon: float, delta: fl
                 sampling_rate=sampling_rate)
         return acc.epsilon(delta)
 
+    if prior:
+        before = Accountant()
+        for count, variance in prior:
+            before.add(step=DOMAIN_STEP, count=count, variance=variance)
+        if before.epsilon(delta) >= 0.95 * epsilon:  # Skellam's discreteness at tiny variance
+            raise ValueError(f"the domain round alone spends ε={before.epsilon(delta):.3g} of "
+                             f"ε={epsilon}: lower domain_share")
     lo, hi = 0.05, 1.0
     while eps(hi) > epsilon:
         lo, hi = hi, hi * 2
@@ -390,6 +397,8 @@ def _draw(p: np.ndarray, key: np.ndarray, rng: np.random.Generator) -> np.ndarra
     evenly among the rows of equal `key` (encoding.stratified_uniform): rows with the same
     distribution then take each value in proportion up to rounding, not with the sampling
     noise of independent draws. Each row's code still follows its own distribution."""
+    if not np.isfinite(p).all():
+        raise ValueError("the generator gives non-finite probabilities (its parameters overflow)")
     u = stratified_uniform(key, rng)
     cum = np.cumsum(p, axis=1)
     cum /= cum[:, -1:]

@@ -388,17 +388,31 @@ def stratified_uniform(codes: np.ndarray, rng: np.random.Generator) -> np.ndarra
     read through them (a fine code by its cumulative weight, a value inside its bin) follows
     its distribution up to rounding instead of with the sampling noise of m independent
     draws: with 22,558 rows and 16 bins that noise alone is a 1-way TVD of about 0.01. The
-    random order keeps the numbers independent of everything else a row holds.
+    random order keeps the numbers independent of everything else a row holds. `codes` are
+    whole numbers >= 0.
     """
+    return _strata(codes, rng)[0]
+
+
+def _strata(codes: np.ndarray, rng: np.random.Generator
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(stratified_uniform's numbers, the rows ordered by code and randomly within a code,
+    each code's row count). One shuffle and one stable sort, a radix sort when the codes fit
+    16 bits (a shuffle, an argsort and np.unique took 2.7 s per 10M rows; this 1.2 s)."""
+    codes = np.asarray(codes)
     n = len(codes)
+    if not n:
+        return np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    counts = np.bincount(codes)
+    keys = codes.astype(np.uint16) if len(counts) <= 1 << 16 else codes
     perm = rng.permutation(n)
-    order = perm[np.argsort(np.asarray(codes)[perm], kind="stable")]
-    _, first, inverse, count = np.unique(np.asarray(codes)[order], return_index=True,
-                                         return_inverse=True, return_counts=True)
-    rank = np.arange(n) - first[inverse]
+    order = perm[np.argsort(keys[perm], kind="stable")]
+    sorted_codes = codes[order]
+    starts = np.cumsum(counts) - counts
     out = np.empty(n)
-    out[order] = (rank + rng.random(len(first))[inverse]) / count[inverse]
-    return out
+    out[order] = ((np.arange(n) - starts[sorted_codes] + rng.random(len(counts))[sorted_codes])
+                  / counts[sorted_codes])
+    return out, order, counts
 
 
 def draw_fine(grouping: Grouping, group_codes: np.ndarray, weights: np.ndarray,
@@ -410,11 +424,7 @@ def draw_fine(grouping: Grouping, group_codes: np.ndarray, weights: np.ndarray,
     fine = np.empty(len(group_codes), dtype=np.int64)
     if not len(group_codes):
         return fine
-    codes = np.asarray(group_codes)
-    u = stratified_uniform(codes, rng)
-    small = codes.astype(np.uint16) if codes.max() < 1 << 16 else codes
-    order = np.argsort(small, kind="stable")  # radix sort for 16-bit keys
-    counts = np.bincount(codes)
+    u, order, counts = _strata(np.asarray(group_codes), rng)  # rows sorted by group once
     ends = np.cumsum(counts)
     for k in np.flatnonzero(counts):
         members = np.flatnonzero(grouping.index == k)

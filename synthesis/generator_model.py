@@ -87,4 +87,8 @@ class GeneratorModel:
         if len(params) != expected:
             raise ModelFileError("model file", path / MODEL_JSON, [
                 f"{len(params)} parameters where its plan and domain make {expected}"])
+        if np.abs(params).max(initial=0.0) > dpsgd.PARAMETER_BOUND:
+            raise ModelFileError("model file", path / MODEL_JSON, [
+                f"parameters beyond ±{dpsgd.PARAMETER_BOUND:g} (a trained generator stays "
+                "within it)"])
         return cls(schema, plan, groupings, counts, floor, params)

@@ -33,6 +33,7 @@ from fedsynth.synthesis.schema import Schema, SchemaError
 FORMAT, VERSION = "fedsynth-model", 1
 GENERATOR_FORMAT, GENERATOR_VERSION = "fedsynth-generator", 1
 VERSIONS = {FORMAT: VERSION, GENERATOR_FORMAT: GENERATOR_VERSION}
+MAX_FLOOR = 1e12  # a decoding floor (noise sds of a count) far above any real one
 MODEL_JSON, MODEL_NPZ, SCHEMA_JSON = "model.json", "model.npz", "schema.json"
 FILES = (MODEL_JSON, MODEL_NPZ)
 
@@ -116,7 +117,7 @@ def read_generator(folder: Path) -> tuple[Schema, list[Grouping], list[np.ndarra
     if not isinstance(doc.get("plan"), dict):
         problems.append("'plan' (the training plan) must be an object")
     params = arrays.get("parameters")
-    if params is None or params.ndim != 1 or params.dtype.kind != "f" \
+    if params is None or params.ndim != 1 or params.dtype != np.float64 \
             or not np.isfinite(params).all():
         problems.append("'parameters' must be one row of finite numbers")
     groupings, counts, _ = _columns(Encoding.from_schema(schema), doc, arrays, problems)
@@ -193,8 +194,8 @@ def _doc(path: Path, schema: Schema, fmt: str) -> dict[str, Any]:
     if not isinstance(cols, list) or [c.get("name") if isinstance(c, dict) else None
                                       for c in cols] != schema.names:
         problems.append(f"its columns are not the schema's ({', '.join(schema.names)})")
-    if not _number(doc.get("floor"), 0.0):
-        problems.append("'floor' must be a finite number >= 0")
+    if not _number(doc.get("floor"), 0.0) or doc["floor"] > MAX_FLOOR:
+        problems.append(f"'floor' must be a number from 0 to {MAX_FLOOR:g}")
     if not isinstance(doc.get("model_npz_sha256"), str):
         problems.append("'model_npz_sha256' is missing")
     if problems:

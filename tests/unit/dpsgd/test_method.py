@@ -179,3 +179,50 @@ def test_the_trained_generator_is_saved_and_draws_the_same_rows_again(tmp_path: 
     (out / "model.npz").write_bytes((out / "model.npz").read_bytes()[:-10] + b"0" * 10)
     with pytest.raises(ModelFileError, match="sha256"):
         load_model(out)
+
+
+@pytest.mark.parametrize("attack", ["cheaper", "twice", "pairs"])
+def test_a_coordinator_cannot_add_or_cheapen_counting_rounds_in_a_dpsgd_job(
+        attack: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan's noise multiplier prices one domain round of one-way counts at the plan's
+    variance. A domain round at a tenth of that variance, a second one, or one asking for
+    pairs is refused (before training: nothing but that round is charged), so no party spends
+    more than the job's ε (a review found ε = 3 jobs reaching 13.6 before this check): the
+    party checks the round against the plan sent with it, before anything is released."""
+    progress.show("off")
+    parties, _ = _parties()
+    real = rounds_module.Rounds.measure
+
+    def crafted(self: rounds_module.Rounds, label: str, groupings: list,
+                cliques: list, **kw: str) -> object:
+        if attack == "cheaper":
+            self.variances[label] /= 10
+        if attack == "pairs":
+            cliques = [*cliques, (0, 1)]
+        out = real(self, label, groupings, cliques, **kw)
+        if attack == "twice":
+            out = real(self, label, groupings, cliques, **kw)
+        return out
+
+    monkeypatch.setattr(rounds_module.Rounds, "measure", crafted)
+    with pytest.raises((JobRefused, RoundFailed),
+                       match=r"where the training plan prices|one domain round|nothing else"):
+        simulate(parties=parties, epsilon=3.0, channel="secagg", holdout=0.0, engine="local",
+                 evaluate=False, method="dpsgd", _shared={"work": str(tmp_path)},
+                 options=JobOptions(train={"rounds": 2, "hidden": 16, "local_epochs": 0.2}))
+    for ledger in _ledgers(tmp_path):  # the plan's own domain round at most, nothing else
+        labels = [e["label"] for e in ledger.entries()]
+        assert labels == ([dpsgd.DOMAIN_STEP] if attack == "twice" else [])
+        assert ledger.spent() < 3.0
+
+
+def test_a_plan_whose_domain_round_alone_spends_the_budget_is_refused_before_any_release(
+        tmp_path: Path) -> None:
+    progress.show("off")
+    parties, _ = _parties()
+    with pytest.raises(ValueError, match="lower domain_share"):
+        simulate(parties=parties, epsilon=20.0, channel="secagg", holdout=0.0, engine="local",
+                 evaluate=False, method="dpsgd", _shared={"work": str(tmp_path)},
+                 options=JobOptions(train={"rounds": 1, "hidden": 16, "local_epochs": 0.2,
+                                           "domain_share": 0.5}))
+    assert all(not ledger.entries() for ledger in _ledgers(tmp_path))
