@@ -134,9 +134,10 @@ class DpsgdMethod:
                                "`clip`, Gaussian noise of sd noise_multiplier * clip on each "
                                "step's sum (Opacus); its update goes through the channel in "
                                "fixed point, and the coordinator sees only the sum",
-                  "accounting": "Rényi DP of Poisson-subsampled Gaussian steps (dp-accounting), "
-                                "composed over all steps of all rounds and converted to (ε, δ); "
-                                "unit: one row of one party (add/remove)",
+                  "accounting": "Rényi DP of the domain round's Skellam counting release (if "
+                                "any) and of Poisson-subsampled Gaussian steps (dp-accounting), "
+                                "composed over all rounds and converted to (ε, δ); unit: one "
+                                "row of one party (add/remove)",
                   "budget_split": [
                       *([{"step": dpsgd.DOMAIN_STEP, "share_planned": plan.domain_share,
                           "marginals": d, "noise_variance": plan.domain_variance(d)}]

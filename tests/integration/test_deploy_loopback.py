@@ -164,7 +164,7 @@ def test_job_with_federated_evaluation(consortium: tuple[Path, int, Processes]) 
 def test_he_job_runs_end_to_end(consortium: tuple[Path, int, Processes]) -> None:
     """A job over the he channel: the key holder decrypts each round's sum; every party
     contributes each round and is charged each round once. ε is small: with the jobs above,
-    bank_c's 0.05 holds 0.04 + 0.005 + 0.004, whatever order the tests run in."""
+    bank_c's 0.05 holds 0.04 + 0.005 + 0.004 + 0.001, whatever order the tests run in."""
     root, port, procs = consortium
     _job(root, "job_he", 0.004, 'channel = "he"\nkey_holder = "kh"\n')
     before = {name: len(_releases(root, name)) for name in PARTIES}
@@ -182,3 +182,25 @@ def test_he_job_runs_end_to_end(consortium: tuple[Path, int, Processes]) -> None
         assert len({e["job_id"] for e in releases}) == 1, releases
     holder_log = (root / "kh.log").read_text()
     assert "key holder kh" in holder_log, holder_log
+
+
+def test_dpsgd_job_runs_deployed(consortium: tuple[Path, int, Processes]) -> None:
+    """`method = "dpsgd"` deployed: the domain round and a training round go through the
+    real nodes; the generator is saved; every party is charged the plan's two events. A tiny
+    plan at ε = 0.001 (bank_c's cap of 0.05 holds it after the jobs above)."""
+    pytest.importorskip("torch")
+    root, port, procs = consortium
+    _job(root, "job_dp", 0.001, 'method = "dpsgd"\n[train]\nrounds = 1\nhidden = 16\n'
+                                 'local_epochs = 0.2\n')
+    before = {name: len(_releases(root, name)) for name in PARTIES}
+    res = run(root, "run", "job_dp.toml", "--coordinator", f"127.0.0.1:{port}",
+              "--keys", "consortium", "--out", "runs/dpsgd")
+    assert res.returncode == 0, res.stdout + res.stderr + procs.logs()
+    folder = root / "outputs" / "runs" / "dpsgd"
+    privacy = json.loads((folder / "privacy.json").read_text())
+    assert privacy["method"] == "dpsgd" and privacy["epsilon_spent"] <= 0.001 * (1 + 1e-9)
+    assert json.loads((folder / "model.json").read_text())["format"] == "fedsynth-generator"
+    assert len(pd.read_csv(folder / "synthetic.csv")) > 0
+    for name in PARTIES:
+        labels = [e["label"] for e in _releases(root, name)[before[name]:]]
+        assert labels == ["one-way", "train"], labels
