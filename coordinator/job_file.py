@@ -138,7 +138,8 @@ def _job(text: str, path: Path, consortium: Consortium,
         if not doc.get("rows") and isinstance(train, dict) and train.get("domain_share") == 0:
             problems.append("'rows' is needed with method = \"dpsgd\" and domain_share = 0 (it "
                             "then makes no noisy count of the parties' rows)")
-        problems += _train_problems(train, eps, delta)
+        problems += _train_problems(train, eps, delta,
+                                    None if schema is None else len(schema.columns))
     elif train is not None:
         problems.append("a [train] table is only for method = \"dpsgd\"")
     output_format = doc.get("format", "csv")
@@ -176,8 +177,10 @@ def _job(text: str, path: Path, consortium: Consortium,
     return Job(spec, options, path, holder if channel == "he" else None, str(output_format))
 
 
-def _train_problems(train: object, eps: object, delta: object) -> list[str]:
-    """What is wrong with a dpsgd job's [train] table (checked by the plan itself)."""
+def _train_problems(train: object, eps: object, delta: object, columns: int | None
+                    ) -> list[str]:
+    """What is wrong with a dpsgd job's [train] table (checked by the plan itself), and
+    whether its noise can meet the job's ε at all (with the schema's columns)."""
     if train is not None and not isinstance(train, dict):
         return ["'train' must be a table ([train]) of training plan fields"]
     try:
@@ -186,7 +189,9 @@ def _train_problems(train: object, eps: object, delta: object) -> list[str]:
         return ['method = "dpsgd" needs the dpsgd extra on the coordinator: '
                 'pip install -e ".[dpsgd]"']
     try:
-        dpsgd.TrainPlan(epsilon=eps, delta=delta, **dict(train or {}))  # type: ignore[arg-type]
+        plan = dpsgd.TrainPlan(epsilon=eps, delta=delta, **dict(train or {}))  # type: ignore[arg-type]
+        if columns is not None:
+            plan.noise_multiplier(columns)
     except (TypeError, ValueError) as exc:
         return [f"[train]: {exc}"]
     return []

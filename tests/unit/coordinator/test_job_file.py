@@ -92,6 +92,8 @@ def test_a_dpsgd_job_takes_its_training_plan_and_needs_rows_without_a_domain_rou
         load_job(_job(tmp_path, base + '[train]\nrounds = 1.5\ndomain_share = 0\n'), consortium)
     assert "'rows' is needed" in str(info.value)
     assert "rounds must be a whole number" in str(info.value)
+    with pytest.raises(JobFileError, match="no noise multiplier meets"):  # found at load
+        load_job(_job(tmp_path, base.replace("epsilon = 3", "epsilon = 0.001")), consortium)
     with pytest.raises(JobFileError, match="only for method"):
         load_job(_job(tmp_path, base.replace('"dpsgd"', '"marginals"') + '[train]\nrounds = 2\n'),
                  consortium)
