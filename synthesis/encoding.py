@@ -160,10 +160,13 @@ class ColumnCodec:
             codes[na] = self.missing_code
         return codes
 
-    def decode(self, fine: np.ndarray, rng: np.random.Generator) -> pd.Series:
+    def decode(self, fine: np.ndarray, rng: np.random.Generator, *,
+               inside: np.ndarray | None = None) -> pd.Series:
         """Typed values for fine codes, never outside the column's declared support: listed
         categories and values, whole numbers and dates inside the bounds, and numbers drawn
-        uniformly inside their bin (spread evenly over the rows of each bin)."""
+        uniformly inside their bin (spread evenly over the rows of each bin). `inside`: each
+        row's uniform number for that, spread evenly over the rows of a code (`draw_fine`'s);
+        by default drawn here (`stratified_uniform`)."""
         col = self.column
         miss = np.zeros(len(fine), dtype=bool) if self.missing_code is None else (
             fine == self.missing_code)
@@ -184,7 +187,8 @@ class ColumnCodec:
             listed = safe > nb  # one of the schema's points
             b = np.clip(safe - 1, 0, nb - 1)
             lo, hi = self.edges[b], self.edges[b + 1]
-            u = stratified_uniform(safe, rng)  # evenly inside each bin, not clumped
+            # evenly inside each bin, not clumped
+            u = stratified_uniform(safe, rng) if inside is None else np.asarray(inside)
             if col.integral:
                 first_int, last_int = self.bin_integers(b)
                 vals = first_int + np.floor(u * (last_int - first_int + 1))
@@ -416,23 +420,38 @@ def _strata(codes: np.ndarray, rng: np.random.Generator
 
 
 def draw_fine(grouping: Grouping, group_codes: np.ndarray, weights: np.ndarray,
-              rng: np.random.Generator) -> np.ndarray:
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One fine code per row inside the row's group, by `weights`: the rows of a group take
     each code in proportion to its weight up to rounding (`stratified_uniform`), in random
     order. Rows are sorted by group once, then one slice per group (scanning every row once
-    per group took 6.6 s of decoding 10M rows)."""
-    fine = np.empty(len(group_codes), dtype=np.int64)
-    if not len(group_codes):
-        return fine
+    per group took 6.6 s of decoding 10M rows).
+
+    Also returns, per row, where its number fell inside its code's share of the group, in
+    [0, 1): uniform and independent of the code drawn (the number was uniform, and the code is
+    the interval it fell in), spread evenly over the rows of each code (the numbers were, and
+    the rows of a code are those whose numbers fell in one interval), and as independent of
+    everything else a row holds as the number. `ColumnCodec.decode` reads a value inside a
+    bin through it, which saves a second shuffle and sort per binned column (2.8 s of 19 s
+    decoding 10M rows)."""
+    n = len(group_codes)
+    fine = np.empty(n, dtype=np.int64)
+    inside = np.empty(n)
+    if not n:
+        return fine, inside
     u, order, counts = _strata(np.asarray(group_codes), rng)  # rows sorted by group once
     ends = np.cumsum(counts)
     for k in np.flatnonzero(counts):
         members = np.flatnonzero(grouping.index == k)
         rows = order[ends[k] - counts[k]:ends[k]]
-        cdf = np.cumsum(weights[members], dtype=float)
-        at = np.searchsorted(cdf, u[rows] * cdf[-1], side="right")
-        fine[rows] = members[np.minimum(at, len(members) - 1)]
-    return fine
+        w = np.asarray(weights[members], dtype=float)
+        cdf = np.cumsum(w)
+        x = u[rows] * cdf[-1]
+        at = np.minimum(np.searchsorted(cdf, x, side="right"), len(members) - 1)
+        fine[rows] = members[at]
+        width = w[at]
+        pos = (x - (cdf[at] - width)) / np.where(width > 0, width, 1.0)
+        inside[rows] = np.clip(pos, 0.0, np.nextafter(1.0, 0.0))
+    return fine, inside
 
 
 def decode_groups(encoding: Encoding, groupings: Sequence[Grouping], group_codes: np.ndarray,
@@ -443,6 +462,6 @@ def decode_groups(encoding: Encoding, groupings: Sequence[Grouping], group_codes
     out: dict[str, pd.Series] = {}
     for j, (codec, grp) in enumerate(zip(encoding.codecs, groupings, strict=True)):
         w = decode_weights(codec, grp, fine_counts[j], floor)
-        fine = draw_fine(grp, group_codes[:, j], w, rng)
-        out[codec.column.name] = codec.decode(fine, rng).reset_index(drop=True)
+        fine, inside = draw_fine(grp, group_codes[:, j], w, rng)
+        out[codec.column.name] = codec.decode(fine, rng, inside=inside).reset_index(drop=True)
     return pd.DataFrame(out)

@@ -137,8 +137,8 @@ class SynthesisModel:
         out: dict[str, pd.Series] = {}
         for j, codec in enumerate(enc.codecs):
             w = self._weights(enc, j) * (keep[j].share if j in keep else 1.0)
-            fine = draw_fine(self.groupings[j], codes[:, j], w, rng)
-            values = codec.decode(fine, rng).reset_index(drop=True)
+            fine, inside = draw_fine(self.groupings[j], codes[:, j], w, rng)
+            values = codec.decode(fine, rng, inside=inside).reset_index(drop=True)
             interval = keep[j].interval if j in keep else None
             if interval is not None:
                 share = keep[j].share

@@ -40,16 +40,36 @@ def test_fine_codes_follow_the_weights_up_to_rounding(weights: list[float], rows
                                                       seed: int) -> None:
     w = np.asarray(weights) + np.r_[1e-6, np.zeros(len(weights) - 1)]  # some weight somewhere
     grouping = Grouping(np.zeros(len(w), dtype=np.int64))
-    fine = draw_fine(grouping, np.zeros(rows, dtype=np.int64), w, np.random.default_rng(seed))
+    fine, inside = draw_fine(grouping, np.zeros(rows, dtype=np.int64), w,
+                             np.random.default_rng(seed))
     got = np.bincount(fine, minlength=len(w))
     expected = rows * w / w.sum()
     assert np.all(np.abs(got - expected) < 1 + 1e-9)
     assert np.all(got[w == 0] == 0)  # a code of weight zero is never drawn
+    # each code's rows get numbers in [0, 1) about 1/m apart: evenly spread inside the code
+    assert np.all((inside >= 0) & (inside < 1))
+    for code in np.flatnonzero(got >= 2):
+        gaps = np.diff(np.sort(inside[fine == code]))
+        assert gaps.max() <= 1.0 / (got[code] - 1) + 1e-9
+
+
+def test_the_number_inside_a_code_is_uniform_and_independent_of_the_code() -> None:
+    grouping = Grouping(np.array([0, 0, 0, 1]))
+    w = np.array([1.0, 3.0, 6.0, 2.0])
+    means, firsts = [], []
+    for seed in range(400):
+        codes = np.array([0, 1] * 30)
+        fine, inside = draw_fine(grouping, codes, w, np.random.default_rng(seed))
+        means.append([inside[fine == f].mean() for f in range(4)])
+        firsts.append(inside[0])
+    assert np.allclose(np.mean(means, axis=0), 0.5, atol=0.02)
+    counts = np.bincount(np.floor(np.asarray(firsts) * 4).astype(int), minlength=4)
+    assert counts.min() > 70  # a single row's number is uniform: 100 expected per quarter
 
 
 def test_groups_draw_only_their_own_codes() -> None:
     grouping = Grouping(np.array([0, 0, 1, 1, 1]))
     group_codes = np.array([0, 1] * 50)
-    fine = draw_fine(grouping, group_codes, np.ones(5), np.random.default_rng(3))
+    fine, _ = draw_fine(grouping, group_codes, np.ones(5), np.random.default_rng(3))
     assert set(fine[group_codes == 0]) <= {0, 1} and set(fine[group_codes == 1]) <= {2, 3, 4}
     assert sorted(np.bincount(fine[group_codes == 1])[2:]) == [16, 17, 17]
