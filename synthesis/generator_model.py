@@ -25,10 +25,10 @@ from fedsynth.synthesis.conditions import ClassRatio, ConditionError, Conditions
 from fedsynth.synthesis.encoding import Encoding, Grouping, decode_groups
 from fedsynth.synthesis.model_file import (
     MODEL_JSON,
-    SCHEMA_JSON,
     ModelFileError,
     generator_files,
     read_generator,
+    write_folder,
 )
 from fedsynth.synthesis.schema import Schema
 
@@ -63,15 +63,7 @@ class GeneratorModel:
 
     def save(self, folder: str | Path) -> Path:
         """Write schema.json, model.json and model.npz into `folder` (made if needed)."""
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / SCHEMA_JSON).write_text(self.schema.to_json(), encoding="utf-8")
-        for name, content in self.files().items():
-            if isinstance(content, bytes):
-                (out / name).write_bytes(content)
-            else:
-                (out / name).write_text(content, encoding="utf-8")
-        return out
+        return write_folder(folder, self.schema, self.files())
 
     @classmethod
     def load(cls, folder: str | Path) -> GeneratorModel:

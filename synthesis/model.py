@@ -38,11 +38,11 @@ from fedsynth.synthesis.estimation import (
 )
 from fedsynth.synthesis.model_file import (
     GENERATOR_FORMAT,
-    SCHEMA_JSON,
     ModelFileError,
     model_files,
     read_model,
     saved_format,
+    write_folder,
 )
 from fedsynth.synthesis.schema import Schema
 
@@ -156,15 +156,7 @@ class SynthesisModel:
 
     def save(self, folder: str | Path) -> Path:
         """Write schema.json, model.json and model.npz into `folder` (made if needed)."""
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / SCHEMA_JSON).write_text(self.schema.to_json(), encoding="utf-8")
-        for name, content in self.files().items():
-            if isinstance(content, bytes):
-                (out / name).write_bytes(content)
-            else:
-                (out / name).write_text(content, encoding="utf-8")
-        return out
+        return write_folder(folder, self.schema, self.files())
 
     @classmethod
     def load(cls, folder: str | Path) -> SynthesisModel:

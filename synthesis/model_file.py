@@ -84,6 +84,19 @@ def _files(fmt: str, schema: Schema, groupings: Sequence[Grouping],
     return {MODEL_JSON: json.dumps(doc, indent=2) + "\n", MODEL_NPZ: npz}
 
 
+def write_folder(folder: str | Path, schema: Schema, files: dict[str, str | bytes]) -> Path:
+    """Write schema.json and a model's files into `folder` (made if needed)."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SCHEMA_JSON).write_text(schema.to_json(), encoding="utf-8")
+    for name, content in files.items():
+        if isinstance(content, bytes):
+            (out / name).write_bytes(content)
+        else:
+            (out / name).write_text(content, encoding="utf-8")
+    return out
+
+
 def saved_format(folder: Path) -> str:
     """The format model.json in `folder` names (FORMAT or GENERATOR_FORMAT); ModelFileError
     when the folder or its files are missing or model.json is not a fedsynth model."""

@@ -5,7 +5,9 @@ that changes the training plan mid-job is refused and nothing more is charged.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -75,49 +77,35 @@ def test_dpsgd_beats_independent_columns_at_epsilon_10(tmp_path: Path) -> None:
         assert ledger.spent() == pytest.approx(res.privacy["epsilon_spent"], rel=1e-9)
 
 
-def test_a_training_plan_changed_mid_job_is_refused(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def _stretch_plan(req: Any) -> None:  # more rounds than the plan agreed
+    plan = dpsgd.TrainPlan.from_json(req.options_json)
+    req.options_json = dpsgd.TrainPlan(**{**plan.__dict__, "rounds": 50}).to_json()
+
+
+def _regroup(req: Any) -> None:  # column 0's first two groups merged
+    first = req.groupings[0]
+    first.index[:] = [max(0, i - 1) for i in first.index]
+
+
+@pytest.mark.parametrize(("change", "refusal"), [(_stretch_plan, "training plan changed"),
+                                                 (_regroup, "domain changed")])
+def test_a_plan_or_domain_changed_mid_job_is_refused(
+        change: Callable[[Any], None], refusal: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     progress.show("off")
     parties, _ = _parties()
     real = rounds_module.Rounds.train
     calls = []
 
-    def stretched(self: rounds_module.Rounds, label: str, req: object, length: int,
-                  **kw: float) -> object:
+    def changed(self: rounds_module.Rounds, label: str, req: Any, length: int,
+                **kw: float) -> object:
         calls.append(1)
-        if len(calls) == 2:  # the second round asks for more rounds than the plan agreed
-            plan = dpsgd.TrainPlan.from_json(req.options_json)  # type: ignore[attr-defined]
-            req.options_json = dpsgd.TrainPlan(  # type: ignore[attr-defined]
-                **{**plan.__dict__, "rounds": 50}).to_json()
+        if len(calls) == 2:  # the second round
+            change(req)
         return real(self, label, req, length, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(rounds_module.Rounds, "train", stretched)
-    with pytest.raises((JobRefused, RoundFailed), match="training plan changed"):
-        simulate(parties=parties, epsilon=3.0, channel="secagg", holdout=0.0, engine="local",
-                 evaluate=False, method="dpsgd", _shared={"work": str(tmp_path)},
-                 options=JobOptions(rows=100, train={"rounds": 3, "hidden": 16,
-                                                     "local_epochs": 0.2}))
-    for ledger in _ledgers(tmp_path):  # the first round only: nothing charged for the second
-        assert len([e for e in ledger.entries() if e["label"] == "train"]) == 1
-
-
-def test_a_domain_changed_mid_job_is_refused(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    progress.show("off")
-    parties, _ = _parties()
-    real = rounds_module.Rounds.train
-    calls = []
-
-    def regrouped(self: rounds_module.Rounds, label: str, req: object, length: int,
-                  **kw: float) -> object:
-        calls.append(1)
-        if len(calls) == 2:  # the second round merges column 0's first two groups
-            first = req.groupings[0]  # type: ignore[attr-defined]
-            first.index[:] = [max(0, i - 1) for i in first.index]
-        return real(self, label, req, length, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(rounds_module.Rounds, "train", regrouped)
-    with pytest.raises((JobRefused, RoundFailed), match="domain changed"):
+    monkeypatch.setattr(rounds_module.Rounds, "train", changed)
+    with pytest.raises((JobRefused, RoundFailed), match=refusal):
         simulate(parties=parties, epsilon=3.0, channel="secagg", holdout=0.0, engine="local",
                  evaluate=False, method="dpsgd", _shared={"work": str(tmp_path)},
                  options=JobOptions(rows=100, train={"rounds": 3, "hidden": 16,
