@@ -63,7 +63,7 @@ MAX_HIDDEN = 1024
 MAX_PARAMETERS = 2_000_000  # what a party trains at most (memory, time); refused above
 PARAMETER_BOUND = 1e4  # |global parameter| a party accepts: no overflow in float32 layers
 MICRO_BATCH = 64  # rows per backward pass: memory does not grow with a party's row count
-DOMAIN_GROUPS = 32  # values per numeric column in the generator's domain (public runs of bins)
+DOMAIN_GROUPS = 32  # values per numeric column in the generator's domain
 
 
 MAX_DOMAIN_SHARE = 0.5
