@@ -63,12 +63,9 @@ def train(node: Node, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
     me = int(session["party"])
     if spec.method != "dpsgd":
         raise ProtocolError(f"a training request in a job whose method is {spec.method!r}")
-    try:
-        from fedsynth.synthesis import dpsgd
-    except ImportError:
-        raise ProtocolError("this party cannot train: its installation lacks the dpsgd extra "
-                            '(pip install -e ".[dpsgd]")') from None
-    plan = pinned_plan(req.options_json, session, spec)
+    plan = pinned_plan(req.options_json, session, spec)  # refuses without the dpsgd extra
+    from fedsynth.synthesis import dpsgd
+
     if bool(plan.domain_share) != bool(session.get("domain_measured")):
         raise ProtocolError("the training plan's domain round and the rounds this party "
                             "answered differ; refusing (the noise multiplier would not match "
