@@ -56,8 +56,6 @@ def pinned_plan(options_json: str, session: dict[str, Any], spec: Any) -> Any:
 
 
 def train(node: Node, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
-    from fedsynth.client_node.node import encoded_table
-
     req = env.train_request
     spec = node._spec(session)
     me = int(session["party"])
@@ -95,28 +93,68 @@ def train(node: Node, env: pb.Envelope, session: dict[str, Any]) -> pb.Envelope:
     session["train_rounds"] = done + 1  # opened: this round is spent, whatever happens next
     # Charged before the data is read: the cap's refusal cannot depend on the rows, and every
     # later failure costs budget, so no failure is a free question about the data.
-    sigma = plan.noise_multiplier(len(sizes))
-    spent = node._ledger().charge_many(
-        [{"label": "train", "count": plan.steps_per_round, "variance": (sigma * plan.clip) ** 2,
-          "l1": plan.clip, "l2": plan.clip, "mechanism": "subsampled_gaussian",
-          "sampling_rate": plan.sampling_rate}],
-        job_id=env.job_id, round_id=req.round, budget="synthesis")
+    release = plan.round_release(len(sizes), length)
+    spent = node._ledger().charge_many([release], job_id=env.job_id, round_id=req.round,
+                                       budget="synthesis")
     seed = node.policy.noise_seed  # tests only, like all seeded noise (the reply says so)
     if seed is not None:
         seed = (seed * 1_000_003 + me) * 1_000_003 + req.round
-    try:
-        fine = encoded_table(node.policy, spec.schema)
-        codes = fine.copy()
-        for j, g in enumerate(groupings):
-            codes[:, j] = g.index[fine[:, j]]
-        update = dpsgd.train_local(plan, sizes, start, codes, seed=seed)
-    except Exception:  # the same answer whatever went wrong: an update of zeros
-        log.exception("party %d round %d: training failed; sending a zero update (the round "
-                      "is charged)", me, req.round)
-        update = np.zeros(length)
-    vector = fixed_point.encode(update, node._rng(me, req.round))
+    if plan.distributed:
+        vector = _distributed_step(node, plan, sizes, groupings, start, release, spec, me,
+                                   req.round, seed)
+    else:
+        try:
+            update = dpsgd.train_local(plan, sizes, start, _codes(node, spec, groupings),
+                                       seed=seed)
+        except Exception:  # the same answer whatever went wrong: an update of zeros
+            log.exception("party %d round %d: training failed; sending a zero update (the "
+                          "round is charged)", me, req.round)
+            update = np.zeros(length)
+        vector = fixed_point.encode(update, node._rng(me, req.round))
     out = node._masked_reply(env, session, spec, req.round, vector, opened)
     out.measure_reply.ledger_epsilon = spent
-    log.info("party %d round %d: trained %d local DP-SGD steps (σ=%.3f)", me, req.round,
-             plan.steps_per_round, sigma)
+    log.info("party %d round %d: trained (%s noise, %d steps, release variance %.4g)", me,
+             req.round, plan.noise, plan.steps_per_round, release["variance"])
     return out
+
+
+def _codes(node: Node, spec: Any, groupings: list[Any]) -> np.ndarray:
+    """The party's rows as codes of the generator's domain."""
+    from fedsynth.client_node.node import encoded_table
+
+    fine = encoded_table(node.policy, spec.schema)
+    codes = fine.copy()
+    for j, g in enumerate(groupings):
+        codes[:, j] = g.index[fine[:, j]]
+    return codes
+
+
+def _distributed_step(node: Node, plan: Any, sizes: list[int], groupings: list[Any],
+                      start: np.ndarray, release: dict[str, Any], spec: Any, me: int,
+                      round_id: int, seed: int | None) -> np.ndarray:
+    """One distributed DP-SGD step: round(scale * clipped gradient sum over all rows), plus
+    this party's Skellam share of the release's variance.
+
+    Why the sum is DP (one row of this party added or removed): the integer vector moves by at
+    most the plan's (Δ1, Δ2) (TrainPlan.sensitivity: clipping, scaling, deterministic
+    rounding), and each of the t - c honest survivors adds independent Skellam noise of
+    variance release["variance"] / (t - c) drawn from the OS-keyed generator (crypto.noise),
+    so the sum the coordinator decrypts or unmasks carries Skellam noise of at least that
+    variance: the Skellam mechanism the ledger was just charged for. The coordinator's choice
+    of parameters does not matter (clipping bounds every row whatever they are; RDP composes
+    adaptively). Whatever fails, the party sends its noise share alone (a zero sum), so
+    neither an error nor a missing share can depend on the rows."""
+    from fedsynth.crypto import noise
+    from fedsynth.synthesis import dpsgd
+
+    length = len(start)
+    try:
+        total = dpsgd.clipped_gradient_sum(plan, sizes, start, _codes(node, spec, groupings),
+                                           seed=seed)
+        grid = fixed_point.to_grid(total, plan.scale(length))
+    except Exception:
+        log.exception("party %d round %d: the gradient failed; sending the noise share alone "
+                      "(the round is charged)", me, round_id)
+        grid = np.zeros(length, dtype=np.int64)
+    share = noise.share_variance(release["variance"], honest_min=spec.noise_divisor)
+    return grid + noise.skellam(share, length, node._rng(me, round_id))

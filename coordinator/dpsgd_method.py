@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
+import torch
 
 from fedsynth.coordinator.methods import Synthesis
 from fedsynth.coordinator.options import JobOptions
@@ -42,7 +43,9 @@ from fedsynth.coordinator.rounds import Rounds
 from fedsynth.crypto import fixed_point
 from fedsynth.crypto.accountant import StepBudget
 from fedsynth.evaluation.meter import StepMeter
+from fedsynth.protocols import channels
 from fedsynth.protocols import fedsynth_pb2 as pb
+from fedsynth.protocols.spec import JobSpec
 from fedsynth.synthesis import dpsgd
 from fedsynth.synthesis.encoding import FLOOR_SDS, Encoding, Grouping
 from fedsynth.synthesis.generator_model import GeneratorModel
@@ -70,7 +73,8 @@ class DpsgdMethod:
         total: float | None = None
         fine_counts = [np.ones(c.size) for c in enc.codecs]  # uniform inside public groups
         floor = 0.0
-        sigma = plan.noise_multiplier(d)  # before any release: an infeasible plan stops here
+        plan.noise_multiplier(d)  # before any release: an infeasible plan stops here
+        _check_channel_range(plan, spec)
         meter.begin("train")
         if plan.domain_share > 0:
             var1 = plan.domain_variance(d)
@@ -95,20 +99,33 @@ class DpsgdMethod:
         if plan.domain_share > 0:
             model.start_from(marginals)
         params = dpsgd.get_vector(model)
-        say(f"training a {plan.model} generator ({len(params)} parameters) with DP-SGD: "
-            f"{plan.rounds} rounds of {plan.steps_per_round} local steps, noise multiplier "
-            f"{sigma:.3f}")
+        length = len(params)
+        sigma = plan.noise_multiplier(d, length)
+        release = plan.round_release(d, length)
+        say(f"training a {plan.model} generator ({length} parameters) with "
+            + (f"{plan.rounds} distributed DP-SGD steps (full batch, Skellam noise shared "
+               f"through the secure sum), noise multiplier {sigma:.3f}" if plan.distributed
+               else f"DP-SGD: {plan.rounds} rounds of {plan.steps_per_round} local steps, "
+                    f"noise multiplier {sigma:.3f}"))
+        optimizer = torch.optim.Adam(model.parameters(), lr=plan.lr)
         for r in range(plan.rounds):
             req = pb.TrainRequest(parameters=dpsgd.vector_bytes(params),
                                   options_json=plan.to_json())
             if plan.domain_share > 0:
                 req.groupings.extend(pb.Grouping(index=g.index.tolist()) for g in groupings)
-            res = rounds.train("train", req, len(params), steps=plan.steps_per_round,
-                               variance=(sigma * plan.clip) ** 2,
-                               sampling_rate=plan.sampling_rate, l2=plan.clip)
-            params = params + fixed_point.decode_mean(res.total, len(res.contributors))
-            say(f"round {r + 1} of {plan.rounds}: {len(res.contributors)} parties' updates "
-                "averaged")
+            res = rounds.train(req, length, release)
+            if plan.distributed:  # the noisy clipped gradient sum, as a mean gradient
+                norm = max(1.0, total) if total is not None else float(plan.batch_scale)
+                dpsgd.server_step(model, optimizer,
+                                  res.total.astype(np.float64) / (plan.scale(length) * norm))
+                params = dpsgd.get_vector(model)
+                if (r + 1) % max(1, plan.rounds // 10) == 0 or r + 1 == plan.rounds:
+                    say(f"step {r + 1} of {plan.rounds}: {len(res.contributors)} parties' "
+                        "gradient sums")
+            else:
+                params = params + fixed_point.decode_mean(res.total, len(res.contributors))
+                say(f"round {r + 1} of {plan.rounds}: {len(res.contributors)} parties' "
+                    "updates averaged")
         meter.end()
         dpsgd.set_vector(model, params)
         if plan.domain_share > 0:
@@ -149,3 +166,18 @@ class DpsgdMethod:
                                                        "steps_per_round": plan.steps_per_round,
                                                        "parameters": len(params)}}
         return Synthesis(synthetic, kept, steps, total, report)
+
+
+def _check_channel_range(plan: dpsgd.TrainPlan, spec: JobSpec) -> None:
+    """Before any release: a distributed step's noise shares must fit the he channel's
+    per-party range (crypto.fixed_point.to_grid), or its sums would wrap. Sized with the
+    schema-only domain, as large as the data's (both at most DOMAIN_GROUPS per column)."""
+    if not plan.distributed or not channels.get(spec.channel).key_holder:
+        return
+    sizes = [g.size for g in dpsgd.domain(spec.schema)]
+    variance = plan.round_release(len(sizes), dpsgd.parameter_count(plan, sizes))["variance"]
+    sd = float(np.sqrt(variance / spec.noise_divisor))
+    if sd > fixed_point.NOISE_SD_LIMIT:
+        raise ValueError(f"distributed DP-SGD's noise shares (sd {sd:.3g}) are too wide for the "
+                         f"{spec.channel} channel's range; use fewer rounds, a larger ε, or the "
+                         "secagg channel")

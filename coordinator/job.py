@@ -139,11 +139,12 @@ OUTSIDE_THE_GUARANTEE = [
 
 def _replace_one_epsilon(rounds: Rounds, delta: float) -> float:
     """ε if neighbours differ by replacing one row: each marginal moves one count from one cell
-    to another, so L1 = 2 and L2 = √2 for the same noise (counting releases; other mechanisms
-    at twice their add/remove sensitivity, by the triangle inequality)."""
+    to another, so L1 = 2 and L2 = √2 for the same noise (counting releases; other mechanisms,
+    such as a distributed DP-SGD step's integer gradient sum, at twice their add/remove
+    sensitivity, by the triangle inequality)."""
     acc = Accountant()
     for r in rounds.acc.releases:
-        if r.mechanism == "skellam":
+        if r.mechanism == "skellam" and r.l1 == r.l2 == 1.0:  # marginals (counts)
             acc.add(step=r.step, count=r.count, variance=r.variance, l1=2.0 * r.l1,
                     l2=float(np.sqrt(2)) * r.l2)
         else:
@@ -157,10 +158,10 @@ def _privacy_report(spec: JobSpec, rounds: Rounds, eps: float, plan: list[StepBu
     per_party: dict[int, Accountant] = {}
     for row in rounds.log_rows:
         for p in row["parties_asked"]:
-            if row.get("mechanism") == "subsampled_gaussian":
+            if "mechanism" in row:  # a training round
                 per_party.setdefault(p, Accountant()).add(
                     step=row["step"], count=row["steps"], variance=row["noise_variance"],
-                    l1=row["clip"], l2=row["clip"], mechanism="subsampled_gaussian",
+                    l1=row["l1"], l2=row["l2"], mechanism=row["mechanism"],
                     sampling_rate=row["sampling_rate"])
             else:
                 per_party.setdefault(p, Accountant()).add(

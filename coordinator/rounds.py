@@ -75,30 +75,41 @@ class Rounds:
                  len(cliques), length, len(res.contributors))
         return marginals.split(res.total, cliques, sizes), realized
 
-    def train(self, label: str, req: pb.TrainRequest, length: int, *, steps: int,
-              variance: float, sampling_rate: float, l2: float) -> RoundResult:
-        """A training round: every participant answers `req` with its fixed-point update,
-        after `steps` subsampled Gaussian steps (noise `variance`, clip `l2`, rate
-        `sampling_rate`) that it charged to its ledger; the sum and who is still here."""
+    def train(self, req: pb.TrainRequest, length: int, release: dict[str, Any]
+              ) -> RoundResult:
+        """A training round: every participant answers `req` with a vector of `length` that
+        it charged to its ledger as `release` (synthesis.dpsgd.TrainPlan.round_release: the
+        same event here); the sum and who is still here."""
         self.round_id += 1
         req.round = self.round_id
         del req.participants[:]
         req.participants.extend(self.participants)
+        label = str(release["label"])
         with step_progress(f"round {self.round_id} ({label}): waiting for "
                            f"{len(self.participants)} parties to train"):
             res = secure_sum_of(self.ex, "train_request", req, round_id=self.round_id,
                                 label=label, channel=self.spec.channel,
                                 threshold=self.spec.threshold, participants=self.participants,
                                 keys=self.keys, length=length)
-        self.acc.add(step=label, count=steps, variance=variance, l1=l2, l2=l2,
-                     mechanism="subsampled_gaussian", sampling_rate=sampling_rate)
+        self.acc.add(step=label, count=release["count"], variance=release["variance"],
+                     l1=release["l1"], l2=release["l2"], mechanism=release["mechanism"],
+                     sampling_rate=release["sampling_rate"])
         self.seeded_noise.update(res.seeded_noise)
+        local = release["mechanism"] == "subsampled_gaussian"
         self.log_rows.append({"round": self.round_id, "step": label, "marginals": 0,
-                              "cells": length, "noise_variance": variance,
-                              "mechanism": "subsampled_gaussian", "steps": steps,
-                              "sampling_rate": sampling_rate, "clip": l2,
+                              "cells": length, "noise_variance": release["variance"],
+                              "mechanism": release["mechanism"], "steps": release["count"],
+                              "sampling_rate": release["sampling_rate"], "l1": release["l1"],
+                              "l2": release["l2"],
                               "noise_note": "each party's own DP-SGD noise (local DP per "
-                                            "party); the channel only hides single updates",
+                                            "party); the channel only hides single updates"
+                              if local else "Skellam shares of the t - c honest survivors "
+                                            "reach the sum's variance",
+                              **({} if local else {
+                                  "noise_variance_per_party":
+                                      release["variance"] / self.spec.noise_divisor,
+                                  "noise_variance_realized": release["variance"]
+                                      * len(res.contributors) / self.spec.noise_divisor}),
                               "parties_asked": list(self.participants),
                               "contributors": res.contributors})
         self.participants = res.responsive

@@ -123,6 +123,7 @@ def rdp_to_epsilon(rdp: np.ndarray, delta: float) -> float:
     return float(eps)
 
 
+@functools.lru_cache(maxsize=256)
 def zcdp_rho_for(epsilon: float, delta: float) -> float:
     """The largest ρ whose ρ-zCDP guarantee converts to at most (ε, δ)."""
     check_epsilon_delta(epsilon, delta)

@@ -43,3 +43,28 @@ def decode_mean(total: np.ndarray, parties: int) -> np.ndarray:
     if not 1 <= parties <= MAX_PARTIES:
         raise FixedPointError(f"a fixed-point sum over {parties} parties (1..{MAX_PARTIES})")
     return np.asarray(total, dtype=np.int64).astype(np.float64) / (SCALE * parties)
+
+
+# --- a distributed DP-SGD step's integer vector (noised after rounding) ----------------------
+
+STEP_BOUND = 2**30  # |coordinate| of a party's rounded gradient sum, before its noise share
+NOISE_SD_LIMIT = 2.0**24  # a share's sd the he channel's per-party bound 2^31 has room for
+
+
+def to_grid(x: np.ndarray, scale: float) -> np.ndarray:
+    """int64 codes round(x * scale), clipped to ±STEP_BOUND: a vector that is NOT yet private
+    (a party's clipped gradient sum), noised by the caller after this.
+
+    Deterministic rounding to the nearest integer, so that the sensitivity argument is
+    simple (synthesis.dpsgd.TrainPlan.sensitivity): for neighbouring tables whose real
+    vectors differ by d, the rounded vectors differ by d * scale plus, in each coordinate, less
+    than 1; clipping each coordinate to an interval never increases a difference. The bound
+    keeps a sum of 2^12 parties' codes plus their Skellam shares inside the channels' ranges
+    (secagg's ring is 2^64; the he channel's per-party bound is 2^31, which a code plus a
+    share whose sd is at most NOISE_SD_LIMIT passes with probability below e^-500). A sum
+    that wrapped would be wrong, not less private: every code is noised before it leaves.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        raise FixedPointError("a vector with NaN or infinite values cannot be sent")
+    return np.clip(np.rint(x * scale), -STEP_BOUND, STEP_BOUND).astype(np.int64)

@@ -57,12 +57,18 @@ from fedsynth.synthesis.encoding import (
 from fedsynth.synthesis.schema import Schema
 
 MODELS = ("made", "vae")
+NOISES = ("local", "distributed")
+LOCAL_ROUNDS = 10  # the default rounds of local training (noise "local")
+DISTRIBUTED_ROUNDS = 200  # the default gradient steps, one round each (noise "distributed")
+ROUNDING_SHARE = 128  # a distributed step's grid: rounding adds <= 1/128 of clip to Δ2
 MIN_SAMPLING_RATE = 1e-4
 MAX_STEPS_PER_ROUND = 100_000
 MAX_HIDDEN = 1024
 MAX_PARAMETERS = 2_000_000  # what a party trains at most (memory, time); refused above
 PARAMETER_BOUND = 1e4  # |global parameter| a party accepts: no overflow in float32 layers
+MAX_ROUNDS = 10_000
 MICRO_BATCH = 64  # rows per backward pass: memory does not grow with a party's row count
+GRADIENT_BATCH = 256  # rows per backward pass of a distributed step (no optimizer state)
 DOMAIN_GROUPS = 32  # values per numeric column in the generator's domain
 
 
@@ -107,7 +113,11 @@ class TrainPlan:
     model: str = "made"  # "made" (autoregressive masked MLP) or "vae"
     hidden: int = 128
     latent: int = 16  # vae only
-    rounds: int = 10
+    # "local": each party runs DP-SGD on its own rows and the channel sums the updates;
+    # "distributed": one full-batch gradient step per round, the noise shared among the
+    # parties through the secure sum (see the module docstring)
+    noise: str = "local"
+    rounds: int = 0  # 0: the noise's default (LOCAL_ROUNDS or DISTRIBUTED_ROUNDS)
     local_epochs: float = 2.0  # expected passes over a party's rows per round
     sampling_rate: float = 0.05  # Poisson rate q: each row enters a step with probability q
     clip: float = 1.0
@@ -136,8 +146,14 @@ class TrainPlan:
 
         if self.model not in MODELS:
             problems.append(f"model {self.model!r} is not one of {MODELS}")
-        for name, lo, hi in (("rounds", 1, 1000), ("hidden", 1, MAX_HIDDEN), ("latent", 1, 1024),
-                             ("batch_scale", 1, 2**20), ("init_seed", 0, 2**62)):
+        if self.noise not in NOISES:
+            problems.append(f"noise {self.noise!r} is not one of {NOISES}")
+        elif self.rounds == 0 and not isinstance(self.rounds, bool):
+            object.__setattr__(self, "rounds", LOCAL_ROUNDS if self.noise == "local"
+                               else DISTRIBUTED_ROUNDS)
+        for name, lo, hi in (("rounds", 1, MAX_ROUNDS), ("hidden", 1, MAX_HIDDEN),
+                             ("latent", 1, 1024), ("batch_scale", 1, 2**20),
+                             ("init_seed", 0, 2**62)):
             whole(name, lo, hi)
         # public ranges that keep the accounting's assumptions true: q on float64's grid far
         # above its resolution, a clip norm far from subnormal numbers
@@ -153,7 +169,13 @@ class TrainPlan:
             raise ValueError("training plan: " + "; ".join(problems))
 
     @property
+    def distributed(self) -> bool:
+        return self.noise == "distributed"
+
+    @property
     def steps_per_round(self) -> int:
+        if self.distributed:
+            return 1
         return max(1, math.ceil(self.local_epochs / self.sampling_rate))
 
     @property
@@ -172,9 +194,41 @@ class TrainPlan:
         """The counting releases before training: (marginals, variance) of the domain round."""
         return ((columns, self.domain_variance(columns)),) if self.domain_share else ()
 
-    def noise_multiplier(self, columns: int) -> float:
-        return noise_multiplier(self.steps, self.sampling_rate, self.epsilon, self.delta,
-                                prior=self.prior(columns))
+    def scale(self, parameters: int) -> float:
+        """The fixed-point grid of a distributed step: a power of two at which rounding every
+        coordinate moves the gradient sum by at most sqrt(parameters) / scale <= clip / 128."""
+        return 2.0 ** math.ceil(math.log2(ROUNDING_SHARE * math.sqrt(parameters) / self.clip))
+
+    def sensitivity(self, parameters: int) -> tuple[float, float]:
+        """(Δ1, Δ2) of a distributed step's integer vector, round(scale * clipped gradient
+        sum), for one row added or removed: the row moves the real sum by at most `clip` in L2
+        (so sqrt(parameters) * clip in L1), scaled by `scale`; rounding to the nearest integer
+        moves each coordinate's difference by less than 1 more (L2 sqrt(parameters), L1
+        parameters); clipping coordinates to ±fixed_point.STEP_BOUND is 1-Lipschitz."""
+        s = self.scale(parameters)
+        root = math.sqrt(parameters)
+        return s * self.clip * root + parameters, s * self.clip + root
+
+    def noise_multiplier(self, columns: int, parameters: int = 1) -> float:
+        """σ of the training steps. Distributed steps are Skellam releases whose sensitivity
+        depends on the generator's size `parameters` (known once the domain is)."""
+        return noise_multiplier(self.steps, 1.0 if self.distributed else self.sampling_rate,
+                                self.epsilon, self.delta, prior=self.prior(columns),
+                                sensitivity=self.sensitivity(parameters) if self.distributed
+                                else None)
+
+    def round_release(self, columns: int, parameters: int) -> dict[str, Any]:
+        """What one training round releases, as the coordinator's accountant and every party's
+        ledger charge it: `steps_per_round` subsampled Gaussian steps (local), or one Skellam
+        release of the integer gradient sum at variance (σ Δ2)^2 (distributed)."""
+        sigma = self.noise_multiplier(columns, parameters)
+        if self.distributed:
+            l1, l2 = self.sensitivity(parameters)
+            return {"label": "train", "count": 1, "variance": (sigma * l2) ** 2, "l1": l1,
+                    "l2": l2, "mechanism": "skellam", "sampling_rate": 1.0}
+        return {"label": "train", "count": self.steps_per_round,
+                "variance": (sigma * self.clip) ** 2, "l1": self.clip, "l2": self.clip,
+                "mechanism": "subsampled_gaussian", "sampling_rate": self.sampling_rate}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -190,16 +244,23 @@ class TrainPlan:
 
 @functools.lru_cache(maxsize=64)
 def noise_multiplier(steps: int, sampling_rate: float, epsilon: float, delta: float, *,
-                     prior: tuple[tuple[int, float], ...] = ()) -> float:
+                     prior: tuple[tuple[int, float], ...] = (),
+                     sensitivity: tuple[float, float] | None = None) -> float:
     """Smallest σ (to 0.1%) at which the Skellam counting releases `prior` ((marginals,
-    variance) each) and `steps` subsampled Gaussian steps compose to at most (ε, δ)."""
+    variance) each) and `steps` training steps compose to at most (ε, δ): subsampled Gaussian
+    steps (noise σ times the clip norm, which the accounting does not depend on), or, given
+    the `sensitivity` (Δ1, Δ2) of an integer vector, Skellam releases of variance (σ Δ2)^2."""
 
     def eps(sigma: float) -> float:
         acc = Accountant()
         for count, variance in prior:
             acc.add(step=DOMAIN_STEP, count=count, variance=variance)
-        acc.add(step="train", count=steps, variance=sigma**2, mechanism="subsampled_gaussian",
-                sampling_rate=sampling_rate)
+        if sensitivity is None:
+            acc.add(step="train", count=steps, variance=sigma**2,
+                    mechanism="subsampled_gaussian", sampling_rate=sampling_rate)
+        else:
+            l1, l2 = sensitivity
+            acc.add(step="train", count=steps, variance=(sigma * l2) ** 2, l1=l1, l2=l2)
         return acc.epsilon(delta)
 
     if prior:
@@ -506,6 +567,53 @@ def train_local(plan: TrainPlan, sizes: Sequence[int], start: np.ndarray,
     update = get_vector(model) - np.asarray(start, dtype=np.float64)
     # non-finite coordinates (a function of the noisy clipped sums alone): post-processing
     return np.where(np.isfinite(update), update, 0.0)
+
+
+def clipped_gradient_sum(plan: TrainPlan, sizes: Sequence[int], params: np.ndarray,
+                         codes: np.ndarray, *, seed: int | None = None) -> np.ndarray:
+    """One distributed step's contribution: the sum over ALL of this party's rows of each
+    row's loss gradient at the global `params`, clipped to L2 norm `clip` (a row whose gradient
+    is not finite counts as zero). Not private by itself: the caller rounds it to the step's
+    grid and adds its noise share before it leaves (client_node.train)."""
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    model = build(plan, sizes)
+    set_vector(model, params)
+    torch.manual_seed(secrets.randbits(63) if seed is None else seed)  # vae latent draws
+    gsm = GradSampleModule(model)
+    layers = list(gsm.parameters())
+    total = [torch.zeros(p.shape, dtype=torch.float64) for p in layers]
+    c = torch.from_numpy(codes.astype(np.int64))
+    for start in range(0, len(codes), GRADIENT_BATCH):
+        part = slice(start, start + GRADIENT_BATCH)
+        model_loss(gsm, one_hot(codes[part], sizes), c[part]).backward()
+        grads = [p.grad_sample for p in layers]
+        # squared norms in float32: a non-finite (or overflowing) row gets factor 0
+        sq = sum(g.reshape(g.shape[0], -1).square().sum(dim=1) for g in grads)
+        assert isinstance(sq, torch.Tensor)
+        finite = torch.isfinite(sq)
+        factor = torch.where(finite, torch.clamp(plan.clip / (sq.sqrt() + 1e-12), max=1.0), 0.0)
+        for t, g in zip(total, grads, strict=True):
+            if not bool(finite.all()):  # 0 * inf is nan: those rows' gradients are zeroed
+                g = torch.where(finite.reshape(-1, *([1] * (g.dim() - 1))), g, 0.0)
+            t += torch.tensordot(factor, g, dims=1).double()
+        gsm.zero_grad(set_to_none=True)
+        for p in layers:
+            p.grad_sample = None
+    return torch.cat([t.reshape(-1) for t in total]).numpy()
+
+
+def server_step(model: Generator, optimizer: torch.optim.Optimizer, gradient: np.ndarray
+                ) -> None:
+    """One optimizer step of the global generator along `gradient` (a noisy mean gradient:
+    post-processing of a distributed step's release)."""
+    start = 0
+    for p in model.parameters():
+        k = p.numel()
+        p.grad = torch.from_numpy(gradient[start:start + k]).reshape(p.shape).to(p.dtype)
+        start += k
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _drop_non_finite_rows(gsm: GradSampleModule) -> None:

@@ -97,12 +97,12 @@ def test_a_plan_or_domain_changed_mid_job_is_refused(
     real = rounds_module.Rounds.train
     calls = []
 
-    def changed(self: rounds_module.Rounds, label: str, req: Any, length: int,
-                **kw: float) -> object:
+    def changed(self: rounds_module.Rounds, req: Any, length: int,
+                release: dict[str, Any]) -> object:
         calls.append(1)
         if len(calls) == 2:  # the second round
             change(req)
-        return real(self, label, req, length, **kw)  # type: ignore[arg-type]
+        return real(self, req, length, release)
 
     monkeypatch.setattr(rounds_module.Rounds, "train", changed)
     with pytest.raises((JobRefused, RoundFailed), match=refusal):

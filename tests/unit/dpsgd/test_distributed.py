@@ -1,0 +1,166 @@
+"""Distributed-noise DP-SGD (`noise: distributed`): one full-batch gradient step per round, each
+party's clipped gradient sum rounded to a public grid with its Skellam noise share added, so the
+secure sum carries the whole Skellam noise. The rounding keeps the plan's sensitivity, the plan
+spends exactly the job's ε, a party's gradient sum is the sum of its rows' clipped gradients,
+and in a job the ledgers hold one Skellam release per step while the sums carry noise of the
+release's variance even when every party's gradient fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("opacus")
+
+from fedsynth import progress  # noqa: E402
+from fedsynth.client_node.ledger import Ledger  # noqa: E402
+from fedsynth.coordinator import rounds as rounds_module  # noqa: E402
+from fedsynth.coordinator.job import JobOptions  # noqa: E402
+from fedsynth.crypto import fixed_point  # noqa: E402
+from fedsynth.crypto.accountant import ORDERS, Accountant  # noqa: E402
+from fedsynth.simulations import datasets  # noqa: E402
+from fedsynth.simulations.run import simulate  # noqa: E402
+from fedsynth.synthesis import dpsgd  # noqa: E402
+
+SIZES = [3, 5, 2, 4]
+
+
+@settings(max_examples=60, deadline=None)
+@given(parameters=st.integers(1, 3000), clip=st.floats(1e-3, 1e3),
+       seed=st.integers(0, 2**32 - 1), spread=st.floats(1e-3, 1e6))
+def test_a_rounded_gradient_sum_moves_by_at_most_the_plans_sensitivity(
+        parameters: int, clip: float, seed: int, spread: float) -> None:
+    """One row added: the real sum moves by a vector of L2 norm at most `clip`; the integer
+    vector that leaves (rounded, clipped to the bound) moves by at most (Δ1, Δ2)."""
+    plan = dpsgd.TrainPlan(epsilon=1.0, delta=1e-6, noise="distributed", clip=clip)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, spread * clip, parameters)
+    row = rng.normal(0, 1, parameters)
+    row *= clip * rng.uniform(0, 1) / np.linalg.norm(row)
+    scale = plan.scale(parameters)
+    diff = (fixed_point.to_grid(x + row, scale) - fixed_point.to_grid(x, scale)).astype(float)
+    l1, l2 = plan.sensitivity(parameters)
+    assert np.abs(diff).sum() <= l1 and np.linalg.norm(diff) <= l2
+    # the grid is fine: rounding adds at most 1/128 of the clip norm to Δ2
+    assert l2 <= scale * clip * (1 + 1 / 128)
+
+
+@pytest.mark.parametrize(("eps", "share", "rounds"), [(1.0, 0.3, 50), (10.0, 0.3, 300),
+                                                      (3.0, 0.0, 100)])
+def test_distributed_steps_and_the_domain_round_spend_exactly_the_job_epsilon(
+        eps: float, share: float, rounds: int) -> None:
+    plan = dpsgd.TrainPlan(epsilon=eps, delta=1e-6, noise="distributed", rounds=rounds,
+                           domain_share=share)
+    columns, parameters = len(SIZES), dpsgd.parameter_count(plan, SIZES)
+    sigma = plan.noise_multiplier(columns, parameters)
+    release = plan.round_release(columns, parameters)
+    l1, l2 = plan.sensitivity(parameters)
+    assert release == {"label": "train", "count": 1, "variance": (sigma * l2) ** 2, "l1": l1,
+                       "l2": l2, "mechanism": "skellam", "sampling_rate": 1.0}
+
+    def spent(s: float) -> float:
+        acc = Accountant()
+        if share:
+            acc.add(step=dpsgd.DOMAIN_STEP, count=columns,
+                    variance=plan.domain_variance(columns))
+        for _ in range(rounds):  # as the ledger holds them: one release per round
+            acc.add(step="train", count=1, variance=(s * l2) ** 2, l1=l1, l2=l2)
+        return acc.epsilon(plan.delta)
+
+    assert spent(sigma) <= eps < spent(sigma / 1.01)
+    # at this grid the Skellam steps cost what central full-batch Gaussian steps of the same
+    # noise multiplier would (their RDP curve, rounds * α / (2 σ²))
+    steps = Accountant()
+    steps.add(step="train", count=rounds, variance=(sigma * l2) ** 2, l1=l1, l2=l2)
+    assert np.allclose(steps.rdp(), np.asarray(ORDERS) * rounds / (2 * sigma**2), rtol=1e-3)
+
+
+def test_a_partys_gradient_sum_is_the_sum_of_its_rows_clipped_gradients() -> None:
+    plan = dpsgd.TrainPlan(epsilon=1.0, delta=1e-6, noise="distributed", hidden=16, clip=0.5,
+                           domain_share=0.0)
+    rng = np.random.default_rng(0)
+    params = dpsgd.get_vector(dpsgd.build(plan, SIZES))
+    params = params + rng.normal(0, 0.3, len(params))
+    codes = np.stack([rng.integers(0, k, 300) for k in SIZES], axis=1)  # > one backward batch
+    got = dpsgd.clipped_gradient_sum(plan, SIZES, params, codes, seed=1)
+    model = dpsgd.build(plan, SIZES)
+    dpsgd.set_vector(model, params)
+    want = np.zeros(len(params))
+    for i in range(len(codes)):
+        model.zero_grad()
+        c = torch.from_numpy(codes[i:i + 1])
+        model.row_loss(dpsgd.one_hot(codes[i:i + 1], SIZES), c).sum().backward()
+        g = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double().numpy()
+        want += g * min(1.0, plan.clip / np.linalg.norm(g))
+    assert np.abs(got - want).max() < 1e-3 * np.abs(want).max()
+    # and no more than each row's clip norm in all
+    assert np.linalg.norm(got) <= plan.clip * len(codes)
+
+
+def test_rows_whose_gradient_overflows_count_as_zero() -> None:
+    plan = dpsgd.TrainPlan(epsilon=1.0, delta=1e-6, noise="distributed", hidden=16,
+                           domain_share=0.0)
+    rng = np.random.default_rng(3)
+    codes = np.stack([rng.integers(0, k, 200) for k in SIZES], axis=1)
+    model = dpsgd.build(plan, SIZES)
+    with torch.no_grad():
+        model.l1.weight[:, 1] = dpsgd.PARAMETER_BOUND  # column 0 = value 1
+        model.l2.weight.fill_(dpsgd.PARAMETER_BOUND)
+        model.l3.weight.fill_(dpsgd.PARAMETER_BOUND)
+    total = dpsgd.clipped_gradient_sum(plan, SIZES, dpsgd.get_vector(model), codes, seed=1)
+    assert np.all(np.isfinite(total))
+    assert np.linalg.norm(total) <= plan.clip * len(codes)
+
+
+def _parties(n: int = 5) -> list[Any]:
+    _, train, _, _ = datasets.benchmark_split("ISLR/Default", 0)
+    idx = np.random.default_rng(0).permutation(len(train))
+    return [train.iloc[i].reset_index(drop=True) for i in np.array_split(idx, n)]
+
+
+def test_a_distributed_job_charges_one_skellam_release_a_step_and_its_sums_carry_that_noise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every party's gradient fails (a crafted failure): the party still sends its noise share,
+    so each step's sum is pure noise whose variance is the release's times k / (t - c), and
+    every ledger holds the domain round and one Skellam release per step, at the job's ε."""
+    progress.show("off")
+
+    def broken(*args: object, **kw: object) -> np.ndarray:
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(dpsgd, "clipped_gradient_sum", broken)
+    sums: list[tuple[np.ndarray, dict[str, Any], int]] = []
+    real = rounds_module.Rounds.train
+
+    def kept(self: rounds_module.Rounds, req: Any, length: int,
+             release: dict[str, Any]) -> Any:
+        res = real(self, req, length, release)
+        sums.append((np.asarray(res.total, dtype=float), release, len(res.contributors)))
+        return res
+
+    monkeypatch.setattr(rounds_module.Rounds, "train", kept)
+    train = {"noise": "distributed", "rounds": 3, "hidden": 16}
+    res = simulate(parties=_parties(), epsilon=3.0, channel="secagg", holdout=0.0,
+                   engine="local", evaluate=False, method="dpsgd", threshold=4,
+                   _shared={"work": str(tmp_path)}, options=JobOptions(rows=50, train=train))
+    assert len(sums) == 3
+    for total, release, k in sums:
+        assert k == 5
+        # symmetric noise of variance release * 5 / 4 per coordinate (thousands of them)
+        assert abs(total.mean()) < 5 * np.sqrt(release["variance"] * 5 / 4 / len(total))
+        assert total.var() == pytest.approx(release["variance"] * 5 / 4, rel=0.1)
+    assert res.privacy["epsilon_spent"] <= 3.0
+    assert res.privacy["epsilon_spent"] == pytest.approx(3.0, rel=0.01)
+    ledgers = [Ledger(p, 100.0, 1e-6) for p in sorted(tmp_path.rglob("ledger.jsonl"))]
+    assert len(ledgers) == 5
+    for ledger in ledgers:
+        steps = [e for e in ledger.entries() if e["label"] == "train"]
+        assert [(e["mechanism"], e["count"], e["variance"]) for e in steps] == [
+            ("skellam", 1, sums[0][1]["variance"])] * 3
+        assert ledger.spent() == pytest.approx(res.privacy["epsilon_spent"], rel=1e-9)
