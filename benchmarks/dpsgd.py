@@ -9,7 +9,7 @@ marginal method's federated number from the fidelity results. Mean 2-way TVD ove
 against the train table (as in benchmarks/fidelity.py), TSTR ROC AUC on the holdout, seconds
 and bytes each party sent.
 
-    python benchmarks/dpsgd.py [--epsilons 1 3 10] [--seeds 1] [--workers 2]
+    python benchmarks/dpsgd.py [--epsilons 1 3 10] [--seeds 1] [--workers 2] [--train JSON]
     python benchmarks/dpsgd.py --report
 """
 
@@ -26,21 +26,25 @@ import numpy as np
 import pandas as pd
 from _support import sweep
 
+from fedsynth.coordinator.options import JobOptions
 from fedsynth.evaluation.metrics import marginal_tvd, tstr_auc
 from fedsynth.simulations import datasets, partition
 from fedsynth.simulations.run import simulate
 
 
-def one(name: str, eps: float, part: str, seed: int, parties: int, delta: float) -> dict:
+def one(name: str, eps: float, part: str, seed: int, parties: int, delta: float,
+        train: dict | None = None) -> dict:
     schema, train, hold, b = datasets.benchmark_split(name, seed)
     tables = partition.split(train, parties, part, target=b.target, seed=seed)
     t = time.perf_counter()
     res = simulate(parties=tables, schema=schema, epsilon=eps, delta=delta, holdout=0.0,
-                   seed=seed, engine="local", evaluate=False, method="dpsgd")
+                   seed=seed, engine="local", evaluate=False, method="dpsgd",
+                   options=JobOptions(seed=seed, train=train))
     t_fed = time.perf_counter() - t
     local = pd.concat([simulate(parties=[tab], schema=schema, epsilon=eps, delta=delta,
                                 holdout=0.0, seed=seed, engine="local", evaluate=False,
-                                channel="plain", threshold=1, method="dpsgd").synthetic
+                                channel="plain", threshold=1, method="dpsgd",
+                                options=JobOptions(seed=seed, train=train)).synthetic
                        for tab in tables], ignore_index=True)
     rng = np.random.default_rng(seed)
     independent = pd.DataFrame({c: train[c].to_numpy()[rng.permutation(len(train))]
@@ -106,17 +110,21 @@ def main() -> None:
     ap.add_argument("--marginals", type=Path,
                     default=Path("benchmarks/results/fidelity-rounding.jsonl"),
                     help="fidelity results to take the marginal method's numbers from")
+    ap.add_argument("--train", default="", help="training plan options as JSON, e.g. "
+                    "'{\"noise\": \"distributed\"}'")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         logging.basicConfig(level=logging.WARNING)
         name, eps, part, seed = args.one
-        print(json.dumps(one(name, float(eps), part, int(seed), args.parties, args.delta)))
+        print(json.dumps(one(name, float(eps), part, int(seed), args.parties, args.delta,
+                             json.loads(args.train) if args.train else None)))
         return
     configs = [(n, e, p, s) for n in args.datasets for e in args.epsilons
                for p in args.partitions for s in range(args.seeds)]
-    done = sweep(__file__, configs, ["--parties", str(args.parties), "--delta", str(args.delta)],
+    done = sweep(__file__, configs, ["--parties", str(args.parties), "--delta", str(args.delta),
+                                     *(["--train", args.train] if args.train else [])],
                  args.jsonl, workers=args.workers, report_only=args.report)
     print(f"\n{args.parties} parties, δ={args.delta}, medians over seeds; 2-way TVD over "
           "all pairs vs the train table (lower is better)\n")

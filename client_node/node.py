@@ -83,7 +83,7 @@ class OpenRound:
     mask_publics: dict[int, bytes]
     mask_private: bytes = field(repr=False)
 MAX_SYNTHETIC_BYTES = 256 << 20  # largest synthetic table a party accepts to evaluate
-MAX_VARIANCE = 1e15  # far above any useful noise; numpy's Poisson sampler fails past ~1e19
+MAX_VARIANCE = noise.MAX_VARIANCE  # what crypto.noise draws exactly
 EVALUATION_MODES = ("off", "dp", "exact")
 
 

@@ -14,8 +14,10 @@ BEFORE the data is read, DP-SGD runs on the party's rows (synthesis.dpsgd: rows 
 not finite count as zero, memory is bounded by micro-batches), and the update goes out in fixed
 point (crypto.fixed_point), masked for the channel. Whatever fails after the charge, the party
 answers with a zero update: no failure depends on the data and costs nothing (a coordinator must
-not be able to ask a question of the rows through an error). Refusals before the charge depend only
-on the request and the party's policy.
+not be able to ask a question of the rows through an error). With the plan's distributed noise a
+round is one full-batch gradient step instead (`_distributed_step` argues its privacy): the
+rounded clipped gradient sum plus this party's Skellam share, and on failure the share alone.
+Refusals before the charge depend only on the request and the party's policy.
 """
 
 from __future__ import annotations
@@ -151,7 +153,7 @@ def _distributed_step(node: Node, plan: Any, sizes: list[int], groupings: list[A
     try:
         total = dpsgd.clipped_gradient_sum(plan, sizes, start, _codes(node, spec, groupings),
                                            seed=seed)
-        grid = fixed_point.to_grid(total, plan.scale(length))
+        grid = fixed_point.to_grid(total, plan.grid(len(sizes), length)[0])
     except Exception:
         log.exception("party %d round %d: the gradient failed; sending the noise share alone "
                       "(the round is charged)", me, round_id)

@@ -1,20 +1,29 @@
 """The DP-generator method (`--method dpsgd`): parties train one generator together with DP-SGD.
 
-Every round the coordinator sends the global generator's parameters and the public training
-plan (synthesis.dpsgd.TrainPlan); each party trains from them on its own rows with DP-SGD for
-`local_epochs` expected passes and answers with its update (trained minus global) in fixed
-point (crypto.fixed_point) through the job's channel, so the coordinator sees only the sum over
-at least t parties. The global parameters move by the mean update (federated averaging); after
-the last round rows are sampled from the global generator and decoded to typed values.
+Two ways to noise the training, set by the public plan's `noise` (synthesis.dpsgd.TrainPlan):
 
-Privacy. Each party's update is already differentially private on its own (local DP-SGD,
-record level: synthesis.dpsgd's docstring argues it), and every party charges its ledger with
-the round's steps (a subsampled Gaussian event) before its reply leaves; the plan is a function
+- "local" (default): every round the coordinator sends the global generator's parameters and
+  the plan; each party trains from them on its own rows with DP-SGD for `local_epochs`
+  expected passes and answers with its update (trained minus global) in fixed point
+  (crypto.fixed_point) through the job's channel, so the coordinator sees only the sum over at
+  least t parties. The global parameters move by the mean update (federated averaging). Each
+  update is DP on its own (local DP-SGD, synthesis.dpsgd's docstring argues it); the secure
+  sum hides single updates but adds no noise.
+- "distributed": every round is ONE full-batch gradient step. Each party answers with the sum
+  of its rows' clipped gradients at the global parameters, rounded to a public grid, plus its
+  Skellam share of the step's noise (client_node.train); the secure sum's total carries the
+  whole noise, so the coordinator holds what a central curator running DP gradient descent on
+  the pooled rows would (noise sd σ·clip on the sum of all parties' gradients, against σ·clip
+  on each party's own sum in the local variant: about sqrt(parties) less noise on the mean,
+  and as many round trips as steps). The coordinator takes an Adam step along the noisy mean
+  gradient (post-processing). A step is a Skellam release of an integer vector with the
+  plan's sensitivity (TrainPlan.sensitivity), charged as such; the noise is integer Skellam
+  from the OS-keyed generator, so the floating-point caveat of local DP-SGD does not apply.
+
+Privacy. Every party charges its ledger with the round's release (TrainPlan.round_release: the
+same event the coordinator's accountant adds) before its reply leaves; the plan is a function
 of public values only, and a party pins it at its first round and refuses a changed plan or a
-round past `rounds`, so a job never spends more than its ε at any party. Secure aggregation
-adds no noise here: it hides single updates. (A distributed-noise variant, with clipped
-gradient sums and noise shares through the secure sum at every step, would reach central
-DP-SGD's utility at one round trip per step; not built.)
+round past `rounds`, so a job never spends more than its ε at any party.
 
 The domain. Unless the plan's `domain_share` is 0, the job starts with one counting round:
 every column's fine one-way counts through the channel at the plan's Skellam variance
@@ -43,21 +52,40 @@ from fedsynth.coordinator.rounds import Rounds
 from fedsynth.crypto import fixed_point
 from fedsynth.crypto.accountant import StepBudget
 from fedsynth.evaluation.meter import StepMeter
-from fedsynth.protocols import channels
 from fedsynth.protocols import fedsynth_pb2 as pb
-from fedsynth.protocols.spec import JobSpec
 from fedsynth.synthesis import dpsgd
 from fedsynth.synthesis.encoding import FLOOR_SDS, Encoding, Grouping
 from fedsynth.synthesis.generator_model import GeneratorModel
 
-OUTSIDE = [
-    "dpsgd: the Gaussian noise is drawn in floating point by torch's generator (seeded from OS "
-    "entropy each round, but not a cryptographic generator)",
-    "dpsgd: each party's update is DP by its own DP-SGD noise; the secure sum hides single "
-    "updates but adds no noise, so the ε is that of each party's local training",
-    "dpsgd: a party's training time grows with its row count (a step takes about q * n rows), "
-    "which a coordinator can time",
-]
+OUTSIDE = {
+    "local": [
+        "dpsgd: the Gaussian noise is drawn in floating point by torch's generator (seeded "
+        "from OS entropy each round, but not a cryptographic generator)",
+        "dpsgd: each party's update is DP by its own DP-SGD noise; the secure sum hides single "
+        "updates but adds no noise, so the ε is that of each party's local training",
+        "dpsgd: a party's training time grows with its row count (a step takes about q * n "
+        "rows), which a coordinator can time",
+    ],
+    "distributed": [
+        "dpsgd: a party's gradient time grows with its row count (every step reads all its "
+        "rows), which a coordinator can time",
+        "dpsgd, model vae only: the latent draws in each row's gradient come from torch's "
+        "generator (seeded from OS entropy each round, not a cryptographic generator); the "
+        "sensitivity argument needs them unknown to the coordinator",
+    ],
+}
+
+MECHANISM = {
+    "local": "each party trains with DP-SGD on its own rows: Poisson sampling at rate q, "
+             "per-row gradients clipped to L2 norm `clip`, Gaussian noise of sd "
+             "noise_multiplier * clip on each step's sum (Opacus); its update goes through the "
+             "channel in fixed point, and the coordinator sees only the sum",
+    "distributed": "one full-batch gradient step a round: each party sums its rows' gradients "
+                   "at the global parameters, each clipped to L2 norm `clip`, rounds the sum "
+                   "to the public grid `grid_scale` and adds its Skellam share of the step's "
+                   "noise (variance (noise_multiplier * Δ2)^2 over t - c honest survivors); "
+                   "the coordinator sees only the noisy sum and takes an Adam step along it",
+}
 
 
 class DpsgdMethod:
@@ -74,7 +102,6 @@ class DpsgdMethod:
         fine_counts = [np.ones(c.size) for c in enc.codecs]  # uniform inside public groups
         floor = 0.0
         plan.noise_multiplier(d)  # before any release: an infeasible plan stops here
-        _check_channel_range(plan, spec)
         meter.begin("train")
         if plan.domain_share > 0:
             var1 = plan.domain_variance(d)
@@ -102,6 +129,7 @@ class DpsgdMethod:
         length = len(params)
         sigma = plan.noise_multiplier(d, length)
         release = plan.round_release(d, length)
+        scale, l1, l2 = plan.grid(d, length) if plan.distributed else (0.0, 0.0, 0.0)
         say(f"training a {plan.model} generator ({length} parameters) with "
             + (f"{plan.rounds} distributed DP-SGD steps (full batch, Skellam noise shared "
                f"through the secure sum), noise multiplier {sigma:.3f}" if plan.distributed
@@ -117,7 +145,7 @@ class DpsgdMethod:
             if plan.distributed:  # the noisy clipped gradient sum, as a mean gradient
                 norm = max(1.0, total) if total is not None else float(plan.batch_scale)
                 dpsgd.server_step(model, optimizer,
-                                  res.total.astype(np.float64) / (plan.scale(length) * norm))
+                                  res.total.astype(np.float64) / (scale * norm))
                 params = dpsgd.get_vector(model)
                 if (r + 1) % max(1, plan.rounds // 10) == 0 or r + 1 == plan.rounds:
                     say(f"step {r + 1} of {plan.rounds}: {len(res.contributors)} parties' "
@@ -145,39 +173,25 @@ class DpsgdMethod:
             synthetic = kept.sample(rows, seed=opt.seed)
         steps.append(StepBudget("train", plan.steps, 1.0 - plan.domain_share))
         done = sum(r.get("steps", 0) for r in rounds.log_rows if r["step"] == "train")
-        report = {"method": "dpsgd", "outside_the_guarantee": OUTSIDE,
-                  "mechanism": "each party trains with DP-SGD on its own rows: Poisson "
-                               "sampling at rate q, per-row gradients clipped to L2 norm "
-                               "`clip`, Gaussian noise of sd noise_multiplier * clip on each "
-                               "step's sum (Opacus); its update goes through the channel in "
-                               "fixed point, and the coordinator sees only the sum",
+        report = {"method": "dpsgd", "outside_the_guarantee": OUTSIDE[plan.noise],
+                  "mechanism": MECHANISM[plan.noise],
                   "accounting": "Rényi DP of the domain round's Skellam counting release (if "
-                                "any) and of Poisson-subsampled Gaussian steps (dp-accounting), "
-                                "composed over all rounds and converted to (ε, δ); unit: one "
-                                "row of one party (add/remove)",
+                                "any) and of the training releases ("
+                                + ("Poisson-subsampled Gaussian steps, dp-accounting"
+                                   if not plan.distributed else
+                                   "one Skellam release of an integer gradient sum a step")
+                                + "), composed over all rounds and converted to (ε, δ); unit: "
+                                  "one row of one party (add/remove)",
                   "budget_split": [
                       *([{"step": dpsgd.DOMAIN_STEP, "share_planned": plan.domain_share,
                           "marginals": d, "noise_variance": plan.domain_variance(d)}]
                         if plan.domain_share > 0 else []),
                       {"step": "train", "share_planned": 1.0 - plan.domain_share,
                        "steps_planned": plan.steps, "steps": done}],
-                  "training_plan": {**asdict(plan),
-                                                       "noise_multiplier": sigma,
-                                                       "steps_per_round": plan.steps_per_round,
-                                                       "parameters": len(params)}}
+                  "training_plan": {**asdict(plan), "noise_multiplier": sigma,
+                                    "steps_per_round": plan.steps_per_round,
+                                    "parameters": len(params),
+                                    **({"grid_scale": scale, "sensitivity_l1_l2": [l1, l2]}
+                                       if plan.distributed else {})}}
         return Synthesis(synthetic, kept, steps, total, report)
 
-
-def _check_channel_range(plan: dpsgd.TrainPlan, spec: JobSpec) -> None:
-    """Before any release: a distributed step's noise shares must fit the he channel's
-    per-party range (crypto.fixed_point.to_grid), or its sums would wrap. Sized with the
-    schema-only domain, as large as the data's (both at most DOMAIN_GROUPS per column)."""
-    if not plan.distributed or not channels.get(spec.channel).key_holder:
-        return
-    sizes = [g.size for g in dpsgd.domain(spec.schema)]
-    variance = plan.round_release(len(sizes), dpsgd.parameter_count(plan, sizes))["variance"]
-    sd = float(np.sqrt(variance / spec.noise_divisor))
-    if sd > fixed_point.NOISE_SD_LIMIT:
-        raise ValueError(f"distributed DP-SGD's noise shares (sd {sd:.3g}) are too wide for the "
-                         f"{spec.channel} channel's range; use fewer rounds, a larger ε, or the "
-                         "secagg channel")

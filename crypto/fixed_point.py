@@ -48,7 +48,6 @@ def decode_mean(total: np.ndarray, parties: int) -> np.ndarray:
 # --- a distributed DP-SGD step's integer vector (noised after rounding) ----------------------
 
 STEP_BOUND = 2**30  # |coordinate| of a party's rounded gradient sum, before its noise share
-NOISE_SD_LIMIT = 2.0**24  # a share's sd the he channel's per-party bound 2^31 has room for
 
 
 def to_grid(x: np.ndarray, scale: float) -> np.ndarray:
@@ -61,8 +60,9 @@ def to_grid(x: np.ndarray, scale: float) -> np.ndarray:
     than 1; clipping each coordinate to an interval never increases a difference. The bound
     keeps a sum of 2^12 parties' codes plus their Skellam shares inside the channels' ranges
     (secagg's ring is 2^64; the he channel's per-party bound is 2^31, which a code plus a
-    share whose sd is at most NOISE_SD_LIMIT passes with probability below e^-500). A sum
-    that wrapped would be wrong, not less private: every code is noised before it leaves.
+    share of variance at most synthesis.dpsgd.STEP_VARIANCE_LIMIT = 2^38, sd 2^19, passes with
+    probability below e^-2000000: so the he channel's refusal of an out-of-range vector, which
+    would depend on the party's rows, does not happen).
     """
     x = np.asarray(x, dtype=np.float64)
     if not np.all(np.isfinite(x)):

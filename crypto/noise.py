@@ -17,19 +17,28 @@ generator (`seeded_generator`) exists only for tests; whoever uses it must mark 
 
 Why the sampler is sound: numpy's Poisson sampler (inversion for λ < 10, the PTRS transformed
 rejection method above) returns integers whose law equals Poisson(λ) up to the rounding of
-double-precision arithmetic in its acceptance tests (relative error around 2^-53 per
-probability). Its outputs are integers, so the low-order-bit leak that breaks floating-point
-Laplace samplers (Mironov 2012) does not arise: an output reveals nothing beyond its value.
-The residual deviation from the exact law is far below the δ we report and is named, with
-timing and message sizes, among what the guarantee does not cover.
+double-precision arithmetic in its acceptance tests. That rounding grows with λ (the test
+compares log-probabilities of size about λ·log λ): above λ ≈ 2^47 the draws' spread is visibly
+wrong, and from 2^53 on they are all even or multiples of 4, which would let a sum's low bits
+show the un-noised vector. So no single draw here has λ above POISSON_CHUNK = 2^32: a larger λ
+is the sum of m independent Poisson(λ / m) draws, which is exactly Poisson(λ) (additivity), and
+a variance above MAX_VARIANCE is refused. At λ <= 2^32 the relative error of an acceptance
+probability is about 2^-16 at worst, far smaller at the variances counting rounds use; it is
+named, with timing and message sizes, among what the guarantee does not cover. Outputs are
+integers, so the low-order-bit leak that breaks floating-point Laplace samplers (Mironov 2012)
+does not arise: an output reveals nothing beyond its value.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 
 import numpy as np
 from randomgen import ChaCha
+
+POISSON_CHUNK = 2.0**32  # the largest λ of one Poisson draw
+MAX_VARIANCE = 2.0**40  # the largest Skellam variance drawn (λ = 2^39: 128 draws a value)
 
 
 def secure_generator() -> np.random.Generator:
@@ -53,8 +62,16 @@ def skellam(variance: float | np.ndarray, size: int, rng: np.random.Generator) -
         raise ValueError("noise variance must be finite and non-negative")
     if not np.any(v > 0):
         return np.zeros(size, dtype=np.int64)
+    if np.any(v > MAX_VARIANCE):
+        raise ValueError(f"a Skellam variance above {MAX_VARIANCE:.3g} cannot be drawn exactly "
+                         "here (numpy's Poisson sampler loses its low bits at large λ)")
     lam = np.broadcast_to(v / 2.0, (size,))
-    return rng.poisson(lam).astype(np.int64) - rng.poisson(lam).astype(np.int64)
+    chunks = max(1, math.ceil(float(lam.max()) / POISSON_CHUNK))
+    out = np.zeros(size, dtype=np.int64)
+    for _ in range(chunks):  # Poisson(λ) = sum of `chunks` Poisson(λ / chunks): exact
+        out += rng.poisson(lam / chunks).astype(np.int64) - rng.poisson(
+            lam / chunks).astype(np.int64)
+    return out
 
 
 def share_variance(total_variance: float | np.ndarray, *,

@@ -105,7 +105,7 @@ from fedsynth.evaluation.plan import DP_WEIGHTS, EvalOptionsError, EvaluationPla
 _UNIT_NAMES = frozenset({"ml:tstr", "bias:real", "bias:tstr", "match:real",
                          "dcr:real_to_synthetic"})
 DEFAULT_EPSILON = 1.0  # the proposed default evaluation epsilon (see the decision above)
-MAX_VARIANCE = 1e17  # a Poisson sampler draws up to about 9e18: beyond this, refuse
+MAX_VARIANCE = noise.MAX_VARIANCE  # what crypto.noise draws exactly: beyond this, refuse
 
 
 @dataclass(frozen=True)

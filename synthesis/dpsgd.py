@@ -26,6 +26,21 @@ seeded from OS entropy for each round, never from a seed anyone else could know;
 is not a cryptographic one (Opacus's secure mode needs torchcsprng, which is not available here),
 and the Gaussian is drawn in floating point: both are listed outside the guarantee in the job's
 privacy report.
+
+Distributed noise (plan `noise: distributed`; coordinator.dpsgd_method runs the rounds). A round
+is one full-batch step: the party sums every row's gradient at the global parameters, each row's
+clipped to L2 norm `clip` (`clipped_gradient_sum`), and rounds scale * sum to integers
+(crypto.fixed_point.to_grid). One row added or removed moves that integer vector by at most
+`sensitivity` = (Δ1, Δ2) = (scale·clip·√P + P, scale·clip + √P) for P parameters (clipping,
+scaling, and less than 1 per coordinate from rounding; the public grid `scale` is fine enough
+that rounding adds at most 1/128 of clip to Δ2). The parties' Skellam shares sum to noise of
+variance (σ Δ2)² on the secure sum (crypto.noise), so a step is one Skellam release (crypto.
+accountant: its Gaussian part α / (2σ²) per step, as central full-batch DP gradient descent),
+and `noise_multiplier` is the smallest σ at which the domain round and `rounds` such releases
+compose to the job's ε. Full batches instead of Poisson samples: the accounting is exact
+without a subsampling bound for Skellam noise, and at equal steps and ε a subsampled step's
+signal-to-noise is no better in the regime DP-SGD runs in (ρ ≈ T q² / 2σ² with noise σ on a
+batch of q·n rows); a party pays with a pass over its rows per step.
 """
 
 from __future__ import annotations
@@ -59,8 +74,9 @@ from fedsynth.synthesis.schema import Schema
 MODELS = ("made", "vae")
 NOISES = ("local", "distributed")
 LOCAL_ROUNDS = 10  # the default rounds of local training (noise "local")
-DISTRIBUTED_ROUNDS = 200  # the default gradient steps, one round each (noise "distributed")
+DISTRIBUTED_ROUNDS = 100  # the default gradient steps, one round each (noise "distributed")
 ROUNDING_SHARE = 128  # a distributed step's grid: rounding adds <= 1/128 of clip to Δ2
+STEP_VARIANCE_LIMIT = 2.0**38  # a distributed step's noise variance at most (crypto.noise)
 MIN_SAMPLING_RATE = 1e-4
 MAX_STEPS_PER_ROUND = 100_000
 MAX_HIDDEN = 1024
@@ -194,28 +210,16 @@ class TrainPlan:
         """The counting releases before training: (marginals, variance) of the domain round."""
         return ((columns, self.domain_variance(columns)),) if self.domain_share else ()
 
-    def scale(self, parameters: int) -> float:
-        """The fixed-point grid of a distributed step: a power of two at which rounding every
-        coordinate moves the gradient sum by at most sqrt(parameters) / scale <= clip / 128."""
-        return 2.0 ** math.ceil(math.log2(ROUNDING_SHARE * math.sqrt(parameters) / self.clip))
-
-    def sensitivity(self, parameters: int) -> tuple[float, float]:
-        """(Δ1, Δ2) of a distributed step's integer vector, round(scale * clipped gradient
-        sum), for one row added or removed: the row moves the real sum by at most `clip` in L2
-        (so sqrt(parameters) * clip in L1), scaled by `scale`; rounding to the nearest integer
-        moves each coordinate's difference by less than 1 more (L2 sqrt(parameters), L1
-        parameters); clipping coordinates to ±fixed_point.STEP_BOUND is 1-Lipschitz."""
-        s = self.scale(parameters)
-        root = math.sqrt(parameters)
-        return s * self.clip * root + parameters, s * self.clip + root
+    def grid(self, columns: int, parameters: int) -> tuple[float, float, float]:
+        """(scale, Δ1, Δ2) of a distributed step (`step_grid` at this plan's σ)."""
+        return step_grid(parameters, self.clip, self.noise_multiplier(columns, parameters))
 
     def noise_multiplier(self, columns: int, parameters: int = 1) -> float:
         """σ of the training steps. Distributed steps are Skellam releases whose sensitivity
         depends on the generator's size `parameters` (known once the domain is)."""
         return noise_multiplier(self.steps, 1.0 if self.distributed else self.sampling_rate,
                                 self.epsilon, self.delta, prior=self.prior(columns),
-                                sensitivity=self.sensitivity(parameters) if self.distributed
-                                else None)
+                                grid=(parameters, self.clip) if self.distributed else None)
 
     def round_release(self, columns: int, parameters: int) -> dict[str, Any]:
         """What one training round releases, as the coordinator's accountant and every party's
@@ -223,7 +227,7 @@ class TrainPlan:
         release of the integer gradient sum at variance (σ Δ2)^2 (distributed)."""
         sigma = self.noise_multiplier(columns, parameters)
         if self.distributed:
-            l1, l2 = self.sensitivity(parameters)
+            _, l1, l2 = step_grid(parameters, self.clip, sigma)
             return {"label": "train", "count": 1, "variance": (sigma * l2) ** 2, "l1": l1,
                     "l2": l2, "mechanism": "skellam", "sampling_rate": 1.0}
         return {"label": "train", "count": self.steps_per_round,
@@ -242,24 +246,51 @@ class TrainPlan:
             raise ValueError(f"training plan {text[:200]!r} does not parse: {exc}") from None
 
 
+def step_grid(parameters: int, clip: float, sigma: float | None
+              ) -> tuple[float, float, float]:
+    """(scale, Δ1, Δ2) of a distributed step with noise multiplier `sigma`.
+
+    The party sends round(scale * clipped gradient sum) (crypto.fixed_point.to_grid). One row
+    added or removed moves the real sum by at most `clip` in L2 (so sqrt(P) * clip in L1, for P
+    = `parameters`), scaled by `scale`; rounding to the nearest integer moves each coordinate's
+    difference by less than 1 more (L2 sqrt(P), L1 P); clipping coordinates to
+    ±fixed_point.STEP_BOUND is 1-Lipschitz: Δ1 = scale·clip·sqrt(P) + P, Δ2 = scale·clip +
+    sqrt(P). The scale is a power of two, fine enough that rounding adds at most 1/128 of the
+    clip to Δ2, unless the step's noise variance (σ Δ2)² would then pass STEP_VARIANCE_LIMIT
+    (the Skellam sampler's exact range, crypto.noise): then the finest that stays under it,
+    refused when rounding would add more than a quarter. `sigma` None: the fine grid."""
+    root = math.sqrt(parameters)
+    scale = 2.0 ** math.ceil(math.log2(ROUNDING_SHARE * root / clip))
+    if sigma is not None:
+        room = math.sqrt(STEP_VARIANCE_LIMIT) / sigma - root  # scale * clip at most this
+        if room < 4 * root:
+            raise ValueError(f"distributed DP-SGD needs noise multiplier {sigma:.3g} on a "
+                             f"generator of {parameters} parameters: too much noise for the "
+                             "step's integer grid; use fewer rounds, a smaller model, a larger "
+                             "ε, or noise \"local\"")
+        scale = min(scale, 2.0 ** math.floor(math.log2(room / clip)))
+    return scale, scale * clip * root + parameters, scale * clip + root
+
+
 @functools.lru_cache(maxsize=64)
 def noise_multiplier(steps: int, sampling_rate: float, epsilon: float, delta: float, *,
                      prior: tuple[tuple[int, float], ...] = (),
-                     sensitivity: tuple[float, float] | None = None) -> float:
+                     grid: tuple[int, float] | None = None) -> float:
     """Smallest σ (to 0.1%) at which the Skellam counting releases `prior` ((marginals,
     variance) each) and `steps` training steps compose to at most (ε, δ): subsampled Gaussian
     steps (noise σ times the clip norm, which the accounting does not depend on), or, given
-    the `sensitivity` (Δ1, Δ2) of an integer vector, Skellam releases of variance (σ Δ2)^2."""
+    the `grid` (parameters, clip) of distributed steps, Skellam releases of variance (σ Δ2)²
+    with the sensitivity of `step_grid` at σ."""
 
-    def eps(sigma: float) -> float:
+    def eps(sigma: float, fine: bool = False) -> float:
         acc = Accountant()
         for count, variance in prior:
             acc.add(step=DOMAIN_STEP, count=count, variance=variance)
-        if sensitivity is None:
+        if grid is None:
             acc.add(step="train", count=steps, variance=sigma**2,
                     mechanism="subsampled_gaussian", sampling_rate=sampling_rate)
         else:
-            l1, l2 = sensitivity
+            _, l1, l2 = step_grid(grid[0], grid[1], None if fine else sigma)
             acc.add(step="train", count=steps, variance=(sigma * l2) ** 2, l1=l1, l2=l2)
         return acc.epsilon(delta)
 
@@ -271,16 +302,19 @@ def noise_multiplier(steps: int, sampling_rate: float, epsilon: float, delta: fl
             raise ValueError(f"the domain round alone spends ε={before.epsilon(delta):.3g} of "
                              f"ε={epsilon}: lower domain_share")
     lo, hi = 0.05, 1.0
-    while eps(hi) > epsilon:
+    # on the fine grid (its Skellam extra term is the smallest); the step's own grid after
+    while eps(hi, fine=True) > epsilon:
         lo, hi = hi, hi * 2
         if hi > 1e6:
             raise ValueError(f"no noise multiplier meets ε={epsilon} for {steps} steps")
     while hi / lo > 1.001:
         mid = math.sqrt(lo * hi)
-        if eps(mid) <= epsilon:
+        if eps(mid, fine=True) <= epsilon:
             hi = mid
         else:
             lo = mid
+    while grid is not None and eps(hi) > epsilon:  # a coarser grid's extra term: a hair more
+        hi *= 1.001
     return hi
 
 
@@ -587,8 +621,9 @@ def clipped_gradient_sum(plan: TrainPlan, sizes: Sequence[int], params: np.ndarr
     for start in range(0, len(codes), GRADIENT_BATCH):
         part = slice(start, start + GRADIENT_BATCH)
         model_loss(gsm, one_hot(codes[part], sizes), c[part]).backward()
-        grads = [p.grad_sample for p in layers]
-        # squared norms in float32: a non-finite (or overflowing) row gets factor 0
+        # in float64 from here: a float32 sum's rounding would depend on the other rows
+        grads = [p.grad_sample.double() for p in layers]
+        # a row whose gradient is not finite (or whose norm overflows) gets factor 0
         sq = sum(g.reshape(g.shape[0], -1).square().sum(dim=1) for g in grads)
         assert isinstance(sq, torch.Tensor)
         finite = torch.isfinite(sq)
@@ -596,7 +631,7 @@ def clipped_gradient_sum(plan: TrainPlan, sizes: Sequence[int], params: np.ndarr
         for t, g in zip(total, grads, strict=True):
             if not bool(finite.all()):  # 0 * inf is nan: those rows' gradients are zeroed
                 g = torch.where(finite.reshape(-1, *([1] * (g.dim() - 1))), g, 0.0)
-            t += torch.tensordot(factor, g, dims=1).double()
+            t += torch.tensordot(factor, g, dims=1)
         gsm.zero_grad(set_to_none=True)
         for p in layers:
             p.grad_sample = None

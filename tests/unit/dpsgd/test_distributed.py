@@ -22,7 +22,7 @@ from fedsynth import progress  # noqa: E402
 from fedsynth.client_node.ledger import Ledger  # noqa: E402
 from fedsynth.coordinator import rounds as rounds_module  # noqa: E402
 from fedsynth.coordinator.job import JobOptions  # noqa: E402
-from fedsynth.crypto import fixed_point  # noqa: E402
+from fedsynth.crypto import fixed_point, noise  # noqa: E402
 from fedsynth.crypto.accountant import ORDERS, Accountant  # noqa: E402
 from fedsynth.simulations import datasets  # noqa: E402
 from fedsynth.simulations.run import simulate  # noqa: E402
@@ -43,12 +43,37 @@ def test_a_rounded_gradient_sum_moves_by_at_most_the_plans_sensitivity(
     x = rng.normal(0, spread * clip, parameters)
     row = rng.normal(0, 1, parameters)
     row *= clip * rng.uniform(0, 1) / np.linalg.norm(row)
-    scale = plan.scale(parameters)
+    scale, l1, l2 = plan.grid(len(SIZES), parameters)
     diff = (fixed_point.to_grid(x + row, scale) - fixed_point.to_grid(x, scale)).astype(float)
-    l1, l2 = plan.sensitivity(parameters)
     assert np.abs(diff).sum() <= l1 and np.linalg.norm(diff) <= l2
-    # the grid is fine: rounding adds at most 1/128 of the clip norm to Δ2
-    assert l2 <= scale * clip * (1 + 1 / 128)
+
+
+@pytest.mark.parametrize(("eps", "rounds", "parameters"), [(10.0, 200, 80_000), (1.0, 200, 80_000),
+                                                           (0.3, 200, 20_000)])
+def test_the_step_grid_is_fine_unless_the_noise_would_leave_the_samplers_exact_range(
+        eps: float, rounds: int, parameters: int) -> None:
+    plan = dpsgd.TrainPlan(epsilon=eps, delta=1e-6, noise="distributed", rounds=rounds)
+    scale, _, l2 = plan.grid(4, parameters)
+    fine, _, fine_l2 = dpsgd.step_grid(parameters, plan.clip, None)
+    assert fine_l2 <= fine * plan.clip * (1 + 1 / 128)  # rounding adds at most 1/128 of clip
+    variance = plan.round_release(4, parameters)["variance"]
+    assert variance <= dpsgd.STEP_VARIANCE_LIMIT <= noise.MAX_VARIANCE
+    assert scale == fine or 4 * variance > dpsgd.STEP_VARIANCE_LIMIT  # the finest that fits
+    assert l2 <= scale * plan.clip * 1.25
+    with pytest.raises(ValueError, match="too much noise for the step's integer grid"):
+        dpsgd.TrainPlan(epsilon=0.05, delta=1e-6, noise="distributed",
+                        rounds=2000).noise_multiplier(4, parameters)
+
+
+def test_skellam_draws_at_large_variance_keep_their_low_bits_and_spread() -> None:
+    """numpy's Poisson sampler loses low bits at large λ (all even past 2^53); crypto.noise
+    draws in chunks of λ <= 2^32 and refuses past its limit."""
+    rng = np.random.default_rng(5)
+    x = noise.skellam(noise.MAX_VARIANCE, 200_000, rng)
+    assert np.std(x) == pytest.approx(np.sqrt(noise.MAX_VARIANCE), rel=0.01)
+    assert abs(np.mean(x % 4 == 0) - 0.25) < 0.01 and abs(np.mean(x % 2 == 1) - 0.5) < 0.01
+    with pytest.raises(ValueError, match="cannot be drawn exactly"):
+        noise.skellam(noise.MAX_VARIANCE * 2, 3, rng)
 
 
 @pytest.mark.parametrize(("eps", "share", "rounds"), [(1.0, 0.3, 50), (10.0, 0.3, 300),
@@ -60,7 +85,7 @@ def test_distributed_steps_and_the_domain_round_spend_exactly_the_job_epsilon(
     columns, parameters = len(SIZES), dpsgd.parameter_count(plan, SIZES)
     sigma = plan.noise_multiplier(columns, parameters)
     release = plan.round_release(columns, parameters)
-    l1, l2 = plan.sensitivity(parameters)
+    _, l1, l2 = plan.grid(columns, parameters)
     assert release == {"label": "train", "count": 1, "variance": (sigma * l2) ** 2, "l1": l1,
                        "l2": l2, "mechanism": "skellam", "sampling_rate": 1.0}
 
