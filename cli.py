@@ -87,6 +87,21 @@ def _count(what: str, least: int, why: str = "") -> Callable[[str], int]:
     return parse
 
 
+def _plan_field(text: str) -> tuple[str, object]:
+    """An argparse type: FIELD=VALUE of a training plan, the value read as JSON if it parses
+    (numbers, true/false) and as text otherwise; the plan itself checks names and ranges."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=VALUE (e.g. noise=distributed)")
+    import json
+
+    try:
+        value: object = json.loads(raw)
+    except ValueError:
+        value = raw
+    return name.strip(), value
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -161,6 +176,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="marginals: noisy marginals and a graphical model (the default, "
                    "best on tabular data); dpsgd: each party trains a generator with DP-SGD "
                    "and the updates are averaged (needs pip install -e \".[dpsgd]\")")
+    s.add_argument("--plan", action="append", type=_plan_field, metavar="FIELD=VALUE",
+                   help="a training plan field for --method dpsgd (repeatable), e.g. --plan "
+                   "noise=distributed --plan rounds=100; the fields are listed in README "
+                   "(the job file's [train] table)")
     s.add_argument("--holdout", type=float, default=0.2, metavar="FRACTION",
                    help="fraction of rows held out before partitioning, for evaluation only")
     s.add_argument("--seed", type=int, default=0,
@@ -805,6 +824,14 @@ def _simulate(args: argparse.Namespace) -> int:
                   overwrite=args.overwrite, conditions=args.condition or None,
                   class_ratio=args.class_ratio or None, method=args.method,
                   output_format=args.output_format)
+    if args.plan:
+        if args.method != "dpsgd":
+            print("error: --plan sets fields of a dpsgd training plan; add --method dpsgd",
+                  file=sys.stderr)
+            return EXIT_INPUT
+        from fedsynth.coordinator.options import JobOptions
+
+        kwargs["options"] = JobOptions(rows=args.rows, seed=args.seed, train=dict(args.plan))
     try:
         kwargs["schema"] = Schema.load(args.schema) if args.schema else None
         if len(args.epsilon) > 1:

@@ -33,18 +33,18 @@ from fedsynth.simulations.run import simulate
 
 
 def one(name: str, eps: float, part: str, seed: int, parties: int, delta: float,
-        train: dict | None = None) -> dict:
+        plan: dict | None = None) -> dict:
     schema, train, hold, b = datasets.benchmark_split(name, seed)
     tables = partition.split(train, parties, part, target=b.target, seed=seed)
     t = time.perf_counter()
     res = simulate(parties=tables, schema=schema, epsilon=eps, delta=delta, holdout=0.0,
                    seed=seed, engine="local", evaluate=False, method="dpsgd",
-                   options=JobOptions(seed=seed, train=train))
+                   options=JobOptions(seed=seed, train=plan))
     t_fed = time.perf_counter() - t
     local = pd.concat([simulate(parties=[tab], schema=schema, epsilon=eps, delta=delta,
                                 holdout=0.0, seed=seed, engine="local", evaluate=False,
                                 channel="plain", threshold=1, method="dpsgd",
-                                options=JobOptions(seed=seed, train=train)).synthetic
+                                options=JobOptions(seed=seed, train=plan)).synthetic
                        for tab in tables], ignore_index=True)
     rng = np.random.default_rng(seed)
     independent = pd.DataFrame({c: train[c].to_numpy()[rng.permutation(len(train))]

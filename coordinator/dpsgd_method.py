@@ -96,7 +96,7 @@ class DpsgdMethod:
         spec = rounds.spec
         enc = Encoding.from_schema(spec.schema)
         d = len(enc.codecs)
-        plan = dpsgd.TrainPlan(epsilon=spec.epsilon, delta=spec.delta, **dict(opt.train or {}))
+        plan = dpsgd.TrainPlan.from_options(spec.epsilon, spec.delta, opt.train)
         steps = []
         total: float | None = None
         fine_counts = [np.ones(c.size) for c in enc.codecs]  # uniform inside public groups

@@ -189,7 +189,7 @@ def _train_problems(train: object, eps: object, delta: object, columns: int | No
         return ['method = "dpsgd" needs the dpsgd extra on the coordinator: '
                 'pip install -e ".[dpsgd]"']
     try:
-        plan = dpsgd.TrainPlan(epsilon=eps, delta=delta, **dict(train or {}))  # type: ignore[arg-type]
+        plan = dpsgd.TrainPlan.from_options(eps, delta, train)  # type: ignore[arg-type]
         if columns is not None:
             plan.noise_multiplier(columns)
     except (TypeError, ValueError) as exc:

@@ -51,7 +51,7 @@ import json
 import math
 import secrets
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -236,6 +236,18 @@ class TrainPlan:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_options(cls, epsilon: float, delta: float, options: Mapping[str, Any] | None
+                     ) -> TrainPlan:
+        """The plan of a job at (ε, δ) with the user's fields; a ValueError that names an
+        unknown field and the known ones."""
+        known = {f for f in cls.__dataclass_fields__ if f not in ("epsilon", "delta")}
+        unknown = sorted(set(options or {}) - known)
+        if unknown:
+            raise ValueError(f"training plan: unknown field(s) {', '.join(unknown)}; the fields "
+                             f"are {', '.join(sorted(known))}")
+        return cls(epsilon=epsilon, delta=delta, **dict(options or {}))
 
     @classmethod
     def from_json(cls, text: str) -> TrainPlan:
