@@ -74,11 +74,26 @@ def marginal_numbers(path: Path) -> dict[tuple[str, float, str], float]:
     return {k: statistics.median(v) for k, v in out.items()}
 
 
-def table(rows: list[dict], marginal: dict[tuple[str, float, str], float]) -> str:
+def fed_numbers(path: Path | None) -> dict[tuple[str, float, str], float]:
+    """Another dpsgd run's federated 2-way TVD (median over seeds), e.g. the other noise."""
+    if path is None or not path.exists():
+        return {}
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    out: dict[tuple[str, float, str], list[float]] = {}
+    for r in rows:
+        out.setdefault((r["dataset"], r["epsilon"], r["partition"]), []).append(r["fed_tvd2"])
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def table(rows: list[dict], marginal: dict[tuple[str, float, str], float],
+          other: dict[tuple[str, float, str], float] | None = None,
+          other_label: str = "") -> str:
     keys = sorted({(r["dataset"], r["epsilon"], r["partition"]) for r in rows})
-    out = ["| dataset | ε | partition | dpsgd federated | dpsgd local-only | independent columns | "
-           "marginals federated | dpsgd / independent | TSTR dpsgd | TSTR independent | "
-           "TRTR | seconds | MB per party |", "|" + "---|" * 13]
+    extra = f" {other_label} |" if other else ""
+    out = ["| dataset | ε | partition | dpsgd federated |" + extra + " dpsgd local-only | "
+           "independent columns | marginals federated | dpsgd / independent | TSTR dpsgd | "
+           "TSTR independent | TRTR | seconds | MB per party |",
+           "|" + "---|" * (14 if other else 13)]
     for k in keys:
         rs = [r for r in rows if (r["dataset"], r["epsilon"], r["partition"]) == k]
 
@@ -87,7 +102,9 @@ def table(rows: list[dict], marginal: dict[tuple[str, float, str], float]) -> st
             return statistics.median(vals) if vals else float("nan")
 
         m = marginal.get(k)
-        out.append(f"| {k[0]} | {k[1]:g} | {k[2]} | {med('fed_tvd2'):.4f} | "
+        o = (other or {}).get(k)
+        shown = "" if not other else (" - |" if o is None else f" {o:.4f} |")
+        out.append(f"| {k[0]} | {k[1]:g} | {k[2]} | {med('fed_tvd2'):.4f} |{shown} "
                    f"{med('local_tvd2'):.4f} | "
                    f"{med('independent_tvd2'):.4f} | {'-' if m is None else f'{m:.4f}'} | "
                    f"{med('fed_tvd2') / med('independent_tvd2'):.2f}x | "
@@ -112,6 +129,9 @@ def main() -> None:
                     help="fidelity results to take the marginal method's numbers from")
     ap.add_argument("--train", default="", help="training plan options as JSON, e.g. "
                     "'{\"noise\": \"distributed\"}'")
+    ap.add_argument("--compare", type=Path, default=None,
+                    help="another run's results (e.g. benchmarks/results/dpsgd.jsonl, local "
+                    "noise) whose federated 2-way TVD is shown beside this run's")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -128,7 +148,8 @@ def main() -> None:
                  args.jsonl, workers=args.workers, report_only=args.report)
     print(f"\n{args.parties} parties, δ={args.delta}, medians over seeds; 2-way TVD over "
           "all pairs vs the train table (lower is better)\n")
-    print(table(done, marginal_numbers(args.marginals)))
+    print(table(done, marginal_numbers(args.marginals), fed_numbers(args.compare),
+                f"dpsgd federated ({args.compare.stem})" if args.compare else ""))
 
 
 if __name__ == "__main__":

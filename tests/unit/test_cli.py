@@ -95,6 +95,7 @@ def test_malformed_schema_file_exits_3(tmp_path: Path, capsys: pytest.CaptureFix
     (["--partition", "dirichlet:0"], "positive ALPHA"),
     (["--holdout", "1"], "holdout"),
     (["--threshold", "9"], "threshold t=9"),
+    (["--plan", "noise=distributed"], "add --method dpsgd"),
 ])
 def test_other_bad_arguments_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                     args: list[str], needle: str) -> None:

@@ -7,10 +7,12 @@ release's variance even when every party's gradient fails."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -189,3 +191,38 @@ def test_a_distributed_job_charges_one_skellam_release_a_step_and_its_sums_carry
         assert [(e["mechanism"], e["count"], e["variance"]) for e in steps] == [
             ("skellam", 1, sums[0][1]["variance"])] * 3
         assert ledger.spent() == pytest.approx(res.privacy["epsilon_spent"], rel=1e-9)
+
+
+def test_simulate_takes_the_plan_from_the_command_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedsynth.cli import EXIT_INPUT, main
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"a": rng.integers(0, 10, 300), "b": rng.choice(["x", "y"], 300)}).to_csv(
+        "t.csv", index=False)
+    base = ["simulate", "--engine", "local", "--data", "t.csv", "--parties", "3",
+            "--method", "dpsgd", "--no-evaluate"]
+    assert main([*base, "--plan", "bogus=1", "--out", "bad"]) == EXIT_INPUT
+    assert "unknown field(s) bogus; the fields are" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert main([*base, "--plan", "noise=distributed", "--plan", "rounds=3", "--plan",
+                 "hidden=16", "--out", "run"]) == 0
+    privacy = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    plan = privacy["training_plan"]
+    assert (plan["noise"], plan["rounds"], plan["hidden"]) == ("distributed", 3, 16)
+    assert privacy["epsilon_spent"] <= 1.0
+
+
+def test_a_distributed_job_runs_over_the_he_channel(tmp_path: Path) -> None:
+    """The step's integer vectors plus their shares stay inside the he channel's per-party
+    range (crypto.fixed_point.to_grid), and its key holder decrypts each step's one sum."""
+    progress.show("off")
+    res = simulate(parties=_parties(3), epsilon=3.0, channel="he", holdout=0.0, engine="local",
+                   evaluate=False, method="dpsgd", _shared={"work": str(tmp_path)},
+                   options=JobOptions(rows=100, train={"noise": "distributed", "rounds": 2,
+                                                       "hidden": 16}))
+    assert len(res.synthetic) == 100 and res.privacy["channel"] == "he"
+    assert res.privacy["epsilon_spent"] == pytest.approx(3.0, rel=0.01)
+    assert res.privacy["epsilon_spent"] <= 3.0
