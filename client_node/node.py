@@ -699,9 +699,10 @@ class Node:
 
 def _check_domain_round(req: pb.MeasureRequest, session: dict[str, Any], spec: JobSpec,
                         groupings: list[Grouping], cliques: list[tuple[int, ...]]) -> None:
-    """A dpsgd job measures once, before any training: every column's fine one-way counts at
-    exactly the variance its training plan (sent with the request, checked and pinned here as
-    at a training round: client_node.train) prices into its noise multiplier. So a dpsgd job
+    """A dpsgd job measures once, before any training: every column's one-way counts, in the
+    cells of dpsgd.domain_cells (a function of the schema and the plan), at exactly the
+    variance its training plan (sent with the request, checked and pinned here as at a
+    training round: client_node.train) prices into its noise multiplier. So a dpsgd job
     releases only what its plan was computed for: a coordinator cannot add counting rounds,
     ask for more than one-way counts, or buy a smaller variance than the plan's (found in a
     review: three cheap domain rounds took a job of ε = 3 to ε = 13.6 at every party)."""
@@ -715,10 +716,13 @@ def _check_domain_round(req: pb.MeasureRequest, session: dict[str, Any], spec: J
     if not plan.domain_share or req.noise_variance != expected:
         raise ProtocolError(f"a domain round at variance {req.noise_variance}, where the "
                             f"training plan prices {expected}; refusing")
-    if cliques != [(j,) for j in range(len(groupings))] or any(
-            not np.array_equal(g.index, np.arange(len(g.index))) for g in groupings):
-        raise ProtocolError("a dpsgd job's domain round measures every column's fine one-way "
-                            "counts, nothing else")
+    from fedsynth.synthesis import dpsgd
+
+    cells = dpsgd.domain_cells(spec.schema, plan)
+    if cliques != [(j,) for j in range(len(groupings))] or len(groupings) != len(cells) or any(
+            not np.array_equal(g.index, c.index) for g, c in zip(groupings, cells, strict=False)):
+        raise ProtocolError("a dpsgd job's domain round measures every column's one-way counts "
+                            "in the cells its plan names, nothing else")
     session["domain_measured"] = True
 
 

@@ -54,7 +54,7 @@ from fedsynth.crypto.accountant import StepBudget
 from fedsynth.evaluation.meter import StepMeter
 from fedsynth.protocols import fedsynth_pb2 as pb
 from fedsynth.synthesis import dpsgd
-from fedsynth.synthesis.encoding import FLOOR_SDS, Encoding, Grouping
+from fedsynth.synthesis.encoding import FLOOR_SDS, Encoding
 from fedsynth.synthesis.generator_model import GeneratorModel
 
 OUTSIDE = {
@@ -107,11 +107,10 @@ class DpsgdMethod:
             var1 = plan.domain_variance(d)
             rounds.variances[dpsgd.DOMAIN_STEP] = var1
             say("measuring one-way marginals (domain step)")
-            one, realized = rounds.measure(dpsgd.DOMAIN_STEP,
-                                           [Grouping.identity(n) for n in enc.sizes],
-                                           [(j,) for j in range(d)],
+            cells = dpsgd.domain_cells(spec.schema, plan)
+            one, realized = rounds.measure(dpsgd.DOMAIN_STEP, cells, [(j,) for j in range(d)],
                                            options_json=plan.to_json())
-            fine_counts = [o.astype(float) for o in one]
+            fine_counts = [dpsgd.spread(g, o) for g, o in zip(cells, one, strict=True)]
             groupings = dpsgd.data_domain(spec.schema, fine_counts)
             floor = FLOOR_SDS * float(np.sqrt(realized))
             # each column's noisy total, weighted by its precision (1 / cells): the row count

@@ -99,6 +99,22 @@ def domain(schema: Schema) -> list[Grouping]:
     return [public_grouping(c, DOMAIN_GROUPS) for c in Encoding.from_schema(schema).codecs]
 
 
+def domain_cells(schema: Schema, plan: TrainPlan) -> list[Grouping]:
+    """What the domain round counts, from the schema and the public plan alone: each column's
+    fine codes, or with `domain_bins` a binned column's bins in public runs of adjacent bins
+    (its lower bound, points and missing keep their own cells). A one-way count either way:
+    one row adds 1 to one cell of each column."""
+    return [public_grouping(c, plan.domain_bins) if plan.domain_bins and c.edges is not None
+            else Grouping.identity(c.size) for c in Encoding.from_schema(schema).codecs]
+
+
+def spread(cells: Grouping, counts: np.ndarray) -> np.ndarray:
+    """Fine counts from the counts of `cells`, each cell's count shared evenly by its codes
+    (post-processing)."""
+    width = np.bincount(cells.index, minlength=cells.size).astype(float)
+    return np.asarray(counts, dtype=float)[cells.index] / width[cells.index]
+
+
 def data_domain(schema: Schema, fine_counts: Sequence[np.ndarray]) -> list[Grouping]:
     """The generator's domain cut at the quantiles of the DP one-way counts (post-processing
     of the domain round's secure sum): about equal-mass groups of adjacent bins or values."""
@@ -145,6 +161,9 @@ class TrainPlan:
     # share of the job's zCDP budget spent on a one-way counting round before training (see
     # the module docstring); 0: the domain comes from the schema alone
     domain_share: float = 0.3
+    # the domain round counts a binned column's bins in about this many public runs of
+    # adjacent bins (0: every fine code): fewer, less noisy cells on small tables
+    domain_bins: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -169,7 +188,7 @@ class TrainPlan:
                                else DISTRIBUTED_ROUNDS)
         for name, lo, hi in (("rounds", 1, MAX_ROUNDS), ("hidden", 1, MAX_HIDDEN),
                              ("latent", 1, 1024), ("batch_scale", 1, 2**20),
-                             ("init_seed", 0, 2**62)):
+                             ("init_seed", 0, 2**62), ("domain_bins", 0, 2**16)):
             whole(name, lo, hi)
         # public ranges that keep the accounting's assumptions true: q on float64's grid far
         # above its resolution, a clip norm far from subnormal numbers

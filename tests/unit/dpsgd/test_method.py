@@ -26,6 +26,7 @@ from fedsynth.protocols.secure_sum import RoundFailed
 from fedsynth.simulations import datasets
 from fedsynth.simulations.run import simulate
 from fedsynth.synthesis import dpsgd
+from fedsynth.synthesis.encoding import Grouping
 
 
 def _parties(n: int = 5) -> tuple[list[pd.DataFrame], pd.DataFrame]:
@@ -169,14 +170,15 @@ def test_the_trained_generator_is_saved_and_draws_the_same_rows_again(tmp_path: 
         load_model(out)
 
 
-@pytest.mark.parametrize("attack", ["cheaper", "twice", "pairs"])
+@pytest.mark.parametrize("attack", ["cheaper", "twice", "pairs", "cells"])
 def test_a_coordinator_cannot_add_or_cheapen_counting_rounds_in_a_dpsgd_job(
         attack: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The plan's noise multiplier prices one domain round of one-way counts at the plan's
-    variance. A domain round at a tenth of that variance, a second one, or one asking for
-    pairs is refused (before training: nothing but that round is charged), so no party spends
-    more than the job's ε (a review found ε = 3 jobs reaching 13.6 before this check): the
-    party checks the round against the plan sent with it, before anything is released."""
+    variance. A domain round at a tenth of that variance, a second one, one asking for pairs,
+    or one counting other cells than the plan names is refused (before training: nothing but
+    that round is charged), so no party spends more than the job's ε (a review found ε = 3
+    jobs reaching 13.6 before this check): the party checks the round against the plan sent
+    with it, before anything is released."""
     progress.show("off")
     parties, _ = _parties()
     real = rounds_module.Rounds.measure
@@ -187,6 +189,8 @@ def test_a_coordinator_cannot_add_or_cheapen_counting_rounds_in_a_dpsgd_job(
             self.variances[label] /= 10
         if attack == "pairs":
             cliques = [*cliques, (0, 1)]
+        if attack == "cells":  # fine cells where the plan counts runs of bins
+            groupings = [Grouping.identity(len(g.index)) for g in groupings]
         out = real(self, label, groupings, cliques, **kw)
         if attack == "twice":
             out = real(self, label, groupings, cliques, **kw)
@@ -197,7 +201,8 @@ def test_a_coordinator_cannot_add_or_cheapen_counting_rounds_in_a_dpsgd_job(
                        match=r"where the training plan prices|one domain round|nothing else"):
         simulate(parties=parties, epsilon=3.0, channel="secagg", holdout=0.0, engine="local",
                  evaluate=False, method="dpsgd", _shared={"work": str(tmp_path)},
-                 options=JobOptions(train={"rounds": 2, "hidden": 16, "local_epochs": 0.2}))
+                 options=JobOptions(train={"rounds": 2, "hidden": 16, "local_epochs": 0.2,
+                                           "domain_bins": 64 if attack == "cells" else 0}))
     for ledger in _ledgers(tmp_path):  # the plan's own domain round at most, nothing else
         labels = [e["label"] for e in ledger.entries()]
         assert labels == ([dpsgd.DOMAIN_STEP] if attack == "twice" else [])
