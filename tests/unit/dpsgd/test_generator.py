@@ -175,6 +175,10 @@ def test_parameters_crafted_to_overflow_on_one_value_give_a_finite_update() -> N
     start = dpsgd.get_vector(model)
     update = dpsgd.train_local(plan, SIZES, start, codes, seed=1)
     assert np.all(np.isfinite(update))
+    # a distributed step's gradient sum likewise: those rows count as zero
+    step = dpsgd.TrainPlan(epsilon=3.0, delta=1e-6, hidden=16, noise="distributed")
+    total = dpsgd.clipped_gradient_sum(step, SIZES, start, codes, seed=1)
+    assert np.all(np.isfinite(total)) and np.linalg.norm(total) <= step.clip * len(codes)
     with pytest.raises(ValueError, match="within"):
         dpsgd.vector_from_bytes(dpsgd.vector_bytes(start * 10), len(start))
 
