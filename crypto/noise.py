@@ -22,7 +22,8 @@ compares log-probabilities of size about λ·log λ): above λ ≈ 2^47 the draw
 wrong, and from 2^53 on they are all even or multiples of 4, which would let a sum's low bits
 show the un-noised vector. So no single draw here has λ above POISSON_CHUNK = 2^32: a larger λ
 is the sum of m independent Poisson(λ / m) draws, which is exactly Poisson(λ) (additivity), and
-a variance above MAX_VARIANCE is refused. At λ <= 2^32 the relative error of an acceptance
+a variance above MAX_VARIANCE is refused (the work grows with the variance: callers that draw
+long vectors cap it lower). At λ <= 2^32 the relative error of an acceptance
 probability is about 2^-16 at worst, far smaller at the variances counting rounds use; it is
 named, with timing and message sizes, among what the guarantee does not cover. Outputs are
 integers, so the low-order-bit leak that breaks floating-point Laplace samplers (Mironov 2012)
@@ -38,7 +39,10 @@ import numpy as np
 from randomgen import ChaCha
 
 POISSON_CHUNK = 2.0**32  # the largest λ of one Poisson draw
-MAX_VARIANCE = 2.0**40  # the largest Skellam variance drawn (λ = 2^39: 128 draws a value)
+# the largest Skellam variance drawn: λ = 2^51, 2^19 draws a value (evaluation's small blocks of
+# moments reach 2e15; counting rounds and training steps are capped far lower by their callers)
+MAX_VARIANCE = 2.0**52
+DRAW_BATCH = 2**22  # Poisson draws held at once
 
 
 def secure_generator() -> np.random.Generator:
@@ -67,10 +71,17 @@ def skellam(variance: float | np.ndarray, size: int, rng: np.random.Generator) -
                          "here (numpy's Poisson sampler loses its low bits at large λ)")
     lam = np.broadcast_to(v / 2.0, (size,))
     chunks = max(1, math.ceil(float(lam.max()) / POISSON_CHUNK))
+    if chunks == 1:
+        return rng.poisson(lam).astype(np.int64) - rng.poisson(lam).astype(np.int64)
+    # Poisson(λ) = the sum of `chunks` independent Poisson(λ / chunks): exact; drawn in
+    # batches of rows so memory stays bounded (a small block at a huge variance: many rows)
+    part = lam / chunks
     out = np.zeros(size, dtype=np.int64)
-    for _ in range(chunks):  # Poisson(λ) = sum of `chunks` Poisson(λ / chunks): exact
-        out += rng.poisson(lam / chunks).astype(np.int64) - rng.poisson(
-            lam / chunks).astype(np.int64)
+    batch = max(1, DRAW_BATCH // max(size, 1))
+    for start in range(0, chunks, batch):
+        rows = min(batch, chunks - start)
+        out += (rng.poisson(part, (rows, size)).astype(np.int64)
+                - rng.poisson(part, (rows, size)).astype(np.int64)).sum(axis=0)
     return out
 
 
