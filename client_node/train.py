@@ -138,7 +138,7 @@ def _distributed_step(node: Node, plan: Any, sizes: list[int], groupings: list[A
     this party's Skellam share of the release's variance.
 
     Why the sum is DP (one row of this party added or removed): the integer vector moves by at
-    most the plan's (Δ1, Δ2) (TrainPlan.sensitivity: clipping, scaling, deterministic
+    most the plan's (Δ1, Δ2) (dpsgd.step_grid: clipping, scaling, deterministic
     rounding), and each of the t - c honest survivors adds independent Skellam noise of
     variance release["variance"] / (t - c) drawn from the OS-keyed generator (crypto.noise),
     so the sum the coordinator decrypts or unmasks carries Skellam noise of at least that

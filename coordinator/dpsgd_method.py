@@ -17,7 +17,7 @@ Two ways to noise the training, set by the public plan's `noise` (synthesis.dpsg
   on each party's own sum in the local variant: about sqrt(parties) less noise on the mean,
   and as many round trips as steps). The coordinator takes an Adam step along the noisy mean
   gradient (post-processing). A step is a Skellam release of an integer vector with the
-  plan's sensitivity (TrainPlan.sensitivity), charged as such; the noise is integer Skellam
+  plan's sensitivity (dpsgd.step_grid), charged as such; the noise is integer Skellam
   from the OS-keyed generator, so the floating-point caveat of local DP-SGD does not apply.
 
 Privacy. Every party charges its ledger with the round's release (TrainPlan.round_release: the
@@ -101,7 +101,7 @@ class DpsgdMethod:
         total: float | None = None
         fine_counts = [np.ones(c.size) for c in enc.codecs]  # uniform inside public groups
         floor = 0.0
-        plan.noise_multiplier(d)  # before any release: an infeasible plan stops here
+        plan.check(spec.schema)  # before any release: an infeasible plan stops here
         meter.begin("train")
         if plan.domain_share > 0:
             var1 = plan.domain_variance(d)

@@ -55,7 +55,7 @@ def to_grid(x: np.ndarray, scale: float) -> np.ndarray:
     (a party's clipped gradient sum), noised by the caller after this.
 
     Deterministic rounding to the nearest integer, so that the sensitivity argument is
-    simple (synthesis.dpsgd.TrainPlan.sensitivity): for neighbouring tables whose real
+    simple (synthesis.dpsgd.step_grid): for neighbouring tables whose real
     vectors differ by d, the rounded vectors differ by d * scale plus, in each coordinate, less
     than 1; clipping each coordinate to an interval never increases a difference. The bound
     keeps a sum of 2^12 parties' codes plus their Skellam shares inside the channels' ranges

@@ -31,7 +31,7 @@ Distributed noise (plan `noise: distributed`; coordinator.dpsgd_method runs the 
 is one full-batch step: the party sums every row's gradient at the global parameters, each row's
 clipped to L2 norm `clip` (`clipped_gradient_sum`), and rounds scale * sum to integers
 (crypto.fixed_point.to_grid). One row added or removed moves that integer vector by at most
-`sensitivity` = (Δ1, Δ2) = (scale·clip·√P + P, scale·clip + √P) for P parameters (clipping,
+(Δ1, Δ2) = (scale·clip·√P + P, scale·clip + √P) for P parameters (`step_grid`: clipping,
 scaling, and less than 1 per coordinate from rounding; the public grid `scale` is fine enough
 that rounding adds at most 1/128 of clip to Δ2). The parties' Skellam shares sum to noise of
 variance (σ Δ2)² on the secure sum (crypto.noise), so a step is one Skellam release (crypto.
@@ -230,6 +230,18 @@ class TrainPlan:
     def prior(self, columns: int) -> tuple[tuple[int, float], ...]:
         """The counting releases before training: (marginals, variance) of the domain round."""
         return ((columns, self.domain_variance(columns)),) if self.domain_share else ()
+
+    def check(self, schema: Schema) -> None:
+        """Raise a ValueError before any release if this plan cannot run on `schema`: a domain
+        round that alone spends the budget, or distributed steps whose noise does not fit the
+        step's grid at the largest generator the domain round can give (a data domain keeps a
+        categorical column's codes and has at most DOMAIN_GROUPS groups and missing for any
+        other, and the grid's check only gets
+        harder with more parameters)."""
+        codecs = Encoding.from_schema(schema).codecs
+        sizes = [c.size if c.column.kind == "categorical" else min(c.size, DOMAIN_GROUPS + 1)
+                 for c in codecs]
+        self.noise_multiplier(len(codecs), parameter_count(self, sizes))
 
     def grid(self, columns: int, parameters: int) -> tuple[float, float, float]:
         """(scale, Δ1, Δ2) of a distributed step (`step_grid` at this plan's σ)."""

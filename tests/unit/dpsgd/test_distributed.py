@@ -211,3 +211,14 @@ def test_a_distributed_job_runs_over_the_he_channel(tmp_path: Path) -> None:
     assert len(res.synthetic) == 100 and res.privacy["channel"] == "he"
     assert res.privacy["epsilon_spent"] == pytest.approx(3.0, rel=0.01)
     assert res.privacy["epsilon_spent"] <= 3.0
+
+
+def test_a_distributed_plan_too_noisy_for_its_grid_is_refused_before_any_release(
+        tmp_path: Path) -> None:
+    progress.show("off")
+    with pytest.raises(ValueError, match="too much noise for the step's integer grid"):
+        simulate(parties=_parties(), epsilon=0.05, channel="secagg", holdout=0.0,
+                 engine="local", evaluate=False, method="dpsgd", _shared={"work": str(tmp_path)},
+                 options=JobOptions(rows=50, train={"noise": "distributed", "rounds": 2000}))
+    for p in tmp_path.rglob("ledger.jsonl"):  # nothing released, the domain round included
+        assert Ledger(p, 100.0, 1e-6).entries() == []
