@@ -31,6 +31,7 @@ then says "not differentially private: noise was seeded".
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -46,7 +47,14 @@ from fedsynth.client_node.data import DataFileError, read_table
 from fedsynth.client_node.ledger import BudgetExceeded, Ledger, LimitReached
 from fedsynth.client_node.table import PartyTable, party_table
 from fedsynth.crypto import he, noise, secagg
-from fedsynth.crypto.keys import public_identity, sign_key, sign_round, verify_key, verify_round
+from fedsynth.crypto.keys import (
+    public_identity,
+    round_statement,
+    sign_key,
+    sign_round,
+    verify_key,
+    verify_statement,
+)
 from fedsynth.evaluation.plan import EvalOptions, EvalOptionsError, EvaluationPlan
 from fedsynth.evaluation.statistics import node_statistics
 from fedsynth.evaluation.transfer import synthetic_from_parquet
@@ -318,9 +326,7 @@ class Node:
                                 f"{session['party']}")
 
     def _spec(self, session: dict[str, Any]) -> JobSpec:
-        m = pb.JobSpec()
-        m.ParseFromString(base64.b64decode(session["spec"]))
-        return JobSpec.from_proto(m)
+        return _parse_spec(str(session["spec"]))
 
     def _rng(self, me: int, round_id: int) -> np.random.Generator:
         if self.policy.noise_seed is None:
@@ -574,10 +580,11 @@ class Node:
         if sorted(set(req.dropped)) != sorted(set(rnd["participants"]) - set(confirmed)):
             raise ProtocolError(f"round {req.round}: the dropped parties are not the round's "
                                 "participants minus its survivors; refusing to unmask")
-        digest = bytes.fromhex(rnd["digest"])
-        signers = [p for p, sig in req.confirmations.items() if p in confirmed and verify_round(
-            spec.identity_of(p), sig, job_id=job_id, round_id=req.round, survivors=confirmed,
-            digest=digest)]
+        statement = round_statement(job_id=job_id, round_id=req.round, survivors=confirmed,
+                                    digest=bytes.fromhex(rnd["digest"]))
+        listed = set(confirmed)
+        signers = [p for p, sig in req.confirmations.items()
+                   if p in listed and verify_statement(spec.identity_of(p), sig, statement)]
         if len(signers) < spec.threshold:
             raise ProtocolError(f"round {req.round}: {len(signers)} survivors confirmed the same "
                                 f"list and request, below t={spec.threshold}; refusing to unmask")
@@ -695,6 +702,15 @@ class Node:
                 raise ProtocolError(f"marginal {c} does not name distinct columns 0..{d - 1}")
         if marginals.vector_length(cliques, sizes) > MAX_CELLS:
             raise ProtocolError(f"request asks for more than {MAX_CELLS} cells")
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_spec(encoded: str) -> JobSpec:
+    """The job spec a session pinned (base64 of its protobuf); a pure function of the text,
+    remembered: a party reads it on every request."""
+    m = pb.JobSpec()
+    m.ParseFromString(base64.b64decode(encoded))
+    return JobSpec.from_proto(m)
 
 
 def _check_domain_round(req: pb.MeasureRequest, session: dict[str, Any], spec: JobSpec,

@@ -78,6 +78,12 @@ def _verified(identity: bytes, signature: bytes, statement: bytes) -> bool:
     return True
 
 
+def round_statement(*, job_id: str, round_id: int, survivors: list[int], digest: bytes) -> bytes:
+    """What a survivor signs in round `round_id`: the job, the round, the sorted survivor list
+    and the digest of the request it answered (build it once to check many signatures)."""
+    return _listed_statement(job_id, round_id, tuple(survivors), digest)
+
+
 def _round_statement(job_id: str, round_id: int, survivors: list[int], digest: bytes) -> bytes:
     return _listed_statement(job_id, round_id, tuple(survivors), digest)
 

@@ -117,21 +117,37 @@ def public_of(private: bytes) -> bytes:
         serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def _exchange(private: bytes, peer_public: bytes, *, peer: int) -> bytes:
-    if len(peer_public) != 32:
-        raise SecAggError(f"party {peer}: public key has {len(peer_public)} bytes, expected 32")
+def _private_key(private: bytes) -> X25519PrivateKey:
     if len(private) != 32:
         raise SecAggError("an X25519 private key has 32 bytes")
-    return X25519PrivateKey.from_private_bytes(private).exchange(
-        X25519PublicKey.from_public_bytes(peer_public))
+    return X25519PrivateKey.from_private_bytes(private)
+
+
+def _exchange(key: X25519PrivateKey, peer_public: bytes, *, peer: int) -> bytes:
+    if len(peer_public) != 32:
+        raise SecAggError(f"party {peer}: public key has {len(peer_public)} bytes, expected 32")
+    return key.exchange(X25519PublicKey.from_public_bytes(peer_public))
 
 
 def pair_secret(private: bytes, peer_public: bytes, *, job_id: str, me: int, peer: int) -> bytes:
     """The secret that parties `me` and `peer` share (job keys), bound to the job and both
-    indices. It only encrypts shares between the two; it never masks anything."""
+    indices. It only encrypts shares between the two; it never masks anything.
+
+    Remembered (`_pair_secret`, at most PAIR_SECRETS entries): a party needs k_uv in every
+    round, several times, and the key agreement was most of a round's time at hundreds of
+    parties. k_uv lives as long as the job key it comes from, which the party holds for the
+    whole job anyway; round mask keys are never remembered (they must be gone once used)."""
     if me == peer:
         raise SecAggError("a party has no pair secret with itself")
-    shared = _exchange(private, peer_public, peer=peer)
+    return _pair_secret(private, peer_public, job_id, me, peer)
+
+
+PAIR_SECRETS = 1 << 17  # about 1,000 parties' neighbourhoods of a sparse graph, 8 MB
+
+
+@lru_cache(maxsize=PAIR_SECRETS)
+def _pair_secret(private: bytes, peer_public: bytes, job_id: str, me: int, peer: int) -> bytes:
+    shared = _exchange(_private_key(private), peer_public, peer=peer)
     lo, hi = sorted((me, peer))
     return _hkdf(shared, salt=job_id.encode(), info=b"fedsynth/pair/%d/%d" % (lo, hi))
 
@@ -140,9 +156,15 @@ def round_pair_seed(mask_private: bytes, peer_mask_public: bytes, *, job_id: str
                     me: int, peer: int) -> bytes:
     """s_uv(r): the pair-mask seed of `me` and `peer` in round `round_id`, from their round-r
     mask keys (either private half with the other's public half gives the same seed)."""
+    return _round_pair_seed(_private_key(mask_private), peer_mask_public, job_id=job_id,
+                            round_id=round_id, me=me, peer=peer)
+
+
+def _round_pair_seed(key: X25519PrivateKey, peer_mask_public: bytes, *, job_id: str,
+                     round_id: int, me: int, peer: int) -> bytes:
     if me == peer:
         raise SecAggError("a party has no pair mask with itself")
-    shared = _exchange(mask_private, peer_mask_public, peer=peer)
+    shared = _exchange(key, peer_mask_public, peer=peer)
     lo, hi = sorted((me, peer))
     return _hkdf(shared, salt=job_id.encode(),
                  info=b"fedsynth/pair-mask/%d/%d/%d" % (round_id, lo, hi))
@@ -151,8 +173,8 @@ def round_pair_seed(mask_private: bytes, peer_mask_public: bytes, *, job_id: str
 def round_pair_seeds(mask_private: bytes, mask_publics: Mapping[int, bytes], *, job_id: str,
                      round_id: int, me: int) -> dict[int, bytes]:
     """s_uv(r) with every other party in `mask_publics` (party -> its round-r mask key)."""
-    return {v: round_pair_seed(mask_private, pub, job_id=job_id, round_id=round_id, me=me,
-                               peer=v)
+    key = _private_key(mask_private)  # parsed once for all peers, not remembered after
+    return {v: _round_pair_seed(key, pub, job_id=job_id, round_id=round_id, me=me, peer=v)
             for v, pub in mask_publics.items() if v != me}
 
 
@@ -192,6 +214,7 @@ def usable_x25519(public_key: bytes) -> bool:
     return True
 
 
+@lru_cache(maxsize=PAIR_SECRETS)
 def _share_key(pair: bytes) -> bytes:
     return _hkdf(pair, salt=b"", info=b"fedsynth/share-encryption")
 
@@ -338,9 +361,10 @@ def dropped_pair_seeds(key_shares: Mapping[int, Mapping[int, bytes]],
             raise SecAggError(f"party {d} is a survivor: its mask key is never reconstructed")
         private = recover_mask_key(shares, threshold=threshold, public=mask_publics[d], party=d)
         peers = survivors if neighbours is None else sorted(set(neighbours[d]) & set(survivors))
+        key = _private_key(private)
         for v in peers:
-            out[(d, v)] = round_pair_seed(private, mask_publics[v], job_id=job_id,
-                                          round_id=round_id, me=d, peer=v)
+            out[(d, v)] = _round_pair_seed(key, mask_publics[v], job_id=job_id,
+                                           round_id=round_id, me=d, peer=v)
     return out
 
 

@@ -50,7 +50,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -169,7 +169,14 @@ def graph_seed(*, job_id: str, parties: int, threshold: int, colluders: int,
                identity_keys: tuple[bytes, ...], job_keys: Mapping[int, bytes]) -> bytes:
     """The public seed of a job's graph: every role derives it from the job id, the spec and
     every party's signed job key (GraphError if a party's key is missing)."""
-    missing = [p for p in range(1, parties + 1) if len(job_keys.get(p, b"")) != 32]
+    keys = tuple(bytes(job_keys.get(p, b"")) for p in range(1, parties + 1))
+    return _graph_seed(job_id, parties, threshold, colluders, tuple(identity_keys), keys)
+
+
+@lru_cache(maxsize=16)
+def _graph_seed(job_id: str, parties: int, threshold: int, colluders: int,
+                identity_keys: tuple[bytes, ...], job_keys: tuple[bytes, ...]) -> bytes:
+    missing = [p for p, key in enumerate(job_keys, start=1) if len(key) != 32]
     if missing:
         raise GraphError(f"a sparse-graph job needs the job key of every one of its {parties} "
                          f"parties (missing: parties {missing[:10]}); without it the graph "
@@ -179,9 +186,12 @@ def graph_seed(*, job_id: str, parties: int, threshold: int, colluders: int,
     h.update(b"|%s|%d|%d|%d|" % (job_id.encode(), parties, threshold, colluders))
     for key in identity_keys:
         h.update(key)
-    for p in range(1, parties + 1):
-        h.update(b"%d:" % p + job_keys[p])
+    for p, key in enumerate(job_keys, start=1):
+        h.update(b"%d:" % p + key)
     return h.digest()
+
+
+MEMO_LIMIT = 1 << 14
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,6 +203,9 @@ class Graph:
     share_threshold: int
     adjacency: np.ndarray | None  # n x n bool (party u is row u - 1); None: the complete graph
     params: SparseParams | None = None
+    # answers of pure questions about this graph, remembered: a simulation asks each of them
+    # once per party (n times) with the same arguments
+    _memo: dict[tuple[object, ...], object] = field(default_factory=dict, repr=False)
 
     @property
     def complete(self) -> bool:
@@ -201,7 +214,10 @@ class Graph:
     def neighbours(self, u: int) -> frozenset[int]:
         if self.adjacency is None:
             return frozenset(range(1, self.parties + 1)) - {u}
-        return _row(self.adjacency, u)
+        key = ("neighbours", u)
+        if key not in self._memo:
+            self._memo[key] = _row(self.adjacency, u)
+        return self._memo[key]  # type: ignore[return-value]
 
     def among(self, u: int, parties: Collection[int]) -> list[int]:
         """u's neighbours within `parties`, sorted."""
@@ -232,6 +248,15 @@ class Graph:
         out keeps t_k = 2 survivors each, and its sum would come out)."""
         if self.adjacency is None:
             return False
+        key = ("split", tuple(sorted(survivors)))
+        if key not in self._memo:
+            if len(self._memo) > MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[key] = self._split(key[1])
+        return bool(self._memo[key])
+
+    def _split(self, survivors: tuple[int, ...]) -> bool:
+        assert self.adjacency is not None
         from scipy.sparse import csr_matrix
         from scipy.sparse.csgraph import connected_components
 
@@ -247,6 +272,7 @@ def complete_graph(parties: int, threshold: int) -> Graph:
     return Graph(parties=parties, share_threshold=threshold, adjacency=None)
 
 
+@lru_cache(maxsize=4)
 def sparse_graph(seed: bytes, params: SparseParams) -> Graph:
     """The Erdős–Rényi graph of `params` drawn from `seed` (the same for every role)."""
     return Graph(parties=params.parties, share_threshold=params.share_threshold,

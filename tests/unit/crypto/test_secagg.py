@@ -446,3 +446,36 @@ def test_unmask_sum_rejects_malformed_inputs():
     with pytest.raises(SecAggError, match="does not belong"):  # seed for a non-survivor
         secagg.unmask_sum({1: y}, self_shares={1: seed_shares}, dropped_seeds={(3, 4): seed},
                           threshold=1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(victim=st.integers(1, 4), what=st.sampled_from(["key", "signature", "grow", "shrink"]))
+def test_remembered_mask_key_checks_never_pass_a_tampered_set(victim, what):
+    """A set of mask keys checked once is remembered by a digest of all it depends on; a set
+    that differs in any key or signature, even by bytes moved between the two, is checked
+    afresh and refused."""
+    from fedsynth.crypto.keys import Identity
+    from fedsynth.protocols.messages import ProtocolError
+    from fedsynth.protocols.secure_sum import verified_mask_keys
+
+    ids = {u: Identity.generate(f"p{u}") for u in range(1, 5)}
+    keys = {u: KeyPair.generate().public for u in ids}
+    sigs = {u: secagg.sign_mask_key(ids[u].private, job_id=JOB, party=u, round_id=5,
+                                    public_key=keys[u]) for u in ids}
+    args = {"job_id": JOB, "round_id": 5, "participants": sorted(ids),
+            "identity_of": lambda u: ids[u].public}
+    assert verified_mask_keys(keys, sigs, **args) == keys
+    assert verified_mask_keys(keys, sigs, **args) == keys  # remembered, same answer
+    bad_keys, bad_sigs = dict(keys), dict(sigs)
+    if what == "key":
+        bad_keys[victim] = KeyPair.generate().public
+    elif what == "signature":
+        bad_sigs[victim] = bytes(64)
+    elif what == "grow":  # a byte moved from the signature to the key
+        bad_keys[victim] = keys[victim] + sigs[victim][:1]
+        bad_sigs[victim] = sigs[victim][1:]
+    else:
+        bad_keys[victim] = keys[victim][:-1]
+        bad_sigs[victim] = keys[victim][-1:] + sigs[victim]
+    with pytest.raises(ProtocolError):
+        verified_mask_keys(bad_keys, bad_sigs, **args)

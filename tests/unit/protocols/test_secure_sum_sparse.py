@@ -307,3 +307,14 @@ def test_jobs_use_the_complete_graph_unless_sparse_is_asked_for():
     ids = make_identities(60)
     assert job_spec(schema, ids, epsilon=1.0, delta=1e-6).graph == "complete"
     assert job_spec(schema, ids, epsilon=1.0, delta=1e-6, graph="auto").graph == "sparse"
+
+
+def test_a_remembered_split_answer_is_per_survivor_list_and_per_graph():
+    g = _two_cliques()
+    assert g.split(range(1, N + 1)) and g.split(range(1, N + 1))  # asked twice: same answer
+    assert not g.split(range(1, N // 2 + 1))  # another list is asked afresh
+    joined = np.array(g.adjacency)
+    joined[0, N - 1] = joined[N - 1, 0] = True
+    other = secagg_graph.Graph(parties=N, share_threshold=2, adjacency=joined)
+    assert not other.split(range(1, N + 1))  # another graph does not see g's answers
+    assert g.split(list(reversed(range(1, N + 1))))  # the list's order does not matter
