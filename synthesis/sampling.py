@@ -82,11 +82,15 @@ def draw_codes(model: Any, rows: int, rng: np.random.Generator) -> dict[str, np.
             continue
         # parents in a random order of priority: the first is kept closest with the column
         lead = list(rng.permutation(len(parents)))
-        combo = np.ravel_multi_index(tuple(data[parents[i]] for i in lead),
-                                     tuple(sizes[parents[i]] for i in lead))
+        shape = tuple(sizes[parents[i]] for i in lead)
+        combo = np.ravel_multi_index(tuple(data[parents[i]] for i in lead), shape)
+        n_all = np.bincount(combo, minlength=int(np.prod(shape)))
+        # 16-bit keys sort by radix (numpy's stable sort), several times faster than int64
+        keys = combo.astype(np.uint16) if len(n_all) <= 1 << 16 else combo
         perm = rng.permutation(rows)
-        by = perm[np.argsort(combo[perm], kind="stable")]  # rows by combination, shuffled inside
-        uniq, n_g = np.unique(combo[by], return_counts=True)
+        by = perm[np.argsort(keys[perm], kind="stable")]  # rows by combination, shuffled inside
+        uniq = np.flatnonzero(n_all)
+        n_g = n_all[uniq]
         # the model's table is ordered by `parents`; reorder its rows to the `lead` order
         cells = table.reshape(*[sizes[a] for a in parents], sizes[col])
         cells = np.transpose(cells, (*lead, len(parents))).reshape(-1, sizes[col])[uniq]
