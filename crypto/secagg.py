@@ -62,6 +62,7 @@ behave as ideal primitives and that each party's identity key and randomness sta
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -133,21 +134,39 @@ def pair_secret(private: bytes, peer_public: bytes, *, job_id: str, me: int, pee
     """The secret that parties `me` and `peer` share (job keys), bound to the job and both
     indices. It only encrypts shares between the two; it never masks anything.
 
-    Remembered (`_pair_secret`, at most PAIR_SECRETS entries): a party needs k_uv in every
+    Remembered (at most PAIR_SECRETS entries): a party needs k_uv in every
     round, several times, and the key agreement was most of a round's time at hundreds of
     parties. k_uv lives as long as the job key it comes from, which the party holds for the
-    whole job anyway; round mask keys are never remembered (they must be gone once used)."""
+    whole job anyway (its run state holds that key). The memory is keyed by a digest of the
+    job key, not the key itself, and an entry stays until evicted (PAIR_SECRETS entries, so
+    it can outlast the job in a long-running node process): someone who later reads that
+    process's memory and kept a job's relayed shares could decrypt them, as the run state
+    would let them too while the node keeps it. Round mask keys are never remembered (they
+    must be gone once used)."""
     if me == peer:
         raise SecAggError("a party has no pair secret with itself")
-    return _pair_secret(private, peer_public, job_id, me, peer)
+    digest = hashlib.sha256(b"fedsynth/job-key|" + bytes(private)).digest()
+    index = (digest, bytes(peer_public), job_id, me, peer)
+    known = _PAIR_SECRETS.get(index)
+    if known is None:
+        known = _derive_pair_secret(_private_key(private), peer_public, job_id, me, peer)
+        if len(_PAIR_SECRETS) >= PAIR_SECRETS:
+            oldest = next(iter(_PAIR_SECRETS), None)
+            if oldest is not None:
+                _PAIR_SECRETS.pop(oldest, None)  # the oldest
+        _PAIR_SECRETS[index] = known
+    return known
 
 
 PAIR_SECRETS = 1 << 17  # about 1,000 parties' neighbourhoods of a sparse graph, 8 MB
 
 
-@lru_cache(maxsize=PAIR_SECRETS)
-def _pair_secret(private: bytes, peer_public: bytes, job_id: str, me: int, peer: int) -> bytes:
-    shared = _exchange(_private_key(private), peer_public, peer=peer)
+_PAIR_SECRETS: dict[tuple[bytes, bytes, str, int, int], bytes] = {}
+
+
+def _derive_pair_secret(key: X25519PrivateKey, peer_public: bytes, job_id: str, me: int,
+                        peer: int) -> bytes:
+    shared = _exchange(key, peer_public, peer=peer)
     lo, hi = sorted((me, peer))
     return _hkdf(shared, salt=job_id.encode(), info=b"fedsynth/pair/%d/%d" % (lo, hi))
 

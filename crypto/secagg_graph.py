@@ -205,7 +205,15 @@ class Graph:
     params: SparseParams | None = None
     # answers of pure questions about this graph, remembered: a simulation asks each of them
     # once per party (n times) with the same arguments
-    _memo: dict[tuple[object, ...], object] = field(default_factory=dict, repr=False)
+    _memo: dict[tuple[object, ...], object] = field(default_factory=dict, init=False,
+                                                    repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # the memo's answers hold only while the adjacency cannot change: keep a read-only copy
+        if self.adjacency is not None:
+            adj = np.array(self.adjacency, dtype=bool)
+            adj.setflags(write=False)
+            object.__setattr__(self, "adjacency", adj)
 
     @property
     def complete(self) -> bool:
@@ -215,9 +223,11 @@ class Graph:
         if self.adjacency is None:
             return frozenset(range(1, self.parties + 1)) - {u}
         key = ("neighbours", u)
-        if key not in self._memo:
-            self._memo[key] = _row(self.adjacency, u)
-        return self._memo[key]  # type: ignore[return-value]
+        row = self._memo.get(key)
+        if row is None:
+            row = _row(self.adjacency, u)
+            self._memo[key] = row
+        return row  # type: ignore[return-value]
 
     def among(self, u: int, parties: Collection[int]) -> list[int]:
         """u's neighbours within `parties`, sorted."""
@@ -249,11 +259,13 @@ class Graph:
         if self.adjacency is None:
             return False
         key = ("split", tuple(sorted(survivors)))
-        if key not in self._memo:
+        answer = self._memo.get(key)
+        if answer is None:
             if len(self._memo) > MEMO_LIMIT:
                 self._memo.clear()
-            self._memo[key] = self._split(key[1])
-        return bool(self._memo[key])
+            answer = self._split(key[1])
+            self._memo[key] = answer
+        return bool(answer)
 
     def _split(self, survivors: tuple[int, ...]) -> bool:
         assert self.adjacency is not None

@@ -107,7 +107,6 @@ encrypted under the key holder's public context and the key holder decrypts the 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -210,26 +209,26 @@ def verified_mask_keys(keys: Mapping[int, bytes], signatures: Mapping[int, bytes
                        identity_of: Callable[[int], bytes]) -> dict[int, bytes]:
     """Every participant's round mask key, each checked against its identity signature.
 
-    The answer is remembered by a digest of everything it depends on (job, round, and each
-    participant's identity key, mask key and signature): a pure function, which a simulation
-    of n parties in one process would otherwise evaluate n times over n keys."""
-    h = hashlib.sha256(b"fedsynth/verified-mask-keys|%s|%d|" % (job_id.encode(), round_id))
-    for p in participants:  # length-prefixed: the encoding is injective
-        parts = (bytes(identity_of(p)), bytes(keys.get(p, b"")), bytes(signatures.get(p, b"")))
-        h.update(b"%d|" % p + b"".join(b"%d:%s" % (len(x), x) for x in parts))
-    fingerprint = h.digest()
-    known = _VERIFIED_MASK_KEYS.get(fingerprint)
+    The answer is remembered by everything it depends on, compared exactly (job, round, and
+    each participant's index, identity key, mask key and signature): a pure function, which a
+    simulation of n parties in one process would otherwise evaluate n times over n keys."""
+    inputs = (job_id, round_id, tuple(
+        (p, bytes(identity_of(p)), bytes(keys.get(p, b"")), bytes(signatures.get(p, b"")))
+        for p in participants))
+    known = _VERIFIED_MASK_KEYS.get(inputs)
     if known is not None:
         return dict(known)
     out = _verify_mask_keys(keys, signatures, job_id=job_id, round_id=round_id,
                             participants=participants, identity_of=identity_of)
     if len(_VERIFIED_MASK_KEYS) >= 64:
-        _VERIFIED_MASK_KEYS.pop(next(iter(_VERIFIED_MASK_KEYS)))
-    _VERIFIED_MASK_KEYS[fingerprint] = dict(out)
+        oldest = next(iter(_VERIFIED_MASK_KEYS), None)
+        if oldest is not None:
+            _VERIFIED_MASK_KEYS.pop(oldest, None)
+    _VERIFIED_MASK_KEYS[inputs] = dict(out)
     return out
 
 
-_VERIFIED_MASK_KEYS: dict[bytes, dict[int, bytes]] = {}
+_VERIFIED_MASK_KEYS: dict[tuple[object, ...], dict[int, bytes]] = {}
 
 
 def _verify_mask_keys(keys: Mapping[int, bytes], signatures: Mapping[int, bytes], *,

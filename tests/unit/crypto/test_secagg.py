@@ -479,3 +479,25 @@ def test_remembered_mask_key_checks_never_pass_a_tampered_set(victim, what):
         bad_sigs[victim] = keys[victim][-1:] + sigs[victim]
     with pytest.raises(ProtocolError):
         verified_mask_keys(bad_keys, bad_sigs, **args)
+
+
+def test_a_job_id_with_separators_cannot_borrow_another_sets_remembered_check():
+    """Two argument sets that a separator-joined digest would confuse (a job id holding what
+    looks like the next fields): the second, invalid one is checked afresh and refused."""
+    from fedsynth.crypto.keys import Identity
+    from fedsynth.protocols.messages import ProtocolError
+    from fedsynth.protocols.secure_sum import verified_mask_keys
+
+    ids = {p: Identity.generate(f"p{p}") for p in (2, 3)}
+    ground = b"A" * 32
+    tail = b"|7|"
+    job_a = "x|5|1|32:" + ground.decode() + "0:" + f"{len(tail)}:"
+    keys = {p: KeyPair.generate().public for p in ids}
+    sigs = {p: secagg.sign_mask_key(ids[p].private, job_id=job_a, party=p, round_id=7,
+                                    public_key=keys[p]) for p in ids}
+    assert verified_mask_keys(keys, sigs, job_id=job_a, round_id=7, participants=[2, 3],
+                              identity_of=lambda p: ids[p].public) == keys
+    with pytest.raises(ProtocolError):
+        verified_mask_keys({1: b"", **keys}, {1: tail, **sigs}, job_id="x", round_id=5,
+                           participants=[1, 2, 3],
+                           identity_of=lambda p: ground if p == 1 else ids[p].public)
