@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ import pandas as pd
 
 FORMATS = ("csv", "parquet")
 CHUNK_ROWS = 1_000_000
+WRITE_AHEAD = 2  # chunks formatted at once (two cores here)
 
 
 def file_name(stem: str, fmt: str) -> str:
@@ -71,7 +73,7 @@ def write_csv(df: pd.DataFrame, fh: io.BufferedIOBase | io.BytesIO) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    for start in range(0, len(df), CHUNK_ROWS):
+    def text(start: int) -> memoryview:
         part = df.iloc[start:start + CHUNK_ROWS]
         cols = [_strings(part[c]) for c in part.columns]
         lines = pc.binary_join_element_wise(*cols, pa.scalar(""), ",")  # trailing "," ...
@@ -80,7 +82,18 @@ def write_csv(df: pd.DataFrame, fh: io.BufferedIOBase | io.BytesIO) -> None:
             lines = lines.combine_chunks()
         offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)
         first, last = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
-        fh.write(memoryview(lines.buffers()[2])[first:last])
+        return memoryview(lines.buffers()[2])[first:last]
+
+    # Arrow's and numpy's kernels release the GIL: the next chunk is formatted while this one
+    # is written, at most WRITE_AHEAD chunks held at once, written in order
+    starts = list(range(0, len(df), CHUNK_ROWS))
+    with ThreadPoolExecutor(max_workers=WRITE_AHEAD) as pool:
+        pending = [pool.submit(text, s) for s in starts[:WRITE_AHEAD]]
+        for i in range(len(starts)):
+            chunk = pending.pop(0).result()
+            if i + WRITE_AHEAD < len(starts):
+                pending.append(pool.submit(text, starts[i + WRITE_AHEAD]))
+            fh.write(chunk)
 
 
 def _formattable(s: pd.Series) -> bool:
