@@ -84,10 +84,6 @@ def round_statement(*, job_id: str, round_id: int, survivors: list[int], digest:
     return _listed_statement(job_id, round_id, tuple(survivors), digest)
 
 
-def _round_statement(job_id: str, round_id: int, survivors: list[int], digest: bytes) -> bytes:
-    return _listed_statement(job_id, round_id, tuple(survivors), digest)
-
-
 @lru_cache(maxsize=64)
 def _listed_statement(job_id: str, round_id: int, survivors: tuple[int, ...],
                       digest: bytes) -> bytes:
@@ -102,10 +98,12 @@ def sign_round(private: bytes, *, job_id: str, round_id: int, survivors: list[in
                digest: bytes) -> bytes:
     """A party's signature of one round's survivor list and of the request it answered."""
     return Ed25519PrivateKey.from_private_bytes(private).sign(
-        _round_statement(job_id, round_id, survivors, digest))
+        round_statement(job_id=job_id, round_id=round_id, survivors=survivors,
+                        digest=digest))
 
 
 def verify_round(identity: bytes, signature: bytes, *, job_id: str, round_id: int,
                  survivors: list[int], digest: bytes) -> bool:
-    return verify_statement(identity, signature,
-                            _round_statement(job_id, round_id, survivors, digest))
+    statement = round_statement(job_id=job_id, round_id=round_id, survivors=survivors,
+                                digest=digest)
+    return verify_statement(identity, signature, statement)
