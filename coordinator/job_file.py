@@ -138,8 +138,7 @@ def _job(text: str, path: Path, consortium: Consortium,
         if not doc.get("rows") and isinstance(train, dict) and train.get("domain_share") == 0:
             problems.append("'rows' is needed with method = \"dpsgd\" and domain_share = 0 (it "
                             "then makes no noisy count of the parties' rows)")
-        problems += _train_problems(train, eps, delta,
-                                    None if schema is None else len(schema.columns))
+        problems += _train_problems(train, eps, delta, schema)
     elif train is not None:
         problems.append("a [train] table is only for method = \"dpsgd\"")
     output_format = doc.get("format", "csv")
@@ -177,10 +176,12 @@ def _job(text: str, path: Path, consortium: Consortium,
     return Job(spec, options, path, holder if channel == "he" else None, str(output_format))
 
 
-def _train_problems(train: object, eps: object, delta: object, columns: int | None
+def _train_problems(train: object, eps: object, delta: object, schema: Schema | None
                     ) -> list[str]:
     """What is wrong with a dpsgd job's [train] table (checked by the plan itself), and
-    whether its noise can meet the job's ε at all (with the schema's columns)."""
+    whether its noise can meet the job's ε at all on the schema (`TrainPlan.check`: the
+    domain round and, for distributed noise, the step's grid at the largest generator the
+    schema allows), as the coordinator checks it again before any release."""
     if train is not None and not isinstance(train, dict):
         return ["'train' must be a table ([train]) of training plan fields"]
     try:
@@ -190,8 +191,8 @@ def _train_problems(train: object, eps: object, delta: object, columns: int | No
                 'pip install -e ".[dpsgd]"']
     try:
         plan = dpsgd.TrainPlan.from_options(eps, delta, train)  # type: ignore[arg-type]
-        if columns is not None:
-            plan.noise_multiplier(columns)
+        if schema is not None:
+            plan.check(schema)
     except (TypeError, ValueError) as exc:
         return [f"[train]: {exc}"]
     return []
