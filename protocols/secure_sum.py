@@ -110,6 +110,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -212,37 +213,23 @@ def verified_mask_keys(keys: Mapping[int, bytes], signatures: Mapping[int, bytes
     The answer is remembered by everything it depends on, compared exactly (job, round, and
     each participant's index, identity key, mask key and signature): a pure function, which a
     simulation of n parties in one process would otherwise evaluate n times over n keys."""
-    inputs = (job_id, round_id, tuple(
+    entries = tuple(
         (p, bytes(identity_of(p)), bytes(keys.get(p, b"")), bytes(signatures.get(p, b"")))
-        for p in participants))
-    known = _VERIFIED_MASK_KEYS.get(inputs)
-    if known is not None:
-        return dict(known)
-    out = _verify_mask_keys(keys, signatures, job_id=job_id, round_id=round_id,
-                            participants=participants, identity_of=identity_of)
-    if len(_VERIFIED_MASK_KEYS) >= 64:
-        oldest = next(iter(_VERIFIED_MASK_KEYS), None)
-        if oldest is not None:
-            _VERIFIED_MASK_KEYS.pop(oldest, None)
-    _VERIFIED_MASK_KEYS[inputs] = dict(out)
-    return out
+        for p in participants)
+    return dict(_verified_mask_keys(job_id, round_id, entries))  # a copy: the memory's is kept
 
 
-_VERIFIED_MASK_KEYS: dict[tuple[object, ...], dict[int, bytes]] = {}
-
-
-def _verify_mask_keys(keys: Mapping[int, bytes], signatures: Mapping[int, bytes], *,
-                      job_id: str, round_id: int, participants: Sequence[int],
-                      identity_of: Callable[[int], bytes]) -> dict[int, bytes]:
+@lru_cache(maxsize=64)
+def _verified_mask_keys(job_id: str, round_id: int,
+                        entries: tuple[tuple[int, bytes, bytes, bytes], ...]) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
-    for p in participants:
-        key = keys.get(p, b"")
-        if not secagg.verify_mask_key(identity_of(p), signatures.get(p, b""), job_id=job_id,
-                                      party=p, round_id=round_id, public_key=key):
+    for p, identity, key, signature in entries:
+        if not secagg.verify_mask_key(identity, signature, job_id=job_id, party=p,
+                                      round_id=round_id, public_key=key):
             raise ProtocolError(f"round {round_id}: the mask key of party {p} is missing or "
                                 "does not carry its identity signature for this round; "
                                 "refusing (possible key substitution)")
-        out[p] = bytes(key)
+        out[p] = key
     return out
 
 

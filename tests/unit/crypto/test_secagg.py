@@ -451,9 +451,9 @@ def test_unmask_sum_rejects_malformed_inputs():
 @settings(max_examples=25, deadline=None)
 @given(victim=st.integers(1, 4), what=st.sampled_from(["key", "signature", "grow", "shrink"]))
 def test_remembered_mask_key_checks_never_pass_a_tampered_set(victim, what):
-    """A set of mask keys checked once is remembered by a digest of all it depends on; a set
-    that differs in any key or signature, even by bytes moved between the two, is checked
-    afresh and refused."""
+    """A set of mask keys checked once is remembered under all it depends on, compared
+    exactly; a set that differs in any key or signature, even by bytes moved between the two,
+    is checked afresh and refused."""
     from fedsynth.crypto.keys import Identity
     from fedsynth.protocols.messages import ProtocolError
     from fedsynth.protocols.secure_sum import verified_mask_keys
