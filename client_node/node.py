@@ -510,7 +510,7 @@ class Node:
         except (ValueError, DataValidationError) as exc:
             raise ProtocolError(str(exc)) from None
         plan = EvaluationPlan.build(spec.schema, synthetic, options)
-        holdout = validate_frame(read_table(pol.holdout_path), spec.schema,
+        holdout = validate_frame(read_table(pol.holdout_path, spec.schema), spec.schema,
                                  source=str(pol.holdout_path), show_values=False)
         vector = node_statistics(plan, synthetic, train=None, test=holdout)
         releases: list[Any] = []

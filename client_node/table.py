@@ -117,7 +117,7 @@ def read_chunks(path: Path, schema: Schema) -> Iterator[tuple[int, pd.DataFrame]
     without the schema's ignored columns (never read), CSV whole. An empty file gives one
     empty frame, so that its columns are still checked."""
     if table_kind(path) != "parquet":
-        yield 0, read_table(path)
+        yield 0, read_table(path, schema)
         return
     import pyarrow.parquet as pq
 

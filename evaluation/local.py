@@ -191,7 +191,7 @@ def draft_schema(pooled: pd.DataFrame) -> Schema:
 
 
 def _draft(pooled: pd.DataFrame) -> tuple[Schema, list[str]]:
-    schema, notes = draft_schema_with_notes(pooled)
+    schema, notes = draft_schema_with_notes(pooled, min_rows=1)  # never public: every value
     cols = [replace(c, nullable=True) for c in schema.columns]
     return Schema(tuple(cols), meta=schema.meta), notes
 

@@ -220,6 +220,11 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
             logging.getLogger(REVIEW_LOG).warning("schema draft: %s", note)
     if drafted:
         schema = Schema(schema.columns, meta={**schema.meta, "provenance": DRAFTED})
+    # a party's site may be a column the job does not read (an id the draft left out): the
+    # simulation still splits by it, and it goes no further
+    kind, by = partition.parse(partition_spec) if parties is None else ("", None)
+    site = (pooled[by].reset_index(drop=True) if kind == "column" and by in pooled.columns
+            and by not in schema.names else None)
     pooled = validate_frame(pooled, schema, source=source)
     _check_sampling(schema, conditions, class_ratio)  # a typo fails before any budget is spent
     rng = np.random.default_rng(seed)
@@ -235,7 +240,13 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
         is_hold = rng.random(len(pooled)) < holdout
         hold, train = pooled[is_hold].reset_index(drop=True), pooled[~is_hold].reset_index(
             drop=True)
-        tables = partition.split(train, n_parties, partition_spec, target=target, seed=seed)
+        if site is None:
+            tables = partition.split(train, n_parties, partition_spec, target=target,
+                                     seed=seed)
+        else:
+            with_site = train.assign(**{str(by): site[~is_hold].reset_index(drop=True)})
+            tables = [t.drop(columns=[str(by)]) for t in partition.split(
+                with_site, n_parties, partition_spec, target=target, seed=seed)]
     _check_every_party_has_rows(tables, len(pooled), holdout, partition_spec)
     n = len(tables)
     if evaluate and len(hold) == 0:

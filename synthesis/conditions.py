@@ -7,7 +7,8 @@ numeric column the share of the bin inside the range (its whole numbers, or its 
 decoding draws uniformly inside a bin. The model then weights each of its groups by the share
 of the group's decoding mass kept (`group_share`), which is the model's own conditional
 distribution, and decodes inside the range. Ranges are inclusive at both ends, in the column's
-units (dates as ISO text); either end may be left out.
+units (dates as ISO text); either end may be left out. A date without a time of day, given to a
+column of seconds, is that whole day (ts=2016-01-02 keeps its 86,400 seconds).
 
 A class ratio (`default=Yes:0.5`) names values of one column whose codes the model keeps apart
 (categorical and discrete columns) and the share of rows each should get.
@@ -24,7 +25,7 @@ import pandas as pd
 
 from fedsynth.errors import InputError
 from fedsynth.synthesis import datetimes
-from fedsynth.synthesis.encoding import ColumnCodec, Encoding, Grouping
+from fedsynth.synthesis.encoding import ColumnCodec, Encoding, Grouping, on_grid
 
 RANGE = ".."
 Conditions = Mapping[str, object] | Sequence[str]
@@ -165,8 +166,15 @@ def redraw_in_range(codec: ColumnCodec, fine: np.ndarray, interval: tuple[float,
         first, last = codec.bin_integers(b)
         first, last = np.maximum(first, np.ceil(a)), np.minimum(last, np.floor(z))
         return first + np.floor(rng.random(len(b)) * (last - first + 1))
+    last_bin = b == len(codec.edges) - 2
+    closed = last_bin | (z < hi)
+    open_low = (b == 0) & (a <= lo)
     lo, hi = np.maximum(lo, a), np.minimum(hi, z)
-    return np.clip(lo + rng.random(len(b)) * (hi - lo), lo, hi)
+    u = rng.random(len(b))
+    if codec.column.decimals is not None:  # on the column's grid, where it meets the range
+        return np.clip(on_grid(lo, hi, u, codec.column.decimals, open_low=open_low,
+                               closed_high=closed, lowest=float(codec.edges[0])), lo, hi)
+    return np.clip(lo + u * (hi - lo), lo, hi)
 
 
 def _split(encoding: Encoding, text: str) -> tuple[str, str]:
@@ -238,10 +246,21 @@ def _interval(codec: ColumnCodec, value: object, said: str) -> tuple[float, floa
         ends = [e.strip() or None for e in value.split(RANGE, 1)]
     else:
         v = _number(codec, value, said)
-        return v, v
+        return v, v + _rest_of_day(codec, value)
     lo = -math.inf if ends[0] is None else _number(codec, ends[0], said)
-    hi = math.inf if ends[1] is None else _number(codec, ends[1], said)
+    hi = math.inf if ends[1] is None else _number(codec, ends[1], said) + _rest_of_day(
+        codec, ends[1])
     return lo, hi
+
+
+def _rest_of_day(codec: ColumnCodec, value: object) -> float:
+    """Seconds from a day's start to its last second, for a date without a time of day given
+    to a column of seconds (2016-01-02 there means the whole day); else 0."""
+    col = codec.column
+    if (col.kind != "datetime" or col.resolution != "second" or not isinstance(value, str)
+            or datetimes.has_time(pd.Series([], dtype="datetime64[ns]"), pd.Series([value]))):
+        return 0.0
+    return 86_399.0
 
 
 def _number(codec: ColumnCodec, value: object, said: str) -> float:

@@ -12,6 +12,8 @@ never dates.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,9 +67,26 @@ def local_dates(values: pd.Series) -> bool:
     return all(isinstance(v, str) and LOCAL_DATE.match(v.strip()) for v in values)
 
 
-def has_time(parsed: pd.Series) -> bool:
+def has_time(parsed: pd.Series, text: pd.Series | None = None) -> bool:
+    """Whether the values hold times of day: one that is not midnight, or (given the `text`
+    they were parsed from) one written with a time, as "2015-03-01 00:00:00" is."""
     ok = parsed.dropna()
-    return bool((ok != ok.dt.normalize()).any())
+    if bool((ok != ok.dt.normalize()).any()):
+        return True
+    return text is not None and any(isinstance(v, str) and _TIME.search(v) for v in text)
+
+
+_TIME = re.compile(r"\d[T ]\d{2}:\d{2}")
+SECONDS = "datetime_seconds"  # a frame's attrs: datetime columns written with their times
+
+
+def with_layout(df: pd.DataFrame, columns: Iterable[Any]) -> pd.DataFrame:
+    """`df` marked so that its datetime columns of a second's resolution are written with
+    their times even where every value is at midnight (synthesis.table_file reads the mark):
+    a table of such a column keeps one layout whatever rows it holds."""
+    df.attrs[SECONDS] = [c.name for c in columns
+                         if c.kind == "datetime" and c.resolution == "second"]
+    return df
 
 
 def to_days(t: pd.Timestamp) -> float:

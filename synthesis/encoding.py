@@ -195,6 +195,9 @@ class ColumnCodec:
             else:
                 vals = lo + u * (hi - lo)
                 vals = np.where((b == 0) & (vals <= lo), np.nextafter(lo, hi), vals)
+                if col.decimals is not None:  # the precision the column is recorded with
+                    vals = on_grid(lo, hi, u, col.decimals, open_low=b == 0,
+                                   closed_high=b == nb - 1, lowest=float(self.edges[0]))
             vals = np.where(point, self.edges[0], vals)
             if listed.any():
                 pts = np.asarray(col.points, dtype=float)
@@ -381,6 +384,25 @@ def shrunk_bins(counts: np.ndarray, variance: float) -> np.ndarray:
     ss = float(((counts - m) ** 2).sum())
     s = max(0.0, 1.0 - (len(counts) - 1) * variance / ss) if ss > 0 else 0.0
     return np.clip(m + s * (counts - m), 0, None) + 1e-6
+
+
+def on_grid(lo: np.ndarray, hi: np.ndarray, u: np.ndarray, decimals: int, *,
+            open_low: np.ndarray, closed_high: np.ndarray, lowest: float) -> np.ndarray:
+    """Values with `decimals` digits, drawn by `u` (uniform in [0, 1)) evenly over the grid
+    points inside each [lo, hi): above lo where `open_low` (the first bin, whose lower end is
+    the lower bound's own code), up to hi where `closed_high` (the last bin, or a range's
+    inclusive end). Where no grid point lies inside (narrow bins of a log scale), the nearest
+    grid point above `lowest` (the lower bound, which has a code of its own), which lies just
+    outside the bin: the column never takes more digits."""
+    k = 10.0**decimals
+    first = np.ceil(np.round(lo * k, 6))
+    first = np.where(open_low & (first <= np.round(lo * k, 6)), first + 1, first)
+    last = np.where(closed_high, np.floor(np.round(hi * k, 6)), np.ceil(np.round(hi * k, 6)) - 1)
+    grid = (first + np.floor(u * (last - first + 1))) / k
+    near = np.round(lo + u * (hi - lo), decimals)
+    above = (np.floor(np.round(lowest * k, 6)) + 1) / k
+    near = np.where(near <= lowest, above, near)  # never the lower bound's own code
+    return np.where(first <= last, grid, near)
 
 
 def stratified_uniform(codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsynth.synthesis import dpsgd
+from fedsynth.synthesis import datetimes, dpsgd
 from fedsynth.synthesis.conditions import ClassRatio, ConditionError, Conditions
 from fedsynth.synthesis.encoding import Encoding, Grouping, decode_groups
 from fedsynth.synthesis.model_file import (
@@ -53,8 +53,9 @@ class GeneratorModel:
         model = dpsgd.build(self.plan, [g.size for g in self.groupings])
         dpsgd.set_vector(model, self.parameters)
         codes = model.sample(rows, dpsgd.sampling_generator(seed))
-        return decode_groups(Encoding.from_schema(self.schema), self.groupings, codes,
-                             self.fine_counts, np.random.default_rng(seed), floor=self.floor)
+        return datetimes.with_layout(decode_groups(
+            Encoding.from_schema(self.schema), self.groupings, codes, self.fine_counts,
+            np.random.default_rng(seed), floor=self.floor), self.schema.columns)
 
     def files(self) -> dict[str, str | bytes]:
         """model.json and model.npz, for a job's output folder (beside its schema.json)."""

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from fedsynth.synthesis import datetimes
 from fedsynth.synthesis.conditions import (
     ClassRatio,
     ConditionError,
@@ -147,7 +148,7 @@ class SynthesisModel:
                     values = _put(codec.column, values, part,
                                   redraw_in_range(codec, fine[part], interval, rng))
             out[codec.column.name] = values
-        return pd.DataFrame(out)
+        return datetimes.with_layout(pd.DataFrame(out), self.schema.columns)
 
     def files(self) -> dict[str, str | bytes]:
         """model.json and model.npz, for a job's output folder (beside its schema.json)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +46,15 @@ IGNORED = "ignored_columns"  # schema key: columns a table may hold that the job
 # MAX_CATEGORIES a value held by fewer rows than MIN_CATEGORY_ROWS is not made public.
 MIN_IDENTIFIER_VALUES = 20
 MIN_CATEGORY_ROWS = 3
+# Text that spreadsheets, databases and R write for a missing value. Read as text; missing in
+# a numeric, date or boolean column, a value where a category list names it ("NA").
+MISSING_TOKENS = frozenset({
+    "NA", "N/A", "n/a", "na", "NaN", "nan", "NAN", "NULL", "null", "Null", "None", "none",
+    "?", "-", "--", ".", "#N/A", "<NA>", "missing", "Missing", "MISSING"})
+# A drafted continuous column whose values all have at most this many decimals is rounded to
+# them when decoded (more: every digit kept)
+MAX_DRAFT_DECIMALS = 6
+MAX_DECIMALS = 12
 # A numeric column with at most this many distinct values, each held by MIN_CATEGORY_ROWS rows
 # or more, is drafted "discrete" (its values listed) when they are not whole numbers, or when
 # they are whole but fill under half of their range ({36, 60}, {3, 7, 19, 250}): decoded inside
@@ -110,6 +120,9 @@ class Column:
     scale: str = "linear"
     # binned integer and continuous columns: values held by many rows, each decoded exactly
     points: tuple[int | float, ...] = ()
+    # continuous columns: digits after the decimal point synthetic values are rounded to
+    # (amounts in cents: 2); None keeps every digit
+    decimals: int | None = None
 
     def __post_init__(self) -> None:
         for attr in ("values", "points"):  # numpy scalars as Python numbers
@@ -161,6 +174,11 @@ class Column:
                 out += self._datetime_problems()
         if self.points:
             out += self._point_problems()
+        if self.decimals is not None and (
+                self.kind != "continuous" or isinstance(self.decimals, bool)
+                or not isinstance(self.decimals, int) or not 0 <= self.decimals <= MAX_DECIMALS):
+            out.append(f"column {self.name!r}: 'decimals' must be a whole number from 0 to "
+                       f"{MAX_DECIMALS}, for a continuous column (got {self.decimals!r})")
         return out
 
     def _point_problems(self) -> list[str]:
@@ -214,6 +232,8 @@ class Column:
             d["scale"] = self.scale
         if self.points:  # likewise absent when empty
             d["points"] = list(self.points)
+        if self.decimals is not None:  # likewise absent when not set
+            d["decimals"] = self.decimals
         return d
 
 
@@ -310,7 +330,7 @@ class Schema:
                     values=tuple(c.get("values", ())),
                     resolution=None if c.get("resolution") is None else str(c["resolution"]),
                     scale=str(c.get("scale", "linear")),
-                    points=tuple(c.get("points", ()))))
+                    points=tuple(c.get("points", ())), decimals=c.get("decimals")))
             except (TypeError, ValueError) as exc:
                 problems.append(f"column #{i} ({c.get('name')!r}): {exc}")
         if problems:
@@ -333,8 +353,8 @@ class Schema:
         return cls.from_json(Path(path).read_text(), source=str(path))
 
 
-def draft_schema_with_notes(df: pd.DataFrame, *, max_categories: int = MAX_CATEGORIES
-                            ) -> tuple[Schema, list[str]]:
+def draft_schema_with_notes(df: pd.DataFrame, *, max_categories: int = MAX_CATEGORIES,
+                            min_rows: int = MIN_CATEGORY_ROWS) -> tuple[Schema, list[str]]:
     """Draft a schema from a table, with review notes for its owner (one line each).
 
     The notes say where the draft guessed or left something out (a column of mostly numbers
@@ -342,7 +362,9 @@ def draft_schema_with_notes(df: pd.DataFrame, *, max_categories: int = MAX_CATEG
     naming the column and what was seen. They quote the table's own values and counts, so
     they are for the owner's eyes: print them, never put them in the schema, which is public.
     Columns left out are listed in the schema's "ignored_columns", so the same table (and
-    each party's table with those columns) still validates against the draft.
+    each party's table with those columns) still validates against the draft. `min_rows`: the
+    rows a category must hold to be listed (a schema for one's own eyes only, such as a local
+    evaluation's, may take 1).
     """
     if df.shape[1] == 0:
         raise SchemaError(["the table has no columns: there is nothing to draft"],
@@ -354,7 +376,7 @@ def draft_schema_with_notes(df: pd.DataFrame, *, max_categories: int = MAX_CATEG
     notes: list[str] = []
     ignored: list[str] = []
     for name in df.columns:
-        col, note = _draft_column(str(name), df[name], max_categories)
+        col, note = _draft_column(str(name), df[name], max_categories, min_rows)
         notes += [note] if note else []
         if col is None:
             ignored.append(str(name))
@@ -367,31 +389,99 @@ def draft_schema_with_notes(df: pd.DataFrame, *, max_categories: int = MAX_CATEG
     return Schema(tuple(cols), meta={IGNORED: ignored} if ignored else {}), notes
 
 
-def infer_schema(df: pd.DataFrame, *, max_categories: int = MAX_CATEGORIES) -> Schema:
+def infer_schema(df: pd.DataFrame, *, max_categories: int = MAX_CATEGORIES,
+                 min_rows: int = MIN_CATEGORY_ROWS) -> Schema:
     """Draft a schema from a table, for its owner to review before any job (without the
     review notes: see `draft_schema_with_notes`, which a person-facing caller should use).
 
     Widen bounds and add categories you know to exist before sharing the schema: it is public.
     """
-    return draft_schema_with_notes(df, max_categories=max_categories)[0]
+    return draft_schema_with_notes(df, max_categories=max_categories, min_rows=min_rows)[0]
 
 
-def _draft_column(name: str, s: pd.Series, max_categories: int
+def _draft_column(name: str, s: pd.Series, max_categories: int, min_rows: int
                   ) -> tuple[Column | None, str | None]:
     """One column's draft and its review note: each decision is a function of its own."""
-    values = s.dropna()
+    values, tokens, what = _without_missing_tokens(s.dropna())
     nullable = len(values) < len(s)
+    col, note = _draft_values(name, s, values, nullable, max_categories, min_rows)
+    if tokens and col is not None:
+        shown = ", ".join(repr(t) for t in tokens)
+        note = "; ".join(filter(None, [note, f"column {name!r}: {shown} read as missing, as "
+                                       f"{what}"]))
+    return col, note
+
+
+def _without_missing_tokens(values: pd.Series) -> tuple[pd.Series, list[str], str]:
+    """Text values without the tokens that mean missing (MISSING_TOKENS) when every other
+    value is a number (then as numbers), an ISO date or a boolean, or there is none; else as
+    they are. Also the tokens taken out, and what the other values are."""
+    if (len(values) == 0 or pd.api.types.is_numeric_dtype(values)
+            or pd.api.types.is_bool_dtype(values)
+            or pd.api.types.is_datetime64_any_dtype(values)):
+        return values, [], ""
+    labels = list(pd.unique(values))
+    tokens = sorted(v for v in labels if isinstance(v, str) and v.strip() in MISSING_TOKENS)
+    if not tokens:
+        return values, [], ""
+    rest = values[~values.isin(tokens)]
+    others = [v for v in labels if v not in tokens]
+    if not others:
+        return rest, tokens, "the column has no other values"
+    numbers = pd.to_numeric(pd.Series(others, dtype=object), errors="coerce")
+    if numbers.notna().all():
+        return pd.to_numeric(rest), tokens, "its other values are numbers"
+    if all(isinstance(v, str) and datetimes.ISO_DATE.match(v.strip()) for v in others):
+        return rest, tokens, "its other values are dates"
+    if all(isinstance(v, bool) or str(v).strip().lower() in ("true", "false") for v in others):
+        return rest, tokens, "its other values are true or false"
+    return values, [], ""
+
+
+def _declared_missing(col: Column, s: pd.Series) -> pd.Series:
+    """A column read as text with its missing tokens as missing values, as its schema says:
+    in numeric, date and discrete columns always; in a categorical column unless the
+    category list names the token ("NA" for North America stays a value)."""
+    if s.dtype != object:
+        return s
+    labels = [v for v in pd.unique(s.dropna()) if isinstance(v, str)
+              and v.strip() in MISSING_TOKENS and v not in col.categories]
+    return s.mask(s.isin(labels)) if labels else s
+
+
+def _draft_values(name: str, s: pd.Series, values: pd.Series, nullable: bool,
+                  max_categories: int, min_rows: int) -> tuple[Column | None, str | None]:
+    """The draft of a column's non-missing `values` (`s`: the whole column)."""
     if len(values) == 0:
         return _all_missing(name)
-    if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
+    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
         dates = datetimes.iso_dates(values)
         if dates is not None:
             return _datetime(name, dates, nullable)
-        if not pd.api.types.is_datetime64_any_dtype(s) and datetimes.local_dates(values):
+        if not pd.api.types.is_datetime64_any_dtype(values) and datetimes.local_dates(values):
             return None, (f"column {name!r}: dates, but not written as YYYY-MM-DD: left out, "
                           "so none of them becomes public. Write them as YYYY-MM-DD (or "
                           "YYYY-MM-DD HH:MM:SS) to have them synthesised as dates")
-        return _categorical(name, values, nullable, max_categories, _mixed(values))
+        if values.nunique() > MAX_DISCRETE_VALUES and _formatted_numbers(values):
+            return None, (f"column {name!r}: numbers written with thousands separators, a "
+                          "currency sign or a percent sign (such as "
+                          f"{str(values.iloc[0])!r}): left out, as text they would be "
+                          "categories. Write them as plain numbers (1234.56) to have them "
+                          "synthesised")
+        return _categorical(name, values, nullable, max_categories, _mixed(values), min_rows)
+    arr = values.to_numpy(dtype=float)
+    if not np.isfinite(arr).all():
+        infinite = np.zeros(len(s), dtype=bool)
+        infinite[s.index.get_indexer(values.index[~np.isfinite(arr)])] = True
+        return None, (f"column {name!r}: infinite values in {describe_rows(infinite)}: left "
+                      "out, as a numeric column needs finite bounds. Replace them (by a "
+                      "bound, or by nothing for missing), or drop the column")
+    if pd.api.types.is_integer_dtype(values) and np.abs(arr).max() >= 2.0**53:
+        col, note = _categorical(name, values.astype(str), nullable, max_categories, None,
+                                 min_rows)
+        return col, "; ".join(filter(None, [f"column {name!r}: whole numbers beyond 2^53, "
+                                            "which a float cannot hold exactly: drafted as "
+                                            "text", note]))
     return _numeric(name, values, nullable)
 
 
@@ -417,6 +507,17 @@ def _all_missing(name: str) -> tuple[Column, str]:
             "[0, 0]; declare its kind and domain in a schema if it can hold values, or drop it")
 
 
+_FORMATTED = re.compile(r"^[-+]?[$€£¥]?[-+]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?%?$")
+
+
+def _formatted_numbers(values: pd.Series) -> bool:
+    """Every value is a number written for people ("3,080,781", "$1,234.56", "12%"), and
+    some need that reading (a plain "1234" alone is not formatted)."""
+    labels = [str(v).strip() for v in pd.unique(values)]
+    return (all(_FORMATTED.match(v) for v in labels)
+            and any(("," in v or v[:1] in "$€£¥" or v.endswith("%")) for v in labels))
+
+
 def _mixed(values: pd.Series) -> str | None:
     """Why a text column may be a numeric one (most of its values are numbers), or None.
 
@@ -434,7 +535,7 @@ def _mixed(values: pd.Series) -> str | None:
 
 
 def _categorical(name: str, values: pd.Series, nullable: bool, max_categories: int,
-                 mixed: str | None) -> tuple[Column | None, str | None]:
+                 mixed: str | None, min_rows: int) -> tuple[Column | None, str | None]:
     """Text, booleans and pandas categoricals: a category list, unless that list would make
     an identifier's values public (then the column is left out)."""
     codes, labels = category_codes(values)
@@ -444,13 +545,14 @@ def _categorical(name: str, values: pd.Series, nullable: bool, max_categories: i
     distinct, rows = len(counts), len(values)
     if _identifier_like(distinct, rows):
         return None, _identifier_note(name, distinct, rows, mixed)
-    cats = _public_categories(counts, max_categories)
+    cats = _public_categories(counts, max_categories, min_rows)
     if not cats:
         return None, (f"column {name!r}: {distinct:,} distinct values, none held by "
-                      f"{MIN_CATEGORY_ROWS} rows or more: left out, so none of its values "
+                      f"{min_rows} rows or more: left out, so none of its values "
                       "becomes public. Drop it, or declare it in a schema")
     col = Column(name, "categorical", tuple(sorted(cats)), nullable=nullable)
-    return col, _categorical_note(name, col, distinct, mixed)
+    rare = [str(v) for v in counts.index if str(v) not in cats]
+    return col, _categorical_note(name, col, distinct, mixed, rare, min_rows)
 
 
 def _identifier_like(distinct: int, rows: int) -> bool:
@@ -461,17 +563,26 @@ def _identifier_like(distinct: int, rows: int) -> bool:
     return distinct >= MIN_IDENTIFIER_VALUES and distinct * 2 > rows
 
 
-def _public_categories(counts: pd.Series, max_categories: int) -> list[str]:
+def _public_categories(counts: pd.Series, max_categories: int, min_rows: int) -> list[str]:
     """The values that become public categories (most frequent first).
 
-    Up to `max_categories` values: all of them, for the owner to review. A longer list keeps
-    at most `max_categories - 1` values, only those held by MIN_CATEGORY_ROWS rows or more,
-    and folds the rest into "__other__": a rare value is close to naming the row that holds
-    it, and the synthesizer could not learn it under noise anyway. Empty: nothing frequent.
+    Only values held by `min_rows` (MIN_CATEGORY_ROWS) rows or more, at most
+    `max_categories - 1` of them when there are more than `max_categories` values; the rest
+    fold into "__other__". A rare
+    value is close to naming the row that holds it (one row's "RARE_SECRET" in a public
+    schema says some party holds it), and the synthesizer could not learn it under noise
+    anyway; the review note names the folded values to the owner, who may list them if they
+    are public. Empty: nothing frequent.
     """
     if len(counts) <= max_categories:
-        return [str(v) for v in counts.index]
-    frequent = [str(v) for v, k in counts.items() if k >= MIN_CATEGORY_ROWS and v != OTHER]
+        short = [str(v) for v, k in counts.items() if k >= min_rows and v != OTHER]
+        if len(short) == len(counts):
+            return short
+    # a long list, or one with rare values: those held by MIN_CATEGORY_ROWS rows (or
+    # `min_rows`, if more) are listed, the rest fold
+    frequent = [str(v) for v, k in counts.items()
+                if k >= max(min_rows, MIN_CATEGORY_ROWS if len(counts) > max_categories else 0)
+                and v != OTHER]
     return [*frequent[: max_categories - 1], OTHER] if frequent else []
 
 
@@ -485,11 +596,15 @@ def _identifier_note(name: str, distinct: int, rows: int, mixed: str | None) -> 
             "it, or declare it in a schema")
 
 
-def _categorical_note(name: str, col: Column, distinct: int, mixed: str | None) -> str | None:
+def _categorical_note(name: str, col: Column, distinct: int, mixed: str | None,
+                      rare: list[str], min_rows: int) -> str | None:
     kept = len(col.categories) - (OTHER in col.categories)
     folded = (f"{distinct:,} distinct values: the {kept} most frequent (each held by at least "
-              f"{MIN_CATEGORY_ROWS} rows) are categories, the other {distinct - kept:,} fold "
+              f"{min_rows} rows) are categories, the other {distinct - kept:,} fold "
               f"into {OTHER!r}") if OTHER in col.categories and distinct > kept else None
+    if folded and rare:
+        shown = ", ".join(repr(v) for v in rare[:5])
+        folded += f" ({shown}{', ...' if len(rare) > 5 else ''})"
     if mixed:
         return (f"column {name!r}: {mixed}: drafted as categorical with {kept} categories"
                 f"{f' ({folded})' if folded else ''}; clean those values, or declare it "
@@ -521,7 +636,8 @@ def _numeric(name: str, values: pd.Series, nullable: bool) -> tuple[Column | Non
     heavy = binned and hi > lo and _log_resolves_better(vals, counts, lo, hi)
     col = Column(name, kind, lower=lo, upper=hi, nullable=nullable,
                  scale="log" if heavy else "linear",
-                 points=_points(vals, counts, lo) if binned else ())
+                 points=_points(vals, counts, lo) if binned else (),
+                 decimals=_decimals(vals, counts) if kind == "continuous" else None)
     if col.points:
         note = "; ".join(filter(None, [note, (
             f"column {name!r}: {len(col.points)} value(s) held by at least {POINT_SHARE:.1%} of "
@@ -536,6 +652,19 @@ def _numeric(name: str, values: pd.Series, nullable: bool) -> tuple[Column | Non
         note = (f"column {name!r}: every value is distinct ({len(arr):,} whole numbers): drafted "
                 "as integer; if it is an identifier, drop it")
     return col, note
+
+
+def _decimals(vals: np.ndarray, counts: np.ndarray) -> int | None:
+    """The fewest digits after the decimal point (at most MAX_DRAFT_DECIMALS) that write the
+    values of all but fewer than MIN_CATEGORY_ROWS rows (as their shortest text does: 0.1 has
+    one); else None. Measurements keep the precision they were recorded with: a synthetic
+    amount of 48.48296104983316 where every real one has cents is a value the column does not
+    take. A precision that one or two rows alone would set is not made public (a row's value
+    with more digits only rounds, like any other)."""
+    for d in range(1, MAX_DRAFT_DECIMALS + 1):
+        if int(counts[np.round(vals, d) != vals].sum()) < MIN_CATEGORY_ROWS:
+            return d
+    return None
 
 
 def _log_resolves_better(vals: np.ndarray, counts: np.ndarray, lo: float, hi: float) -> bool:
@@ -666,7 +795,7 @@ def validate_frame(df: pd.DataFrame, schema: Schema, *, source: str,
     for col in schema.columns:
         if col.name not in df.columns:
             continue
-        s = df[col.name]
+        s = _declared_missing(col, df[col.name])
         na = s.isna().to_numpy()
         if na.any() and not col.nullable:
             problems.append(f"column {col.name!r}: missing values in "

@@ -139,7 +139,9 @@ def test_simulate_success_writes_the_output_folder(tmp_path: Path,
 
 
 def test_schema_infer_prints_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    df = pd.DataFrame({"age": [30, 41, 57], "city": ["oslo", "rome", None], "w": [0.5, 1.5, 2.0]})
+    df = pd.DataFrame({"age": [30, 41, 57, 31, 40, 56, 33, 44, 52],
+                       "city": ["oslo", "rome", None] * 3,
+                       "w": np.linspace(0.5, 2.0, 9) ** 2})  # each city in 3 rows: public
     df.to_csv(tmp_path / "party.csv", index=False)
     rc, out, _ = _run(["schema", "infer", "party.csv"], capsys)
     assert rc == 0

@@ -177,3 +177,16 @@ def test_an_unknown_output_format_is_refused_before_any_work(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="not one of csv, parquet"):
         simulate(parties=_parties(), engine="local", out=tmp_path / "x", output_format="xlsx")
     assert not (tmp_path / "x").exists()
+
+
+def test_partition_by_a_column_the_job_does_not_read(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    n = 600
+    site = np.array([f"hospital-{i:03d}" for i in range(n)])  # an id: the draft leaves it out
+    a = rng.integers(0, 5, n)
+    df = pd.DataFrame({"site": site, "a": a, "b": np.where(a > 2, "hi", "lo")})
+    df.to_csv(tmp_path / "t.csv", index=False)
+    res = simulate(data=tmp_path / "t.csv", n_parties=3, partition_spec="column:site",
+                   engine="local", epsilon=2.0, rows=100, evaluate=False, holdout=0.0)
+    assert res.schema.ignored == ["site"] and list(res.synthetic.columns) == ["a", "b"]
+    assert res.metrics["job"]["parties"] == 3

@@ -101,19 +101,39 @@ def test_an_identifier_like_text_column_is_left_out_with_a_note() -> None:
     assert Schema.from_json(text).ignored == ["name"]
 
 
-@pytest.mark.parametrize(("distinct", "rows", "left_out"), [
-    (MIN_IDENTIFIER_VALUES - 1, MIN_IDENTIFIER_VALUES - 1, False),  # a short list: reviewed
-    (MIN_IDENTIFIER_VALUES, MIN_IDENTIFIER_VALUES, True),
-    (60, 120, False),  # exactly half as many values as rows: two rows per value
-    (61, 120, True),
-    (5000, 5000, True),
+@pytest.mark.parametrize(("distinct", "rows", "identifier", "kept"), [
+    # a short list is not an identifier, but values held by fewer than 3 rows stay private
+    (MIN_IDENTIFIER_VALUES - 1, MIN_IDENTIFIER_VALUES - 1, False, False),
+    (MIN_IDENTIFIER_VALUES - 1, 3 * (MIN_IDENTIFIER_VALUES - 1), False, True),
+    (MIN_IDENTIFIER_VALUES, MIN_IDENTIFIER_VALUES, True, False),
+    (60, 120, False, False),  # exactly half as many values as rows: two rows per value
+    (60, 180, False, True),  # three rows per value: public categories
+    (61, 120, True, False),
+    (5000, 5000, True, False),
 ])
 def test_identifier_rule_distinct_values_against_rows(distinct: int, rows: int,
-                                                      left_out: bool) -> None:
+                                                      identifier: bool, kept: bool) -> None:
     values = [f"v{i % distinct}" for i in range(rows)]
     schema, notes = draft_schema_with_notes(pd.DataFrame({"c": values, "k": [1] * rows}))
-    assert ("c" not in schema.names) == left_out
-    assert any("identifier" in n for n in notes) == left_out
+    assert ("c" in schema.names) == kept
+    assert any("identifier" in n for n in notes) == identifier
+    if not kept and not identifier:
+        assert any(f"none held by {MIN_CATEGORY_ROWS} rows" in n for n in notes)
+
+
+def test_a_category_held_by_fewer_than_three_rows_is_not_made_public() -> None:
+    c = ["x", "y"] * 50
+    c[0] = "RARE_SECRET"
+    c[1] = "TWICE"
+    c[3] = "TWICE"
+    schema, notes = draft_schema_with_notes(pd.DataFrame({"c": c}))
+    assert schema["c"].categories == (OTHER, "x", "y")
+    assert "RARE_SECRET" not in schema.to_json() and "TWICE" not in schema.to_json()
+    # the owner is told which values folded, to list them if they are public
+    assert any("'RARE_SECRET'" in n and "'TWICE'" in n and OTHER in n for n in notes)
+    # the table still validates: the folded values are read as the other category
+    assert set(validate_frame(pd.DataFrame({"c": c}), schema, source="f")["c"]) == {
+        OTHER, "x", "y"}
 
 
 def test_integer_row_numbers_are_left_out_but_integer_measures_stay_numeric() -> None:
@@ -268,3 +288,20 @@ def test_fold_unknown_false_refuses_categories_the_schema_does_not_list() -> Non
     (problem,) = info.value.problems
     assert "'zzz'" in problem and "1 row(s) (file lines 3)" in problem
     assert "schema of the job that made the table" in problem
+
+
+def test_numbers_written_for_people_are_named_as_such_not_as_identifiers() -> None:
+    rng = np.random.default_rng(5)
+    amounts = rng.integers(1000, 5_000_000, 500)
+    df = pd.DataFrame({"amt": [f"{v:,}" for v in amounts],
+                       "price": [f"${v / 100:,.2f}" for v in amounts],
+                       "rate": ["5%", "10%", "12.5%"] * 166 + ["5%", "10%"],
+                       "k": rng.integers(0, 3, 500)})
+    schema, notes = draft_schema_with_notes(df)
+    assert set(schema.ignored) == {"amt", "price"}
+    for name in ("amt", "price"):
+        note = _note(notes, name)
+        assert "thousands separators" in note and "plain numbers" in note
+        assert "identifier" not in note
+    # a few such values are ordinary categories
+    assert schema["rate"].categories == ("10%", "12.5%", "5%")

@@ -274,3 +274,113 @@ def test_dates_over_a_long_range_are_binned_and_decode_to_whole_days() -> None:
     out = codec.decode(np.arange(codec.size), np.random.default_rng(0))
     assert (out == out.dt.normalize()).all()
     assert out.min() >= pd.Timestamp("1970-01-01") and out.max() <= pd.Timestamp("2024-10-04")
+
+
+def test_timestamps_all_at_midnight_are_dates() -> None:
+    # a database's export of dates: a second's resolution would invent times of day
+    stamps = ["2020-02-03 00:00:00", "2020-02-04T00:00:00", "2020-03-01 00:00:00"] * 5
+    schema, _ = _draft(at=stamps)
+    assert schema["at"].resolution == "day"
+
+
+@pytest.mark.parametrize("columns", [["at", "n"], ["at"]])  # Arrow's writer, and pandas'
+def test_a_column_of_seconds_is_written_with_times_even_when_all_at_midnight(
+        columns: list[str]) -> None:
+    from fedsynth.synthesis.datetimes import with_layout
+    from fedsynth.synthesis.table_file import csv_text
+
+    schema = Schema((Column("at", "datetime", lower=0.0, upper=20000.0, resolution="second"),
+                     Column("n", "integer", lower=0.0, upper=9.0)))
+    df = pd.DataFrame({"at": pd.to_datetime(["2016-01-01", "2016-01-02"]), "n": [1, 2]})
+    text = csv_text(with_layout(df[columns], schema.columns))
+    assert "2016-01-01 00:00:00" in text and "2016-01-02 00:00:00" in text
+    day = Schema((Column("at", "datetime", lower=0.0, upper=20000.0, resolution="day"),))
+    assert "00:00:00" not in csv_text(with_layout(df[columns], day.columns))
+
+
+def test_amounts_in_cents_are_drafted_with_two_decimals_and_decoded_in_cents() -> None:
+    rng = np.random.default_rng(3)
+    amounts = rng.lognormal(4, 1.5, 2000).round(2)
+    schema, _ = _draft(amount=amounts, x=rng.normal(size=2000))
+    assert schema["amount"].decimals == 2 and schema["x"].decimals is None
+    doc = schema.to_dict()
+    assert doc["columns"][0]["decimals"] == 2 and "decimals" not in doc["columns"][1]
+    assert Schema.from_dict(doc) == schema
+    codec = ColumnCodec.for_column(schema["amount"])
+    fine = np.arange(codec.size).repeat(20)
+    out = codec.decode(fine, np.random.default_rng(0)).to_numpy(dtype=float)
+    assert np.array_equal(np.round(out, 2), out)
+    col = schema["amount"]
+    assert col.lower is not None and col.upper is not None
+    assert (out >= col.lower).all() and (out <= col.upper).all()
+
+
+def test_a_range_condition_draws_on_the_columns_decimal_grid() -> None:
+    from fedsynth.synthesis.conditions import redraw_in_range
+
+    col = Column("v", "continuous", lower=0.0, upper=100.0, decimals=1)
+    codec = ColumnCodec.for_column(col)
+    fine = np.arange(1, codec.size).repeat(5)
+    fine = fine[codec.in_bins(fine)]
+    out = redraw_in_range(codec, fine, (10.0, 20.0), np.random.default_rng(1))
+    inside = (codec.edges[fine - 1] <= 20.0) & (codec.edges[fine] >= 10.0)
+    got = out[inside]
+    assert len(got) and np.array_equal(np.round(got, 1), got)
+    assert (got >= 10.0).all() and (got <= 20.0).all()
+
+
+@pytest.mark.parametrize("bad", [-1, 13, 1.5, True, "2"])
+def test_decimals_must_be_a_small_whole_number_on_a_continuous_column(bad: object) -> None:
+    doc = {"columns": [{"name": "v", "kind": "continuous", "lower": 0, "upper": 1,
+                        "decimals": bad}]}
+    with pytest.raises(SchemaError, match="'decimals' must be a whole number"):
+        Schema.from_dict(doc)
+    with pytest.raises(SchemaError, match="'decimals'"):
+        Schema.from_dict({"columns": [{"name": "v", "kind": "integer", "lower": 0,
+                                       "upper": 1, "decimals": 1}]})
+
+
+@pytest.mark.parametrize(("said", "first", "last"), [
+    ("ts=2016-01-02", "2016-01-02 00:00:00", "2016-01-02 23:59:59"),
+    ("ts=2016-01-01..2016-01-02", "2016-01-01 00:00:00", "2016-01-02 23:59:59"),
+    ("ts=2016-01-01T06:00:00..2016-01-02T06:00:00", "2016-01-01 06:00:00",
+     "2016-01-02 06:00:00"),
+])
+def test_a_date_given_to_a_column_of_seconds_means_the_whole_day(said: str, first: str,
+                                                                  last: str) -> None:
+    from fedsynth.synthesis import datetimes
+    from fedsynth.synthesis.conditions import parse_conditions
+
+    col = Column("ts", "datetime", lower=datetimes.parse_bound("2015-01-01"),
+                 upper=datetimes.parse_bound("2017-12-31"), resolution="second")
+    keep = parse_conditions(Encoding.from_schema(Schema((col,))), [said])[0]
+    assert keep.interval is not None
+    lo, hi = (pd.Timestamp(0) + pd.Timedelta(seconds=v) for v in keep.interval)
+    assert (str(lo), str(hi)) == (first, last)
+
+
+def test_one_or_two_rows_with_more_digits_do_not_set_the_drafted_decimals() -> None:
+    rng = np.random.default_rng(4)
+    v = rng.normal(100, 20, 1000).round(2)
+    v[:2] = [100.123456, 99.654321]  # two rows alone would make it six digits
+    schema, _ = _draft(v=v)
+    assert schema["v"].decimals == 2
+    v[2] = 101.5555
+    assert _draft(v=v)[0]["v"].decimals == 4  # three rows do, as three rows list a category
+
+
+@pytest.mark.parametrize("scale", ["linear", "log"])
+def test_values_on_the_decimal_grid_stay_in_their_bin_and_off_the_lower_bound(scale: str
+                                                                               ) -> None:
+    col = Column("v", "continuous", lower=0.0, upper=100.0, decimals=2, scale=scale)
+    codec = ColumnCodec.for_column(col)
+    fine = np.arange(1, codec.size).repeat(200)  # every bin, none the lower bound's code
+    out = codec.decode(fine, np.random.default_rng(2))
+    vals = out.to_numpy(dtype=float)
+    assert np.array_equal(np.round(vals, 2), vals)
+    again = codec.encode(out)
+    has_grid = (np.ceil(np.round(codec.edges[:-1] * 100, 6)) + (np.arange(
+        len(codec.edges) - 1) == 0) <= np.ceil(np.round(codec.edges[1:] * 100, 6)) - 1)
+    kept = has_grid[fine - 1]  # bins holding a grid point keep every value they draw
+    assert (again[kept] == fine[kept]).all() and kept.mean() > 0.5
+    assert (vals > 0).all()  # never the lower bound's exact code

@@ -141,12 +141,13 @@ def test_infer_schema_kinds_bounds_and_categories() -> None:
         "x": [0.5, -1.25, 2.0, 0.0],
         "flag": [True, False, True, True],
     })
-    s = infer_schema(df)
+    s = infer_schema(df, min_rows=1)  # list values held by one row (the default is 3)
     assert s.names == ["city", "n", "w", "x", "flag"]
     assert s["city"] == Column("city", "categorical", ("paris", "rome"), nullable=True)
     assert s["n"] == Column("n", "integer", lower=1.0, upper=4.0)
     assert s["w"] == Column("w", "integer", lower=2.0, upper=7.0, nullable=True)
-    assert s["x"] == Column("x", "continuous", lower=-1.25, upper=2.0)
+    # one decimal: -1.25 alone (fewer than 3 rows) does not make a second one public
+    assert s["x"] == Column("x", "continuous", lower=-1.25, upper=2.0, decimals=1)
     assert s["flag"] == Column("flag", "categorical", ("False", "True"))
     # the draft validates the very table it came from
     out = validate_frame(df, s, source="f")
@@ -161,8 +162,9 @@ def test_infer_schema_folds_rare_categories_into_other() -> None:
     assert s["c"].categories == tuple(sorted(["a", "b", OTHER]))
     out = validate_frame(df, s, source="f")
     assert out["c"].value_counts().to_dict() == {"a": 5, "b": 4, OTHER: 6}
-    # at the limit nothing is folded
-    assert OTHER not in infer_schema(df, max_categories=5)["c"].categories
+    # at the limit only the values held by fewer than 3 rows fold
+    assert infer_schema(df, max_categories=5)["c"].categories == (OTHER, "a", "b", "c")
+    assert OTHER not in infer_schema(df[df["c"] < "d"], max_categories=3)["c"].categories
 
 
 def test_schema_json_round_trip() -> None:
