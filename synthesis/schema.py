@@ -462,6 +462,11 @@ def _draft_values(name: str, s: pd.Series, values: pd.Series, nullable: bool,
             return None, (f"column {name!r}: dates, but not written as YYYY-MM-DD: left out, "
                           "so none of them becomes public. Write them as YYYY-MM-DD (or "
                           "YYYY-MM-DD HH:MM:SS) to have them synthesised as dates")
+        if values.nunique() > MAX_DISCRETE_VALUES and _decimal_commas(values):
+            return None, (f"column {name!r}: numbers with a decimal comma (such as "
+                          f"{str(values.iloc[0])!r}) in a comma-separated file: left out, as "
+                          "text they would be categories. Write them with a decimal point, or "
+                          "save the file with ';' between fields")
         if values.nunique() > MAX_DISCRETE_VALUES and _formatted_numbers(values):
             return None, (f"column {name!r}: numbers written with thousands separators, a "
                           "currency sign or a percent sign (such as "
@@ -508,6 +513,14 @@ def _all_missing(name: str) -> tuple[Column, str]:
 
 
 _FORMATTED = re.compile(r"^[-+]?[$€£¥]?[-+]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?%?$")
+
+
+def _decimal_commas(values: pd.Series) -> bool:
+    """Every value is a number with a decimal comma ("10,5"), some not with three digits
+    after it (which would read as thousands)."""
+    labels = [str(v).strip() for v in pd.unique(values)]
+    return (all(re.match(r"^[-+]?\d+(,\d+)?$", v) for v in labels)
+            and any(re.match(r"^[-+]?\d+,(\d{1,2}|\d{4,})$", v) for v in labels))
 
 
 def _formatted_numbers(values: pd.Series) -> bool:

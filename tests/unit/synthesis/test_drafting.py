@@ -305,3 +305,11 @@ def test_numbers_written_for_people_are_named_as_such_not_as_identifiers() -> No
         assert "identifier" not in note
     # a few such values are ordinary categories
     assert schema["rate"].categories == ("10%", "12.5%", "5%")
+
+
+def test_decimal_commas_in_a_comma_separated_table_are_named() -> None:
+    rng = np.random.default_rng(6)
+    df = pd.DataFrame({"dc": [f"{v:.1f}".replace(".", ",") for v in rng.uniform(0, 20, 500)],
+                       "k": rng.integers(0, 3, 500)})
+    schema, notes = draft_schema_with_notes(df)
+    assert schema.ignored == ["dc"] and "decimal comma" in _note(notes, "dc")
