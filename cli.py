@@ -745,9 +745,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         for path in args.synthetic:
             privacy_file = path.parent / "privacy.json"
             privacy = json.loads(privacy_file.read_text()) if privacy_file.exists() else None
-            runs.append(Run(read_table(path), str(path), privacy))
+            runs.append(Run(read_table(path, schema), str(path), privacy))
         doc, html = evaluate_runs(
-            read_table(args.real), runs, train=read_table(args.train) if args.train else None,
+            read_table(args.real, schema), runs,
+            train=read_table(args.train, schema) if args.train else None,
             schema=schema, options=EvalOptions(target=args.target, sensitive=args.sensitive,
                                                seed=args.seed),
             progress=lambda m: log.info("%s", m))

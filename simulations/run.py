@@ -84,14 +84,15 @@ class SimulationResult:
 
 
 def _pooled(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
-            dataset: str | None, target: str | None) -> tuple[pd.DataFrame, str | None, str]:
+            dataset: str | None, target: str | None, schema: Schema | None
+            ) -> tuple[pd.DataFrame, str | None, str]:
     given = sum(x is not None for x in (parties, data, dataset))
     if given > 1:
         raise ValueError("give only one of parties=, data= (--data) or dataset= (--dataset)")
     if parties is not None:
         return pd.concat(list(parties), ignore_index=True), target, "given parties"
     if data is not None:
-        return read_table(data), target, str(data)
+        return read_table(data, schema), target, str(data)
     df, b = datasets.load(dataset or datasets.DEFAULT_DATASET)
     return df, target or b.target, f"{b.package}/{b.item}"
 
@@ -209,7 +210,7 @@ def _simulate(parties: Sequence[pd.DataFrame] | None, data: str | Path | None,
         check_out(Path(out), overwrite=overwrite)
     _check_arguments(engine, holdout, rows, n_parties if parties is None else len(parties),
                      channel)
-    pooled, target, source = _pooled(parties, data, dataset, target)
+    pooled, target, source = _pooled(parties, data, dataset, target, schema)
     if target is not None and target not in pooled.columns:
         raise ValueError(f"target column {target!r} is not in {source} (columns: "
                          f"{', '.join(map(str, pooled.columns))})")
