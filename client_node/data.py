@@ -29,7 +29,7 @@ from fedsynth.synthesis.schema import MIN_CATEGORY_ROWS, Schema
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 SNIFF_BYTES = 64 * 1024  # the start of the file the separator is chosen from
 _WHOLE = re.compile(r"^[+-]?\d+$")
-_DECIMAL_COMMA = re.compile(r"^[-+]?\d+,\d+$")
+_DECIMAL_COMMA = re.compile(r"^[-+]?(\d+|\d{1,3}(\.\d{3})+),\d+$")  # 71,3 and 1.675,49
 _SEPARATORS = (",", ";", "\t", "|")
 
 
@@ -74,6 +74,9 @@ def _read_csv(p: Path, schema: Schema | None) -> pd.DataFrame:
         text = [c.name for c in schema.columns if c.kind == "categorical" and c.name in seen]
     df = pd.read_csv(p, sep=sep, keep_default_na=False, na_values=[""], low_memory=False,
                      dtype={c: str for c in text})
+    empty = [c for i, c in enumerate(df.columns)
+             if not (header[i].strip() if i < len(header) else "") and df[c].isna().all()]
+    df = df.drop(columns=empty)  # trailing separators: no name, no value
     if schema is None:
         text = _codes(p, sep, [str(c) for c in df.columns
                                if pd.api.types.is_integer_dtype(df[c]) and c in seen])
@@ -125,8 +128,9 @@ def _decimal_commas(s: pd.Series) -> pd.Series:
     comma = [v for v in labels if _DECIMAL_COMMA.match(v.strip())]
     if not comma:
         return s
-    return s.map(lambda v: float(v.strip().replace(",", ".")) if isinstance(v, str) and (
-        _DECIMAL_COMMA.match(v.strip()) or _WHOLE.match(v.strip())) else v)
+    return s.map(lambda v: float(v.strip().replace(".", "").replace(",", "."))
+                 if isinstance(v, str) and (_DECIMAL_COMMA.match(v.strip())
+                                            or _WHOLE.match(v.strip())) else v)
 
 
 def _separator(p: Path) -> tuple[str, list[str]]:

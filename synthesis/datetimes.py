@@ -62,6 +62,15 @@ def iso_dates(values: pd.Series) -> pd.Series | None:
     return None if parsed.isna().any() else parsed
 
 
+def placeholder(v: object) -> bool:
+    """An ISO date no datetime column can hold (before 1678 or after 2261): the placeholders
+    exports write for an open end ("9999-12-31") or an unknown start ("0001-01-01")."""
+    if not isinstance(v, str) or not ISO_DATE.match(v.strip()):
+        return False
+    year = int(v.strip()[:4])
+    return year < 1678 or year > 2261
+
+
 def local_dates(values: pd.Series) -> bool:
     """Every value is a date written in a local layout (day and month as numbers)."""
     return all(isinstance(v, str) and LOCAL_DATE.match(v.strip()) for v in values)

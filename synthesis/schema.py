@@ -50,7 +50,7 @@ MIN_CATEGORY_ROWS = 3
 # a numeric, date or boolean column, a value where a category list names it ("NA").
 MISSING_TOKENS = frozenset({
     "NA", "N/A", "n/a", "na", "NaN", "nan", "NAN", "NULL", "null", "Null", "None", "none",
-    "?", "-", "--", ".", "#N/A", "<NA>", "missing", "Missing", "MISSING"})
+    "?", "-", "--", ".", "#N/A", "<NA>", "missing", "Missing", "MISSING", "\\N"})
 # A drafted continuous column whose values all have at most this many decimals is rounded to
 # them when decoded (more: every digit kept)
 MAX_DRAFT_DECIMALS = 6
@@ -422,6 +422,9 @@ def _without_missing_tokens(values: pd.Series) -> tuple[pd.Series, list[str], st
         return values, [], ""
     labels = list(pd.unique(values))
     tokens = sorted(v for v in labels if isinstance(v, str) and v.strip() in MISSING_TOKENS)
+    dates = [v for v in labels if isinstance(v, str) and datetimes.ISO_DATE.match(v.strip())]
+    if dates and len(dates) + len(tokens) == len(labels):  # dates: placeholders are missing
+        tokens = sorted([*tokens, *(v for v in dates if datetimes.placeholder(v))])
     if not tokens:
         return values, [], ""
     rest = values[~values.isin(tokens)]
@@ -432,7 +435,8 @@ def _without_missing_tokens(values: pd.Series) -> tuple[pd.Series, list[str], st
     if numbers.notna().all():
         return pd.to_numeric(rest), tokens, "its other values are numbers"
     if all(isinstance(v, str) and datetimes.ISO_DATE.match(v.strip()) for v in others):
-        return rest, tokens, "its other values are dates"
+        return rest, tokens, ("its other values are dates (dates before 1678 or after 2261 "
+                              "are placeholders for an open or unknown end)")
     if all(isinstance(v, bool) or str(v).strip().lower() in ("true", "false") for v in others):
         return rest, tokens, "its other values are true or false"
     return values, [], ""
@@ -441,11 +445,14 @@ def _without_missing_tokens(values: pd.Series) -> tuple[pd.Series, list[str], st
 def _declared_missing(col: Column, s: pd.Series) -> pd.Series:
     """A column read as text with its missing tokens as missing values, as its schema says:
     in numeric, date and discrete columns always; in a categorical column unless the
-    category list names the token ("NA" for North America stays a value)."""
+    category list names the token ("NA" for North America stays a value); in a datetime
+    column also placeholder dates ("9999-12-31", `datetimes.placeholder`)."""
     if s.dtype != object:
         return s
     labels = [v for v in pd.unique(s.dropna()) if isinstance(v, str)
-              and v.strip() in MISSING_TOKENS and v not in col.categories]
+              and (v.strip() in MISSING_TOKENS or (col.kind == "datetime"
+                                                   and datetimes.placeholder(v)))
+              and v not in col.categories]
     return s.mask(s.isin(labels)) if labels else s
 
 
@@ -512,7 +519,7 @@ def _all_missing(name: str) -> tuple[Column, str]:
             "[0, 0]; declare its kind and domain in a schema if it can hold values, or drop it")
 
 
-_FORMATTED = re.compile(r"^[-+]?[$€£¥]?[-+]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?%?$")
+_FORMATTED = re.compile(r"^\(?[-+]?[$€£¥]?[-+]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?%?\)?-?$")
 
 
 def _decimal_commas(values: pd.Series) -> bool:
@@ -528,7 +535,7 @@ def _formatted_numbers(values: pd.Series) -> bool:
     some need that reading (a plain "1234" alone is not formatted)."""
     labels = [str(v).strip() for v in pd.unique(values)]
     return (all(_FORMATTED.match(v) for v in labels)
-            and any(("," in v or v[:1] in "$€£¥" or v.endswith("%")) for v in labels))
+            and any(("," in v or v[:1] in "$€£¥(" or v.endswith(("%", "-"))) for v in labels))
 
 
 def _mixed(values: pd.Series) -> str | None:

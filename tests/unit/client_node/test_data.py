@@ -135,3 +135,19 @@ def test_infinite_values_leave_the_column_out_naming_the_lines(tmp_path: Path) -
     schema, notes = draft_schema_with_notes(read_table(p))
     assert schema.names == ["k"] and schema.ignored == ["r"]
     assert any("infinite values in 2 row(s) (file lines 3, 5)" in n for n in notes)
+
+
+def test_export_conventions_of_databases_and_erps(tmp_path: Path) -> None:
+    mysql_null = "\\N"  # MySQL writes a missing value as \N
+    rows = ["id;amt;ende;x;"] + [
+        f"{i};{'1.675,49' if i % 2 else '12,5'};{'9999-12-31' if i % 3 == 0 else '2020-05-01'};"
+        f"{mysql_null if i % 4 == 0 else i};" for i in range(12)]
+    df = read_table(_csv(tmp_path, "\n".join(rows) + "\n"))
+    assert list(df.columns) == ["id", "amt", "ende", "x"]  # no phantom trailing column
+    assert df["amt"].tolist()[:2] == [12.5, 1675.49]
+    schema, notes = draft_schema_with_notes(df, min_rows=1)
+    assert schema["ende"].kind == "datetime" and schema["ende"].nullable
+    assert any("'9999-12-31'" in n and "placeholders" in n for n in notes)
+    assert schema["x"].kind in ("integer", "discrete") and schema["x"].nullable
+    out = validate_frame(df, schema, source="t")
+    assert out["ende"].isna().sum() == 4 and out["x"].isna().sum() == 3

@@ -313,3 +313,14 @@ def test_decimal_commas_in_a_comma_separated_table_are_named() -> None:
                        "k": rng.integers(0, 3, 500)})
     schema, notes = draft_schema_with_notes(df)
     assert schema.ignored == ["dc"] and "decimal comma" in _note(notes, "dc")
+
+
+def test_accounting_and_trailing_minus_negatives_are_named_as_numbers_for_people() -> None:
+    rng = np.random.default_rng(7)
+    v = rng.uniform(1, 999, 400)
+    df = pd.DataFrame({"acct": [f"({x:.2f})" if i % 2 else f"{x:.2f}" for i, x in enumerate(v)],
+                       "sap": [f"{x:.2f}-" if i % 2 else f"{x:.2f}" for i, x in enumerate(v)],
+                       "k": rng.integers(0, 3, 400)})
+    schema, notes = draft_schema_with_notes(df)
+    assert set(schema.ignored) == {"acct", "sap"}
+    assert all("plain numbers" in _note(notes, c) for c in ("acct", "sap"))
