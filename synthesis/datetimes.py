@@ -62,6 +62,15 @@ def iso_dates(values: pd.Series) -> pd.Series | None:
     return None if parsed.isna().any() else parsed
 
 
+def zoned(values: pd.Series) -> bool:
+    """Some value is written with a time zone (a trailing Z or an offset such as +02:00)."""
+    return any(isinstance(v, str) and _ZONE.search(v.strip()) is not None
+               for v in pd.unique(values))
+
+
+_ZONE = re.compile(r"\d(Z|[+-]\d{2}:?\d{2})$")
+
+
 def placeholder(v: object) -> bool:
     """An ISO date no datetime column can hold (before 1678 or after 2261): the placeholders
     exports write for an open end ("9999-12-31") or an unknown start ("0001-01-01")."""

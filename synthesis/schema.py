@@ -464,7 +464,11 @@ def _draft_values(name: str, s: pd.Series, values: pd.Series, nullable: bool,
     if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
         dates = datetimes.iso_dates(values)
         if dates is not None:
-            return _datetime(name, dates, nullable)
+            col, note = _datetime(name, dates, nullable)
+            if datetimes.zoned(values):
+                note += ("; times with a zone (Z, +02:00) are read as UTC and written back in "
+                         "UTC without the zone")
+            return col, note
         if not pd.api.types.is_datetime64_any_dtype(values) and datetimes.local_dates(values):
             return None, (f"column {name!r}: dates, but not written as YYYY-MM-DD: left out, "
                           "so none of them becomes public. Write them as YYYY-MM-DD (or "

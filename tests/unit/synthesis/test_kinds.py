@@ -384,3 +384,9 @@ def test_values_on_the_decimal_grid_stay_in_their_bin_and_off_the_lower_bound(sc
     kept = has_grid[fine - 1]  # bins holding a grid point keep every value they draw
     assert (again[kept] == fine[kept]).all() and kept.mean() > 0.5
     assert (vals > 0).all()  # never the lower bound's exact code
+
+
+def test_times_with_a_zone_are_said_to_be_read_as_utc() -> None:
+    stamps = ["2021-01-01T00:00:00+02:00", "2021-02-01T10:00:00+02:00", "2021-03-01T08:00:00Z"]
+    _, notes = _draft(t=stamps * 3, d=["2021-01-01", "2021-01-02", "2021-01-03"] * 3)
+    assert "read as UTC" in notes[0] and not any("UTC" in n for n in notes[1:])
