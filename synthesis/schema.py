@@ -464,11 +464,11 @@ def _draft_values(name: str, s: pd.Series, values: pd.Series, nullable: bool,
     if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
         dates = datetimes.iso_dates(values)
         if dates is not None:
-            col, note = _datetime(name, dates, nullable)
+            dated, note = _datetime(name, dates, nullable)
             if datetimes.zoned(values):
                 note += ("; times with a zone (Z, +02:00) are read as UTC and written back in "
                          "UTC without the zone")
-            return col, note
+            return dated, note
         if not pd.api.types.is_datetime64_any_dtype(values) and datetimes.local_dates(values):
             return None, (f"column {name!r}: dates, but not written as YYYY-MM-DD: left out, "
                           "so none of them becomes public. Write them as YYYY-MM-DD (or "
@@ -493,11 +493,11 @@ def _draft_values(name: str, s: pd.Series, values: pd.Series, nullable: bool,
                       "out, as a numeric column needs finite bounds. Replace them (by a "
                       "bound, or by nothing for missing), or drop the column")
     if pd.api.types.is_integer_dtype(values) and np.abs(arr).max() >= 2.0**53:
-        col, note = _categorical(name, values.astype(str), nullable, max_categories, None,
-                                 min_rows)
-        return col, "; ".join(filter(None, [f"column {name!r}: whole numbers beyond 2^53, "
+        big, why = _categorical(name, values.astype(str), nullable, max_categories, None,
+                                min_rows)
+        return big, "; ".join(filter(None, [f"column {name!r}: whole numbers beyond 2^53, "
                                             "which a float cannot hold exactly: drafted as "
-                                            "text", note]))
+                                            "text", why]))
     return _numeric(name, values, nullable)
 
 
