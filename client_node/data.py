@@ -7,10 +7,10 @@ A CSV's text is read the way its owner meant it, not the way a spreadsheet guess
   "?", ...: synthesis.schema.MISSING_TOKENS) are read as the text they are; the schema decides
   what they mean (missing in a numeric, date or boolean column, a value where a category list
   names them: "NA" for North America), so every party reads them the same way.
-- Codes: a column whose values the schema lists as categories is read as text, so "00501"
-  stays "00501"; without a schema, a column of whole numbers written with leading zeros on
-  several rows ("01234", fixed-width codes), or too long to be exact as a float (16 digits and
-  more), is read as text.
+- Codes: a column whose schema categories a number would not write back ("00501") is read as
+  text, so "00501" stays "00501"; without a schema, a column of whole numbers written with
+  leading zeros on several rows ("01234", fixed-width codes), or too long to be exact as a
+  float (16 digits and more), is read as text.
 - Duplicate column names are refused (pandas would rename one to "x.1" in silence).
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedsynth.errors import InputError
-from fedsynth.synthesis.schema import MIN_CATEGORY_ROWS, Schema
+from fedsynth.synthesis.schema import MIN_CATEGORY_ROWS, Schema, category_strings
 
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 SNIFF_BYTES = 64 * 1024  # the start of the file the separator is chosen from
@@ -71,7 +71,8 @@ def _read_csv(p: Path, schema: Schema | None) -> pd.DataFrame:
         seen.setdefault(name, i)
     text: list[str] = []
     if schema is not None:
-        text = [c.name for c in schema.columns if c.kind == "categorical" and c.name in seen]
+        text = [c.name for c in schema.columns if c.kind == "categorical" and c.name in seen
+                and any(_not_a_number(v) for v in c.categories)]
     df = pd.read_csv(p, sep=sep, keep_default_na=False, na_values=[""], low_memory=False,
                      dtype={c: str for c in text})
     empty = [c for i, c in enumerate(df.columns)
@@ -90,6 +91,17 @@ def _read_csv(p: Path, schema: Schema | None) -> pd.DataFrame:
             if df[c].dtype == object and c not in text:
                 df[c] = _decimal_commas(df[c])
     return df
+
+
+def _not_a_number(label: str) -> bool:
+    """A category that reading it as a number would change ("00501", "1.50"): its column is
+    read as text. Other category columns are read as pandas types them, and their numbers
+    compare as category strings do ("1.0" from a float column matches the label "1")."""
+    try:
+        number = float(label)
+    except ValueError:
+        return False
+    return str(category_strings(pd.Series([number]))[0]) != label
 
 
 def _codes(p: Path, sep: str, whole: list[str]) -> list[str]:

@@ -590,23 +590,18 @@ def _identifier_like(distinct: int, rows: int) -> bool:
 def _public_categories(counts: pd.Series, max_categories: int, min_rows: int) -> list[str]:
     """The values that become public categories (most frequent first).
 
-    Only values held by `min_rows` (MIN_CATEGORY_ROWS) rows or more, at most
-    `max_categories - 1` of them when there are more than `max_categories` values; the rest
-    fold into "__other__". A rare
-    value is close to naming the row that holds it (one row's "RARE_SECRET" in a public
-    schema says some party holds it), and the synthesizer could not learn it under noise
-    anyway; the review note names the folded values to the owner, who may list them if they
-    are public. Empty: nothing frequent.
+    Only values held by `min_rows` (MIN_CATEGORY_ROWS) rows or more; in a list longer than
+    `max_categories` at least MIN_CATEGORY_ROWS, and at most `max_categories - 1` of them. The
+    rest fold into "__other__". A rare value is close to naming the row that holds it (one
+    row's "RARE_SECRET" in a public schema says some party holds it), and the synthesizer
+    could not learn it under noise anyway; the review note names the folded values to the
+    owner, who may list them if they are public. Empty: nothing frequent.
     """
-    if len(counts) <= max_categories:
-        short = [str(v) for v, k in counts.items() if k >= min_rows and v != OTHER]
-        if len(short) == len(counts):
-            return short
-    # a long list, or one with rare values: those held by MIN_CATEGORY_ROWS rows (or
-    # `min_rows`, if more) are listed, the rest fold
-    frequent = [str(v) for v, k in counts.items()
-                if k >= max(min_rows, MIN_CATEGORY_ROWS if len(counts) > max_categories else 0)
-                and v != OTHER]
+    long = len(counts) > max_categories
+    least = max(min_rows, MIN_CATEGORY_ROWS) if long else min_rows
+    frequent = [str(v) for v, k in counts.items() if k >= least and v != OTHER]
+    if not long and len(frequent) == len(counts):
+        return frequent
     return [*frequent[: max_categories - 1], OTHER] if frequent else []
 
 

@@ -151,3 +151,12 @@ def test_export_conventions_of_databases_and_erps(tmp_path: Path) -> None:
     assert schema["x"].kind in ("integer", "discrete") and schema["x"].nullable
     out = validate_frame(df, schema, source="t")
     assert out["ende"].isna().sum() == 4 and out["x"].isna().sum() == 3
+
+
+def test_number_categories_match_a_float_column_as_before(tmp_path: Path) -> None:
+    # a party's export of an integer code with missing values writes "1.0"; the label is "1"
+    schema = Schema((Column("code", "categorical", ("1", "2"), nullable=True),
+                     Column("n", "integer", lower=0.0, upper=9.0)))
+    df = read_table(_csv(tmp_path, "code,n\n1.0,1\n2.0,2\n,3\n1.0,4\n"), schema)
+    out = validate_frame(df, schema, source="t")
+    assert out["code"].tolist()[:2] == ["1", "2"] and out["code"].isna().sum() == 1
