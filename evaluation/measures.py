@@ -570,7 +570,10 @@ def project_counts(y: np.ndarray, total: float) -> np.ndarray:
     u = np.sort(y)[::-1]
     css = np.cumsum(u) - total
     k = np.arange(1, len(u) + 1)
-    rho = int(np.nonzero(u - css / k > 0)[0][-1])
+    # k = 1 always qualifies (u[0] - css[0] = total > 0); rounding may hide it when the
+    # total is tiny beside the counts, so it is the fallback
+    hits = np.nonzero(u - css / k > 0)[0]
+    rho = int(hits[-1]) if len(hits) else 0
     return np.maximum(y - css[rho] / (rho + 1), 0.0)
 
 

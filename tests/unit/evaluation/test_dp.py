@@ -357,3 +357,12 @@ def test_debiased_tvd_is_nearer_the_truth_than_the_plain_one_when_noise_dominate
     deb = [dp_tvd(d, sd * sd, n, q) for d in draws]
     assert abs(np.median(deb) - truth) < 0.5 * abs(np.median(plain) - truth)
     assert dp_tvd(np.zeros(3), 1.0, 0.0, np.ones(3)) is None
+
+
+@pytest.mark.parametrize("total", [6.2e-16, 1e-300, 5e-324])
+def test_a_total_rounding_makes_invisible_beside_the_counts_is_still_projected(
+        total: float) -> None:
+    # a noisy total of about 1e-16 (a difference of floats) beside counts of order 10: every
+    # threshold test rounds to "not positive"; the projection still lands on the simplex
+    x = project_counts(np.array([1.0, -2.0, 1.0, -11.0, 5.0, -7.0, -16.0, 15.0]), total)
+    assert (x >= 0).all() and abs(x.sum() - total) <= 1e-15
