@@ -254,13 +254,14 @@ def _interval(codec: ColumnCodec, value: object, said: str) -> tuple[float, floa
 
 
 def _rest_of_day(codec: ColumnCodec, value: object) -> float:
-    """Seconds from a day's start to its last second, for a date without a time of day given
-    to a column of seconds (2016-01-02 there means the whole day); else 0."""
+    """Units from a day's start to its last unit, for a date without a time of day given to a
+    column of minutes or seconds (2016-01-02 there means the whole day); else 0."""
     col = codec.column
-    if (col.kind != "datetime" or col.resolution != "second" or not isinstance(value, str)
+    if (col.kind != "datetime" or col.resolution not in ("minute", "second")
+            or not isinstance(value, str)
             or datetimes.has_time(pd.Series([], dtype="datetime64[ns]"), pd.Series([value]))):
         return 0.0
-    return 86_399.0
+    return float(datetimes.DAY_NS // datetimes.UNIT_NS[col.resolution] - 1)
 
 
 def _number(codec: ColumnCodec, value: object, said: str) -> float:
@@ -321,7 +322,8 @@ def _unit_text(codec: ColumnCodec, v: float) -> str:
     col = codec.column
     if col.kind == "datetime":
         assert col.resolution is not None
-        return str(pd.Timestamp(datetimes.from_units(np.array([v]), col.resolution)[0]))
+        return pd.Timestamp(datetimes.from_units(np.array([v]), col.resolution)[0]).strftime(
+            datetimes.LAYOUT[col.resolution])
     return f"{v:g}"
 
 

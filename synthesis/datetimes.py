@@ -1,12 +1,13 @@
 """Dates and times of a `datetime` column: parsing, public bounds, and their numeric units.
 
-A datetime column is public as its bounds and resolution (a day, or a second when the values
-hold times). Internally its bounds are days since 1970-01-01 (floats, so every non-categorical
+A datetime column is public as its bounds and resolution (a day; a minute when the values hold
+times of day and none has seconds, as "2022-09-08 19:31" or "2022-09-08 19:31:00" do; a second
+otherwise). Internally its bounds are days since 1970-01-01 (floats, so every non-categorical
 column has numeric bounds the same way), its values are encoded as whole units of its
 resolution, and a validated table holds them as `datetime64[ns]` (written to CSV as YYYY-MM-DD
-when every value is a date, as YYYY-MM-DD HH:MM:SS otherwise). Only ISO 8601 text is read as
-dates: other layouts are ambiguous (is 03/01/2015 March or January?), and plain numbers are
-never dates.
+for a day's resolution, YYYY-MM-DD HH:MM for a minute's, YYYY-MM-DD HH:MM:SS for a second's).
+Only ISO 8601 text is read as dates: other layouts are ambiguous (is 03/01/2015 March or
+January?), and plain numbers are never dates.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-RESOLUTIONS: tuple[str, ...] = ("day", "second")
+RESOLUTIONS: tuple[str, ...] = ("day", "minute", "second")
 DAY_NS = 86_400 * 10**9
-UNIT_NS = {"day": DAY_NS, "second": 10**9}
+UNIT_NS = {"day": DAY_NS, "minute": 60 * 10**9, "second": 10**9}
+# how a table file writes a column of each resolution
+LAYOUT = {"day": "%Y-%m-%d", "minute": "%Y-%m-%d %H:%M", "second": "%Y-%m-%d %H:%M:%S"}
 ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}"
                       r"([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$")
 # Dates in a local layout (03/01/2015, 1.3.15): never read as dates, never made public either
@@ -94,16 +97,24 @@ def has_time(parsed: pd.Series, text: pd.Series | None = None) -> bool:
     return text is not None and any(isinstance(v, str) and _TIME.search(v) for v in text)
 
 
+def time_resolution(parsed: pd.Series) -> str:
+    """The resolution of values that hold times of day: a minute when no value has seconds
+    (or fractions of one), else a second."""
+    ok = parsed.dropna()
+    return "minute" if bool((ok == ok.dt.floor("min")).all()) else "second"
+
+
 _TIME = re.compile(r"\d[T ]\d{2}:\d{2}")
-SECONDS = "datetime_seconds"  # a frame's attrs: datetime columns written with their times
+LAYOUTS = "datetime_layouts"  # a frame's attrs: {datetime column: strftime layout}
 
 
 def with_layout(df: pd.DataFrame, columns: Iterable[Any]) -> pd.DataFrame:
-    """`df` marked so that its datetime columns of a second's resolution are written with
-    their times even where every value is at midnight (synthesis.table_file reads the mark):
-    a table of such a column keeps one layout whatever rows it holds."""
-    df.attrs[SECONDS] = [c.name for c in columns
-                         if c.kind == "datetime" and c.resolution == "second"]
+    """`df` marked so that each datetime column with times of day (a minute's or a second's
+    resolution) is written in its resolution's layout, also where every value is at midnight
+    (synthesis.table_file reads the mark): a table of such a column keeps one layout whatever
+    rows it holds, and a minute's column is never written with seconds."""
+    df.attrs[LAYOUTS] = {c.name: LAYOUT[c.resolution] for c in columns
+                         if c.kind == "datetime" and c.resolution in ("minute", "second")}
     return df
 
 
@@ -137,7 +148,7 @@ def from_units(u: np.ndarray, resolution: str) -> np.ndarray:
 
 def iso(days: float, resolution: str) -> str:
     t = from_days(days)
-    return t.strftime("%Y-%m-%d") if resolution == "day" else t.strftime("%Y-%m-%dT%H:%M:%S")
+    return t.strftime(LAYOUT[resolution].replace(" ", "T"))
 
 
 def parse_bound(v: object) -> float:
@@ -153,10 +164,10 @@ def parse_bound(v: object) -> float:
 
 def coarse_bounds(parsed: pd.Series, resolution: str) -> tuple[float, float]:
     """Drafted bounds: the start of the earliest value's month and the end of the latest's
-    (its last day, or last second), so that no row's exact date becomes public."""
+    (its last day, minute or second), so that no row's exact date becomes public."""
     lo = parsed.min().to_period("M").start_time
     hi = parsed.max().to_period("M").end_time
-    hi = hi.normalize() if resolution == "day" else hi.floor("s")
+    hi = hi.floor(pd.Timedelta(UNIT_NS[resolution], unit="ns"))
     return to_days(lo), to_days(hi)
 
 

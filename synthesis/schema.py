@@ -104,7 +104,7 @@ class Column:
     or "log" for heavy tails: fine bins even in log(1 + x - lower)). discrete: `values`, the
     sorted numbers it can take (whole numbers as ints, so the output keeps an integer type;
     `lower`/`upper` are set to their ends). datetime: `lower`, `upper` in days since 1970
-    (ISO text in the schema's JSON) and `resolution`, "day" or "second".
+    (ISO text in the schema's JSON) and `resolution`, "day", "minute" or "second".
     """
 
     name: str
@@ -503,8 +503,9 @@ def _draft_values(name: str, s: pd.Series, values: pd.Series, nullable: bool,
 
 def _datetime(name: str, parsed: pd.Series, nullable: bool) -> tuple[Column, str]:
     """Dates: a datetime column whose public bounds are the months of the earliest and latest
-    dates, never a row's own date; times of day give a resolution of a second."""
-    resolution = "second" if datetimes.has_time(parsed) else "day"
+    dates, never a row's own date; times of day give a resolution of a minute, or of a second
+    when some value has seconds."""
+    resolution = datetimes.time_resolution(parsed) if datetimes.has_time(parsed) else "day"
     lo, hi = datetimes.coarse_bounds(parsed, resolution)
     col = Column(name, "datetime", lower=lo, upper=hi, nullable=nullable, resolution=resolution)
     return col, (f"column {name!r}: dates (resolution: a {resolution}), drafted with bounds "

@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsynth.synthesis.datetimes import SECONDS
+from fedsynth.synthesis.datetimes import LAYOUT, LAYOUTS
 
 FORMATS = ("csv", "parquet")
-SECOND_LAYOUT = "%Y-%m-%d %H:%M:%S"
 CHUNK_ROWS = 1_000_000
 WRITE_AHEAD = 2  # chunks formatted at once (two cores here)
 
@@ -67,11 +66,11 @@ def write_csv(df: pd.DataFrame, fh: io.BufferedIOBase | io.BytesIO) -> None:
     """pandas' `df.to_csv(index=False)` text, in UTF-8, chunk by chunk."""
     head = io.StringIO()
     csv.writer(head, lineterminator="\n").writerow([str(c) for c in df.columns])
-    seconds = set(df.attrs.get(SECONDS, ()))
+    layouts: dict[str, str] = dict(df.attrs.get(LAYOUTS, {}))
     if df.shape[1] < 2 or not all(_formattable(df[c]) for c in df.columns):
-        if seconds:  # pandas drops the times of a column whose values are all at midnight
-            df = df.assign(**{c: df[c].dt.strftime(SECOND_LAYOUT) for c in df.columns
-                              if c in seconds and pd.api.types.is_datetime64_dtype(df[c])})
+        if layouts:  # pandas drops the times of a column whose values are all at midnight
+            df = df.assign(**{c: df[c].dt.strftime(layouts[c]) for c in df.columns
+                              if c in layouts and pd.api.types.is_datetime64_dtype(df[c])})
         for start in range(0, max(len(df), 1), CHUNK_ROWS):
             part = df.iloc[start:start + CHUNK_ROWS]
             fh.write(part.to_csv(index=False, header=start == 0).encode("utf-8"))
@@ -82,7 +81,7 @@ def write_csv(df: pd.DataFrame, fh: io.BufferedIOBase | io.BytesIO) -> None:
 
     def text(start: int) -> memoryview:
         part = df.iloc[start:start + CHUNK_ROWS]
-        cols = [_strings(part[c], c in seconds) for c in part.columns]
+        cols = [_strings(part[c], layouts.get(c)) for c in part.columns]
         lines = pc.binary_join_element_wise(*cols, pa.scalar(""), ",")  # trailing "," ...
         lines = pc.utf8_replace_slice(lines, -1, 2**31 - 1, "\n")  # ... becomes the newline
         if isinstance(lines, pa.ChunkedArray):
@@ -117,17 +116,19 @@ def _formattable(s: pd.Series) -> bool:
         dt == np.dtype(np.float64))
 
 
-def _strings(s: pd.Series, seconds: bool = False) -> object:
+def _strings(s: pd.Series, layout: str | None = None) -> object:
     """One column's CSV fields (as pandas writes them, missing as empty), an Arrow array;
-    datetimes with their times if `seconds`, even when all are at midnight."""
+    datetimes in their `layout` when given (with_layout's), else as pandas writes them."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     dt = s.dtype
     if pd.api.types.is_datetime64_dtype(dt):
         ok = s.dropna()
-        midnight = not seconds and bool((ok == ok.dt.normalize()).all())
-        text = s.dt.strftime("%Y-%m-%d" if midnight else SECOND_LAYOUT)
+        if layout is None:
+            midnight = bool((ok == ok.dt.normalize()).all())
+            layout = LAYOUT["day" if midnight else "second"]
+        text = s.dt.strftime(layout)
         return pc.fill_null(pa.array(text, type=pa.string(), from_pandas=True), "")
     if pd.api.types.is_object_dtype(dt):  # text (checked by _formattable) and missing
         text = pa.array(s.to_numpy(), type=pa.string(), from_pandas=True)

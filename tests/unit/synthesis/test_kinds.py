@@ -390,3 +390,54 @@ def test_times_with_a_zone_are_said_to_be_read_as_utc() -> None:
     stamps = ["2021-01-01T00:00:00+02:00", "2021-02-01T10:00:00+02:00", "2021-03-01T08:00:00Z"]
     _, notes = _draft(t=stamps * 3, d=["2021-01-01", "2021-01-02", "2021-01-03"] * 3)
     assert "read as UTC" in notes[0] and not any("UTC" in n for n in notes[1:])
+
+
+@pytest.mark.parametrize("stamps", [
+    ["2022-09-08 19:31", "2022-09-09 07:05", "2022-10-01 00:00"],  # minutes only
+    ["2022-09-08 19:31:00", "2022-09-09T07:05:00", "2022-10-01 00:00:00"],  # zero seconds
+])
+def test_times_without_seconds_get_a_minutes_resolution_and_never_invented_seconds(
+        stamps: list[str]) -> None:
+    from fedsynth.synthesis.datetimes import with_layout
+    from fedsynth.synthesis.table_file import csv_text
+
+    schema, notes = _draft(at=stamps * 5)
+    col = schema["at"]
+    assert col.resolution == "minute" and "a minute" in notes[0]
+    assert col.to_dict()["upper"] == "2022-10-31T23:59"
+    assert Schema.from_dict(schema.to_dict()) == schema
+    enc = Encoding.from_schema(schema)
+    codec = enc.codecs[0]
+    fine = np.arange(codec.size).repeat(3)
+    out = codec.decode(fine, np.random.default_rng(0))
+    assert (out.dropna() == out.dropna().dt.floor("min")).all()
+    text = csv_text(with_layout(pd.DataFrame({"at": out}), schema.columns)).splitlines()
+    assert text[0] == "at" and all(len(v) == 16 for v in text[1:] if v), text[:5]
+    # the table's own values come back as written
+    back = validate_frame(pd.DataFrame({"at": stamps}), schema, source="t")
+    rows = csv_text(with_layout(back, schema.columns)).splitlines()[1:]
+    assert rows == [s.replace("T", " ")[:16] for s in stamps]
+    # one value with seconds: the column is of seconds
+    assert _draft(at=stamps * 5 + ["2022-09-08 19:31:07"])[0]["at"].resolution == "second"
+
+
+def test_a_date_given_to_a_column_of_minutes_means_the_whole_day() -> None:
+    from fedsynth.synthesis import datetimes
+    from fedsynth.synthesis.conditions import parse_conditions
+
+    col = Column("ts", "datetime", lower=datetimes.parse_bound("2015-01-01"),
+                 upper=datetimes.parse_bound("2017-12-31"), resolution="minute")
+    keep = parse_conditions(Encoding.from_schema(Schema((col,))), ["ts=2016-01-02"])[0]
+    assert keep.interval is not None
+    lo, hi = (pd.Timestamp(0) + pd.Timedelta(minutes=v) for v in keep.interval)
+    assert (str(lo), str(hi)) == ("2016-01-02 00:00:00", "2016-01-02 23:59:00")
+
+
+def test_an_impossible_date_condition_shows_the_range_in_the_columns_layout() -> None:
+    from fedsynth.synthesis import datetimes
+    from fedsynth.synthesis.conditions import ConditionError, parse_conditions
+
+    col = Column("d", "datetime", lower=datetimes.parse_bound("2015-01-01"),
+                 upper=datetimes.parse_bound("2017-12-31"), resolution="day")
+    with pytest.raises(ConditionError, match=r"values \(2015-01-01 to 2017-12-31\)"):
+        parse_conditions(Encoding.from_schema(Schema((col,))), ["d=2030-01-01"])
