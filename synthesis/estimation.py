@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from fedsynth import progress
+from fedsynth.synthesis.tree_marginals import TreeMarginals
 
 os.environ.setdefault("JAX_ENABLE_X64", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -182,7 +183,7 @@ def potentials_of(model: Any) -> list[tuple[tuple[int, ...], np.ndarray]]:
 def from_potentials(sizes: Sequence[int], potentials: Sequence[tuple[tuple[int, ...], np.ndarray]],
                     total: float) -> Any:
     """The MarkovRandomField of these log-potentials (as `potentials_of` gives them); its
-    marginals come from mbi's message passing, as at the end of `fit`."""
+    marginals by message passing (synthesis.tree_marginals: numpy, no jax compilation)."""
     mbi = _mbi()
     import jax.numpy as jnp
 
@@ -191,7 +192,7 @@ def from_potentials(sizes: Sequence[int], potentials: Sequence[tuple[tuple[int, 
     tables = {cl: mbi.Factor(domain.project(cl), jnp.asarray(values))
               for cl, (_, values) in zip(cliques, potentials, strict=True)}
     pots = mbi.CliqueVector(domain, cliques, tables)
-    marginals = mbi.marginal_oracles.message_passing_stable(pots, float(total))
+    marginals = TreeMarginals(pots, float(total)).clique_vector(pots)
     return mbi.MarkovRandomField(potentials=pots, marginals=marginals, total=float(total))
 
 
@@ -200,8 +201,8 @@ def reweighted(model: Any, weights: dict[int, np.ndarray]) -> Any:
     the model's total.
 
     Each column's weights are added, as logs, to the potential of a clique holding it; zero
-    weights become mbi `Constraint`s (exact zeros, which mbi's Shafer-Shenoy message passing
-    and its sampler handle; the default message passing cannot). The rows drawn from it follow
+    weights become mbi `Constraint`s (exact zeros, which synthesis.tree_marginals' message
+    passing keeps, as mbi's Shafer-Shenoy oracle does). The rows drawn from it follow
     the model's exact conditional distribution given the weights: no rejection."""
     mbi = _mbi()
     import jax.numpy as jnp
@@ -224,8 +225,7 @@ def reweighted(model: Any, weights: dict[int, np.ndarray]) -> Any:
         if (w <= 0).any():
             constraints.append(mbi.Constraint(dom, valid=np.flatnonzero(w > 0)[:, None]))
     new = mbi.CliqueVector(pots.domain, cliques, tables)
-    marginals = mbi.marginal_oracles.message_passing_shafer_shenoy(
-        new, model.total, constraints=tuple(constraints))
+    marginals = TreeMarginals(new, float(model.total), constraints).clique_vector(new)
     return mbi.MarkovRandomField(potentials=new, marginals=marginals, total=model.total,
                                  constraints=tuple(constraints))
 

@@ -50,30 +50,19 @@ def allocate(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _marginals(model: Any) -> tuple[Any, list[str], list[set[str]]]:
-    from mbi import junction_tree, marginal_oracles
-
-    jtree, order = junction_tree.make_junction_tree(
-        model.domain, [tuple(cl) for cl in model.cliques])
-    potentials = model.potentials.expand(list(jtree.nodes))
-    if model.constraints:  # Shafer-Shenoy handles the zeros of conditions
-        marginals = marginal_oracles.message_passing_shafer_shenoy(
-            potentials, model.total, constraints=model.constraints)
-    else:
-        marginals = marginal_oracles.message_passing_stable(potentials, model.total)
-    return marginals, list(order[::-1]), [set(cl) for cl in jtree.nodes]
-
-
 def draw_codes(model: Any, rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """`rows` rows of the model's attributes (name -> codes), drawn as the module says."""
-    marginals, order, cliques = _marginals(model)
-    sizes = dict(zip(model.domain.attributes, model.domain.shape, strict=True))
+    from fedsynth.synthesis.tree_marginals import TreeMarginals
+
+    marginals = TreeMarginals(model.potentials, model.total, model.constraints)
+    order = marginals.order[::-1]
+    cliques = [set(n) for n in marginals.nodes]
+    sizes = marginals.sizes
     data: dict[str, np.ndarray] = {}
     for col in order:
         near = set().union(*[cl for cl in cliques if col in cl])
         parents = [a for a in data if a in near]
-        table = np.asarray(marginals.project((*parents, col)).datavector(flatten=False),
-                           dtype=float).reshape(-1, sizes[col])
+        table = marginals.project((*parents, col)).reshape(-1, sizes[col])
         if not parents:
             p = table[0] / table[0].sum() if table[0].sum() > 0 else np.full(sizes[col],
                                                                               1 / sizes[col])
