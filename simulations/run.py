@@ -47,7 +47,7 @@ from fedsynth.simulations.parties import (
     make_identities,
     write_parties,
 )
-from fedsynth.synthesis import table_file
+from fedsynth.synthesis import datetimes, table_file
 from fedsynth.synthesis.conditions import (
     ClassRatio,
     Conditions,
@@ -581,7 +581,8 @@ def output_files(res: SimulationResult) -> dict[str, Content]:
     if res.report is not None:
         files["report.html"] = res.report
     if res.heldout is not None and len(res.heldout):
-        files[HELDOUT_FILE] = table_file.writer(res.heldout, "csv")
+        files[HELDOUT_FILE] = table_file.writer(
+            datetimes.with_layout(res.heldout.copy(), res.schema.columns), "csv")
     if res.model is not None:
         files.update(res.model.files())
     return files

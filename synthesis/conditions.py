@@ -246,11 +246,26 @@ def _interval(codec: ColumnCodec, value: object, said: str) -> tuple[float, floa
         ends = [e.strip() or None for e in value.split(RANGE, 1)]
     else:
         v = _number(codec, value, said)
-        return v, v + _rest_of_day(codec, value)
+        lo, hi = _on_grid(codec, v, v + _rest_of_day(codec, value))
+        if lo > hi:
+            col = codec.column
+            raise ConditionError(f"{said}: column {col.name!r} holds whole {col.resolution}s "
+                                 f"and {value!r} is not one; give it to the {col.resolution}, "
+                                 f"or a range such as {col.name}=LOW..HIGH")
+        return lo, hi
     lo = -math.inf if ends[0] is None else _number(codec, ends[0], said)
     hi = math.inf if ends[1] is None else _number(codec, ends[1], said) + _rest_of_day(
         codec, ends[1])
-    return lo, hi
+    return _on_grid(codec, lo, hi)
+
+
+def _on_grid(codec: ColumnCodec, lo: float, hi: float) -> tuple[float, float]:
+    """A datetime interval's ends moved inward to whole units of the column's resolution (a
+    low end of 10:30:45 on a column of minutes is 10:31, so no drawn value lies before it)."""
+    if codec.column.kind != "datetime":
+        return lo, hi
+    return (math.ceil(lo) if math.isfinite(lo) else lo,
+            math.floor(hi) if math.isfinite(hi) else hi)
 
 
 def _rest_of_day(codec: ColumnCodec, value: object) -> float:
@@ -272,7 +287,9 @@ def _number(codec: ColumnCodec, value: object, said: str) -> float:
         if parsed.isna().all():
             raise ConditionError(f"{said}: {value!r} is not an ISO date such as "
                                  "2015-01-31 (or 2015-01-31T08:00:00)")
-        return float(datetimes.units(parsed, col.resolution)[0])
+        # exact (fractional) units: _on_grid rounds each end inward
+        ns = int(parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64)[0])
+        return ns / datetimes.UNIT_NS[col.resolution]
     try:
         v = float(str(value).strip()) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -55,6 +55,9 @@ def draw_codes(model: Any, rows: int, rng: np.random.Generator) -> dict[str, np.
     from fedsynth.synthesis.tree_marginals import TreeMarginals
 
     marginals = TreeMarginals(model.potentials, model.total, model.constraints)
+    if rows and any(not (b.sum() > 0) for b in marginals.beliefs.values()):
+        raise ValueError("the model gives its constraints (conditions) zero probability: "
+                         "no row can be drawn")
     order = marginals.order[::-1]
     cliques = [set(n) for n in marginals.nodes]
     sizes = marginals.sizes

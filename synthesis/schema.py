@@ -205,9 +205,13 @@ class Column:
         if not -1e6 < lo <= hi < 1e6:
             return [f"column {self.name!r}: datetime bounds must lie between the years 1678 "
                     "and 2261"]
-        a, b = datetimes.bound_units(lo, hi, self.resolution)
-        if a > b:
-            return [f"column {self.name!r}: no whole {self.resolution} lies between its bounds"]
+        per = datetimes.DAY_NS // datetimes.UNIT_NS[self.resolution]
+        off = [v for v in (lo, hi) if abs(v * per - round(v * per)) > 1e-3]
+        if off:  # the job would use the inner whole units, and write those back as the bounds
+            return [f"column {self.name!r}: bound {datetimes.iso(v, 'second')!r} is not a whole "
+                    f"{self.resolution}; write it to the {self.resolution} (e.g. "
+                    f"{datetimes.iso(v, self.resolution)!r}) or use a finer resolution"
+                    for v in off]
         return []
 
     def _shown(self, v: float) -> str:

@@ -188,7 +188,7 @@ def test_the_hash_of_a_schema_without_new_kinds_is_unchanged() -> None:
      "lower bound '2016-01-01' is above upper bound '2015-01-01'"),
     ({"kind": "datetime", "upper": "2015-01-01", "resolution": "day"}, "finite lower and upper"),
     ({"kind": "datetime", "lower": "2015-01-01T06:00", "upper": "2015-01-01T07:00",
-      "resolution": "day"}, "no whole day"),
+      "resolution": "day"}, "'2015-01-01T06:00:00' is not a whole day"),
 ])
 def test_bad_discrete_lists_and_datetime_bounds_are_schema_errors(column: dict[str, object],
                                                                   needle: str) -> None:
@@ -441,3 +441,39 @@ def test_an_impossible_date_condition_shows_the_range_in_the_columns_layout() ->
                  upper=datetimes.parse_bound("2017-12-31"), resolution="day")
     with pytest.raises(ConditionError, match=r"values \(2015-01-01 to 2017-12-31\)"):
         parse_conditions(Encoding.from_schema(Schema((col,))), ["d=2030-01-01"])
+
+
+def test_a_bound_off_a_minute_columns_grid_is_refused_naming_it() -> None:
+    with pytest.raises(SchemaError, match="'2022-09-01T00:00:30' is not a whole minute"):
+        Schema.from_dict({"columns": [{"name": "t", "kind": "datetime",
+                                       "lower": "2022-09-01T00:00:30",
+                                       "upper": "2022-10-31T23:59", "resolution": "minute"}]})
+
+
+@pytest.mark.parametrize(("said", "first", "last"), [
+    # a low end with seconds starts at the next whole minute, a high end stops at its minute
+    ("t=2022-09-15 10:30:45..2022-09-15 10:32:10", "2022-09-15 10:31:00",
+     "2022-09-15 10:32:00"),
+    ("t=2022-09-15 10:30", "2022-09-15 10:30:00", "2022-09-15 10:30:00"),
+])
+def test_condition_ends_with_seconds_move_inward_on_a_column_of_minutes(
+        said: str, first: str, last: str) -> None:
+    from fedsynth.synthesis import datetimes
+    from fedsynth.synthesis.conditions import parse_conditions
+
+    col = Column("t", "datetime", lower=datetimes.parse_bound("2022-09-01"),
+                 upper=datetimes.parse_bound("2022-10-31T23:59"), resolution="minute")
+    keep = parse_conditions(Encoding.from_schema(Schema((col,))), [said])[0]
+    assert keep.interval is not None
+    lo, hi = (pd.Timestamp(0) + pd.Timedelta(minutes=v) for v in keep.interval)
+    assert (str(lo), str(hi)) == (first, last)
+
+
+def test_one_time_off_a_minute_columns_grid_is_refused() -> None:
+    from fedsynth.synthesis import datetimes
+    from fedsynth.synthesis.conditions import ConditionError, parse_conditions
+
+    col = Column("t", "datetime", lower=datetimes.parse_bound("2022-09-01"),
+                 upper=datetimes.parse_bound("2022-10-31T23:59"), resolution="minute")
+    with pytest.raises(ConditionError, match="holds whole minutes"):
+        parse_conditions(Encoding.from_schema(Schema((col,))), ["t=2022-09-15 10:30:45"])

@@ -146,3 +146,11 @@ def test_numpy_tree_marginals_equal_mbis_shafer_shenoy(seed: int, n_cols: int, n
     for cl in cliques:
         np.testing.assert_allclose(np.asarray(vec[cl].values), ours.project(cl))
     release_compiled()
+
+
+def test_contradictory_constraints_are_refused_not_drawn(model: object) -> None:
+    # column 0 allowed only value 0 by one weight and only value 1 by another: no row exists
+    once = reweighted(model, {0: np.array([1.0, 0.0, 0.0])})
+    never = reweighted(once, {0: np.array([0.0, 1.0, 0.0])})
+    with pytest.raises(ValueError, match="zero probability"):
+        sample_codes(never, 10, seed=0)
