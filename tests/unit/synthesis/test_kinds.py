@@ -340,6 +340,20 @@ def test_decimals_must_be_a_small_whole_number_on_a_continuous_column(bad: objec
                                        "upper": 1, "decimals": 1}]})
 
 
+def _interval_of(said: str, resolution: str, lower: str, upper: str) -> tuple[str, str]:
+    """The condition's interval on a datetime column, as its two ends' timestamps."""
+    from fedsynth.synthesis import datetimes
+    from fedsynth.synthesis.conditions import parse_conditions
+
+    col = Column(said.split("=")[0], "datetime", lower=datetimes.parse_bound(lower),
+                 upper=datetimes.parse_bound(upper), resolution=resolution)
+    keep = parse_conditions(Encoding.from_schema(Schema((col,))), [said])[0]
+    assert keep.interval is not None
+    unit = pd.Timedelta(datetimes.UNIT_NS[resolution], unit="ns")
+    lo, hi = (pd.Timestamp(0) + v * unit for v in keep.interval)
+    return str(lo), str(hi)
+
+
 @pytest.mark.parametrize(("said", "first", "last"), [
     ("ts=2016-01-02", "2016-01-02 00:00:00", "2016-01-02 23:59:59"),
     ("ts=2016-01-01..2016-01-02", "2016-01-01 00:00:00", "2016-01-02 23:59:59"),
@@ -348,15 +362,7 @@ def test_decimals_must_be_a_small_whole_number_on_a_continuous_column(bad: objec
 ])
 def test_a_date_given_to_a_column_of_seconds_means_the_whole_day(said: str, first: str,
                                                                   last: str) -> None:
-    from fedsynth.synthesis import datetimes
-    from fedsynth.synthesis.conditions import parse_conditions
-
-    col = Column("ts", "datetime", lower=datetimes.parse_bound("2015-01-01"),
-                 upper=datetimes.parse_bound("2017-12-31"), resolution="second")
-    keep = parse_conditions(Encoding.from_schema(Schema((col,))), [said])[0]
-    assert keep.interval is not None
-    lo, hi = (pd.Timestamp(0) + pd.Timedelta(seconds=v) for v in keep.interval)
-    assert (str(lo), str(hi)) == (first, last)
+    assert _interval_of(said, "second", "2015-01-01", "2017-12-31") == (first, last)
 
 
 def test_one_or_two_rows_with_more_digits_do_not_set_the_drafted_decimals() -> None:
@@ -422,15 +428,8 @@ def test_times_without_seconds_get_a_minutes_resolution_and_never_invented_secon
 
 
 def test_a_date_given_to_a_column_of_minutes_means_the_whole_day() -> None:
-    from fedsynth.synthesis import datetimes
-    from fedsynth.synthesis.conditions import parse_conditions
-
-    col = Column("ts", "datetime", lower=datetimes.parse_bound("2015-01-01"),
-                 upper=datetimes.parse_bound("2017-12-31"), resolution="minute")
-    keep = parse_conditions(Encoding.from_schema(Schema((col,))), ["ts=2016-01-02"])[0]
-    assert keep.interval is not None
-    lo, hi = (pd.Timestamp(0) + pd.Timedelta(minutes=v) for v in keep.interval)
-    assert (str(lo), str(hi)) == ("2016-01-02 00:00:00", "2016-01-02 23:59:00")
+    assert _interval_of("ts=2016-01-02", "minute", "2015-01-01", "2017-12-31") == (
+        "2016-01-02 00:00:00", "2016-01-02 23:59:00")
 
 
 def test_an_impossible_date_condition_shows_the_range_in_the_columns_layout() -> None:
@@ -458,15 +457,7 @@ def test_a_bound_off_a_minute_columns_grid_is_refused_naming_it() -> None:
 ])
 def test_condition_ends_with_seconds_move_inward_on_a_column_of_minutes(
         said: str, first: str, last: str) -> None:
-    from fedsynth.synthesis import datetimes
-    from fedsynth.synthesis.conditions import parse_conditions
-
-    col = Column("t", "datetime", lower=datetimes.parse_bound("2022-09-01"),
-                 upper=datetimes.parse_bound("2022-10-31T23:59"), resolution="minute")
-    keep = parse_conditions(Encoding.from_schema(Schema((col,))), [said])[0]
-    assert keep.interval is not None
-    lo, hi = (pd.Timestamp(0) + pd.Timedelta(minutes=v) for v in keep.interval)
-    assert (str(lo), str(hi)) == (first, last)
+    assert _interval_of(said, "minute", "2022-09-01", "2022-10-31T23:59") == (first, last)
 
 
 def test_one_time_off_a_minute_columns_grid_is_refused() -> None:
