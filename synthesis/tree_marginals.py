@@ -100,10 +100,6 @@ def _constraint_table(c: Any) -> np.ndarray:
 
 def _logsumexp(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """log(sum(exp(x))) over `axes` (kept out of the result); -inf where all are -inf."""
-    if not axes:
-        return x
-    top = np.max(x, axis=axes, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(x - top), axis=axes, keepdims=True)) + top
-    return np.squeeze(out, axis=axes)
+    from scipy.special import logsumexp
+
+    return x if not axes else np.asarray(logsumexp(x, axis=axes))
