@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsynth.synthesis import datetimes, dpsgd
+from fedsynth.synthesis import datetimes, dpsgd, herding
 from fedsynth.synthesis.conditions import ClassRatio, ConditionError, Conditions
 from fedsynth.synthesis.encoding import Encoding, Grouping, decode_groups
 from fedsynth.synthesis.model_file import (
@@ -43,16 +43,26 @@ class GeneratorModel:
     parameters: np.ndarray
 
     def sample(self, rows: int, *, seed: int, conditions: Conditions | None = None,
-               class_ratio: ClassRatio | None = None) -> pd.DataFrame:
+               class_ratio: ClassRatio | None = None, balanced: bool = True) -> pd.DataFrame:
         """`rows` synthetic rows with the schema's columns and types (the same for the same
-        seed); ConditionError when conditions or a class ratio are asked for."""
+        seed); ConditionError when conditions or a class ratio are asked for.
+
+        `balanced` (the default) chooses the rows among more draws of the generator so that
+        their one- and two-way counts follow it without the noise of chance (synthesis.
+        herding); False gives independent draws."""
         if conditions or class_ratio:
             raise ConditionError("conditions and class ratios need a model of the marginal "
                                  "method (--method marginals); this is a dpsgd generator, "
                                  "which draws plain rows only")
-        model = dpsgd.build(self.plan, [g.size for g in self.groupings])
+        sizes = [g.size for g in self.groupings]
+        model = dpsgd.build(self.plan, sizes)
         dpsgd.set_vector(model, self.parameters)
-        codes = model.sample(rows, dpsgd.sampling_generator(seed))
+        gen = dpsgd.sampling_generator(seed)
+        if balanced:
+            codes = herding.balanced(lambda m: model.sample(m, gen), rows, sizes,
+                                     np.random.default_rng([seed, 1]))
+        else:
+            codes = model.sample(rows, gen)
         return datetimes.with_layout(decode_groups(
             Encoding.from_schema(self.schema), self.groupings, codes, self.fine_counts,
             np.random.default_rng(seed), floor=self.floor), self.schema.columns)

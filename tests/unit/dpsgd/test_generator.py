@@ -141,6 +141,12 @@ def test_a_round_of_local_training_returns_a_finite_update(kind: str) -> None:
     b = dpsgd.train_local(plan, SIZES, start, codes, seed=7)
     assert a.shape == start.shape and np.all(np.isfinite(a)) and np.abs(a).max() > 0
     assert np.array_equal(a, b)  # a test seed reproduces; the default draws from OS entropy
+    # the output biases (set from the domain round's counts) are not trained
+    model0 = dpsgd.build(plan, SIZES)
+    assert plan.frozen_output_bias and not model0.output_bias().requires_grad
+    numel = [q.numel() for q in model0.parameters()]
+    k = next(j for j, q in enumerate(model0.parameters()) if q is model0.output_bias())
+    assert np.abs(a[sum(numel[:k]):sum(numel[:k + 1])]).max() == 0
     model = dpsgd.build(plan, SIZES)
     dpsgd.set_vector(model, start + a)
     drawn = model.sample(500, dpsgd.sampling_generator(0))
