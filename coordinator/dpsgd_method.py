@@ -150,7 +150,8 @@ class DpsgdMethod:
                     say(f"step {r + 1} of {plan.rounds}: {len(res.contributors)} parties' "
                         "gradient sums")
             else:
-                params = params + fixed_point.decode_mean(res.total, len(res.contributors))
+                mean = fixed_point.decode_mean(res.total, len(res.contributors))
+                params = params + np.where(dpsgd.trained_coordinates(model), mean, 0.0)
                 say(f"round {r + 1} of {plan.rounds}: {len(res.contributors)} parties' "
                     "updates averaged")
         meter.end()

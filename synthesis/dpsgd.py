@@ -218,8 +218,10 @@ class TrainPlan:
         squared gradient norm (survival/colon, at the start: row norms 2.7-3.6, of which
         the biases 2.8), so clipping to `clip` scaled the weights' part down with it. Frozen,
         a row's norm is about 1.4 and the same noise meets twice the signal. Their
-        coordinates stay in every vector sent (zero in a gradient sum, zero in an update) and
-        get noise like the others; the coordinator does not step along them."""
+        coordinates stay in every vector sent, zero before noise: a distributed step's sum
+        carries the Skellam shares there as everywhere, a local update is exactly zero there
+        (Opacus noises trained parameters only); the coordinator applies neither
+        (`trained_coordinates`)."""
         return self.domain_share > 0
 
     @property
@@ -579,6 +581,11 @@ def sampling_generator(seed: int) -> torch.Generator:
 
 
 # --- parameters as one vector ------------------------------------------------------------
+
+
+def trained_coordinates(model: nn.Module) -> np.ndarray:
+    """Which coordinates of the parameter vector DP-SGD trains (False: frozen)."""
+    return np.concatenate([np.full(p.numel(), p.requires_grad) for p in model.parameters()])
 
 
 def get_vector(model: nn.Module) -> np.ndarray:

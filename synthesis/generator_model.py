@@ -41,6 +41,9 @@ class GeneratorModel:
     fine_counts: list[np.ndarray]  # per column: noisy fine 1-way counts (ones: no domain round)
     floor: float  # fine counts below this are treated as empty when decoding
     parameters: np.ndarray
+    # "herded" (synthesis.herding), or "independent": a model saved before rows were herded,
+    # whose seed gives its job's rows only when drawn as they were
+    sampler: str = "herded"
 
     def sample(self, rows: int, *, seed: int, conditions: Conditions | None = None,
                class_ratio: ClassRatio | None = None, balanced: bool = True) -> pd.DataFrame:
@@ -49,7 +52,8 @@ class GeneratorModel:
 
         `balanced` (the default) chooses the rows among more draws of the generator so that
         their one- and two-way counts follow it without the noise of chance (synthesis.
-        herding); False gives independent draws."""
+        herding), up to herding.MAX_ROWS rows; False, more rows, or a model saved before
+        rows were herded (`sampler` "independent") gives independent draws."""
         if conditions or class_ratio:
             raise ConditionError("conditions and class ratios need a model of the marginal "
                                  "method (--method marginals); this is a dpsgd generator, "
@@ -58,7 +62,7 @@ class GeneratorModel:
         model = dpsgd.build(self.plan, sizes)
         dpsgd.set_vector(model, self.parameters)
         gen = dpsgd.sampling_generator(seed)
-        if balanced:
+        if balanced and self.sampler == "herded" and rows <= herding.MAX_ROWS:
             codes = herding.balanced(lambda m: model.sample(m, gen), rows, sizes,
                                      np.random.default_rng([seed, 1]))
         else:
@@ -70,7 +74,7 @@ class GeneratorModel:
     def files(self) -> dict[str, str | bytes]:
         """model.json and model.npz, for a job's output folder (beside its schema.json)."""
         return generator_files(self.schema, self.groupings, self.fine_counts, self.floor,
-                               json.loads(self.plan.to_json()), self.parameters)
+                               json.loads(self.plan.to_json()), self.parameters, self.sampler)
 
     def save(self, folder: str | Path) -> Path:
         """Write schema.json, model.json and model.npz into `folder` (made if needed)."""
@@ -81,7 +85,7 @@ class GeneratorModel:
         """The generator saved in `folder`; ModelFileError when a file is missing, altered, of
         another format, or its parameters do not fit its plan and domain."""
         path = Path(folder)
-        schema, groupings, counts, floor, raw_plan, params = read_generator(path)
+        schema, groupings, counts, floor, raw_plan, params, sampler = read_generator(path)
         try:
             plan = dpsgd.TrainPlan.from_json(json.dumps(raw_plan))
             expected = dpsgd.parameter_count(plan, [g.size for g in groupings])
@@ -94,4 +98,4 @@ class GeneratorModel:
             raise ModelFileError("model file", path / MODEL_JSON, [
                 f"parameters beyond ±{dpsgd.PARAMETER_BOUND:g} (a trained generator stays "
                 "within it)"])
-        return cls(schema, plan, groupings, counts, floor, params)
+        return cls(schema, plan, groupings, counts, floor, params, sampler)

@@ -23,10 +23,10 @@ over, so the whole sample is one herding sequence and the work grows linearly in
 
 What it is not. Every row is a draw of the model, so no row holds a value the model cannot
 give; the set is chosen, so the rows are not independent draws (a user who needs those, to
-bootstrap, takes `balanced=False` where offered). Columns with more than MAX_CELLS codes are
-balanced on runs of adjacent codes. It is post-processing of a released model, with no access
-to any party's rows: it changes no privacy guarantee, and its randomness (the pools, the ties,
-the final order) comes from the sampling seed.
+bootstrap, calls GeneratorModel.sample with `balanced=False`). Columns with more than
+MAX_CELLS codes are balanced on MAX_CELLS runs of adjacent codes. It is post-processing of a
+released model, with no access to any party's rows: it changes no privacy guarantee, and its
+randomness (the pools, the ties, the final order) comes from the sampling seed.
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ import numpy as np
 POOL = 8  # draws in a block's pool per row chosen from it
 BLOCK = 256  # rows chosen from one pool
 MAX_CELLS = 32  # codes per column that herding tells apart (runs of adjacent codes beyond)
+# Above this many rows a caller draws independently: herding costs POOL draws per row plus a
+# pass over the pool per row chosen (AER/CPS1988's generator: 22,000 rows in about 20 s
+# against 1 s drawn), and at that size the sampling noise it removes is small (2-way TVD
+# 0.0404 -> 0.0393 there, against 0.051 -> 0.047 on 1,474 rows).
+MAX_ROWS = 100_000
 
 
 def balanced(draw: Callable[[int], np.ndarray], rows: int, sizes: Sequence[int],
@@ -46,6 +51,9 @@ def balanced(draw: Callable[[int], np.ndarray], rows: int, sizes: Sequence[int],
     """`rows` rows of codes (rows x columns) chosen from the draws of `draw(m)` (m independent
     rows of the model's codes, column j in 0..sizes[j]-1) so that their one- and two-way
     counts follow the model's; in random order."""
+    if pool < 1 or block < 1 or any(int(k) < 1 for k in sizes):
+        raise ValueError(f"herding needs pool >= 1, block >= 1 and columns of at least one "
+                         f"code (pool {pool}, block {block}, sizes {list(sizes)})")
     if rows <= 0:
         return np.zeros((0, len(sizes)), dtype=np.int64)
     cells = _Cells(sizes)
@@ -57,6 +65,10 @@ def balanced(draw: Callable[[int], np.ndarray], rows: int, sizes: Sequence[int],
     for start in range(0, rows, block):
         m = min(block, rows - start)
         codes = np.asarray(draw(pool * m), dtype=np.int64)
+        if codes.shape != (pool * m, len(sizes)) or (codes < 0).any() or (
+                codes >= np.asarray(sizes)[None, :]).any():
+            raise ValueError(f"a draw of {pool * m} rows gave shape {codes.shape} or codes "
+                             f"outside the columns' sizes {list(sizes)}")
         coarse = cells.coarse(codes)
         feats = cells.of(coarse)
         tot += np.bincount(feats.ravel(), minlength=cells.features)
@@ -84,9 +96,8 @@ class _Cells:
     """The herding features: each column's (coarsened) code, and each pair's, as one index."""
 
     def __init__(self, sizes: Sequence[int]) -> None:
-        self.width = np.array([max(1, -(-int(s) // MAX_CELLS)) for s in sizes], dtype=np.int64)
-        self.size = np.array([max(1, -(-int(s) // int(w))) for s, w in zip(
-            sizes, self.width, strict=True)], dtype=np.int64)
+        self.codes = np.array([int(s) for s in sizes], dtype=np.int64)
+        self.size = np.minimum(self.codes, MAX_CELLS)  # a larger column: MAX_CELLS runs
         d = len(sizes)
         self.pairs = list(itertools.combinations(range(d), 2))
         one = np.concatenate([[0], np.cumsum(self.size)]).astype(np.int64)
@@ -96,7 +107,9 @@ class _Cells:
         self.features = int(one[-1] + sum(two))
 
     def coarse(self, codes: np.ndarray) -> np.ndarray:
-        return codes // self.width[None, :]
+        """Codes as herding tells them apart: a column of more than MAX_CELLS codes in
+        MAX_CELLS runs of adjacent codes (code * MAX_CELLS // size)."""
+        return np.where(self.codes > MAX_CELLS, codes * MAX_CELLS // self.codes, codes)
 
     def of(self, coarse: np.ndarray) -> np.ndarray:
         """Each row's features (rows x (columns + pairs)), as indices."""

@@ -59,12 +59,16 @@ def model_files(schema: Schema, groupings: Sequence[Grouping], fine_counts: Sequ
                   {"cliques": [list(cols) for cols, _ in potentials], "total": float(total)})
 
 
+SAMPLERS = ("herded", "independent")  # how a generator's rows are drawn (synthesis.herding)
+
+
 def generator_files(schema: Schema, groupings: Sequence[Grouping],
                     fine_counts: Sequence[np.ndarray], floor: float, plan: dict[str, Any],
-                    parameters: np.ndarray) -> dict[str, str | bytes]:
+                    parameters: np.ndarray, sampler: str) -> dict[str, str | bytes]:
     """model.json (text) and model.npz (bytes) of a dpsgd generator."""
     return _files(GENERATOR_FORMAT, schema, groupings, fine_counts, floor,
-                  {"parameters": np.asarray(parameters, dtype=np.float64)}, {"plan": plan})
+                  {"parameters": np.asarray(parameters, dtype=np.float64)},
+                  {"plan": plan, "sampler": sampler})
 
 
 def _files(fmt: str, schema: Schema, groupings: Sequence[Grouping],
@@ -122,13 +126,18 @@ def read_model(folder: Path) -> tuple[Schema, list[Grouping], list[np.ndarray], 
 
 
 def read_generator(folder: Path) -> tuple[Schema, list[Grouping], list[np.ndarray], float,
-                                          dict[str, Any], np.ndarray]:
-    """(schema, groupings, fine counts, floor, training plan, parameters) of a saved dpsgd
-    generator; the parameters' count against the plan is the caller's check (synthesis.dpsgd)."""
+                                          dict[str, Any], np.ndarray, str]:
+    """(schema, groupings, fine counts, floor, training plan, parameters, sampler) of a saved
+    dpsgd generator; the parameters' count against the plan is the caller's check (synthesis.
+    dpsgd). A file without 'sampler' was written before rows were herded: "independent", so
+    that its seed still gives its job's rows."""
     schema, doc, arrays, path = _open(folder, GENERATOR_FORMAT)
     problems = []
     if not isinstance(doc.get("plan"), dict):
         problems.append("'plan' (the training plan) must be an object")
+    sampler = doc.get("sampler", "independent")
+    if sampler not in SAMPLERS:
+        problems.append(f"'sampler' must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     params = arrays.get("parameters")
     if params is None or params.ndim != 1 or params.dtype != np.float64 \
             or not np.isfinite(params).all():
@@ -142,7 +151,7 @@ def read_generator(folder: Path) -> tuple[Schema, list[Grouping], list[np.ndarra
         raise ModelFileError("model file", path, problems)
     assert params is not None
     return (schema, groupings, counts, float(doc["floor"]), doc["plan"],
-            params.astype(np.float64))
+            params.astype(np.float64), str(sampler))
 
 
 def _paths(folder: Path) -> dict[str, Path]:

@@ -136,7 +136,8 @@ def test_a_failure_in_training_is_charged_and_answered_with_a_zero_update(
         assert len([e for e in ledger.entries() if e["label"] == "train"]) == 2
 
 
-def test_the_trained_generator_is_saved_and_draws_the_same_rows_again(tmp_path: Path) -> None:
+def test_the_trained_generator_is_saved_and_draws_the_same_rows_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """model.json and model.npz hold the generator (no pickle); `load_model` gives it back, and
     the same seed draws the job's own synthetic table; conditions are refused with the reason,
     an altered file or parameters that do not fit the plan are refused."""
@@ -160,7 +161,26 @@ def test_the_trained_generator_is_saved_and_draws_the_same_rows_again(tmp_path: 
     pd.testing.assert_frame_equal(again, res.synthetic.reset_index(drop=True))
     with pytest.raises(ConditionError, match="marginal method"):
         model.sample(10, seed=0, conditions=["student=Yes"])
+    # rows are herded (synthesis.herding) unless asked otherwise, or past herding.MAX_ROWS
+    from fedsynth.synthesis import herding
 
+    assert doc["sampler"] == "herded"
+    drawn = model.sample(len(res.synthetic), seed=4, balanced=False)
+    assert list(drawn.columns) == list(again.columns) and not drawn.equals(again)
+    monkeypatch.setattr(herding, "MAX_ROWS", 10)
+    pd.testing.assert_frame_equal(model.sample(20, seed=1), model.sample(20, seed=1,
+                                                                       balanced=False))
+    monkeypatch.undo()
+    # a model saved before rows were herded draws as it did, so its seed gives its job's rows
+    del doc["sampler"]
+    (out / "model.json").write_text(jsonlib.dumps(doc))
+    pd.testing.assert_frame_equal(load_model(out).sample(len(res.synthetic), seed=4), drawn)
+    doc["sampler"] = "sorted"
+    (out / "model.json").write_text(jsonlib.dumps(doc))
+    with pytest.raises(ModelFileError, match="'sampler' must be one of"):
+        load_model(out)
+
+    doc["sampler"] = "herded"
     doc["plan"]["hidden"] = 32  # the parameters no longer fit the network
     (out / "model.json").write_text(jsonlib.dumps(doc))
     with pytest.raises(ModelFileError, match="parameters where its plan"):

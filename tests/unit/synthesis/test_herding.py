@@ -6,6 +6,7 @@ import itertools
 from collections import Counter
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -92,3 +93,30 @@ def test_any_domain_gives_rows_of_valid_codes(
     out = herding.balanced(_drawer(p, rng), rows, sizes, rng, block=32)
     assert out.shape == (rows, len(sizes))
     assert ((out >= 0) & (out < np.array(sizes))).all()
+
+
+def test_a_draw_of_the_wrong_shape_or_codes_is_refused() -> None:
+    sizes = [2, 3]
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="outside the columns' sizes"):
+        herding.balanced(lambda m: np.full((m, 2), 2), 5, sizes, rng)  # 2 is not a code of 0
+    with pytest.raises(ValueError, match="gave shape"):
+        herding.balanced(lambda m: np.zeros((m - 1, 2), dtype=np.int64), 5, sizes, rng)
+    with pytest.raises(ValueError, match="pool >= 1"):
+        herding.balanced(lambda m: np.zeros((m, 2), dtype=np.int64), 5, sizes, rng, pool=0)
+
+
+def test_a_wide_column_is_balanced_on_max_cells_runs_of_adjacent_codes() -> None:
+    cells = herding._Cells([herding.MAX_CELLS + 1, 65, 3])
+    codes = np.stack([np.arange(65) % (herding.MAX_CELLS + 1), np.arange(65),
+                      np.arange(65) % 3], axis=1)
+    coarse = cells.coarse(codes)
+    assert len(np.unique(coarse[:, 1])) == herding.MAX_CELLS  # 65 codes in 32 runs
+    assert (np.diff(coarse[:, 1]) >= 0).all()  # runs of adjacent codes
+    assert np.array_equal(coarse[:, 2], codes[:, 2])  # small columns keep their codes
+    feats = cells.of(coarse)
+    # each column's and each pair's features have a range of their own, together 0..features
+    lo = np.concatenate([cells.one_offset, cells.two_offset])
+    width = np.concatenate([cells.size, [cells.size[j] * cells.size[k] for j, k in cells.pairs]])
+    assert ((feats >= lo) & (feats < lo + width)).all()
+    assert (lo[1:] == (lo + width)[:-1]).all() and (lo + width)[-1] == cells.features
