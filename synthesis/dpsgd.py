@@ -5,8 +5,9 @@ numbers, points) are grouped into at most DOMAIN_GROUPS values, one-hot encoded.
 plan's `domain_share` > 0 (the default) the groups are cut at the quantiles of a DP one-way
 round (a secure sum of every column's noisy fine counts, charged as a Skellam release before
 any training; `TrainPlan.domain_variance`), as the marginal method's domain step does, and
-those counts also set the generator's starting output biases and the values drawn inside a
-group. With 0 the groups come from the schema alone (runs of public bins). Either way nothing
+those counts also set the generator's output biases, which DP-SGD then leaves alone
+(`TrainPlan.frozen_output_bias`), and the values drawn inside a group. With 0 the groups come
+from the schema alone (runs of public bins) and the biases are trained. Either way nothing
 data-dependent is fitted outside DP, and there is no early stopping, validation loss or model
 selection on real rows (the most common privacy bug in published DP generators): the
 architecture, the number of steps and the learning rate all come from the public `TrainPlan`.
