@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedsynth import progress
 from fedsynth.synthesis import datetimes, dpsgd, herding
 from fedsynth.synthesis.conditions import ClassRatio, ConditionError, Conditions
 from fedsynth.synthesis.encoding import Encoding, Grouping, decode_groups
@@ -63,8 +64,11 @@ class GeneratorModel:
         dpsgd.set_vector(model, self.parameters)
         gen = dpsgd.sampling_generator(seed)
         if balanced and self.sampler == "herded" and rows <= herding.MAX_ROWS:
-            codes = herding.balanced(lambda m: model.sample(m, gen), rows, sizes,
-                                     np.random.default_rng([seed, 1]))
+            with progress.task(f"choosing {rows:,} rows from the generator's draws",
+                               total=rows, unit="row") as bar:
+                codes = herding.balanced(lambda m: model.sample(m, gen), rows, sizes,
+                                         np.random.default_rng([seed, 1]),
+                                         advance=bar.advance)
         else:
             codes = model.sample(rows, gen)
         return datetimes.with_layout(decode_groups(

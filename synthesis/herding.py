@@ -47,10 +47,12 @@ MAX_ROWS = 100_000
 
 
 def balanced(draw: Callable[[int], np.ndarray], rows: int, sizes: Sequence[int],
-             rng: np.random.Generator, *, pool: int = POOL, block: int = BLOCK) -> np.ndarray:
+             rng: np.random.Generator, *, pool: int = POOL, block: int = BLOCK,
+             advance: Callable[[int], None] | None = None) -> np.ndarray:
     """`rows` rows of codes (rows x columns) chosen from the draws of `draw(m)` (m independent
     rows of the model's codes, column j in 0..sizes[j]-1) so that their one- and two-way
-    counts follow the model's; in random order."""
+    counts follow the model's; in random order. `advance(m)` is told of each block's m rows
+    (progress)."""
     if pool < 1 or block < 1 or any(int(k) < 1 for k in sizes):
         raise ValueError(f"herding needs pool >= 1, block >= 1 and columns of at least one "
                          f"code (pool {pool}, block {block}, sizes {list(sizes)})")
@@ -88,6 +90,8 @@ def balanced(draw: Callable[[int], np.ndarray], rows: int, sizes: Sequence[int],
             given += agree + agree * (agree - 1) / 2.0
             t += 1
         out.append(codes[picks])
+        if advance is not None:
+            advance(m)
     result = np.concatenate(out)
     return result[rng.permutation(len(result))]
 
