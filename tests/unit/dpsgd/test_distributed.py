@@ -108,13 +108,15 @@ def test_distributed_steps_and_the_domain_round_spend_exactly_the_job_epsilon(
     assert np.allclose(steps.rdp(), np.asarray(ORDERS) * rounds / (2 * sigma**2), rtol=1e-3)
 
 
-@pytest.mark.parametrize("domain_share", [0.0, 0.3])
+@pytest.mark.parametrize(("domain_share", "output_bias"),
+                         [(0.0, "auto"), (0.3, "frozen"), (0.3, "trained")])
 def test_a_partys_gradient_sum_is_the_sum_of_its_rows_clipped_gradients(
-        domain_share: float) -> None:
-    """With a domain round the output biases are frozen: zero in the sum, and a row's clip
-    norm is the norm of the rest of its gradient."""
+        domain_share: float, output_bias: str) -> None:
+    """Frozen output biases are zero in the sum, and a row's clip norm is the norm of the
+    rest of its gradient."""
     plan = dpsgd.TrainPlan(epsilon=1.0, delta=1e-6, noise="distributed", hidden=16, clip=0.5,
-                           domain_share=domain_share)
+                           domain_share=domain_share, output_bias=output_bias)
+    frozen = output_bias == "frozen"
     rng = np.random.default_rng(0)
     params = dpsgd.get_vector(dpsgd.build(plan, SIZES))
     params = params + rng.normal(0, 0.3, len(params))
@@ -133,13 +135,14 @@ def test_a_partys_gradient_sum_is_the_sum_of_its_rows_clipped_gradients(
     assert np.abs(got - want).max() < 1e-3 * np.abs(want).max()
     bias = np.zeros(len(params), dtype=bool)
     bias[-sum(SIZES):] = True  # a MADE's output biases are its last parameters
-    assert (np.abs(got[bias]).max() == 0) == (domain_share > 0)
+    assert plan.frozen_output_bias == frozen
+    assert (np.abs(got[bias]).max() == 0) == frozen
     # the coordinator does not step along frozen coordinates, whatever noise they hold
     before = dpsgd.get_vector(model)
     dpsgd.server_step(model, torch.optim.Adam(model.parameters(), lr=0.1),
                       rng.normal(0, 1.0, len(params)))
     moved = dpsgd.get_vector(model) != before
-    assert moved[~bias].all() and moved[bias].all() == (domain_share == 0)
+    assert moved[~bias].all() and moved[bias].all() == (not frozen)
     # and no more than each row's clip norm in all
     assert np.linalg.norm(got) <= plan.clip * len(codes)
 

@@ -132,8 +132,8 @@ def test_per_row_gradients_of_masked_layers_are_the_rows_own() -> None:
 
 @pytest.mark.parametrize("kind", dpsgd.MODELS)
 def test_a_round_of_local_training_returns_a_finite_update(kind: str) -> None:
-    plan = dpsgd.TrainPlan(epsilon=3.0, delta=1e-6, model=kind, hidden=16, latent=4, rounds=2,
-                           local_epochs=1.0, sampling_rate=0.2)
+    plan = dpsgd.TrainPlan(epsilon=10.0, delta=1e-6, model=kind, hidden=16, latent=4,
+                           rounds=2, local_epochs=1.0, sampling_rate=0.2)
     rng = np.random.default_rng(2)
     codes = np.stack([rng.integers(0, k, 200) for k in SIZES], axis=1)
     start = dpsgd.get_vector(dpsgd.build(plan, SIZES))
@@ -204,3 +204,16 @@ def test_plans_that_would_break_the_accounting_are_refused(field: str, value: ob
         kw["sampling_rate"] = 1e-4  # 10^6 steps a round
     with pytest.raises(ValueError, match=needle):
         dpsgd.TrainPlan(**kw)  # type: ignore[arg-type]
+
+
+def test_output_biases_are_frozen_from_epsilon_5_unless_the_plan_says_otherwise() -> None:
+    def frozen(**kw: object) -> bool:
+        return dpsgd.TrainPlan(delta=1e-6, **kw).frozen_output_bias  # type: ignore[arg-type]
+
+    assert frozen(epsilon=10.0) and frozen(epsilon=dpsgd.FROZEN_BIAS_EPSILON)
+    assert not frozen(epsilon=3.0) and not frozen(epsilon=1.0)
+    assert frozen(epsilon=1.0, output_bias="frozen")
+    assert not frozen(epsilon=10.0, output_bias="trained")
+    assert not frozen(epsilon=10.0, domain_share=0.0, output_bias="frozen")  # nothing sets them
+    with pytest.raises(ValueError, match="output_bias 'off' is not one of"):
+        dpsgd.TrainPlan(epsilon=10.0, delta=1e-6, output_bias="off")
