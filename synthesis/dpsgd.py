@@ -228,10 +228,10 @@ class TrainPlan:
         norms 2.7-3.6, of which the biases 2.8), so clipping to `clip` scaled the weights'
         part down with it. Frozen, a row's norm is about 1.4 and the same noise meets twice
         the signal: at ε = 10 (colon, distributed, 3 seeds) 2-way TVD 0.0436 against 0.0494.
-        At ε = 1 and 3 freezing was worse (colon, paired runs: 0.133 / 0.147 against 0.120 /
-        0.129 at ε = 1, 0.076 against 0.069 at ε = 3), with a worse 1-way fit: under that
-        much noise the weights drift, and the trained biases' pull back to the marginals
-        during training is what keeps the model near them. Their
+        At ε = 1 freezing was worse (colon, paired runs: 0.133 / 0.147 against 0.120 / 0.129),
+        with a worse 1-way fit: under that much noise the weights drift, and the trained
+        biases' pull back to the marginals during training is what keeps the model near them;
+        at ε = 3 one pair went each way (0.076 against 0.069, 0.072 against 0.077). Their
         coordinates stay in every vector sent, zero before noise: a distributed step's sum
         carries the Skellam shares there as everywhere, a local update is exactly zero there
         (Opacus noises trained parameters only); the coordinator applies neither
