@@ -8,9 +8,9 @@ instead, by kernel herding (Welling 2009; Chen, Welling and Smola 2010) over a p
 model's own draws: row t is the pool row that most reduces the gap between the chosen rows'
 one- and two-way counts and t times the pool's shares (the model's distribution, estimated
 from every pool drawn so far). The chosen rows' counts then follow the model to within about a
-row per cell, and three-way counts come closer too (survival/colon, a dpsgd model: 2-way TVD
-against the real table 0.050-0.052 drawn, 0.046-0.047 herded; 3-way 0.103-0.106 against
-0.097-0.098).
+row per cell, and three-way counts come closer too (benchmarks/results/herding.md: 2-way TVD
+against the real table 0.95x of drawn rows' on survival/colon and AER/CPS1988, 3-way
+0.96-0.97x).
 
 Why it is cheap. With features the one-hot of every column's code and of every pair of
 columns' codes, a pool row y's score is (t + 1) Σ_f μ_f φ_f(y) - Σ_f c_f φ_f(y), where μ are the
@@ -40,9 +40,9 @@ POOL = 8  # draws in a block's pool per row chosen from it
 BLOCK = 256  # rows chosen from one pool
 MAX_CELLS = 32  # codes per column that herding tells apart (runs of adjacent codes beyond)
 # Above this many rows a caller draws independently: herding costs POOL draws per row plus a
-# pass over the pool per row chosen (AER/CPS1988's generator: 22,000 rows in about 20 s
-# against 1 s drawn), and at that size the sampling noise it removes is small (2-way TVD
-# 0.0404 -> 0.0393 there, against 0.051 -> 0.047 on 1,474 rows).
+# pass over the pool per row chosen (AER/CPS1988's generator: 22,558 rows in 7.7 s against
+# 0.9 s drawn, benchmarks/results/herding.md), and the sampling noise it removes shrinks
+# with the rows.
 MAX_ROWS = 100_000
 
 
