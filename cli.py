@@ -87,6 +87,17 @@ def _count(what: str, least: int, why: str = "") -> Callable[[str], int]:
     return parse
 
 
+def _seed(text: str) -> int:
+    """An argparse type: a seed, a whole number from 0 (numpy's generators take no other)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give a seed from 0 up")
+    return value
+
+
 def _plan_field(text: str) -> tuple[str, object]:
     """An argparse type: FIELD=VALUE of a training plan, the value read as JSON if it parses
     (numbers, true/false) and as text otherwise; the plan itself checks names and ranges."""
@@ -182,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
                    "(the job file's [train] table)")
     s.add_argument("--holdout", type=float, default=0.2, metavar="FRACTION",
                    help="fraction of rows held out before partitioning, for evaluation only")
-    s.add_argument("--seed", type=int, default=0,
+    s.add_argument("--seed", type=_seed, default=0,
                    help="seed of the partition, holdout and synthetic sampling; never of the "
                    "DP noise, which always comes from the operating system")
     s.add_argument("--engine", default="flower", choices=["flower", "local"],
@@ -224,7 +235,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--schema", type=Path, metavar="FILE",
                    help="public schema JSON (default: schema.json beside the first synthetic "
                    "table, else drafted from the tables)")
-    e.add_argument("--seed", type=int, default=0,
+    e.add_argument("--seed", type=_seed, default=0,
                    help="seed of the evaluation's random splits and models")
     e.add_argument("--out", type=Path, default=Path("fedsynth-evaluation"), metavar="FOLDER",
                    help="output folder; must be new or empty (see --overwrite)")
@@ -369,7 +380,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="a job's output folder (of `fedsynth simulate` or `fedsynth run`)")
     sm.add_argument("--rows", type=_count("rows", 1), required=True, metavar="N",
                     help="rows to draw")
-    sm.add_argument("--seed", type=int, metavar="S",
+    sm.add_argument("--seed", type=_seed, metavar="S",
                     help="seed of the draw: the same seed gives the same rows (default: a "
                     "fresh one, printed on standard error)")
     sm.add_argument("--condition", action="append", metavar="COLUMN=VALUE",

@@ -121,6 +121,8 @@ def test_schema_infer_does_not_replace_a_file_without_overwrite(project: Path) -
     (["--rows", "many"], "is not a whole number of rows"),
     (["--parties", "1"], "one party gains nothing from a federation"),
     (["--parties", "0"], "give at least 2"),
+    (["--seed", "-1"], "-1 is negative; give a seed from 0 up"),
+    (["--seed", "x"], "'x' is not a whole number"),
 ])
 def test_bad_counts_are_usage_errors_with_the_fix(project: Path, args: list[str],
                                                   needle: str) -> None:
