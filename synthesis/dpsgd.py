@@ -692,36 +692,84 @@ def clipped_gradient_sum(plan: TrainPlan, sizes: Sequence[int], params: np.ndarr
     """One distributed step's contribution: the sum over ALL of this party's rows of each
     row's loss gradient at the global `params`, clipped to L2 norm `clip` (a row whose gradient
     is not finite counts as zero). Not private by itself: the caller rounds it to the step's
-    grid and adds its noise share before it leaves (client_node.train)."""
+    grid and adds its noise share before it leaves (client_node.train).
+
+    Every parameter of both generators sits in a linear layer (MaskedLinear or nn.Linear)
+    applied once per row, so a row's gradient is, per layer, the outer product of the
+    layer's backprop b (d loss_row / d output) and input a, times the layer's 0/1 mask M,
+    plus b for the bias. Its squared norm is then sum_jk M_jk b_j^2 a_k^2 + |b|^2 = (b^2)^T M
+    (a^2) + |b|^2, and the clipped sum over rows is B^T diag(f) A (times M) with f the rows'
+    clip factors: two matrix products per layer, in float64, instead of materializing every
+    row's gradient (Opacus's per-sample gradients: 0.8-0.9 of a step's time on AER/CPS1988,
+    benchmarks/results/dpsgd-step.md). The norm is that of the exact per-row gradient, so the
+    clip bound, and with it the step's sensitivity (`step_grid`), is the same; float64 keeps the
+    sum's rounding independent of the other rows far below the grid's 1/128 slack."""
     torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     model = build(plan, sizes)
     set_vector(model, params)
     torch.manual_seed(secrets.randbits(63) if seed is None else seed)  # vae latent draws
-    gsm = GradSampleModule(model)
-    every = list(gsm.parameters())  # the vector's layout; frozen ones stay zero in the sum
-    layers = [p for p in every if p.requires_grad]
-    total = [torch.zeros(p.shape, dtype=torch.float64) for p in every]
-    trained = [t for t, p in zip(total, every, strict=True) if p.requires_grad]
+    layers = _linear_layers(model)
+    seen: dict[nn.Linear, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def keep(layer: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        if layer in seen:
+            raise RuntimeError("a linear layer applied twice in one pass: the per-row "
+                               "gradient is no longer one outer product")
+        assert isinstance(layer, nn.Linear)
+        seen[layer] = (inputs[0], out)
+
+    hooks = [layer.register_forward_hook(keep) for layer in layers]
+    total: dict[torch.Tensor, torch.Tensor] = {
+        p: torch.zeros(p.shape, dtype=torch.float64) for p in model.parameters()}
     c = torch.from_numpy(codes.astype(np.int64))
-    for start in range(0, len(codes), GRADIENT_BATCH):
-        part = slice(start, start + GRADIENT_BATCH)
-        model_loss(gsm, one_hot(codes[part], sizes), c[part]).backward()
-        # in float64 from here: a float32 sum's rounding would depend on the other rows
-        grads = [p.grad_sample.double() for p in layers]
-        # a row whose gradient is not finite (or whose norm overflows) gets factor 0
-        sq = sum(g.reshape(g.shape[0], -1).square().sum(dim=1) for g in grads)
-        assert isinstance(sq, torch.Tensor)
-        finite = torch.isfinite(sq)
-        factor = torch.where(finite, torch.clamp(plan.clip / (sq.sqrt() + 1e-12), max=1.0), 0.0)
-        for t, g in zip(trained, grads, strict=True):
-            if not bool(finite.all()):  # 0 * inf is nan: those rows' gradients are zeroed
-                g = torch.where(finite.reshape(-1, *([1] * (g.dim() - 1))), g, 0.0)
-            t += torch.tensordot(factor, g, dims=1)
-        gsm.zero_grad(set_to_none=True)
-        for p in layers:
-            p.grad_sample = None
-    return torch.cat([t.reshape(-1) for t in total]).numpy()
+    try:
+        for start in range(0, len(codes), GRADIENT_BATCH):
+            part = slice(start, start + GRADIENT_BATCH)
+            seen.clear()
+            loss = model.row_loss(one_hot(codes[part], sizes), c[part]).sum()
+            backs = torch.autograd.grad(loss, [seen[layer][1] for layer in layers])
+            ab = [(seen[layer][0].detach().double(), b.double())
+                  for layer, b in zip(layers, backs, strict=True)]
+            sq = torch.zeros(len(c[part]), dtype=torch.float64)
+            for layer, (a, b) in zip(layers, ab, strict=True):
+                if layer.weight.requires_grad:
+                    sq += ((b * b) @ _mask(layer) * (a * a)).sum(dim=1)
+                if layer.bias is not None and layer.bias.requires_grad:
+                    sq += (b * b).sum(dim=1)
+            # a row whose gradient is not finite (or whose norm overflows) gets factor 0
+            finite = torch.isfinite(sq)
+            factor = torch.where(finite, torch.clamp(plan.clip / (sq.sqrt() + 1e-12), max=1.0),
+                                 0.0)
+            for layer, (a, b) in zip(layers, ab, strict=True):
+                # zeroed, not multiplied: 0 * inf is nan
+                a = torch.where(finite[:, None], a, 0.0)
+                b = torch.where(finite[:, None], b * factor[:, None], 0.0)
+                if layer.weight.requires_grad:
+                    total[layer.weight] += (b.T @ a) * _mask(layer)
+                if layer.bias is not None and layer.bias.requires_grad:
+                    total[layer.bias] += b.sum(dim=0)
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.cat([total[p].reshape(-1) for p in model.parameters()]).numpy()
+
+
+def _linear_layers(model: nn.Module) -> list[nn.Linear]:
+    """The model's linear layers, checked to hold every parameter (else clipped_gradient_sum's
+    per-row norms would miss some)."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    held = {id(p) for m in layers for p in m.parameters(recurse=False)}
+    if any(id(p) not in held for p in model.parameters()):
+        raise TypeError(f"{type(model).__name__} has parameters outside linear layers")
+    return layers
+
+
+def _mask(layer: nn.Linear) -> torch.Tensor:
+    """The 0/1 mask a layer's weight is multiplied by (all ones for a plain linear layer)."""
+    mask = getattr(layer, "mask", None)
+    if mask is None:
+        return torch.ones(layer.weight.shape, dtype=torch.float64)
+    return mask.to(torch.float64)
 
 
 def server_step(model: Generator, optimizer: torch.optim.Optimizer, gradient: np.ndarray

@@ -7,6 +7,7 @@ release's variance even when every party's gradient fails."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -108,40 +109,50 @@ def test_distributed_steps_and_the_domain_round_spend_exactly_the_job_epsilon(
     assert np.allclose(steps.rdp(), np.asarray(ORDERS) * rounds / (2 * sigma**2), rtol=1e-3)
 
 
-@pytest.mark.parametrize(("domain_share", "output_bias"),
-                         [(0.0, "auto"), (0.3, "frozen"), (0.3, "trained")])
+@pytest.mark.parametrize(("model", "domain_share", "output_bias"),
+                         [("made", 0.0, "auto"), ("made", 0.3, "frozen"),
+                          ("made", 0.3, "trained"), ("vae", 0.3, "frozen"),
+                          ("vae", 0.0, "auto")])
 def test_a_partys_gradient_sum_is_the_sum_of_its_rows_clipped_gradients(
-        domain_share: float, output_bias: str) -> None:
-    """Frozen output biases are zero in the sum, and a row's clip norm is the norm of the
-    rest of its gradient."""
-    plan = dpsgd.TrainPlan(epsilon=1.0, delta=1e-6, noise="distributed", hidden=16, clip=0.5,
-                           domain_share=domain_share, output_bias=output_bias)
+        model: str, domain_share: float, output_bias: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against a backward pass per row: frozen output biases are zero in the sum, and a row's
+    clip norm is the norm of the rest of its gradient (the step computes the norms from the
+    layers' inputs and backprops, never a row's gradient itself)."""
+    # the vae's latent draws, the same in both computations
+    monkeypatch.setattr(torch, "randn_like", lambda t: torch.full_like(t, 0.5))
+    plan = dpsgd.TrainPlan(epsilon=1.0, delta=1e-6, noise="distributed", hidden=16,
+                           domain_share=domain_share, output_bias=output_bias, model=model)
     frozen = output_bias == "frozen"
     rng = np.random.default_rng(0)
     params = dpsgd.get_vector(dpsgd.build(plan, SIZES))
     params = params + rng.normal(0, 0.3, len(params))
     codes = np.stack([rng.integers(0, k, 300) for k in SIZES], axis=1)  # > one backward batch
-    got = dpsgd.clipped_gradient_sum(plan, SIZES, params, codes, seed=1)
-    model = dpsgd.build(plan, SIZES)
-    dpsgd.set_vector(model, params)
-    want = np.zeros(len(params))
+    net = dpsgd.build(plan, SIZES)
+    dpsgd.set_vector(net, params)
+    rows = []
     for i in range(len(codes)):
-        model.zero_grad()
+        net.zero_grad()
         c = torch.from_numpy(codes[i:i + 1])
-        model.row_loss(dpsgd.one_hot(codes[i:i + 1], SIZES), c).sum().backward()
-        g = torch.cat([p.grad.reshape(-1) if p.requires_grad else torch.zeros(p.numel())
-                       for p in model.parameters()]).double().numpy()
-        want += g * min(1.0, plan.clip / np.linalg.norm(g))
-    assert np.abs(got - want).max() < 1e-3 * np.abs(want).max()
+        net.row_loss(dpsgd.one_hot(codes[i:i + 1], SIZES), c).sum().backward()
+        rows.append(torch.cat([p.grad.reshape(-1) if p.requires_grad else torch.zeros(p.numel())
+                               for p in net.parameters()]).double().numpy())
+    norms = np.linalg.norm(rows, axis=1)
+    # a clip between the rows' norms: both sides of it are exercised
+    plan = dataclasses.replace(plan, clip=float(np.median(norms)))
+    assert 0 < (norms > plan.clip).sum() < len(codes)
+    want = sum(g * min(1.0, plan.clip / n) for g, n in zip(rows, norms, strict=True))
+    got = dpsgd.clipped_gradient_sum(plan, SIZES, params, codes, seed=1)
+    assert np.abs(got - want).max() < 1e-5 * np.abs(want).max()
     bias = np.zeros(len(params), dtype=bool)
-    bias[-sum(SIZES):] = True  # a MADE's output biases are its last parameters
+    bias[-sum(SIZES):] = True  # both models' output biases are their last parameters
     assert plan.frozen_output_bias == frozen
     assert (np.abs(got[bias]).max() == 0) == frozen
     # the coordinator does not step along frozen coordinates, whatever noise they hold
-    before = dpsgd.get_vector(model)
-    dpsgd.server_step(model, torch.optim.Adam(model.parameters(), lr=0.1),
+    before = dpsgd.get_vector(net)
+    dpsgd.server_step(net, torch.optim.Adam(net.parameters(), lr=0.1),
                       rng.normal(0, 1.0, len(params)))
-    moved = dpsgd.get_vector(model) != before
+    moved = dpsgd.get_vector(net) != before
     assert moved[~bias].all() and moved[bias].all() == (not frozen)
     # and no more than each row's clip norm in all
     assert np.linalg.norm(got) <= plan.clip * len(codes)
