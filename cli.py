@@ -185,11 +185,12 @@ def _parser() -> argparse.ArgumentParser:
                    "under DP; with --method dpsgd the pooled training rows)")
     s.add_argument("--method", default="marginals", choices=["marginals", "dpsgd"],
                    help="marginals: noisy marginals and a graphical model (the default, "
-                   "best on tabular data); dpsgd: each party trains a generator with DP-SGD "
-                   "and the updates are averaged (needs pip install -e \".[dpsgd]\")")
+                   "best on tabular data); dpsgd: the parties train one generator with DP-SGD, "
+                   "each step's clipped gradients summed with shared noise through the secure "
+                   "sum (needs pip install -e \".[dpsgd]\")")
     s.add_argument("--plan", action="append", type=_plan_field, metavar="FIELD=VALUE",
                    help="a training plan field for --method dpsgd (repeatable), e.g. --plan "
-                   "noise=distributed --plan rounds=100; the fields are listed in README "
+                   "noise=local --plan rounds=20; the fields are listed in README "
                    "(the job file's [train] table)")
     s.add_argument("--holdout", type=float, default=0.2, metavar="FRACTION",
                    help="fraction of rows held out before partitioning, for evaluation only")

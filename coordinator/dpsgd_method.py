@@ -2,23 +2,28 @@
 
 Two ways to noise the training, set by the public plan's `noise` (synthesis.dpsgd.TrainPlan):
 
-- "local" (default): every round the coordinator sends the global generator's parameters and
+- "distributed" (the default): every round is ONE full-batch gradient step. Each party answers
+  with the sum of its rows' clipped gradients at the global parameters, rounded to a public
+  grid, plus its Skellam share of the step's noise (client_node.train); the secure sum's total
+  carries the whole noise, so the coordinator holds what a central curator running DP gradient
+  descent on the pooled rows would (noise sd σ·clip on the sum of all parties' gradients,
+  against σ·clip on each party's own sum in the local variant: about sqrt(parties) less noise on
+  the mean, and as many round trips as steps). The coordinator takes an Adam step along the
+  noisy mean gradient (post-processing). A step is a Skellam release of an integer vector with
+  the plan's sensitivity (dpsgd.step_grid), charged as such; the noise is integer Skellam from
+  the OS-keyed generator, so the floating-point caveat of local DP-SGD does not apply. Better in
+  every measured row than "local" (2-way TVD, 24 rows: benchmarks/results/dpsgd.md) and, with
+  the step's clipped sum computed from each layer's inputs and backprops
+  (synthesis.dpsgd.clipped_gradient_sum), no slower; it costs more bytes (one vector per step).
+- "local": every round the coordinator sends the global generator's parameters and
   the plan; each party trains from them on its own rows with DP-SGD for `local_epochs`
   expected passes and answers with its update (trained minus global) in fixed point
   (crypto.fixed_point) through the job's channel, so the coordinator sees only the sum over at
   least t parties. The global parameters move by the mean update (federated averaging). Each
   update is DP on its own (local DP-SGD, synthesis.dpsgd's docstring argues it); the secure
-  sum hides single updates but adds no noise.
-- "distributed": every round is ONE full-batch gradient step. Each party answers with the sum
-  of its rows' clipped gradients at the global parameters, rounded to a public grid, plus its
-  Skellam share of the step's noise (client_node.train); the secure sum's total carries the
-  whole noise, so the coordinator holds what a central curator running DP gradient descent on
-  the pooled rows would (noise sd σ·clip on the sum of all parties' gradients, against σ·clip
-  on each party's own sum in the local variant: about sqrt(parties) less noise on the mean,
-  and as many round trips as steps). The coordinator takes an Adam step along the noisy mean
-  gradient (post-processing). A step is a Skellam release of an integer vector with the
-  plan's sensitivity (dpsgd.step_grid), charged as such; the noise is integer Skellam
-  from the OS-keyed generator, so the floating-point caveat of local DP-SGD does not apply.
+  sum hides single updates but adds no noise. Where it still wins: its guarantee does not
+  rest on the secure sum's honest survivors (each update is DP even if every other party and
+  the coordinator collude), and it sends a tenth of the bytes.
 
 Privacy. Every party charges its ledger with the round's release (TrainPlan.round_release: the
 same event the coordinator's accountant adds) before its reply leaves; the plan is a function

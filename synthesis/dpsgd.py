@@ -28,7 +28,8 @@ is not a cryptographic one (Opacus's secure mode needs torchcsprng, which is not
 and the Gaussian is drawn in floating point: both are listed outside the guarantee in the job's
 privacy report.
 
-Distributed noise (plan `noise: distributed`; coordinator.dpsgd_method runs the rounds). A round
+Distributed noise (plan `noise: distributed`, the default; coordinator.dpsgd_method runs the
+rounds). A round
 is one full-batch step: the party sums every row's gradient at the global parameters, each row's
 clipped to L2 norm `clip` (`clipped_gradient_sum`), and rounds scale * sum to integers
 (crypto.fixed_point.to_grid). One row added or removed moves that integer vector by at most
@@ -53,7 +54,7 @@ import math
 import secrets
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -149,10 +150,10 @@ class TrainPlan:
     model: str = "made"  # "made" (autoregressive masked MLP) or "vae"
     hidden: int = 128
     latent: int = 16  # vae only
-    # "local": each party runs DP-SGD on its own rows and the channel sums the updates;
-    # "distributed": one full-batch gradient step per round, the noise shared among the
-    # parties through the secure sum (see the module docstring)
-    noise: str = "local"
+    # "distributed" (the default): one full-batch gradient step per round, the noise shared
+    # among the parties through the secure sum (see the module docstring); "local": each party
+    # runs DP-SGD on its own rows and the channel sums the updates
+    noise: str = "distributed"
     rounds: int = 0  # 0: the noise's default (LOCAL_ROUNDS or DISTRIBUTED_ROUNDS)
     local_epochs: float = 2.0  # expected passes over a party's rows per round
     sampling_rate: float = 0.05  # Poisson rate q: each row enters a step with probability q
@@ -207,6 +208,12 @@ class TrainPlan:
                                 ("epsilon", 1e-3, 1e3), ("delta", 1e-300, 0.1),
                                 ("domain_share", 0.0, MAX_DOMAIN_SHARE)):
             real(fname, flo, fhi)
+        if self.noise == "distributed":  # full-batch steps: the local fields would be ignored
+            for f in fields(self):
+                if f.name in ("local_epochs", "sampling_rate") and \
+                        getattr(self, f.name) != f.default:
+                    problems.append(f"{f.name} applies to noise \"local\" only (a distributed "
+                                    "step reads every row once); drop it, or add noise=local")
         if not problems and self.steps_per_round > MAX_STEPS_PER_ROUND:
             problems.append(f"{self.steps_per_round} local steps per round (local_epochs / "
                             f"sampling_rate) is over {MAX_STEPS_PER_ROUND}")
@@ -700,8 +707,8 @@ def clipped_gradient_sum(plan: TrainPlan, sizes: Sequence[int], params: np.ndarr
     plus b for the bias. Its squared norm is then sum_jk M_jk b_j^2 a_k^2 + |b|^2 = (b^2)^T M
     (a^2) + |b|^2, and the clipped sum over rows is B^T diag(f) A (times M) with f the rows'
     clip factors: two matrix products per layer, in float64, instead of materializing every
-    row's gradient (Opacus's per-sample gradients: 0.8-0.9 of a step's time on AER/CPS1988,
-    benchmarks/results/dpsgd-step.md). The norm is that of the exact per-row gradient, so the
+    row's gradient (Opacus's per-sample gradients took 14-31x the time: benchmarks/results/
+    dpsgd-step.md). The norm is that of the exact per-row gradient, so the
     clip bound, and with it the step's sensitivity (`step_grid`), is the same; float64 keeps the
     sum's rounding independent of the other rows far below the grid's 1/128 slack."""
     torch.set_num_threads(1)
@@ -712,10 +719,12 @@ def clipped_gradient_sum(plan: TrainPlan, sizes: Sequence[int], params: np.ndarr
     seen: dict[nn.Linear, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def keep(layer: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        assert isinstance(layer, nn.Linear)
         if layer in seen:
             raise RuntimeError("a linear layer applied twice in one pass: the per-row "
                                "gradient is no longer one outer product")
-        assert isinstance(layer, nn.Linear)
+        if inputs[0].dim() != 2:  # rows x features: one outer product per row
+            raise RuntimeError(f"a linear layer on a {inputs[0].dim()}-d input")
         seen[layer] = (inputs[0], out)
 
     hooks = [layer.register_forward_hook(keep) for layer in layers]

@@ -194,7 +194,7 @@ def test_dpsgd_job_runs_deployed(consortium: tuple[Path, int, Processes]) -> Non
     two = PARTIES[:2]
     (root / "job_dp.toml").write_text(
         'schema = "schema.json"\nparties = ["bank_a", "bank_b"]\nepsilon = 1.0\n'
-        'method = "dpsgd"\n[train]\nrounds = 1\nhidden = 16\nlocal_epochs = 0.2\n',
+        'method = "dpsgd"\n[train]\nrounds = 1\nhidden = 16\n',
         encoding="utf-8")
     before = {name: len(_releases(root, name)) for name in two}
     res = run(root, "run", "job_dp.toml", "--coordinator", f"127.0.0.1:{port}",

@@ -93,7 +93,8 @@ def test_a_dpsgd_job_takes_its_training_plan_and_needs_rows_without_a_domain_rou
     assert "'rows' is needed" in str(info.value)
     assert "rounds must be a whole number" in str(info.value)
     with pytest.raises(JobFileError, match="no noise multiplier meets"):  # found at load
-        load_job(_job(tmp_path, base.replace("epsilon = 3", "epsilon = 0.001")), consortium)
+        load_job(_job(tmp_path, base.replace("epsilon = 3", "epsilon = 0.001")
+                      + '[train]\nnoise = "local"\n'), consortium)
     with pytest.raises(JobFileError, match="too much noise for the step's integer grid"):
         load_job(_job(tmp_path, base.replace("epsilon = 3", "epsilon = 0.05")
                       + '[train]\nnoise = "distributed"\nrounds = 2000\n'), consortium)

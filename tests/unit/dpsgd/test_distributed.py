@@ -158,6 +158,37 @@ def test_a_partys_gradient_sum_is_the_sum_of_its_rows_clipped_gradients(
     assert np.linalg.norm(got) <= plan.clip * len(codes)
 
 
+class _Shared(dpsgd.Made):
+    """A MADE whose second layer is applied twice: a row's gradient there is no longer one
+    outer product, so its norm cannot come from one input and one backprop."""
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.l1(x))
+        return self.l3(torch.relu(self.l2(torch.relu(self.l2(h)))))
+
+
+class _Scaled(dpsgd.Made):
+    """A MADE with a parameter outside its linear layers."""
+
+    def __init__(self, sizes: Any, hidden: int) -> None:
+        super().__init__(sizes, hidden)
+        self.gain = torch.nn.Parameter(torch.ones(1))
+
+
+@pytest.mark.parametrize(("cls", "error"), [(_Shared, "applied twice"),
+                                            (_Scaled, "outside linear layers")])
+def test_a_generator_the_step_cannot_clip_exactly_is_refused(
+        cls: type, error: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-row norms come from each linear layer's input and backprop; a generator where
+    that would miss part of a row's gradient is an error, never a sum clipped too loosely."""
+    plan = dpsgd.TrainPlan(epsilon=1.0, delta=1e-6, hidden=16)
+    monkeypatch.setattr(dpsgd, "Made", cls)
+    params = dpsgd.get_vector(dpsgd.build(plan, SIZES))
+    codes = np.zeros((5, len(SIZES)), dtype=np.int64)
+    with pytest.raises((RuntimeError, TypeError), match=error):
+        dpsgd.clipped_gradient_sum(plan, SIZES, params, codes, seed=1)
+
+
 def _parties(n: int = 5) -> list[Any]:
     _, train, _, _ = datasets.benchmark_split("ISLR/Default", 0)
     idx = np.random.default_rng(0).permutation(len(train))

@@ -31,8 +31,8 @@ def _eps(plan: dpsgd.TrainPlan, sigma: float, columns: int = 0) -> float:
                                                   (3.0, 0.1, 3)])
 def test_the_noise_multiplier_spends_the_job_epsilon_as_opacus_prices_it(
         eps: float, q: float, rounds: int) -> None:
-    plan = dpsgd.TrainPlan(epsilon=eps, delta=1e-6, sampling_rate=q, rounds=rounds,
-                           domain_share=0.0)
+    plan = dpsgd.TrainPlan(epsilon=eps, delta=1e-6, noise="local", sampling_rate=q,
+                           rounds=rounds, domain_share=0.0)
     sigma = plan.noise_multiplier(len(SIZES))
     assert _eps(plan, sigma) <= eps
     assert _eps(plan, sigma / 1.01) > eps  # the smallest such noise, to 1%
@@ -46,7 +46,8 @@ def test_the_noise_multiplier_spends_the_job_epsilon_as_opacus_prices_it(
                                                        (3.0, 0.05, 2)])
 def test_the_domain_round_and_the_training_steps_together_spend_the_job_epsilon(
         eps: float, share: float, columns: int) -> None:
-    plan = dpsgd.TrainPlan(epsilon=eps, delta=1e-6, rounds=4, domain_share=share)
+    plan = dpsgd.TrainPlan(epsilon=eps, delta=1e-6, noise="local", rounds=4,
+                           domain_share=share)
     sigma = plan.noise_multiplier(columns)
     assert _eps(plan, sigma, columns) <= eps
     assert _eps(plan, sigma / 1.01, columns) > eps  # the smallest such noise, to 1%
@@ -54,7 +55,7 @@ def test_the_domain_round_and_the_training_steps_together_spend_the_job_epsilon(
     alone = Accountant()
     alone.add(step=dpsgd.DOMAIN_STEP, count=columns, variance=plan.domain_variance(columns))
     assert 0 < alone.epsilon(plan.delta) < eps
-    assert sigma > dpsgd.TrainPlan(epsilon=eps, delta=1e-6, rounds=4,
+    assert sigma > dpsgd.TrainPlan(epsilon=eps, delta=1e-6, noise="local", rounds=4,
                                    domain_share=0.0).noise_multiplier(columns)
 
 
@@ -133,7 +134,7 @@ def test_per_row_gradients_of_masked_layers_are_the_rows_own() -> None:
 @pytest.mark.parametrize("kind", dpsgd.MODELS)
 def test_a_round_of_local_training_returns_a_finite_update(kind: str) -> None:
     plan = dpsgd.TrainPlan(epsilon=10.0, delta=1e-6, model=kind, hidden=16, latent=4,
-                           rounds=2, local_epochs=1.0, sampling_rate=0.2)
+                           noise="local", rounds=2, local_epochs=1.0, sampling_rate=0.2)
     rng = np.random.default_rng(2)
     codes = np.stack([rng.integers(0, k, 200) for k in SIZES], axis=1)
     start = dpsgd.get_vector(dpsgd.build(plan, SIZES))
@@ -158,7 +159,7 @@ def test_a_plan_outside_its_ranges_is_refused_and_round_trips_as_json() -> None:
     plan = dpsgd.TrainPlan(epsilon=1.0, delta=1e-6)
     assert dpsgd.TrainPlan.from_json(plan.to_json()) == plan
     with pytest.raises(ValueError, match="sampling_rate"):
-        dpsgd.TrainPlan(epsilon=1.0, delta=1e-6, sampling_rate=1.5)
+        dpsgd.TrainPlan(epsilon=1.0, delta=1e-6, noise="local", sampling_rate=1.5)
     with pytest.raises(ValueError, match="does not parse"):
         dpsgd.TrainPlan.from_json('{"epsilon": 1, "delta": 1e-6, "surprise": 1}')
     with pytest.raises(ValueError, match="finite float64"):
@@ -169,8 +170,8 @@ def test_parameters_crafted_to_overflow_on_one_value_give_a_finite_update() -> N
     """A coordinator that weights one input value at the bound cannot make the rows holding it
     fail training (an error would be an uncharged answer about them): their gradients count
     as zero and the update stays finite; beyond the bound, parameters are refused."""
-    plan = dpsgd.TrainPlan(epsilon=3.0, delta=1e-6, hidden=16, rounds=2, local_epochs=1.0,
-                           sampling_rate=0.2)
+    plan = dpsgd.TrainPlan(epsilon=3.0, delta=1e-6, hidden=16, noise="local", rounds=2,
+                           local_epochs=1.0, sampling_rate=0.2)
     rng = np.random.default_rng(3)
     codes = np.stack([rng.integers(0, k, 200) for k in SIZES], axis=1)
     model = dpsgd.build(plan, SIZES)
@@ -199,11 +200,22 @@ def test_parameters_crafted_to_overflow_on_one_value_give_a_finite_update() -> N
 ])
 def test_plans_that_would_break_the_accounting_are_refused(field: str, value: object,
                                                            needle: str) -> None:
-    kw = {"epsilon": 1.0, "delta": 1e-6, field: value}
+    kw = {"epsilon": 1.0, "delta": 1e-6, "noise": "local", field: value}
     if field == "local_epochs":
         kw["sampling_rate"] = 1e-4  # 10^6 steps a round
     with pytest.raises(ValueError, match=needle):
         dpsgd.TrainPlan(**kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field", ["local_epochs", "sampling_rate"])
+def test_a_distributed_plan_refuses_the_fields_only_local_noise_reads(field: str) -> None:
+    """The default noise is distributed (full-batch steps): a local-only field set there would
+    be ignored silently, so the plan names it and the fix."""
+    with pytest.raises(ValueError, match=f"{field} applies to noise \"local\" only.*noise=local"):
+        dpsgd.TrainPlan(epsilon=1.0, delta=1e-6, **{field: 0.5})  # type: ignore[arg-type]
+    plan = dpsgd.TrainPlan(epsilon=1.0, delta=1e-6, noise="local", **{field: 0.5})  # type: ignore[arg-type]
+    assert getattr(plan, field) == 0.5 and plan.distributed is False
+    assert dpsgd.TrainPlan(epsilon=1.0, delta=1e-6).distributed  # the default
 
 
 def test_output_biases_are_frozen_from_epsilon_5_unless_the_plan_says_otherwise() -> None:
