@@ -143,9 +143,11 @@ def _distributed_step(node: Node, plan: Any, sizes: list[int], groupings: list[A
     variance release["variance"] / (t - c) drawn from the OS-keyed generator (crypto.noise),
     so the sum the coordinator decrypts or unmasks carries Skellam noise of at least that
     variance: the Skellam mechanism the ledger was just charged for. The coordinator's choice
-    of parameters does not matter (clipping bounds every row whatever they are; RDP composes
-    adaptively). Whatever fails, the party sends its noise share alone (a zero sum), so
-    neither an error nor a missing share can depend on the rows."""
+    of parameters does not matter (clipping bounds every row whatever they are, every row
+    being computed in a batch of one shape so that its clipped gradient does not depend on
+    the other rows: dpsgd.padded; RDP composes adaptively). Whatever fails, the party sends its
+    noise share alone (a zero sum), so neither an error nor a missing share can depend on the
+    rows."""
     from fedsynth.crypto import noise
     from fedsynth.synthesis import dpsgd
 

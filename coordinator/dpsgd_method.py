@@ -62,6 +62,13 @@ from fedsynth.synthesis import dpsgd
 from fedsynth.synthesis.encoding import FLOOR_SDS, Encoding
 from fedsynth.synthesis.generator_model import GeneratorModel
 
+# the clip bound needs each row's clipped gradient to be a function of that row and the
+# parameters alone (synthesis.dpsgd.padded argues and tests/unit/dpsgd checks it)
+FLOAT_ROWS = ("dpsgd: a row's gradient is computed in float32 in batches of one fixed shape; the "
+              "clip bound assumes the math library computes a row the same whatever the other "
+              "rows of its batch (true where tested; a library that did not could let crafted "
+              "parameters move one row's contribution past the clip norm)")
+
 OUTSIDE = {
     "local": [
         "dpsgd: the Gaussian noise is drawn in floating point by torch's generator (seeded "
@@ -70,10 +77,12 @@ OUTSIDE = {
         "updates but adds no noise, so the ε is that of each party's local training",
         "dpsgd: a party's training time grows with its row count (a step takes about q * n "
         "rows), which a coordinator can time",
+        FLOAT_ROWS,
     ],
     "distributed": [
         "dpsgd: a party's gradient time grows with its row count (every step reads all its "
         "rows), which a coordinator can time",
+        FLOAT_ROWS,
         "dpsgd, model vae only: the latent draws in each row's gradient come from torch's "
         "generator (seeded from OS entropy each round, not a cryptographic generator); the "
         "sensitivity argument needs them unknown to the coordinator",

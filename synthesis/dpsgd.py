@@ -54,7 +54,7 @@ import math
 import secrets
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -80,6 +80,7 @@ OUTPUT_BIASES = ("auto", "frozen", "trained")  # TrainPlan.output_bias
 FROZEN_BIAS_EPSILON = 5.0
 LOCAL_ROUNDS = 10  # the default rounds of local training (noise "local")
 DISTRIBUTED_ROUNDS = 100  # the default gradient steps, one round each (noise "distributed")
+LOCAL_ONLY = ("local_epochs", "sampling_rate")  # plan fields only noise "local" reads
 ROUNDING_SHARE = 128  # a distributed step's grid: rounding adds <= 1/128 of clip to Δ2
 STEP_VARIANCE_LIMIT = 2.0**38  # a distributed step's noise variance at most (crypto.noise)
 MIN_SAMPLING_RATE = 1e-4
@@ -208,12 +209,6 @@ class TrainPlan:
                                 ("epsilon", 1e-3, 1e3), ("delta", 1e-300, 0.1),
                                 ("domain_share", 0.0, MAX_DOMAIN_SHARE)):
             real(fname, flo, fhi)
-        if self.noise == "distributed":  # full-batch steps: the local fields would be ignored
-            for f in fields(self):
-                if f.name in ("local_epochs", "sampling_rate") and \
-                        getattr(self, f.name) != f.default:
-                    problems.append(f"{f.name} applies to noise \"local\" only (a distributed "
-                                    "step reads every row once); drop it, or add noise=local")
         if not problems and self.steps_per_round > MAX_STEPS_PER_ROUND:
             problems.append(f"{self.steps_per_round} local steps per round (local_epochs / "
                             f"sampling_rate) is over {MAX_STEPS_PER_ROUND}")
@@ -318,7 +313,13 @@ class TrainPlan:
         if unknown:
             raise ValueError(f"training plan: unknown field(s) {', '.join(unknown)}; the fields "
                              f"are {', '.join(sorted(known))}")
-        return cls(epsilon=epsilon, delta=delta, **dict(options or {}))
+        plan = cls(epsilon=epsilon, delta=delta, **dict(options or {}))
+        ignored = sorted(set(options or {}) & set(LOCAL_ONLY)) if plan.distributed else []
+        if ignored:  # full-batch steps read neither: say so rather than ignore the user
+            raise ValueError(f"training plan: {', '.join(ignored)} applies to noise \"local\" "
+                             "only (a distributed step reads every row once); drop it, or add "
+                             "noise=local")
+        return plan
 
     @classmethod
     def from_json(cls, text: str) -> TrainPlan:
@@ -669,7 +670,6 @@ def train_local(plan: TrainPlan, sizes: Sequence[int], start: np.ndarray,
     gen = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
     torch.manual_seed(secrets.randbits(63) if seed is None else seed + 1)  # latent draws
     n = len(codes)
-    c = torch.from_numpy(codes.astype(np.int64))
     gsm = GradSampleModule(model)
     opt = DPOptimizer(torch.optim.Adam(gsm.parameters(), lr=plan.lr),
                       noise_multiplier=plan.noise_multiplier(len(sizes)), max_grad_norm=plan.clip,
@@ -682,8 +682,9 @@ def train_local(plan: TrainPlan, sizes: Sequence[int], start: np.ndarray,
         for i, part in enumerate(parts):  # Opacus accumulates clipped sums over micro-batches
             opt.signal_skip_step(do_skip=i < len(parts) - 1)
             if len(part):
-                model_loss(gsm, one_hot(codes[part.numpy()], sizes), c[part]).backward()
-                _drop_non_finite_rows(gsm)
+                batch, real = padded(codes[part.numpy()], MICRO_BATCH)
+                model_loss(gsm, one_hot(batch, sizes), torch.from_numpy(batch)).backward()
+                _drop_rows(gsm, real)
             else:  # an empty batch still takes a step: noise only
                 for p in (q for q in gsm.parameters() if q.requires_grad):
                     p.grad_sample = torch.zeros((0, *p.shape))
@@ -730,29 +731,29 @@ def clipped_gradient_sum(plan: TrainPlan, sizes: Sequence[int], params: np.ndarr
     hooks = [layer.register_forward_hook(keep) for layer in layers]
     total: dict[torch.Tensor, torch.Tensor] = {
         p: torch.zeros(p.shape, dtype=torch.float64) for p in model.parameters()}
-    c = torch.from_numpy(codes.astype(np.int64))
     try:
         for start in range(0, len(codes), GRADIENT_BATCH):
-            part = slice(start, start + GRADIENT_BATCH)
+            batch, real = padded(codes[start:start + GRADIENT_BATCH], GRADIENT_BATCH)
             seen.clear()
-            loss = model.row_loss(one_hot(codes[part], sizes), c[part]).sum()
+            loss = model.row_loss(one_hot(batch, sizes), torch.from_numpy(batch)).sum()
             backs = torch.autograd.grad(loss, [seen[layer][1] for layer in layers])
             ab = [(seen[layer][0].detach().double(), b.double())
                   for layer, b in zip(layers, backs, strict=True)]
-            sq = torch.zeros(len(c[part]), dtype=torch.float64)
+            sq = torch.zeros(GRADIENT_BATCH, dtype=torch.float64)
             for layer, (a, b) in zip(layers, ab, strict=True):
                 if layer.weight.requires_grad:
                     sq += ((b * b) @ _mask(layer) * (a * a)).sum(dim=1)
                 if layer.bias is not None and layer.bias.requires_grad:
                     sq += (b * b).sum(dim=1)
-            # a row whose gradient is not finite (or whose norm overflows) gets factor 0
-            finite = torch.isfinite(sq)
-            factor = torch.where(finite, torch.clamp(plan.clip / (sq.sqrt() + 1e-12), max=1.0),
+            # a row whose gradient is not finite (or whose norm overflows) gets factor 0, and so
+            # does the padding (`padded`)
+            kept = torch.isfinite(sq) & (torch.arange(GRADIENT_BATCH) < real)
+            factor = torch.where(kept, torch.clamp(plan.clip / (sq.sqrt() + 1e-12), max=1.0),
                                  0.0)
             for layer, (a, b) in zip(layers, ab, strict=True):
                 # zeroed, not multiplied: 0 * inf is nan
-                a = torch.where(finite[:, None], a, 0.0)
-                b = torch.where(finite[:, None], b * factor[:, None], 0.0)
+                a = torch.where(kept[:, None], a, 0.0)
+                b = torch.where(kept[:, None], b * factor[:, None], 0.0)
                 if layer.weight.requires_grad:
                     total[layer.weight] += (b.T @ a) * _mask(layer)
                 if layer.bias is not None and layer.bias.requires_grad:
@@ -767,7 +768,11 @@ def _linear_layers(model: nn.Module) -> list[nn.Linear]:
     """The model's linear layers, checked to hold every parameter (else clipped_gradient_sum's
     per-row norms would miss some)."""
     layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    held = {id(p) for m in layers for p in m.parameters(recurse=False)}
+    if any(type(m) not in (nn.Linear, MaskedLinear) for m in layers):  # another forward
+        raise TypeError(f"{type(model).__name__} has a linear layer of another kind")
+    held = [id(p) for m in layers for p in m.parameters(recurse=False)]
+    if len(set(held)) < len(held):  # a shared weight: its row gradient is a sum of products
+        raise TypeError(f"{type(model).__name__} shares a parameter between linear layers")
     if any(id(p) not in held for p in model.parameters()):
         raise TypeError(f"{type(model).__name__} has parameters outside linear layers")
     return layers
@@ -795,13 +800,34 @@ def server_step(model: Generator, optimizer: torch.optim.Optimizer, gradient: np
     optimizer.zero_grad(set_to_none=True)
 
 
-def _drop_non_finite_rows(gsm: GradSampleModule) -> None:
-    """A row whose gradient is not finite contributes nothing (zero, within the clip norm), so
-    parameters crafted to overflow on some rows' values cannot turn them into an error."""
+def padded(codes: np.ndarray, size: int) -> tuple[np.ndarray, int]:
+    """`codes` (at most `size` rows) padded with all-zero rows to exactly `size` rows, and the
+    number of real rows; the caller gives the padding rows no weight.
+
+    Why every backward pass has the same shape: the clip bound (and so the step's sensitivity)
+    assumes a row's clipped gradient is a function of that row and the parameters alone. In
+    float32 a library may compute a row differently in a batch of another shape (MKL sends a
+    one-row batch through matrix-vector code), and parameters crafted so that a row's
+    pre-activation cancels exactly let that rounding decide which units are active: a review
+    moved one row's contribution by √5 · clip that way, by adding another row so that it sat
+    alone in the last batch. At one shape a row's arithmetic did not depend on the other rows
+    or on its position (tests/unit/dpsgd/test_distributed.py checks it on the running
+    library; the privacy report lists the assumption)."""
+    real = len(codes)
+    if real > size:
+        raise ValueError(f"{real} rows in a batch of {size}")
+    pad = np.zeros((size - real, codes.shape[1]), dtype=np.int64)
+    return np.concatenate([codes.astype(np.int64), pad]), real
+
+
+def _drop_rows(gsm: GradSampleModule, real: int) -> None:
+    """The padding rows (from `real` on) and every row whose gradient is not finite contribute
+    nothing (zero, within the clip norm), so parameters crafted to overflow on some rows' values
+    cannot turn them into an error."""
     params = [p for p in gsm.parameters() if getattr(p, "grad_sample", None) is not None]
     if not params:
         return
-    bad = torch.zeros(params[0].grad_sample.shape[0], dtype=torch.bool)
+    bad = torch.arange(params[0].grad_sample.shape[0]) >= real
     for p in params:
         bad |= ~torch.isfinite(p.grad_sample.reshape(len(bad), -1)).all(dim=1)
     if bool(bad.any()):

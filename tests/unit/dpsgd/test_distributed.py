@@ -189,6 +189,45 @@ def test_a_generator_the_step_cannot_clip_exactly_is_refused(
         dpsgd.clipped_gradient_sum(plan, SIZES, params, codes, seed=1)
 
 
+def _cancelling(plan: dpsgd.TrainPlan, sizes: list[int], row: np.ndarray, seed: int
+                ) -> np.ndarray:
+    """Parameters a curious coordinator might send: large random weights, and first-layer
+    biases that cancel `row`'s pre-activations exactly, so float32 rounding alone decides
+    which hidden units `row` turns on (a review's construction)."""
+    rng = np.random.default_rng(seed)
+    m = dpsgd.build(plan, sizes)
+    with torch.no_grad():
+        for layer, lim in ((m.l1, 2e3), (m.l2, 1e4), (m.l3, 1e4)):
+            layer.weight.copy_(torch.from_numpy(rng.uniform(-lim, lim, layer.weight.shape)))
+            layer.bias.copy_(torch.from_numpy(rng.uniform(-1e4, 1e4, layer.bias.shape)))
+        x = dpsgd.one_hot(row[None, :], sizes).double()
+        m.l1.bias.copy_((-(x @ (m.l1.weight * m.l1.mask).double().T))[0].float())
+    return dpsgd.get_vector(m)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_row_added_anywhere_moves_a_step_sum_by_at_most_the_clip_norm(seed: int) -> None:
+    """The step's sensitivity, on the real function: tables that differ by one row, at sizes
+    around the backward batch (so the added row changes how the last batch fills, and shifts
+    the rows after it), under parameters crafted to magnify rounding. Without padding every
+    batch to one shape, a row alone in a batch was computed differently: √5 · clip."""
+    plan = dpsgd.TrainPlan(epsilon=1.0, delta=1e-6, hidden=16, domain_share=0.0)
+    sizes = [4, 4, 4, 4, 4]  # where the review's construction moved a sum by √5 · clip
+    rng = np.random.default_rng(5)
+    target = np.array([1, 2, 3, 0, 1])
+    params = _cancelling(plan, sizes, target, seed)
+    others = np.stack([rng.integers(0, k, 300) for k in sizes], axis=1)
+    batch = dpsgd.GRADIENT_BATCH
+    alone = np.vstack([others[:batch], target])  # the target alone in the last batch
+    for n, (table, at) in enumerate(((alone, len(alone)), (alone, 0), (target[None, :], 1),
+                                     (others[:batch - 1], 0), (others[:batch], batch),
+                                     (others, 150))):
+        plus = np.insert(table, at, target, axis=0)
+        moved = dpsgd.clipped_gradient_sum(plan, sizes, params, plus, seed=1) - \
+            dpsgd.clipped_gradient_sum(plan, sizes, params, table, seed=1)
+        assert np.linalg.norm(moved) <= plan.clip * (1 + 1e-6), (n, np.linalg.norm(moved))
+
+
 def _parties(n: int = 5) -> list[Any]:
     _, train, _, _ = datasets.benchmark_split("ISLR/Default", 0)
     idx = np.random.default_rng(0).permutation(len(train))

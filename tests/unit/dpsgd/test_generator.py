@@ -207,15 +207,18 @@ def test_plans_that_would_break_the_accounting_are_refused(field: str, value: ob
         dpsgd.TrainPlan(**kw)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("field", ["local_epochs", "sampling_rate"])
+@pytest.mark.parametrize("field", dpsgd.LOCAL_ONLY)
 def test_a_distributed_plan_refuses_the_fields_only_local_noise_reads(field: str) -> None:
-    """The default noise is distributed (full-batch steps): a local-only field set there would
-    be ignored silently, so the plan names it and the fix."""
+    """The default noise is distributed (full-batch steps): a local-only field a user sets
+    there would be ignored silently, so the plan names it and the fix. A plan read back from a
+    saved model (all fields written out) is not refused."""
     with pytest.raises(ValueError, match=f"{field} applies to noise \"local\" only.*noise=local"):
-        dpsgd.TrainPlan(epsilon=1.0, delta=1e-6, **{field: 0.5})  # type: ignore[arg-type]
-    plan = dpsgd.TrainPlan(epsilon=1.0, delta=1e-6, noise="local", **{field: 0.5})  # type: ignore[arg-type]
+        dpsgd.TrainPlan.from_options(1.0, 1e-6, {field: 0.5})
+    plan = dpsgd.TrainPlan.from_options(1.0, 1e-6, {field: 0.5, "noise": "local"})
     assert getattr(plan, field) == 0.5 and plan.distributed is False
-    assert dpsgd.TrainPlan(epsilon=1.0, delta=1e-6).distributed  # the default
+    assert dpsgd.TrainPlan.from_options(1.0, 1e-6, {}).distributed  # the default
+    saved = dpsgd.TrainPlan(epsilon=1.0, delta=1e-6, **{field: 0.5})  # type: ignore[arg-type]
+    assert dpsgd.TrainPlan.from_json(saved.to_json()) == saved
 
 
 def test_output_biases_are_frozen_from_epsilon_5_unless_the_plan_says_otherwise() -> None:
