@@ -228,6 +228,25 @@ def test_one_row_added_anywhere_moves_a_step_sum_by_at_most_the_clip_norm(seed: 
         assert np.linalg.norm(moved) <= plan.clip * (1 + 1e-6), (n, np.linalg.norm(moved))
 
 
+def test_rows_whose_gradient_overflows_count_as_zero_in_a_step_sum() -> None:
+    """Past the bound a party accepts (so only reachable through a bug elsewhere): rows with
+    value 1 in column 0 overflow float32 and add nothing; the other rows' sum is unchanged."""
+    plan = dpsgd.TrainPlan(epsilon=1.0, delta=1e-6, hidden=16, domain_share=0.0)
+    net = dpsgd.build(plan, SIZES)
+    with torch.no_grad():
+        net.l1.weight[:, 1] = 1e30  # the input of column 0's value 1
+        net.l2.weight.fill_(1e30)
+    params = dpsgd.get_vector(net)
+    rng = np.random.default_rng(4)
+    codes = np.stack([rng.integers(0, k, 300) for k in SIZES], axis=1)
+    hit = codes[:, 0] == 1
+    assert 0 < hit.sum() < len(codes)
+    got = dpsgd.clipped_gradient_sum(plan, SIZES, params, codes, seed=1)
+    rest = dpsgd.clipped_gradient_sum(plan, SIZES, params, codes[~hit], seed=1)
+    assert np.all(np.isfinite(got)) and np.abs(rest).max() > 0
+    assert np.allclose(got, rest, rtol=1e-9, atol=1e-12)
+
+
 def _parties(n: int = 5) -> list[Any]:
     _, train, _, _ = datasets.benchmark_split("ISLR/Default", 0)
     idx = np.random.default_rng(0).permutation(len(train))
