@@ -128,9 +128,9 @@ def main() -> None:
                     default=Path("benchmarks/results/fidelity-rounding.jsonl"),
                     help="fidelity results to take the marginal method's numbers from")
     ap.add_argument("--train", default="", help="training plan options as JSON, e.g. "
-                    "'{\"noise\": \"distributed\"}'")
+                    "'{\"noise\": \"local\"}'")
     ap.add_argument("--compare", type=Path, default=None,
-                    help="another run's results (e.g. benchmarks/results/dpsgd.jsonl, local "
+                    help="another run's results (e.g. benchmarks/results/dpsgd-local.jsonl, local "
                     "noise) whose federated 2-way TVD is shown beside this run's")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--one", nargs=4, help=argparse.SUPPRESS)

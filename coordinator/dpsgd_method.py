@@ -11,10 +11,11 @@ Two ways to noise the training, set by the public plan's `noise` (synthesis.dpsg
   the mean, and as many round trips as steps). The coordinator takes an Adam step along the
   noisy mean gradient (post-processing). A step is a Skellam release of an integer vector with
   the plan's sensitivity (dpsgd.step_grid), charged as such; the noise is integer Skellam from
-  the OS-keyed generator, so the floating-point caveat of local DP-SGD does not apply. Better in
-  every measured row than "local" (2-way TVD, 24 rows: benchmarks/results/dpsgd.md) and, with
-  the step's clipped sum computed from each layer's inputs and backprops
-  (synthesis.dpsgd.clipped_gradient_sum), no slower; it costs more bytes (one vector per step).
+  the OS-keyed generator, so the floating-point caveat of local DP-SGD does not apply. Against
+  "local" with the same code at ε = 10 (benchmarks/results/dpsgd-local-current.md): 0.68x-0.87x
+  the 2-way TVD on all 8 rows and 0.3x-0.55x the seconds (each step's clipped sum comes from
+  the layers' inputs and backprops: synthesis.dpsgd.clipped_gradient_sum), at ten times the
+  bytes (one vector per step).
 - "local": every round the coordinator sends the global generator's parameters and
   the plan; each party trains from them on its own rows with DP-SGD for `local_epochs`
   expected passes and answers with its update (trained minus global) in fixed point

@@ -17,7 +17,7 @@
     method = "marginals"              # or "dpsgd" (needs the dpsgd extra)
     format = "csv"                    # or "parquet": synthetic.parquet instead of synthetic.csv
     [train]                           # dpsgd only, optional: the training plan's fields
-    rounds = 10                       #   (synthesis.dpsgd.TrainPlan: model, hidden, ...)
+    rounds = 100                      #   (synthesis.dpsgd.TrainPlan: model, hidden, ...)
 
 The identity keys come from the coordinator's consortium.toml, never from the job file: the
 spec names each party with the key the consortium agreed on, and each party checks that list
