@@ -12,38 +12,36 @@ data-dependent is fitted outside DP, and there is no early stopping, validation 
 selection on real rows (the most common privacy bug in published DP generators): the
 architecture, the number of steps and the learning rate all come from the public `TrainPlan`.
 
-Privacy (per party, one row of one party, add/remove). Every local step Poisson-samples the party's
-rows with the public rate q, clips each row's gradient to L2 norm `clip`, sums them and adds
-Gaussian noise of standard deviation `noise_multiplier * clip` to the sum (Opacus's
-GradSampleModule and DPOptimizer; the sampling as DPDataLoader's): one step of the subsampled
-Gaussian mechanism. The noisy sum is divided by the plan's public `batch_scale`, not by the party's
-expected batch q * n, which depends on its private row count. `noise_multiplier` is the smallest σ
-at which the domain round (if any) and all `rounds * steps_per_round` steps of a job compose (RDP,
-crypto.accountant) to the job's ε at its δ; it is a function of the public plan and the number of
-columns alone, so the coordinator's accountant and every party's ledger price the same event. What
-leaves the party is the trained parameters minus the global ones it started from: a function of the
-DP-SGD output and of public parameters (post-processing). The noise comes from a torch Generator
-seeded from OS entropy for each round, never from a seed anyone else could know; torch's generator
-is not a cryptographic one (Opacus's secure mode needs torchcsprng, which is not available here),
-and the Gaussian is drawn in floating point: both are listed outside the guarantee in the job's
-privacy report.
+Privacy with local noise (plan `noise: local`; per party, one row of one party, add/remove). Every
+local step Poisson-samples the party's rows with the public rate q, clips each row's gradient to L2
+norm `clip`, sums them and adds Gaussian noise of standard deviation `noise_multiplier * clip` to
+the sum (Opacus's GradSampleModule and DPOptimizer; the sampling as DPDataLoader's): one step of
+the subsampled Gaussian mechanism. The noisy sum is divided by the plan's public `batch_scale`, not
+by the party's expected batch q * n, which depends on its private row count. `noise_multiplier` is
+the smallest σ at which the domain round (if any) and all `rounds * steps_per_round` steps of a job
+compose (RDP, crypto.accountant) to the job's ε at its δ; it is a function of the public plan and
+the number of columns alone, so the coordinator's accountant and every party's ledger price the
+same event. What leaves the party is the trained parameters minus the global ones it started from:
+a function of the DP-SGD output and of public parameters (post-processing). The noise comes from a
+torch Generator seeded from OS entropy for each round, never from a seed anyone else could know;
+torch's generator is not a cryptographic one (Opacus's secure mode needs torchcsprng, which is not
+available here), and the Gaussian is drawn in floating point: both are listed outside the guarantee
+in the job's privacy report.
 
 Distributed noise (plan `noise: distributed`, the default; coordinator.dpsgd_method runs the
-rounds). A round
-is one full-batch step: the party sums every row's gradient at the global parameters, each row's
-clipped to L2 norm `clip` (`clipped_gradient_sum`), and rounds scale * sum to integers
-(crypto.fixed_point.to_grid). One row added or removed moves that integer vector by at most
-(Δ1, Δ2) = (scale·clip·√P + P, scale·clip + √P) for P parameters (`step_grid`: clipping,
-scaling, and less than 1 per coordinate from rounding; the public grid `scale` is fine enough
-that rounding adds at most 1/128 of clip to Δ2). The parties' Skellam shares sum to noise of
-variance (σ Δ2)² on the secure sum (crypto.noise), so a step is one Skellam release (crypto.
-accountant: its Gaussian part α / (2σ²) per step, as central full-batch DP gradient descent),
-and `noise_multiplier` is the smallest σ at which the domain round and `rounds` such releases
-compose to the job's ε. Full batches instead of Poisson samples: the accounting is exact
-without a subsampling bound for Skellam noise, and at equal steps and ε a subsampled step's
-signal-to-noise is no better in the regime DP-SGD runs in (ρ ≈ T q² / 2σ² with noise σ on a
-batch of q·n rows); a party pays with a pass over its rows per step.
-"""
+rounds). A round is one full-batch step: the party sums every row's gradient at the global
+parameters, each row's clipped to L2 norm `clip` (`clipped_gradient_sum`), and rounds scale * sum
+to integers (crypto.fixed_point.to_grid). One row added or removed moves that integer vector by at
+most (Δ1, Δ2) = (scale·clip·√P + P, scale·clip + √P) for P parameters (`step_grid`: clipping,
+scaling, and less than 1 per coordinate from rounding; the public grid `scale` is fine enough that
+rounding adds at most 1/128 of clip to Δ2). The parties' Skellam shares sum to noise of variance (σ
+Δ2)² on the secure sum (crypto.noise), so a step is one Skellam release (crypto.accountant: its
+Gaussian part α / (2σ²) per step, as central full-batch DP gradient descent), and
+`noise_multiplier` is the smallest σ at which the domain round and `rounds` such releases compose
+to the job's ε. Full batches instead of Poisson samples: the accounting is exact without a
+subsampling bound for Skellam noise, and at equal steps and ε a subsampled step's signal-to-noise
+is no better in the regime DP-SGD runs in (ρ ≈ T q² / 2σ² with noise σ on a batch of q·n rows); a
+party pays with a pass over its rows per step."""
 
 from __future__ import annotations
 
