@@ -87,6 +87,21 @@ def _count(what: str, least: int, why: str = "") -> Callable[[str], int]:
     return parse
 
 
+def _plan_problem(epsilons: list[float], delta: float, plan: dict[str, object]) -> str:
+    """What is wrong with --plan's fields at every ε asked for ('' if nothing, or if the
+    dpsgd extra is missing: the method's own error names it)."""
+    try:
+        from fedsynth.synthesis import dpsgd
+    except ImportError:
+        return ""
+    try:
+        for eps in epsilons:
+            dpsgd.TrainPlan.from_options(eps, delta, plan)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return ""
+
+
 def _seed(text: str) -> int:
     """An argparse type: a seed, a whole number from 0 (numpy's generators take no other)."""
     try:
@@ -844,6 +859,10 @@ def _simulate(args: argparse.Namespace) -> int:
             return EXIT_INPUT
         from fedsynth.coordinator.options import JobOptions
 
+        problem = _plan_problem(args.epsilon, args.delta, dict(args.plan))
+        if problem:  # before any party starts: a typo costs no wait
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_INPUT
         kwargs["options"] = JobOptions(rows=args.rows, seed=args.seed, train=dict(args.plan))
     try:
         kwargs["schema"] = Schema.load(args.schema) if args.schema else None

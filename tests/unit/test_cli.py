@@ -104,6 +104,29 @@ def test_other_bad_arguments_exit_3(tmp_path: Path, capsys: pytest.CaptureFixtur
     _only(tmp_path)
 
 
+@pytest.mark.parametrize(("plan", "needle"), [
+    (["sampling_rate=0.1"], 'sampling_rate applies to noise "local" only'),
+    (["rounds=1.5"], "rounds must be a whole number"),
+    (["colour=red"], "unknown field(s) colour"),
+])
+def test_a_bad_training_plan_is_refused_before_any_party_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        plan: list[str], needle: str) -> None:
+    pytest.importorskip("torch")
+    from fedsynth.simulations import run
+
+    def started(*args: object, **kw: object) -> None:
+        raise AssertionError("a job was started")
+
+    monkeypatch.setattr(run, "simulate", started)
+    monkeypatch.setattr(run, "simulate_sweep", started)
+    args = [a for p in plan for a in ("--plan", p)]
+    rc, _, err = _run(["simulate", "--engine", "local", "--method", "dpsgd", "--epsilon", "1",
+                       "3", *args], capsys)
+    assert rc == 3 and needle in err and err.count("\n") == 1
+    _only(tmp_path)
+
+
 def test_unparsable_number_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["simulate", "--epsilon", "lots"])
