@@ -706,7 +706,7 @@ def clipped_gradient_sum(plan: TrainPlan, sizes: Sequence[int], params: np.ndarr
     plus b for the bias. Its squared norm is then sum_jk M_jk b_j^2 a_k^2 + |b|^2 = (b^2)^T M
     (a^2) + |b|^2, and the clipped sum over rows is B^T diag(f) A (times M) with f the rows'
     clip factors: two matrix products per layer, in float64, instead of materializing every
-    row's gradient (Opacus's per-sample gradients took 14-31x the time: benchmarks/results/
+    row's gradient (Opacus's per-sample gradients took 13-29x the time: benchmarks/results/
     dpsgd-step.md). The norm is that of the exact per-row gradient, so the
     clip bound, and with it the step's sensitivity (`step_grid`), is the same; float64 keeps the
     sum's rounding independent of the other rows far below the grid's 1/128 slack."""
